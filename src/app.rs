@@ -1,0 +1,172 @@
+//! Builds the shared state once, spawns the background tasks (the intake
+//! writer and the work-queue worker), serves HTTP, and shuts down in order:
+//! stop accepting, finish in-flight requests, drain the writer, give back
+//! leases, close the store.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, SqliteSynchronous};
+use crate::engine::{self, WorkerSettings};
+use crate::http::{self, AppState, IntakeAuth};
+use crate::intake::Intake;
+use crate::store::{Store, StoreOptions, redact_url};
+use crate::telemetry;
+
+/// A built application: its state (with the router built from it) and the
+/// tasks it owns.
+pub struct App {
+    pub state: AppState,
+    pub work_ready: Arc<Notify>,
+    writer: JoinHandle<()>,
+}
+
+impl App {
+    /// Connects and migrates the store and starts the intake writer. The
+    /// worker is started separately ([`App::spawn_worker`]) so tests can
+    /// drive [`engine::step`] themselves.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = connect_store(&settings).await?;
+        let work_ready = Arc::new(Notify::new());
+        let (intake, writer) = Intake::start(
+            store.clone(),
+            settings.intake.queue_capacity,
+            settings.intake.max_batch,
+            work_ready.clone(),
+        );
+        let state = AppState {
+            store,
+            intake,
+            intake_auth: Arc::new(IntakeAuth::from_settings(&settings.intake)),
+            settings: Arc::new(settings),
+            metrics: telemetry::metrics_handle(),
+        };
+        Ok(Self {
+            state,
+            work_ready,
+            writer,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
+    pub fn spawn_worker(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let worker = &self.state.settings.worker;
+        let settings = WorkerSettings {
+            owner: engine::worker_name(),
+            lease: worker.lease,
+            batch: worker.batch,
+            max_attempts: worker.max_attempts,
+            poll_interval: worker.poll_interval,
+        };
+        tokio::spawn(engine::run(
+            self.state.store.clone(),
+            settings,
+            self.work_ready.clone(),
+            shutdown,
+        ))
+    }
+
+    /// Drops this handle's intake sender and waits for the writer to commit
+    /// what is queued.
+    pub async fn drain(self) -> Store {
+        let store = self.state.store.clone();
+        drop(self.state);
+        if let Err(error) = self.writer.await {
+            tracing::error!(%error, "intake writer ended abnormally");
+        }
+        store
+    }
+}
+
+pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = settings.store.url.expose();
+    let options = StoreOptions {
+        max_connections: settings.store.max_connections,
+        acquire_timeout: settings.store.acquire_timeout,
+        sqlite_synchronous_full: settings.store.sqlite_synchronous == SqliteSynchronous::Full,
+    };
+    let store = Store::connect(url, &options)
+        .await
+        .with_context(|| format!("connecting to the store at {}", redact_url(url)))?;
+    store.migrate().await.context("applying store migrations")?;
+    Ok(store)
+}
+
+/// `remedy serve`: runs until SIGTERM or Ctrl-C.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if !settings.intake_has_credentials() {
+        tracing::warn!(
+            "intake.allow_unauthenticated is set: anyone who can reach the webhook can submit alerts"
+        );
+    }
+    if settings.api.token.is_empty() {
+        tracing::warn!("api.token is not set: the incidents API refuses every request");
+    }
+    let listen = settings.server.listen;
+    let grace = settings.server.shutdown_grace;
+    let app = App::build(settings).await?;
+    tracing::info!(store = app.state.store.backend(), %listen, "remedy starting");
+
+    let shutdown = CancellationToken::new();
+    let worker = app.spawn_worker(shutdown.child_token());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let signal = shutdown.clone();
+    axum::serve(listener, app.router())
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+            signal.cancel();
+        })
+        .await
+        .context("serving HTTP")?;
+
+    shutdown.cancel();
+    let finish = async {
+        let store = app.drain().await;
+        if let Err(error) = worker.await {
+            tracing::error!(%error, "worker ended abnormally");
+        }
+        store.close().await;
+    };
+    if tokio::time::timeout(grace, finish).await.is_err() {
+        tracing::warn!(?grace, "shutdown grace elapsed; leases left to expire");
+    }
+    tracing::info!("remedy stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,356 @@
+//! Typed settings, loaded in layers like Alertmanager's operators expect:
+//! the defaults in `config/default.toml` (compiled in), an optional file, then
+//! `REMEDY__SECTION__KEY` environment variables. Secrets come from the
+//! environment or from `*_file` settings and never print: [`Secret`]'s
+//! `Debug` is redacted.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The compiled-in defaults; the same file documents every setting.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// A credential. Prints as `[redacted]`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "[empty]"
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub intake: IntakeSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite://FILE` or `postgres://...`. May hold a password: treated as a secret.
+    pub url: Secret,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// Accept webhooks without credentials. Must be set explicitly.
+    pub allow_unauthenticated: bool,
+    #[serde(default)]
+    pub bearer_token: Secret,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub basic_auth: BasicAuthSettings,
+    pub max_body_bytes: usize,
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthSettings {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: Secret,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Bearer token for `/v1/incidents`. Empty disables the API.
+    #[serde(default)]
+    pub token: Secret,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub batch: i64,
+    pub max_attempts: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing` env-filter directives; `RUST_LOG` overrides them.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why settings could not be loaded. Messages name the setting, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    #[error("{setting}: cannot read {path}: {source}")]
+    SecretFile {
+        setting: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file` when given, then `REMEDY__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// [`Settings::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("REMEDY__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("REMEDY")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        let mut settings: Self = builder.build()?.try_deserialize()?;
+        settings.read_secret_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        read_into(
+            &mut self.store.url,
+            self.store.url_file.as_deref(),
+            "store.url_file",
+        )?;
+        read_into(
+            &mut self.intake.bearer_token,
+            self.intake.bearer_token_file.as_deref(),
+            "intake.bearer_token_file",
+        )?;
+        read_into(
+            &mut self.intake.basic_auth.password,
+            self.intake.basic_auth.password_file.as_deref(),
+            "intake.basic_auth.password_file",
+        )?;
+        read_into(
+            &mut self.api.token,
+            self.api.token_file.as_deref(),
+            "api.token_file",
+        )?;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let basic = &self.intake.basic_auth;
+        if basic.username.is_empty() != basic.password.is_empty() {
+            return Err(ConfigError::Invalid(
+                "intake.basic_auth: set both username and password, or neither".into(),
+            ));
+        }
+        if !self.intake.allow_unauthenticated && !self.intake_has_credentials() {
+            return Err(ConfigError::Invalid(
+                "intake: no credentials configured; set intake.bearer_token or intake.basic_auth \
+                 (REMEDY__INTAKE__BEARER_TOKEN), or intake.allow_unauthenticated = true"
+                    .into(),
+            ));
+        }
+        if self.store.url.is_empty() {
+            return Err(ConfigError::Invalid("store.url: must not be empty".into()));
+        }
+        if self.intake.max_body_bytes == 0
+            || self.intake.queue_capacity == 0
+            || self.intake.max_batch == 0
+        {
+            return Err(ConfigError::Invalid(
+                "intake: max_body_bytes, queue_capacity and max_batch must be positive".into(),
+            ));
+        }
+        if self.worker.batch <= 0 || self.worker.max_attempts <= 0 {
+            return Err(ConfigError::Invalid(
+                "worker: batch and max_attempts must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn intake_has_credentials(&self) -> bool {
+        !self.intake.bearer_token.is_empty() || !self.intake.basic_auth.username.is_empty()
+    }
+}
+
+fn read_into(
+    target: &mut Secret,
+    file: Option<&Path>,
+    setting: &'static str,
+) -> Result<(), ConfigError> {
+    if let Some(path) = file {
+        let value = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+            setting,
+            path: path.to_owned(),
+            source,
+        })?;
+        *target = Secret::new(value.trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_explicit_intake_auth() {
+        let err = Settings::load_from(None, env(&[])).expect_err("no credentials");
+        assert!(err.to_string().contains("intake.bearer_token"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_use_double_underscores() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t0ken"),
+                ("REMEDY__STORE__URL", "postgres://u:p@h/db"),
+                ("REMEDY__SERVER__LISTEN", "127.0.0.1:1234"),
+                ("REMEDY__INTAKE__BASIC_AUTH__USERNAME", "am"),
+                ("REMEDY__INTAKE__BASIC_AUTH__PASSWORD", "pw"),
+                ("REMEDY__INTAKE__MAX_BATCH", "7"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.intake.bearer_token.expose(), "t0ken");
+        assert_eq!(s.store.url.expose(), "postgres://u:p@h/db");
+        assert_eq!(s.server.listen.port(), 1234);
+        assert_eq!(s.intake.basic_auth.username, "am");
+        assert_eq!(s.intake.max_batch, 7);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::load_from(
+            None,
+            env(&[("REMEDY__INTAKE__BEARER_TOKEN", "hunter2-token")]),
+        )
+        .expect("loads");
+        assert!(!format!("{s:?}").contains("hunter2-token"));
+    }
+
+    #[test]
+    fn secret_files_are_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("remedy-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "REMEDY__INTAKE__BEARER_TOKEN_FILE",
+                file.to_str().expect("utf-8"),
+            )]),
+        )
+        .expect("loads");
+        assert_eq!(s.intake.bearer_token.expose(), "from-file");
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let err = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__INTAKE__BEARER_TOKN", "t"),
+            ]),
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("bearer_tokn"), "{err}");
+    }
+}

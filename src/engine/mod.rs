@@ -1,0 +1,154 @@
+//! The engine drives incidents forward from rows in the store. Its worker
+//! claims due work, runs the step for the work's kind, and commits the
+//! result fenced by its lease. [`step`] is one pass, public so tests drive it
+//! with their own clock; [`run`] loops it until shutdown.
+
+mod diagnose;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Millis, now_millis};
+use crate::store::{ClaimedWork, Store, StoreError, WorkKind};
+
+/// How the worker leases and retries.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Identifies this worker's leases; unique per process.
+    pub owner: String,
+    pub lease: Duration,
+    pub batch: i64,
+    pub max_attempts: i64,
+    /// How often to look for due work when nothing wakes the worker (other
+    /// replicas' work, expired leases, retries).
+    pub poll_interval: Duration,
+}
+
+impl WorkerSettings {
+    #[must_use]
+    pub fn new(owner: String) -> Self {
+        Self {
+            owner,
+            lease: Duration::from_secs(60),
+            batch: 16,
+            max_attempts: 5,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A unique worker name: process id plus a random suffix.
+#[must_use]
+pub fn worker_name() -> String {
+    format!(
+        "remedy-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    )
+}
+
+/// Claims due work once and handles every claimed row. Returns how many rows
+/// were claimed.
+pub async fn step(
+    store: &Store,
+    settings: &WorkerSettings,
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
+    let claimed = store
+        .claim_work(&settings.owner, now, lease_ms, settings.batch)
+        .await?;
+    for work in &claimed {
+        match handle(store, work, now).await {
+            Ok(true) => metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "done").increment(1),
+            Ok(false) => {
+                tracing::warn!(work = work.id, kind = %work.kind, "lease lost before completion; another worker owns this work");
+                metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "lease_lost").increment(1);
+            }
+            Err(error) => {
+                let retry_at = now + backoff_ms(work.attempts);
+                tracing::warn!(work = work.id, kind = %work.kind, attempt = work.attempts, %error, "work failed");
+                metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "failed").increment(1);
+                store
+                    .fail_work(work, &error.to_string(), now, retry_at, settings.max_attempts)
+                    .await?;
+            }
+        }
+    }
+    Ok(claimed.len())
+}
+
+/// Failures of one piece of work, recorded on its row and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("unknown work kind `{0}` (written by a newer remedy?)")]
+    UnknownKind(String),
+    #[error("work row has no incident")]
+    NoIncident,
+    #[error("incident {0} not found")]
+    IncidentMissing(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+async fn handle(store: &Store, work: &ClaimedWork, now: Millis) -> Result<bool, WorkError> {
+    let kind =
+        WorkKind::parse(&work.kind).ok_or_else(|| WorkError::UnknownKind(work.kind.clone()))?;
+    match kind {
+        WorkKind::Diagnose => diagnose::run(store, work, now).await,
+    }
+}
+
+fn backoff_ms(attempts: i64) -> i64 {
+    let exponent = u32::try_from(attempts.clamp(0, 8)).unwrap_or(8);
+    (1_000_i64 << exponent).min(300_000)
+}
+
+/// Runs [`step`] until `shutdown`, waking on `work_ready` or every poll
+/// interval. On shutdown it gives its leases back.
+pub async fn run(
+    store: Store,
+    settings: WorkerSettings,
+    work_ready: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let claimed = match step(&store, &settings, now_millis()).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::error!(%error, "worker could not reach the store");
+                0
+            }
+        };
+        if claimed > 0 {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = work_ready.notified() => {}
+            () = tokio::time::sleep(settings.poll_interval) => {}
+        }
+    }
+    match store.release_leases(&settings.owner, now_millis()).await {
+        Ok(released) => tracing::info!(released, "worker stopped"),
+        Err(error) => {
+            tracing::warn!(%error, "worker stopped without releasing its leases; they expire")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff_ms(1), 2_000);
+        assert_eq!(backoff_ms(2), 4_000);
+        assert_eq!(backoff_ms(50), 256_000);
+        assert!(backoff_ms(8) <= 300_000);
+    }
+}

@@ -1,0 +1,99 @@
+//! `GET /v1/incidents` and `GET /v1/incidents/{id}`: read-only JSON for
+//! people and tools, behind `api.token` (separate from webhook credentials).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::bearer_matches;
+use super::{ApiError, AppState};
+use crate::domain::{IncidentId, IncidentStatus};
+use crate::store::{IncidentFilter, StoreError};
+
+const MAX_LIMIT: i64 = 500;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    alertname: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if bearer_matches(headers, state.settings.api.token.expose()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn unavailable(error: &StoreError) -> ApiError {
+    tracing::error!(%error, "incidents query failed");
+    ApiError::Unavailable("store unavailable")
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<IncidentStatus>)
+        .transpose()
+        .map_err(|message| ApiError::BadParameter {
+            field: "status".into(),
+            message,
+        })?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadParameter {
+            field: "limit".into(),
+            message: format!("must be between 1 and {MAX_LIMIT}"),
+        });
+    }
+    let filter = IncidentFilter {
+        status,
+        alertname: query.alertname,
+        before: query.before,
+        limit,
+    };
+    let incidents = state
+        .store
+        .list_incidents(&filter)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let next = (i64::try_from(incidents.len()).unwrap_or(0) == limit)
+        .then(|| incidents.last().map(|i| i.id))
+        .flatten();
+    Ok(Json(json!({ "incidents": incidents, "next_before": next })))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let id: IncidentId = id.parse().map_err(|_| ApiError::BadParameter {
+        field: "id".into(),
+        message: "must be an integer".into(),
+    })?;
+    let incident = state
+        .store
+        .get_incident(id)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))?;
+    let timeline = state
+        .store
+        .incident_events(id)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(Json(json!({ "incident": incident, "timeline": timeline })))
+}

@@ -1,0 +1,15 @@
+//! remedy: turns Prometheus Alertmanager alerts into supervised remediation.
+//!
+//! Data flows one way: `http` receives webhooks and hands them to `intake`,
+//! which commits them to the `store`; the `engine` drives incidents forward
+//! from rows in the store. See README.md for the whole picture.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod intake;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,176 @@
+//! Incidents and their timelines: listing, reading, and recording what a
+//! diagnosis found.
+
+use serde::Serialize;
+use sqlx::types::Json;
+
+use super::work::MARK_DONE;
+use super::{ClaimedWork, Store, StoreError, on_pool, transaction};
+use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct IncidentRecord {
+    pub id: i64,
+    pub status: String,
+    pub alertname: String,
+    pub severity: String,
+    pub fingerprint: String,
+    pub starts_at: String,
+    pub ends_at: Option<String>,
+    pub labels: Json<Labels>,
+    pub annotations: Json<Labels>,
+    pub generator_url: String,
+    pub receiver: String,
+    pub group_key: String,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub opened_at: Millis,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub last_seen_at: Millis,
+    /// Deliveries of this episode, firing and resolved, duplicates included.
+    pub seen_count: i64,
+    #[serde(serialize_with = "as_rfc3339_opt")]
+    pub resolved_at: Option<Millis>,
+    pub report: Option<Json<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct IncidentEvent {
+    pub id: i64,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub at: Millis,
+    pub kind: String,
+    pub detail: Json<serde_json::Value>,
+}
+
+/// `GET /v1/incidents` filters, newest first, keyset-paged by id.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub status: Option<IncidentStatus>,
+    pub alertname: Option<String>,
+    /// Only incidents with a smaller id (the previous page's last id).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+macro_rules! incident_columns {
+    () => {
+        "id, status, alertname, severity, fingerprint, starts_at, ends_at, labels, annotations,
+         generator_url, receiver, group_key, opened_at, last_seen_at, seen_count, resolved_at,
+         report"
+    };
+}
+
+impl Store {
+    pub async fn list_incidents(
+        &self,
+        filter: &IncidentFilter,
+    ) -> Result<Vec<IncidentRecord>, StoreError> {
+        const SQL: &str = concat!(
+            "select ",
+            incident_columns!(),
+            " from incidents
+              where ($1 is null or status = $1) and ($2 is null or alertname = $2)
+                and ($3 is null or id < $3)
+              order by id desc limit $4"
+        );
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(SQL)
+                .bind(filter.status.map(IncidentStatus::as_str))
+                .bind(filter.alertname.as_deref())
+                .bind(filter.before)
+                .bind(filter.limit)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    pub async fn get_incident(&self, id: IncidentId) -> Result<Option<IncidentRecord>, StoreError> {
+        const SQL: &str = concat!(
+            "select ",
+            incident_columns!(),
+            " from incidents where id = $1"
+        );
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(SQL).bind(id.0).fetch_optional(pool).await?
+        }))
+    }
+
+    /// The incident's timeline, oldest first.
+    pub async fn incident_events(&self, id: IncidentId) -> Result<Vec<IncidentEvent>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select id, at, kind, detail from incident_events
+                  where incident_id = $1 order by id",
+            )
+            .bind(id.0)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Stores a diagnosis report and finishes its work row in one
+    /// transaction, only while `work`'s lease is still held: a worker whose
+    /// lease expired and was taken over records nothing.
+    pub async fn complete_diagnosis(
+        &self,
+        work: &ClaimedWork,
+        incident: IncidentId,
+        report: &serde_json::Value,
+        summary: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let done = sqlx::query(MARK_DONE)
+                .bind(work.id)
+                .bind(&work.owner)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if done != 1 {
+                return Ok(false);
+            }
+            sqlx::query("update incidents set report = $2 where id = $1")
+                .bind(incident.0)
+                .bind(Json(report))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "insert into incident_events (incident_id, at, kind, detail)
+                 values ($1, $2, 'diagnosed', $3)",
+            )
+            .bind(incident.0)
+            .bind(now)
+            .bind(Json(
+                serde_json::json!({ "summary": summary, "attempt": work.attempts }),
+            ))
+            .execute(&mut *conn)
+            .await?;
+            true
+        }))
+    }
+
+    /// Open incidents, for `/metrics`.
+    pub async fn count_open_incidents(&self) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_scalar("select count(*) from incidents where status = 'firing'")
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+}
+
+fn as_rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_millis(*ms))
+}
+
+#[allow(
+    clippy::ref_option,
+    reason = "the signature serde's serialize_with requires"
+)]
+fn as_rfc3339_opt<S: serde::Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&format_millis(*ms)),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,245 @@
+//! All SQL lives here, as small named functions over one [`Store`] with two
+//! backends: SQLite (the embedded default, one WAL file) and PostgreSQL (for
+//! several replicas). The SQL is shared wherever the dialects agree; the
+//! [`transaction!`] and [`on_pool!`] macros expand one body per backend.
+
+mod incidents;
+mod intake;
+mod work;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, SqlSafeStr};
+
+pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord};
+pub use intake::BatchOutcome;
+pub use work::{ClaimedWork, QueueStats, WorkKind};
+
+/// Failures a caller can branch on: the store is unreachable or refused the
+/// transaction (retry later, answer 503), or the data is not what this
+/// version of remedy expects.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported store url scheme `{0}` (use sqlite: or postgres:)")]
+    Scheme(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Connection settings the store needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// SQLite only: `FULL` survives power loss, `NORMAL` (the default) survives
+    /// a crash of the process.
+    pub sqlite_synchronous_full: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_synchronous_full: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` inside one transaction on whichever backend the store has,
+/// with `$conn` bound to the transaction's connection. Returning early with
+/// `?` or `return` rolls back; falling off the end commits. SQLite starts the
+/// transaction `IMMEDIATE` so writers queue on the busy timeout instead of
+/// failing when a reader upgrades.
+macro_rules! transaction {
+    ($store:expr, |$conn:ident| $body:block) => {
+        match $store {
+            $crate::store::Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let $conn = &mut *tx;
+                let out = $body;
+                tx.commit().await?;
+                out
+            }
+            $crate::store::Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let $conn = &mut *tx;
+                let out = $body;
+                tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool, for reads.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:block) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+pub(crate) use {on_pool, transaction};
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "intake",
+    include_str!("../../migrations/sqlite/0001_intake.sql"),
+)];
+
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "intake",
+    include_str!("../../migrations/postgres/0001_intake.sql"),
+)];
+
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+impl Store {
+    /// Opens the store named by `url`: `sqlite:` (a file, created when
+    /// missing, in WAL mode) or `postgres:` / `postgresql:`.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => {
+                let memory = url.contains(":memory:") || url.contains("mode=memory");
+                let connect = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(if options.sqlite_synchronous_full {
+                        SqliteSynchronous::Full
+                    } else {
+                        SqliteSynchronous::Normal
+                    })
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+                    .disable_statement_logging();
+                let pool = SqlitePoolOptions::new()
+                    // One connection is one database for `:memory:`.
+                    .max_connections(if memory {
+                        1
+                    } else {
+                        options.max_connections.max(2)
+                    })
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            "postgres" | "postgresql" => {
+                let connect = PgConnectOptions::from_str(url)?
+                    .application_name("remedy")
+                    .disable_statement_logging();
+                let pool = PgPoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+            other => Err(StoreError::Scheme(other.to_owned())),
+        }
+    }
+
+    /// Applies the backend's migrations; run at start-up by every replica
+    /// (sqlx takes an advisory lock on PostgreSQL, so they queue).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(pool) => migrator(SQLITE_MIGRATIONS).run(pool).await?,
+            Self::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Readiness: the store answers and every migration this binary knows is
+    /// applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        let expected = match self {
+            Self::Sqlite(_) => SQLITE_MIGRATIONS.len(),
+            Self::Postgres(_) => POSTGRES_MIGRATIONS.len(),
+        };
+        let applied: i64 = on_pool!(self, |pool| {
+            sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(usize::try_from(applied).unwrap_or(0) >= expected)
+    }
+
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, |pool| { pool.close().await });
+    }
+}
+
+/// Redacts the password of a store URL so it can be logged.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://remedy:s3cret@db:5432/remedy"),
+            "postgres://remedy:***@db:5432/remedy"
+        );
+        assert_eq!(redact_url("postgres://db/remedy"), "postgres://db/remedy");
+        assert_eq!(redact_url("sqlite://remedy.db"), "sqlite://remedy.db");
+    }
+}

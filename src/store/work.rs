@@ -1,0 +1,216 @@
+//! The work queue: rows with a kind, a due time, a lease and an attempt
+//! count. Workers claim due rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+//! replicas never claim the same row), and only the lease holder may finish
+//! one, so work whose lease expired is done once by whoever holds it now.
+
+use sqlx::Row;
+
+use super::{Store, StoreError, on_pool, transaction};
+use crate::domain::{IncidentId, Millis};
+
+/// The kinds of work remedy queues. Stored as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Run the matching playbook's diagnosis for a newly opened incident.
+    Diagnose,
+}
+
+impl WorkKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Diagnose => "diagnose",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "diagnose" => Some(Self::Diagnose),
+            _ => None,
+        }
+    }
+}
+
+/// A row this worker holds a lease on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedWork {
+    pub id: i64,
+    /// Raw so that a kind written by a newer remedy is failed, not lost.
+    pub kind: String,
+    pub incident_id: Option<IncidentId>,
+    /// Including this one.
+    pub attempts: i64,
+    pub owner: String,
+}
+
+/// Pending work, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Pending rows, due or not.
+    pub depth: i64,
+    /// How long the oldest due row has waited, 0 when none is due.
+    pub oldest_due_age_ms: i64,
+}
+
+impl Store {
+    /// Leases up to `limit` due rows to `owner` until `now + lease_ms`.
+    pub async fn claim_work(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedWork>, StoreError> {
+        let rows = match self {
+            Self::Sqlite(pool) => {
+                // SQLite has one writer at a time, so the update is the lock.
+                sqlx::query(
+                    "update work set lease_owner = $1, lease_until = $2,
+                            attempts = attempts + 1, updated_at = $3
+                      where id in (select id from work
+                                    where state = 'pending' and due_at <= $3
+                                      and (lease_until is null or lease_until <= $3)
+                                    order by due_at, id limit $4)
+                      returning id, kind, incident_id, attempts",
+                )
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|row| claimed(&row, owner))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Self::Postgres(pool) => sqlx::query(
+                "update work set lease_owner = $1, lease_until = $2,
+                        attempts = attempts + 1, updated_at = $3
+                  where id in (select id from work
+                                where state = 'pending' and due_at <= $3
+                                  and (lease_until is null or lease_until <= $3)
+                                order by due_at, id limit $4
+                                for update skip locked)
+                  returning id, kind, incident_id, attempts",
+            )
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| claimed(&row, owner))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// Marks claimed work done, if this worker still holds its lease.
+    /// Returns false when the lease was lost (expired and taken over).
+    pub async fn complete_work(&self, work: &ClaimedWork, now: Millis) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            sqlx::query(MARK_DONE)
+                .bind(work.id)
+                .bind(&work.owner)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Records a failed attempt: due again at `retry_at`, or `failed` for good
+    /// once `max_attempts` is reached. Fenced like [`Store::complete_work`].
+    pub async fn fail_work(
+        &self,
+        work: &ClaimedWork,
+        error: &str,
+        now: Millis,
+        retry_at: Millis,
+        max_attempts: i64,
+    ) -> Result<bool, StoreError> {
+        let state = if work.attempts >= max_attempts {
+            "failed"
+        } else {
+            "pending"
+        };
+        Ok(transaction!(self, |conn| {
+            sqlx::query(
+                "update work set state = $3, due_at = $4, last_error = $5,
+                        lease_owner = null, lease_until = null, updated_at = $6
+                  where id = $1 and lease_owner = $2 and state = 'pending'",
+            )
+            .bind(work.id)
+            .bind(&work.owner)
+            .bind(state)
+            .bind(retry_at)
+            .bind(error)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Gives back every lease `owner` holds (graceful shutdown), so another
+    /// worker can take the rows at once instead of after the lease expires.
+    pub async fn release_leases(&self, owner: &str, now: Millis) -> Result<u64, StoreError> {
+        Ok(transaction!(self, |conn| {
+            sqlx::query(
+                "update work set lease_owner = null, lease_until = null, updated_at = $2
+                  where lease_owner = $1 and state = 'pending'",
+            )
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    pub async fn queue_stats(&self, now: Millis) -> Result<QueueStats, StoreError> {
+        let (depth, oldest): (i64, Option<i64>) = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select count(*), min(case when due_at <= $1 then due_at end)
+                   from work where state = 'pending'",
+            )
+            .bind(now)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(QueueStats {
+            depth,
+            oldest_due_age_ms: oldest.map_or(0, |due| (now - due).max(0)),
+        })
+    }
+}
+
+/// Finishes a row only for its current lease holder. `$1` id, `$2` owner,
+/// `$3` now. Shared with the store functions that commit a step's effect
+/// and its completion together.
+pub(super) const MARK_DONE: &str = "update work set state = 'done', lease_owner = null,
+        lease_until = null, last_error = null, updated_at = $3
+  where id = $1 and lease_owner = $2 and state = 'pending'";
+
+fn claimed<R>(row: &R, owner: &str) -> Result<ClaimedWork, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    Ok(ClaimedWork {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        incident_id: row
+            .try_get::<Option<i64>, _>("incident_id")?
+            .map(IncidentId),
+        attempts: row.try_get("attempts")?,
+        owner: owner.to_owned(),
+    })
+}
