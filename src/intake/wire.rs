@@ -69,6 +69,19 @@ pub fn parse(body: &[u8]) -> Result<Notification, InvalidPayload> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let text = inner.to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            // The position is the useful part of a syntax error; the path
+            // ends in `?` where the parser stopped.
+            let field = path.trim_end_matches('?').trim_end_matches('.');
+            return InvalidPayload {
+                field: if field.is_empty() {
+                    ".".into()
+                } else {
+                    field.to_owned()
+                },
+                message: format!("malformed JSON: {text}"),
+            };
+        }
         InvalidPayload {
             field: field_of(&path, &text),
             message: strip_position(&text),
@@ -230,6 +243,15 @@ mod tests {
             field_of_error(&with(|v| v["alerts"][0]["fingerprint"] = "zz".into())),
             "alerts[0].fingerprint"
         );
+    }
+
+    #[test]
+    fn truncated_json_names_the_document_and_the_position() {
+        let cut = FIRING.find("\"alertname\"").expect("fixture has labels") + 4;
+        let err = parse(&FIRING.as_bytes()[..cut]).expect_err("truncated");
+        assert_eq!(err.field, "alerts[0].labels");
+        assert!(err.message.contains("line"), "{}", err.message);
+        assert_eq!(parse(b"{").expect_err("eof").field, ".");
     }
 
     #[test]
