@@ -1,0 +1,178 @@
+//! The work queue and its worker, driven step by step with a moved clock.
+
+mod common;
+
+use common::{Backend, TestApp, firing, spawn_app};
+use remedy::domain::now_millis;
+use remedy::engine::{self, WorkerSettings};
+use serde_json::Value;
+
+on_both_stores!(
+    a_new_incident_is_diagnosed_once_by_the_worker,
+    a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once,
+    work_is_not_claimed_twice_while_its_lease_holds,
+    a_released_lease_is_taken_over_at_once,
+);
+
+fn worker(name: &str) -> WorkerSettings {
+    WorkerSettings::new(name.into())
+}
+
+async fn open_one(app: &TestApp) -> i64 {
+    let reply = app
+        .post_webhook(firing("eeee000000000001", "2026-11-26T10:00:00Z"))
+        .await;
+    assert_eq!(reply.json["incidents_opened"], 1, "{}", reply.json);
+    app.incidents("").await[0]["id"].as_i64().expect("id")
+}
+
+async fn timeline_kinds(app: &TestApp, id: i64) -> Vec<String> {
+    app.api(&format!("/v1/incidents/{id}")).await["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn a_new_incident_is_diagnosed_once_by_the_worker(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = open_one(&app).await;
+    let now = now_millis();
+    assert_eq!(
+        engine::step(&app.store, &worker("w1"), now)
+            .await
+            .expect("step"),
+        1
+    );
+    assert_eq!(
+        engine::step(&app.store, &worker("w1"), now + 120_000)
+            .await
+            .expect("step"),
+        0
+    );
+    assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+    let shown = app.api(&format!("/v1/incidents/{id}")).await;
+    let report: &Value = &shown["incident"]["report"];
+    assert_eq!(report["matched"], false);
+    assert_eq!(report["labels"]["alertname"], "DatabaseIdleInTransaction");
+}
+
+async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = open_one(&app).await;
+    let now = now_millis();
+    // Worker A claims the diagnosis and dies without finishing it.
+    let dead = app
+        .store
+        .claim_work("dead-worker", now, 60_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(dead.len(), 1);
+    // Before the lease runs out nobody else may take it.
+    assert_eq!(
+        engine::step(&app.store, &worker("b"), now + 59_000)
+            .await
+            .expect("step"),
+        0
+    );
+    // After it, worker B does.
+    assert_eq!(
+        engine::step(&app.store, &worker("b"), now + 61_000)
+            .await
+            .expect("step"),
+        1
+    );
+    // A comes back to life: its completion is refused, so nothing is done twice.
+    assert!(
+        !app.store
+            .complete_work(&dead[0], now + 62_000)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        !app.store
+            .complete_diagnosis(
+                &dead[0],
+                remedy::domain::IncidentId(id),
+                &Value::Null,
+                "late",
+                now + 62_000
+            )
+            .await
+            .expect("complete")
+    );
+    assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+    let attempts: i64 = match &app.store {
+        remedy::store::Store::Sqlite(p) => sqlx::query_scalar("select attempts from work")
+            .fetch_one(p)
+            .await
+            .expect("row"),
+        remedy::store::Store::Postgres(p) => sqlx::query_scalar("select attempts from work")
+            .fetch_one(p)
+            .await
+            .expect("row"),
+    };
+    assert_eq!(attempts, 2);
+}
+
+async fn work_is_not_claimed_twice_while_its_lease_holds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for i in 0..20 {
+        let reply = app
+            .post_webhook(firing(
+                &format!("ffff0000000000{i:02}"),
+                "2026-11-26T10:00:00Z",
+            ))
+            .await;
+        assert_eq!(reply.json["incidents_opened"], 1);
+    }
+    let now = now_millis();
+    // Several workers claim concurrently; every row goes to exactly one.
+    let claims = (0..4).map(|w| {
+        let store = app.store.clone();
+        tokio::spawn(async move {
+            store
+                .claim_work(&format!("w{w}"), now, 60_000, 3)
+                .await
+                .expect("claim")
+        })
+    });
+    let mut ids = Vec::new();
+    for claim in claims {
+        ids.extend(claim.await.expect("task").into_iter().map(|c| c.id));
+    }
+    let claimed = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), claimed, "a row was claimed twice");
+    assert_eq!(claimed, 12);
+}
+
+async fn a_released_lease_is_taken_over_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = open_one(&app).await;
+    let now = now_millis();
+    assert_eq!(
+        app.store
+            .claim_work("stopping", now, 60_000, 10)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.store
+            .release_leases("stopping", now)
+            .await
+            .expect("release"),
+        1
+    );
+    assert_eq!(
+        engine::step(&app.store, &worker("next"), now + 1)
+            .await
+            .expect("step"),
+        1
+    );
+    assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+}
