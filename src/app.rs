@@ -115,7 +115,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(store = app.state.store.backend(), %listen, "remedy starting");
 
     let shutdown = CancellationToken::new();
-    let worker = app.spawn_worker(shutdown.child_token());
+    let worker = app
+        .state
+        .settings
+        .worker
+        .enabled
+        .then(|| app.spawn_worker(shutdown.child_token()));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -132,7 +137,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     shutdown.cancel();
     let finish = async {
         let store = app.drain().await;
-        if let Err(error) = worker.await {
+        if let Some(Err(error)) = match worker {
+            Some(worker) => Some(worker.await),
+            None => None,
+        } {
             tracing::error!(%error, "worker ended abnormally");
         }
         store.close().await;

@@ -127,6 +127,9 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
+    /// Run the worker in this process. A replica with it off only takes in
+    /// webhooks; another replica on the same PostgreSQL store does the work.
+    pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     #[serde(with = "humantime_serde")]

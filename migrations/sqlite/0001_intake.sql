@@ -12,7 +12,7 @@ create table notifications (
     first_seen_at    integer not null,
     last_seen_at     integer not null,
     seen_count       integer not null
-);
+) without rowid;
 
 create table incidents (
     id            integer primary key,

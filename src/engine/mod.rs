@@ -135,7 +135,7 @@ pub async fn run(
     match store.release_leases(&settings.owner, now_millis()).await {
         Ok(released) => tracing::info!(released, "worker stopped"),
         Err(error) => {
-            tracing::warn!(%error, "worker stopped without releasing its leases; they expire")
+            tracing::warn!(%error, "worker stopped without releasing its leases; they expire");
         }
     }
 }

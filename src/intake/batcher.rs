@@ -70,12 +70,21 @@ async fn write_batches(
     max_batch: usize,
     work_ready: Arc<Notify>,
 ) {
+    let mut writer = store.intake_writer();
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, max_batch) => n,
+            () = writer.store_closing() => {
+                writer.release();
+                rx.recv_many(&mut batch, max_batch).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let notifications: Vec<&Notification> = batch.iter().map(|p| &p.notification).collect();
-        let result = store
-            .record_notifications(&notifications, now_millis())
-            .await;
+        let result = writer.record(&notifications, now_millis()).await;
         metrics::histogram!("remedy_intake_batch_size").record(batch.len() as f64);
         match result {
             Ok(outcomes) => {

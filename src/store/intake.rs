@@ -6,9 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::json;
+use sqlx::Connection;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::types::Json;
 
-use super::{Store, StoreError, WorkKind, transaction};
+use super::{Store, StoreError, WorkKind, on_pool};
 use crate::domain::{Alert, AlertStatus, Labels, Millis, Notification, alert_time_key};
 
 /// What one delivery changed.
@@ -27,124 +31,244 @@ impl BatchOutcome {
     }
 }
 
+/// SQLite: the whole batch in one multi-statement call (sqlx binds `$N` by
+/// position in every statement), so the writer hands the connection thread
+/// one message per batch instead of one per statement. `$1` deliveries,
+/// `$2` firing episodes, `$3` now, `$4` the work kind. An episode is new in
+/// this batch exactly when its count equals this batch's count `n`.
+/// `cross join` makes SQLite walk the batch and look rows up by index,
+/// instead of scanning the table.
+const SQLITE_BATCH: &str = "
+begin immediate;
+
+insert into notifications (key, receiver, group_key, status, alert_count, truncated_alerts,
+    first_seen_at, last_seen_at, seen_count)
+select value ->> 'key', value ->> 'receiver', value ->> 'group_key', value ->> 'status',
+       value ->> 'alert_count', value ->> 'truncated_alerts', $3, $3, value ->> 'n'
+  from json_each($1) where true
+on conflict (key) do update
+   set seen_count = notifications.seen_count + excluded.seen_count,
+       last_seen_at = excluded.last_seen_at;
+
+insert into incidents (fingerprint, starts_at, alertname, severity, status, labels, annotations,
+    generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
+select value ->> 'fingerprint', value ->> 'starts_at', value ->> 'alertname',
+       value ->> 'severity', 'firing', value -> 'labels', value -> 'annotations',
+       value ->> 'generator_url', value ->> 'receiver', value ->> 'group_key', $3, $3, value ->> 'n'
+  from json_each($2) where true
+on conflict (fingerprint, starts_at) do update
+   set seen_count = incidents.seen_count + excluded.seen_count,
+       last_seen_at = excluded.last_seen_at;
+
+with opened as (
+  select i.id, i.fingerprint, i.starts_at, i.receiver, i.group_key, i.annotations
+    from json_each($2) f
+    cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
+                          and i.starts_at = f.value ->> 'starts_at'
+   where i.seen_count = f.value ->> 'n'
+)
+insert into incident_events (incident_id, at, kind, detail)
+select id, $3, 'opened', json_object('starts_at', starts_at, 'receiver', receiver,
+       'group_key', group_key, 'summary', annotations ->> 'summary')
+  from opened order by id;
+
+insert into work (kind, incident_id, due_at, created_at, updated_at)
+select $4, i.id, $3, $3, $3
+  from json_each($2) f
+  cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
+                        and i.starts_at = f.value ->> 'starts_at'
+ where i.seen_count = f.value ->> 'n'
+ order by i.id;
+
+select (select json_group_object(n.key, n.seen_count)
+          from json_each($1) j cross join notifications n on n.key = j.value ->> 'key'),
+       (select json_group_array(i.fingerprint || '@' || i.starts_at)
+          from json_each($2) f
+          cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
+                                and i.starts_at = f.value ->> 'starts_at'
+         where i.seen_count = f.value ->> 'n');
+";
+
+/// PostgreSQL: the same batch as one statement with data-modifying CTEs, so
+/// one round trip commits it (atomic on its own).
+const POSTGRES_BATCH: &str = "
+with deliveries as (
+  select * from jsonb_to_recordset($1::jsonb) as r(key text, receiver text, group_key text,
+         status text, alert_count bigint, truncated_alerts bigint, n bigint)
+), episodes as (
+  select * from jsonb_to_recordset($2::jsonb) as r(fingerprint text, starts_at text,
+         alertname text, severity text, labels jsonb, annotations jsonb, generator_url text,
+         receiver text, group_key text, n bigint)
+), seen as (
+  insert into notifications (key, receiver, group_key, status, alert_count, truncated_alerts,
+      first_seen_at, last_seen_at, seen_count)
+  select key, receiver, group_key, status, alert_count, truncated_alerts, $3, $3, n from deliveries
+  on conflict (key) do update
+     set seen_count = notifications.seen_count + excluded.seen_count,
+         last_seen_at = excluded.last_seen_at
+  returning key, seen_count
+), upserted as (
+  insert into incidents (fingerprint, starts_at, alertname, severity, status, labels, annotations,
+      generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
+  select fingerprint, starts_at, alertname, severity, 'firing', labels, annotations,
+         generator_url, receiver, group_key, $3, $3, n from episodes
+  order by fingerprint, starts_at
+  on conflict (fingerprint, starts_at) do update
+     set seen_count = incidents.seen_count + excluded.seen_count,
+         last_seen_at = excluded.last_seen_at
+  returning id, fingerprint, starts_at, seen_count, receiver, group_key, annotations
+), opened as (
+  select u.* from upserted u
+    join episodes e on e.fingerprint = u.fingerprint and e.starts_at = u.starts_at
+   where u.seen_count = e.n
+), events as (
+  insert into incident_events (incident_id, at, kind, detail)
+  select id, $3, 'opened', jsonb_build_object('starts_at', starts_at, 'receiver', receiver,
+         'group_key', group_key, 'summary', annotations ->> 'summary')
+    from opened order by id
+), queued as (
+  insert into work (kind, incident_id, due_at, created_at, updated_at)
+  select $4, id, $3, $3, $3 from opened order by id
+)
+select (select jsonb_object_agg(key, seen_count) from seen)::text,
+       (select jsonb_agg(fingerprint || '@' || starts_at) from opened)::text
+";
+
+/// The intake writer's hold on the store. On SQLite it keeps one connection
+/// for itself, so that connection's page cache and prepared statements stay
+/// warm between batches (any other connection's write would invalidate
+/// them); a connection that failed is dropped, which rolls back, and a new
+/// one is taken for the next batch.
+pub struct IntakeWriter {
+    store: Store,
+    sqlite: Option<PoolConnection<Sqlite>>,
+}
+
 impl Store {
+    #[must_use]
+    pub fn intake_writer(&self) -> IntakeWriter {
+        IntakeWriter {
+            store: self.clone(),
+            sqlite: None,
+        }
+    }
+}
+
+impl IntakeWriter {
+    /// Resolves when the store is being closed; the writer must then give
+    /// its connection back, or closing would wait for it forever.
+    pub async fn store_closing(&self) {
+        on_pool!(&self.store, |pool| { pool.close_event().await });
+    }
+
+    /// Gives the dedicated connection back to the pool.
+    pub fn release(&mut self) {
+        self.sqlite = None;
+    }
+
     /// Commits every notification of the batch, or none. New deliveries and
-    /// firing episodes are written with one statement per table for the
-    /// whole batch (rows passed as one JSON parameter); resolutions, rarer
-    /// and order-sensitive, one by one after them.
-    pub async fn record_notifications(
-        &self,
+    /// firing episodes are written by one call for the whole batch;
+    /// resolutions, rarer and order-sensitive, one by one after them.
+    pub async fn record(
+        &mut self,
         batch: &[&Notification],
         now: Millis,
     ) -> Result<Vec<BatchOutcome>, StoreError> {
         let plan = BatchPlan::new(batch);
         let mut outcomes = vec![BatchOutcome::default(); batch.len()];
-        let upsert_notifications = self.dialect(
-            "insert into notifications (key, receiver, group_key, status, alert_count,
-                truncated_alerts, first_seen_at, last_seen_at, seen_count)
-             select value ->> 'key', value ->> 'receiver', value ->> 'group_key',
-                    value ->> 'status', value ->> 'alert_count', value ->> 'truncated_alerts',
-                    $2, $2, value ->> 'n'
-               from json_each($1) where true
-             on conflict (key) do update
-                set seen_count = notifications.seen_count + excluded.seen_count,
-                    last_seen_at = excluded.last_seen_at
-             returning key, seen_count",
-            "insert into notifications (key, receiver, group_key, status, alert_count,
-                truncated_alerts, first_seen_at, last_seen_at, seen_count)
-             select r.key, r.receiver, r.group_key, r.status, r.alert_count, r.truncated_alerts,
-                    $2, $2, r.n
-               from jsonb_to_recordset($1::jsonb) as r(key text, receiver text, group_key text,
-                    status text, alert_count bigint, truncated_alerts bigint, n bigint)
-             on conflict (key) do update
-                set seen_count = notifications.seen_count + excluded.seen_count,
-                    last_seen_at = excluded.last_seen_at
-             returning key, seen_count",
-        );
-        let upsert_firing = self.dialect(
-            "insert into incidents (fingerprint, starts_at, alertname, severity, status, labels,
-                annotations, generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
-             select value ->> 'fingerprint', value ->> 'starts_at', value ->> 'alertname',
-                    value ->> 'severity', 'firing', value -> 'labels', value -> 'annotations',
-                    value ->> 'generator_url', value ->> 'receiver', value ->> 'group_key',
-                    $2, $2, value ->> 'n'
-               from json_each($1) where true
-             on conflict (fingerprint, starts_at) do update
-                set seen_count = incidents.seen_count + excluded.seen_count,
-                    last_seen_at = excluded.last_seen_at
-             returning id, fingerprint, starts_at, seen_count",
-            "insert into incidents (fingerprint, starts_at, alertname, severity, status, labels,
-                annotations, generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
-             select r.fingerprint, r.starts_at, r.alertname, r.severity, 'firing', r.labels,
-                    r.annotations, r.generator_url, r.receiver, r.group_key, $2, $2, r.n
-               from jsonb_to_recordset($1::jsonb) as r(fingerprint text, starts_at text,
-                    alertname text, severity text, labels jsonb, annotations jsonb,
-                    generator_url text, receiver text, group_key text, n bigint)
-             on conflict (fingerprint, starts_at) do update
-                set seen_count = incidents.seen_count + excluded.seen_count,
-                    last_seen_at = excluded.last_seen_at
-             returning id, fingerprint, starts_at, seen_count",
-        );
-        let insert_opened = self.dialect(
-            "insert into incident_events (incident_id, at, kind, detail)
-             select value ->> 'id', $2, 'opened', value -> 'detail' from json_each($1)",
-            "insert into incident_events (incident_id, at, kind, detail)
-             select r.id, $2, 'opened', r.detail
-               from jsonb_to_recordset($1::jsonb) as r(id bigint, detail jsonb)",
-        );
-        let insert_work = self.dialect(
-            "insert into work (kind, incident_id, due_at, created_at, updated_at)
-             select $3, value ->> 'id', $2, $2, $2 from json_each($1)",
-            "insert into work (kind, incident_id, due_at, created_at, updated_at)
-             select $3, r.id, $2, $2, $2 from jsonb_to_recordset($1::jsonb) as r(id bigint)",
-        );
-
-        transaction!(self, |conn| {
-            let seen: Vec<(String, i64)> = sqlx::query_as(upsert_notifications)
-                .bind(Json(&plan.notifications))
-                .bind(now)
-                .fetch_all(&mut *conn)
-                .await?;
-            for (key, total) in seen {
-                plan.mark_duplicates(&key, total, &mut outcomes);
-            }
-            if !plan.firing.is_empty() {
-                let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(upsert_firing)
-                    .bind(Json(&plan.firing))
-                    .bind(now)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                let opened = plan.opened(&rows, &mut outcomes);
-                if !opened.is_empty() {
-                    sqlx::query(insert_opened)
-                        .bind(Json(&opened))
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query(insert_work)
-                        .bind(Json(&opened))
-                        .bind(now)
-                        .bind(WorkKind::Diagnose.as_str())
-                        .execute(&mut *conn)
-                        .await?;
+        let (seen, opened) = match &self.store {
+            Store::Sqlite(pool) => {
+                let conn = match &mut self.sqlite {
+                    Some(conn) => conn,
+                    slot @ None => slot.insert(pool.acquire().await?),
+                };
+                let result = record_sqlite(conn, &plan, batch, now, &mut outcomes).await;
+                if result.is_err() {
+                    // Closing rolls back whatever the failed batch began.
+                    if let Some(conn) = self.sqlite.take() {
+                        let _ = conn.detach().close().await;
+                    }
                 }
+                result?
             }
-            for &(index, alert) in &plan.resolved {
-                if conn.resolve(alert, batch[index], now).await? {
-                    outcomes[index].incidents_resolved += 1;
-                }
+            Store::Postgres(pool) => {
+                record_postgres(pool, &plan, batch, now, &mut outcomes).await?
             }
-        });
+        };
+        let seen: BTreeMap<String, i64> = parse_json(seen.as_deref())?;
+        for (key, total) in &seen {
+            plan.mark_duplicates(key, *total, &mut outcomes);
+        }
+        let opened: Vec<String> = parse_json(opened.as_deref())?;
+        plan.credit_opened(&opened, &mut outcomes);
         Ok(outcomes)
     }
+}
 
-    /// Picks the statement for this store's SQL dialect.
-    fn dialect(&self, sqlite: &'static str, postgres: &'static str) -> &'static str {
-        match self {
-            Self::Sqlite(_) => sqlite,
-            Self::Postgres(_) => postgres,
+type BatchResult = (Option<String>, Option<String>);
+
+/// One call to the connection thread for the batch (`BEGIN IMMEDIATE`
+/// included), one per resolution, one for `COMMIT`.
+async fn record_sqlite(
+    conn: &mut SqliteConnection,
+    plan: &BatchPlan<'_>,
+    batch: &[&Notification],
+    now: Millis,
+    outcomes: &mut [BatchOutcome],
+) -> Result<BatchResult, StoreError> {
+    let rows: Vec<BatchResult> = sqlx::query_as(SQLITE_BATCH)
+        .bind(Json(&plan.notifications))
+        .bind(Json(&plan.firing))
+        .bind(now)
+        .bind(WorkKind::Diagnose.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    for &(index, alert) in &plan.resolved {
+        if conn.resolve(alert, batch[index], now).await? {
+            outcomes[index].incidents_resolved += 1;
         }
     }
+    sqlx::raw_sql("commit").execute(&mut *conn).await?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Corrupt("batch returned no result row".into()))
+}
+
+/// One round trip when the batch resolves nothing (the statement is atomic
+/// on its own), else a transaction around it and the resolutions.
+async fn record_postgres(
+    pool: &PgPool,
+    plan: &BatchPlan<'_>,
+    batch: &[&Notification],
+    now: Millis,
+    outcomes: &mut [BatchOutcome],
+) -> Result<BatchResult, StoreError> {
+    let statement = sqlx::query_as(POSTGRES_BATCH)
+        .bind(Json(&plan.notifications))
+        .bind(Json(&plan.firing))
+        .bind(now)
+        .bind(WorkKind::Diagnose.as_str());
+    if plan.resolved.is_empty() {
+        return Ok(statement.fetch_one(pool).await?);
+    }
+    let mut tx = pool.begin().await?;
+    let row = statement.fetch_one(&mut *tx).await?;
+    for &(index, alert) in &plan.resolved {
+        if tx.resolve(alert, batch[index], now).await? {
+            outcomes[index].incidents_resolved += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(row)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned + Default>(
+    text: Option<&str>,
+) -> Result<T, StoreError> {
+    text.map_or_else(
+        || Ok(T::default()),
+        |t| serde_json::from_str(t).map_err(|e| StoreError::Corrupt(format!("batch result: {e}"))),
+    )
 }
 
 /// Resolves one episode: closes it when firing (returns true), or records
@@ -291,12 +415,6 @@ struct FiringRow<'a> {
     n: i64,
 }
 
-#[derive(Serialize)]
-struct OpenedRow {
-    id: i64,
-    detail: serde_json::Value,
-}
-
 impl<'a> BatchPlan<'a> {
     fn new(batch: &[&'a Notification]) -> Self {
         let mut deliveries: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -369,39 +487,16 @@ impl<'a> BatchPlan<'a> {
         }
     }
 
-    /// The episodes this batch inserted (their count is only this batch's),
-    /// credited to the first notification that carried each.
-    fn opened(
-        &self,
-        rows: &[(i64, String, String, i64)],
-        outcomes: &mut [BatchOutcome],
-    ) -> Vec<OpenedRow> {
-        let mut opened = Vec::new();
-        for (id, fingerprint, starts_at, seen) in rows {
-            let Some(row) = self
-                .firing
-                .iter()
-                .find(|r| r.fingerprint == fingerprint && &r.starts_at == starts_at)
-            else {
+    /// Credits each episode this batch opened (`fingerprint@startsAt`) to
+    /// the first notification that carried it.
+    fn credit_opened(&self, opened: &[String], outcomes: &mut [BatchOutcome]) {
+        for episode in opened {
+            let Some((fingerprint, starts_at)) = episode.split_once('@') else {
                 continue;
             };
-            if *seen != row.n {
-                continue;
-            }
-            if let Some(&index) = self.episodes.get(&(row.fingerprint, row.starts_at.clone())) {
+            if let Some(&index) = self.episodes.get(&(fingerprint, starts_at.to_owned())) {
                 outcomes[index].incidents_opened += 1;
             }
-            opened.push(OpenedRow {
-                id: *id,
-                detail: json!({
-                    "starts_at": row.starts_at,
-                    "receiver": row.receiver,
-                    "group_key": row.group_key,
-                    "summary": row.annotations.get("summary"),
-                }),
-            });
         }
-        opened.sort_by_key(|o| o.id);
-        opened
     }
 }

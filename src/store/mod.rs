@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, SqlSafeStr};
 
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord};
-pub use intake::BatchOutcome;
+pub use intake::{BatchOutcome, IntakeWriter};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
@@ -147,6 +147,10 @@ impl Store {
                     })
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
+                    // Keep hot pages in memory rather than re-reading them
+                    // through the kernel on every transaction.
+                    .pragma("cache_size", "-16384")
+                    .pragma("temp_store", "memory")
                     .disable_statement_logging();
                 let pool = SqlitePoolOptions::new()
                     // One connection is one database for `:memory:`.
