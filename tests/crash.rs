@@ -74,7 +74,7 @@ async fn every_acknowledged_notification_survives_sigkill(backend: Backend) {
                         .await;
                     match sent {
                         Ok(r) if r.status().is_success() => {
-                            acked.lock().expect("lock").push(fingerprint)
+                            acked.lock().expect("lock").push(fingerprint);
                         }
                         Ok(r) => panic!("unexpected answer {}", r.status()),
                         Err(_) => break, // the server is gone
@@ -103,18 +103,7 @@ async fn every_acknowledged_notification_survives_sigkill(backend: Backend) {
     let store = remedy::store::Store::connect(&store_url, &remedy::store::StoreOptions::default())
         .await
         .expect("store");
-    let stored: Vec<String> = match &store {
-        remedy::store::Store::Sqlite(p) => sqlx::query_scalar("select fingerprint from incidents")
-            .fetch_all(p)
-            .await
-            .expect("read"),
-        remedy::store::Store::Postgres(p) => {
-            sqlx::query_scalar("select fingerprint from incidents")
-                .fetch_all(p)
-                .await
-                .expect("read")
-        }
-    };
+    let stored: Vec<String> = common::column(&store, "select fingerprint from incidents").await;
     let stored: std::collections::HashSet<String> = stored.into_iter().collect();
     let missing: Vec<&String> = acked.iter().filter(|f| !stored.contains(*f)).collect();
     assert!(

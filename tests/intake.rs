@@ -267,15 +267,17 @@ async fn bad_inputs_get_their_status_and_change_nothing(backend: Backend) {
     );
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let json = Some("application/json");
-    let cases: Vec<(
-        &str,
+    // (case, body, authorization, content type, status, error code, field)
+    type Case<'a> = (
+        &'a str,
         String,
-        Option<&str>,
-        Option<&str>,
+        Option<&'a str>,
+        Option<&'a str>,
         StatusCode,
-        &str,
-        Option<&str>,
-    )> = vec![
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "no credentials",
             good.clone(),
@@ -447,15 +449,6 @@ async fn a_failing_store_answers_503_and_records_nothing(backend: Backend) {
         remedy::store::Store::connect(&app.store_url, &remedy::store::StoreOptions::default())
             .await
             .expect("reopen");
-    let incidents: i64 = match &reopened {
-        remedy::store::Store::Sqlite(p) => sqlx::query_scalar("select count(*) from incidents")
-            .fetch_one(p)
-            .await
-            .expect("count"),
-        remedy::store::Store::Postgres(p) => sqlx::query_scalar("select count(*) from incidents")
-            .fetch_one(p)
-            .await
-            .expect("count"),
-    };
+    let incidents: i64 = common::scalar(&reopened, "select count(*) from incidents").await;
     assert_eq!(incidents, 0);
 }

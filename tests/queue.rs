@@ -103,16 +103,7 @@ async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend
             .expect("complete")
     );
     assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
-    let attempts: i64 = match &app.store {
-        remedy::store::Store::Sqlite(p) => sqlx::query_scalar("select attempts from work")
-            .fetch_one(p)
-            .await
-            .expect("row"),
-        remedy::store::Store::Postgres(p) => sqlx::query_scalar("select attempts from work")
-            .fetch_one(p)
-            .await
-            .expect("row"),
-    };
+    let attempts: i64 = common::scalar(&app.store, "select attempts from work").await;
     assert_eq!(attempts, 2);
 }
 

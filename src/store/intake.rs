@@ -177,7 +177,8 @@ impl IntakeWriter {
         let plan = BatchPlan::new(batch);
         let mut outcomes = vec![BatchOutcome::default(); batch.len()];
         let (seen, opened) = match &self.store {
-            Store::Sqlite(pool) => {
+            Store::Sqlite(pool, lock) => {
+                let _writing = lock.acquire().await;
                 let conn = match &mut self.sqlite {
                     Some(conn) => conn,
                     slot @ None => slot.insert(pool.acquire().await?),

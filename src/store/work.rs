@@ -63,8 +63,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ClaimedWork>, StoreError> {
         let rows = match self {
-            Self::Sqlite(pool) => {
+            Self::Sqlite(pool, lock) => {
                 // SQLite has one writer at a time, so the update is the lock.
+                let _writing = lock.acquire().await;
                 sqlx::query(
                     "update work set lease_owner = $1, lease_until = $2,
                             attempts = attempts + 1, updated_at = $3

@@ -194,11 +194,7 @@ impl TestApp {
 
     /// Rows in a table, read straight from the store.
     pub async fn count(&self, table: &str) -> i64 {
-        let sql = sqlx::AssertSqlSafe(format!("select count(*) from {table}"));
-        match &self.store {
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.expect("count"),
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.expect("count"),
-        }
+        scalar(&self.store, &format!("select count(*) from {table}")).await
     }
 
     /// Rows per table in the tables intake writes, to prove nothing changed.
@@ -216,6 +212,34 @@ impl TestApp {
             .as_array()
             .expect("incidents array")
             .clone()
+    }
+}
+
+/// One value read straight from either store.
+pub async fn scalar<T>(store: &Store, sql: &str) -> T
+where
+    T: Send + Unpin,
+    for<'r> (T,):
+        sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match store {
+        Store::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_one(p).await.expect("query"),
+        Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.expect("query"),
+    }
+}
+
+/// Every row of one column read straight from either store.
+pub async fn column<T>(store: &Store, sql: &str) -> Vec<T>
+where
+    T: Send + Unpin,
+    for<'r> (T,):
+        sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match store {
+        Store::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_all(p).await.expect("query"),
+        Store::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.expect("query"),
     }
 }
 

@@ -1,0 +1,162 @@
+//! The binary as operators run it: `check`, `incidents`, and a clean stop on
+//! SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn remedy() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remedy"));
+    cmd.env_remove("RUST_LOG");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("REMEDY__")) {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+#[test]
+fn check_accepts_valid_settings_and_rejects_typos_with_the_setting_named() {
+    let ok = remedy()
+        .arg("check")
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+        .output()
+        .expect("runs");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(format!("remedy-cli-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("remedy.toml");
+    std::fs::write(&file, "[intake]\nbearer_token = \"t\"\nqueue_capacty = 5\n").expect("write");
+    let bad = remedy()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("queue_capacty"), "{stderr}");
+
+    let no_auth = remedy().arg("check").output().expect("runs");
+    assert_eq!(no_auth.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_auth.stderr).contains("intake.allow_unauthenticated"));
+}
+
+#[test]
+fn secrets_do_not_appear_in_errors_or_logs() {
+    let out = remedy()
+        .args(["incidents", "list"])
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "very-secret-token")
+        .env(
+            "REMEDY__STORE__URL",
+            "postgres://remedy:hunter2pw@127.0.0.1:1/remedy",
+        )
+        .env("REMEDY__STORE__ACQUIRE_TIMEOUT", "1s")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("remedy:***@127.0.0.1"), "{text}");
+    assert!(
+        !text.contains("hunter2pw") && !text.contains("very-secret-token"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn incidents_list_and_show_read_the_store() {
+    let app = common::spawn_app(common::Backend::Sqlite).await;
+    app.post_webhook(common::fixture("firing_single.json"))
+        .await;
+    let list = remedy()
+        .args(["incidents", "list"])
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+        .env("REMEDY__STORE__URL", &app.store_url)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(
+        stdout.contains("DatabasePoolExhaustionCritical") && stdout.contains("4c3f5dd55641e094"),
+        "{stdout}"
+    );
+    let show = remedy()
+        .args(["incidents", "show", "1"])
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+        .env("REMEDY__STORE__URL", &app.store_url)
+        .output()
+        .expect("runs");
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(shown["incident"]["fingerprint"], "4c3f5dd55641e094");
+    assert_eq!(shown["timeline"][0]["kind"], "opened");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_exits_cleanly() {
+    let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let mut child = remedy()
+        .arg("serve")
+        .env("REMEDY__INTAKE__BEARER_TOKEN", common::WEBHOOK_TOKEN)
+        .env("REMEDY__STORE__URL", &store_url)
+        .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = client
+        .post(format!("http://127.0.0.1:{port}/v1/alertmanager"))
+        .bearer_auth(common::WEBHOOK_TOKEN)
+        .header("content-type", "application/json")
+        .body(common::fixture("firing_single.json"))
+        .send()
+        .await
+        .expect("answered");
+    assert!(accepted.status().is_success());
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("exits");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
+            .expect("read");
+        (status, stderr)
+    })
+    .await
+    .expect("join");
+    assert!(
+        output.0.success(),
+        "exit status {:?}: {}",
+        output.0,
+        output.1
+    );
+    assert!(output.1.contains("remedy stopped"), "{}", output.1);
+}
