@@ -7,9 +7,12 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod diagnose;
 pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod intake;
+pub mod net;
+pub mod playbook;
 pub mod store;
 pub mod telemetry;

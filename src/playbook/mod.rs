@@ -1,0 +1,3 @@
+//! Playbooks: the YAML model, loading and validation, and matchers.
+
+pub mod matcher;
