@@ -11,9 +11,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, SqliteSynchronous};
-use crate::engine::{self, WorkerSettings};
+use crate::diagnose::Diagnoser;
+use crate::engine::{self, Engine, WorkerSettings};
 use crate::http::{self, AppState, IntakeAuth};
 use crate::intake::Intake;
+use crate::playbook::{self, Playbook, References};
 use crate::store::{Store, StoreOptions, redact_url};
 use crate::telemetry;
 
@@ -21,6 +23,7 @@ use crate::telemetry;
 /// tasks it owns.
 pub struct App {
     pub state: AppState,
+    pub engine: Engine,
     pub work_ready: Arc<Notify>,
     writer: JoinHandle<()>,
 }
@@ -31,6 +34,7 @@ impl App {
     /// drive [`engine::step`] themselves.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = connect_store(&settings).await?;
+        let engine = build_engine(&settings, Some(store.clone()))?;
         let work_ready = Arc::new(Notify::new());
         let (intake, writer) = Intake::start(
             store.clone(),
@@ -47,6 +51,7 @@ impl App {
         };
         Ok(Self {
             state,
+            engine,
             work_ready,
             writer,
         })
@@ -66,7 +71,7 @@ impl App {
             poll_interval: worker.poll_interval,
         };
         tokio::spawn(engine::run(
-            self.state.store.clone(),
+            self.engine.clone(),
             settings,
             self.work_ready.clone(),
             shutdown,
@@ -83,6 +88,39 @@ impl App {
         }
         store
     }
+}
+
+/// The engine: playbooks and the diagnoser. Without a store (`simulate`) it
+/// gets an in-memory one it never writes to.
+pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result<Engine> {
+    let store = match store {
+        Some(s) => s,
+        None => Store::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy("sqlite::memory:")
+                .context("in-memory store")?,
+            crate::store::WriteLock::default(),
+        ),
+    };
+    Ok(Engine {
+        store,
+        playbooks: Arc::new(load_playbooks(settings)?),
+        diagnoser: Arc::new(Diagnoser::from_settings(settings).map_err(anyhow::Error::msg)?),
+        probes: Arc::new(settings.probes.clone()),
+    })
+}
+
+/// Loads and validates every playbook; any problem stops start-up with all
+/// of them listed (file:line:column: field: message).
+pub fn load_playbooks(settings: &Settings) -> anyhow::Result<Vec<Playbook>> {
+    let refs = References::from_settings(settings);
+    let playbooks = playbook::load_dir(&settings.playbooks.dir, &refs).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid playbooks:\n{}", list.join("\n"))
+    })?;
+    tracing::info!(count = playbooks.len(), dir = %settings.playbooks.dir.display(), "playbooks loaded");
+    Ok(playbooks)
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::app;
 use crate::config::Settings;
 use crate::domain::{IncidentId, IncidentStatus, format_millis};
+use crate::playbook;
 use crate::store::IncidentFilter;
 use crate::telemetry;
 
@@ -39,8 +40,23 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Validate the settings and exit: 0 when valid, 1 with the reason when not.
+    /// Validate the settings and every playbook: 0 when valid, 1 with each
+    /// problem as file:line:column: field: message.
     Check,
+    /// Run playbook unit tests (canned step outputs, no database or network).
+    Test {
+        /// A test file or folder; default: the tests/ folder of playbooks.dir.
+        path: Option<PathBuf>,
+    },
+    /// Match and diagnose the alerts of an Alertmanager payload for real
+    /// (read-only steps), print the report; posts and executes nothing.
+    Simulate {
+        /// A webhook payload (JSON), as Alertmanager sends it.
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read incidents from the store.
     Incidents {
         #[command(subcommand)]
@@ -82,17 +98,10 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref());
-    if let Command::Check = cli.command {
-        return Ok(match settings {
-            Ok(_) => {
-                println!("configuration ok");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("configuration invalid: {error}");
-                ExitCode::FAILURE
-            }
-        });
+    match &cli.command {
+        Command::Check => return Ok(check(settings)),
+        Command::Test { path } => return test(settings, path.as_deref()),
+        _ => {}
     }
     let mut settings = settings.context("loading settings")?;
     telemetry::init_logging(&settings.log);
@@ -108,11 +117,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 app::serve(settings).await?;
             }
-            Command::Check => unreachable!("handled before the runtime starts"),
+            Command::Check | Command::Test { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
+            Command::Simulate { file, json } => simulate(settings, &file, json).await?,
             Command::Incidents { command } => incidents(&settings, command).await?,
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {
+    let settings = match settings {
+        Ok(s) => s,
+        Err(error) => {
+            eprintln!("configuration invalid: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let refs = playbook::References::from_settings(&settings);
+    match playbook::load_dir(&settings.playbooks.dir, &refs) {
+        Ok(playbooks) => {
+            println!(
+                "configuration ok; {} playbook(s) ok in {}",
+                playbooks.len(),
+                settings.playbooks.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s) in playbooks", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(
+    settings: Result<Settings, crate::config::ConfigError>,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let settings = settings.context("loading settings")?;
+    let playbooks = app::load_playbooks(&settings)?;
+    let default = settings.playbooks.dir.join("tests");
+    let outcome =
+        playbook::testing::run_path(path.unwrap_or(&default), &playbooks, &settings.probes);
+    for failure in &outcome.failures {
+        println!("FAIL {failure}");
+    }
+    println!(
+        "{} passed, {} failed",
+        outcome.passed,
+        outcome.failures.len()
+    );
+    Ok(if outcome.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn simulate(settings: Settings, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let notification =
+        crate::intake::parse(&body).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let engine = app::build_engine(&settings, None)?;
+    let mut reports = Vec::new();
+    for alert in &notification.alerts {
+        let context = playbook::AlertContext {
+            labels: alert.labels.clone(),
+            annotations: alert.annotations.clone(),
+            status: alert.status.as_str().to_owned(),
+            fingerprint: alert.fingerprint.to_string(),
+            starts_at: alert.starts_at_key(),
+        };
+        reports.push(crate::engine::diagnose::diagnose(&engine, &context).await);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for (i, report) in reports.iter().enumerate() {
+            if i > 0 {
+                println!("\n----\n");
+            }
+            print!("{}", report.to_text());
+        }
+    }
+    Ok(())
 }
 
 async fn incidents(settings: &Settings, command: IncidentsCommand) -> anyhow::Result<()> {

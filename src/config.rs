@@ -4,6 +4,7 @@
 //! environment or from `*_file` settings and never print: [`Secret`]'s
 //! `Debug` is redacted.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,58 @@ pub struct Settings {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub playbooks: PlaybookSettings,
+    /// Named PostgreSQL databases that `sql` steps and actions run against.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetSettings>,
+    pub prometheus: PrometheusSettings,
+    /// Base URLs for `http` steps, as `{{ probes.NAME }}` in templates.
+    #[serde(default)]
+    pub probes: BTreeMap<String, String>,
+    pub commands: CommandSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookSettings {
+    /// Folder of `*.yaml` playbooks (tests live in its `tests/` subfolder).
+    pub dir: PathBuf,
+    /// The whole diagnosis of one incident is cut off after this.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSettings {
+    /// `postgres://…`; a secret.
+    #[serde(default)]
+    pub url: Secret,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    #[serde(default = "default_target_connections")]
+    pub max_connections: u32,
+}
+
+fn default_target_connections() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSettings {
+    /// Base URL of the Prometheus HTTP API; empty: `promql` steps fail with
+    /// "no Prometheus configured".
+    #[serde(default)]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSettings {
+    /// Absolute paths of the programs `command` steps and actions may run.
+    #[serde(default)]
+    pub allow: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +290,17 @@ impl Settings {
                  (REMEDY__INTAKE__BEARER_TOKEN), or intake.allow_unauthenticated = true"
                     .into(),
             ));
+        }
+        if let Some((name, _)) = self.targets.iter().find(|(_, t)| t.url.is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "targets.{name}: url or url_file is required"
+            )));
+        }
+        if let Some(program) = self.commands.allow.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "commands.allow: {} must be an absolute path",
+                program.display()
+            )));
         }
         if self.store.url.is_empty() {
             return Err(ConfigError::Invalid("store.url: must not be empty".into()));

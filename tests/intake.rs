@@ -173,7 +173,7 @@ async fn resolve_closes_the_incident_and_cancels_its_work(backend: Backend) {
     assert_eq!(kinds, ["opened", "resolved"]);
     // The diagnosis that was queued will never run for a resolved incident.
     let pending = remedy::engine::step(
-        &app.store,
+        &app.app.engine,
         &remedy::engine::WorkerSettings::new("w".into()),
         remedy::domain::now_millis() + 1,
     )

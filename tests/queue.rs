@@ -40,13 +40,13 @@ async fn a_new_incident_is_diagnosed_once_by_the_worker(backend: Backend) {
     let id = open_one(&app).await;
     let now = now_millis();
     assert_eq!(
-        engine::step(&app.store, &worker("w1"), now)
+        engine::step(&app.app.engine, &worker("w1"), now)
             .await
             .expect("step"),
         1
     );
     assert_eq!(
-        engine::step(&app.store, &worker("w1"), now + 120_000)
+        engine::step(&app.app.engine, &worker("w1"), now + 120_000)
             .await
             .expect("step"),
         0
@@ -71,14 +71,14 @@ async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend
     assert_eq!(dead.len(), 1);
     // Before the lease runs out nobody else may take it.
     assert_eq!(
-        engine::step(&app.store, &worker("b"), now + 59_000)
+        engine::step(&app.app.engine, &worker("b"), now + 59_000)
             .await
             .expect("step"),
         0
     );
     // After it, worker B does.
     assert_eq!(
-        engine::step(&app.store, &worker("b"), now + 61_000)
+        engine::step(&app.app.engine, &worker("b"), now + 61_000)
             .await
             .expect("step"),
         1
@@ -160,7 +160,7 @@ async fn a_released_lease_is_taken_over_at_once(backend: Backend) {
         1
     );
     assert_eq!(
-        engine::step(&app.store, &worker("next"), now + 1)
+        engine::step(&app.app.engine, &worker("next"), now + 1)
             .await
             .expect("step"),
         1

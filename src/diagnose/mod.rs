@@ -54,3 +54,128 @@ pub enum StepError {
     #[error("{0}")]
     Failed(String),
 }
+
+/// Runs planned steps against the configured targets, concurrently, under
+/// one deadline for the whole diagnosis.
+#[derive(Debug)]
+pub struct Diagnoser {
+    targets: std::collections::BTreeMap<String, sqlx::PgPool>,
+    prometheus_url: String,
+    allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
+    client: reqwest::Client,
+    deadline: Duration,
+}
+
+impl Diagnoser {
+    /// Target pools connect lazily: a database that is down fails its steps,
+    /// not remedy's start.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
+        let mut targets = std::collections::BTreeMap::new();
+        for (name, target) in &settings.targets {
+            let options: sqlx::postgres::PgConnectOptions = target
+                .url
+                .expose()
+                .parse()
+                .map_err(|e| format!("targets.{name}.url: {e}"))?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(target.max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options.application_name("remedy"));
+            targets.insert(name.clone(), pool);
+        }
+        Ok(Self {
+            targets,
+            prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
+            allowed_programs: settings.commands.allow.iter().cloned().collect(),
+            client: crate::net::client(),
+            deadline: settings.playbooks.deadline,
+        })
+    }
+
+    /// Runs every step; a step that fails or times out is reported as such
+    /// and never stops the others.
+    pub async fn run(
+        self: &std::sync::Arc<Self>,
+        planned: Vec<(
+            String,
+            Result<crate::playbook::evaluate::PlannedStep, String>,
+        )>,
+    ) -> std::collections::BTreeMap<String, StepOutput> {
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let mut set = tokio::task::JoinSet::new();
+        for (id, step) in planned {
+            let me = self.clone();
+            set.spawn(async move {
+                let started = std::time::Instant::now();
+                let output = match step {
+                    Err(e) => Err(StepError::Failed(e)),
+                    Ok(step) => match tokio::time::timeout_at(deadline, me.run_step(step)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(StepError::Timeout(me.deadline)),
+                    },
+                };
+                (
+                    id,
+                    output.unwrap_or_else(|e| StepOutput::failed(&e, started.elapsed())),
+                )
+            });
+        }
+        set.join_all().await.into_iter().collect()
+    }
+
+    async fn run_step(
+        &self,
+        step: crate::playbook::evaluate::PlannedStep,
+    ) -> Result<StepOutput, StepError> {
+        use crate::playbook::evaluate::PlannedStep;
+        match step {
+            PlannedStep::Sql {
+                target,
+                query,
+                params,
+                timeout,
+                max_rows,
+            } => {
+                let pool = self
+                    .targets
+                    .get(&target)
+                    .ok_or_else(|| StepError::Failed(format!("unknown target `{target}`")))?;
+                sql::query(pool, &query, &params, timeout, max_rows).await
+            }
+            PlannedStep::Promql { query, timeout } => {
+                if self.prometheus_url.is_empty() {
+                    return Err(StepError::Failed(
+                        "no Prometheus configured (prometheus.url)".into(),
+                    ));
+                }
+                promql::query(&self.client, &self.prometheus_url, &query, timeout).await
+            }
+            PlannedStep::Http {
+                method,
+                url,
+                expect_status,
+                timeout,
+            } => http::probe(&self.client, &method, &url, expect_status, timeout, 512).await,
+            PlannedStep::Command {
+                program,
+                args,
+                pattern,
+                timeout,
+                max_lines,
+            } => {
+                let path = std::path::PathBuf::from(&program);
+                if !self.allowed_programs.contains(&path) {
+                    return Err(StepError::Failed(format!(
+                        "`{program}` is not in commands.allow"
+                    )));
+                }
+                let pattern = pattern
+                    .as_deref()
+                    .map(regex::Regex::new)
+                    .transpose()
+                    .map_err(|e| StepError::Failed(format!("bad pattern: {e}")))?;
+                command::run(&path, &args, pattern.as_ref(), timeout, 1 << 20, max_lines).await
+            }
+        }
+    }
+}

@@ -3,16 +3,29 @@
 //! result fenced by its lease. [`step`] is one pass, public so tests drive it
 //! with their own clock; [`run`] loops it until shutdown.
 
-mod diagnose;
+pub mod diagnose;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::diagnose::Diagnoser;
 use crate::domain::{Millis, now_millis};
+use crate::playbook::Playbook;
 use crate::store::{ClaimedWork, Store, StoreError, WorkKind};
+
+/// What the worker needs: the store, the loaded playbooks and the means to
+/// run their steps. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub store: Store,
+    pub playbooks: Arc<Vec<Playbook>>,
+    pub diagnoser: Arc<Diagnoser>,
+    pub probes: Arc<BTreeMap<String, String>>,
+}
 
 /// How the worker leases and retries.
 #[derive(Debug, Clone)]
@@ -53,16 +66,17 @@ pub fn worker_name() -> String {
 /// Claims due work once and handles every claimed row. Returns how many rows
 /// were claimed.
 pub async fn step(
-    store: &Store,
+    engine: &Engine,
     settings: &WorkerSettings,
     now: Millis,
 ) -> Result<usize, StoreError> {
+    let store = &engine.store;
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
     let claimed = store
         .claim_work(&settings.owner, now, lease_ms, settings.batch)
         .await?;
     for work in &claimed {
-        match handle(store, work, now).await {
+        match handle(engine, work, now).await {
             Ok(true) => metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "done").increment(1),
             Ok(false) => {
                 tracing::warn!(work = work.id, kind = %work.kind, "lease lost before completion; another worker owns this work");
@@ -90,15 +104,17 @@ pub enum WorkError {
     NoIncident,
     #[error("incident {0} not found")]
     IncidentMissing(i64),
+    #[error("report cannot be stored: {0}")]
+    Report(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-async fn handle(store: &Store, work: &ClaimedWork, now: Millis) -> Result<bool, WorkError> {
+async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool, WorkError> {
     let kind =
         WorkKind::parse(&work.kind).ok_or_else(|| WorkError::UnknownKind(work.kind.clone()))?;
     match kind {
-        WorkKind::Diagnose => diagnose::run(store, work, now).await,
+        WorkKind::Diagnose => diagnose::run(engine, work, now).await,
     }
 }
 
@@ -110,13 +126,14 @@ fn backoff_ms(attempts: i64) -> i64 {
 /// Runs [`step`] until `shutdown`, waking on `work_ready` or every poll
 /// interval. On shutdown it gives its leases back.
 pub async fn run(
-    store: Store,
+    engine: Engine,
     settings: WorkerSettings,
     work_ready: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let store = engine.store.clone();
     loop {
-        let claimed = match step(&store, &settings, now_millis()).await {
+        let claimed = match step(&engine, &settings, now_millis()).await {
             Ok(n) => n,
             Err(error) => {
                 tracing::error!(%error, "worker could not reach the store");

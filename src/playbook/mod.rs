@@ -1,3 +1,62 @@
-//! Playbooks: the YAML model, loading and validation, and matchers.
+//! Playbooks: the YAML model operators write, loading and validation with
+//! positions, Alertmanager matchers, and the templates that turn step
+//! outputs into findings, actions with bound parameters, and suggestions.
 
+pub mod evaluate;
+pub mod load;
 pub mod matcher;
+pub mod model;
+pub mod template;
+pub mod testing;
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+pub use evaluate::{ActionInstance, AlertContext, Finding, Report, Suggestion};
+pub use load::{PlaybookError, References, load_dir, load_str};
+
+use crate::domain::Labels;
+
+/// A validated playbook.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    pub file: PathBuf,
+    pub spec: model::PlaybookFile,
+    pub matchers: Vec<matcher::Matcher>,
+    /// `vars` with `NAME_seconds` added for every duration.
+    pub vars: Map<String, Value>,
+}
+
+impl Playbook {
+    #[must_use]
+    pub fn matches(&self, labels: &Labels) -> bool {
+        matcher::matches_all(&self.matchers, labels)
+    }
+
+    /// Overrides variables (tests and operators), recomputing the `_seconds` forms.
+    pub fn set_var(&mut self, name: &str, value: Value) {
+        self.spec.vars.insert(name.to_owned(), value);
+        self.vars = expand_vars(&self.spec.vars);
+    }
+}
+
+/// The first playbook, in file-name order, whose matchers all match.
+#[must_use]
+pub fn find<'a>(playbooks: &'a [Playbook], labels: &Labels) -> Option<&'a Playbook> {
+    playbooks.iter().find(|p| p.matches(labels))
+}
+
+pub(crate) fn expand_vars(vars: &std::collections::BTreeMap<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (name, value) in vars {
+        if let Some(d) = value
+            .as_str()
+            .and_then(|s| humantime::parse_duration(s).ok())
+        {
+            out.insert(format!("{name}_seconds"), Value::from(d.as_secs_f64()));
+        }
+        out.insert(name.clone(), value.clone());
+    }
+    out
+}

@@ -73,6 +73,12 @@ pub fn test_settings(store_url: &str, extra: &[(&str, &str)]) -> Settings {
             BASIC_PASSWORD.into(),
         ),
         ("REMEDY__API__TOKEN".into(), API_TOKEN.into()),
+        // No playbooks unless a test asks for them, so intake tests do not
+        // diagnose against real databases.
+        (
+            "REMEDY__PLAYBOOKS__DIR".into(),
+            empty_dir().display().to_string(),
+        ),
     ];
     env.extend(
         extra
@@ -80,6 +86,18 @@ pub fn test_settings(store_url: &str, extra: &[(&str, &str)]) -> Settings {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     Settings::load_from(None, env).expect("test settings are valid")
+}
+
+/// An empty folder (no playbooks).
+pub fn empty_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("remedy-tests-empty");
+    std::fs::create_dir_all(&dir).expect("empty dir");
+    dir
+}
+
+/// The shipped playbooks.
+pub fn playbooks_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("playbooks")
 }
 
 pub struct TestApp {

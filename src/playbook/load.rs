@@ -1,0 +1,449 @@
+//! Loading and validating playbooks. Every problem is reported with its
+//! file, line, column and field, and all of a folder's problems are
+//! reported at once, so `remedy check` is one round trip for the operator.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde_saphyr::{Location, Spanned};
+
+use super::Playbook;
+use super::matcher::{Matcher, parse_matchers};
+use super::model::{ActionKind, PlaybookFile, StepSpec};
+use super::template;
+use crate::config::Settings;
+
+/// One problem in one playbook file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaybookError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PlaybookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.field,
+            self.message
+        )
+    }
+}
+
+/// What a playbook may refer to, from the settings.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    pub targets: BTreeSet<String>,
+    pub programs: BTreeSet<PathBuf>,
+    pub probes: BTreeSet<String>,
+}
+
+impl References {
+    #[must_use]
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            targets: settings.targets.keys().cloned().collect(),
+            programs: settings.commands.allow.iter().cloned().collect(),
+            probes: settings.probes.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Loads every `*.yaml` / `*.yml` file directly in `dir`, in name order.
+pub fn load_dir(dir: &Path, refs: &References) -> Result<Vec<Playbook>, Vec<PlaybookError>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect(),
+        Err(e) => {
+            return Err(vec![PlaybookError {
+                file: dir.to_owned(),
+                line: 0,
+                column: 0,
+                field: "playbooks.dir".into(),
+                message: format!("cannot read the folder: {e}"),
+            }]);
+        }
+    };
+    files.sort();
+    let mut playbooks = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match load_str(&file, &text, refs) {
+                Ok(p) => playbooks.push(p),
+                Err(mut e) => errors.append(&mut e),
+            },
+            Err(e) => errors.push(PlaybookError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                field: ".".into(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let mut names: BTreeMap<&str, &Path> = BTreeMap::new();
+    for p in &playbooks {
+        if let Some(first) = names.insert(&p.spec.name, &p.file) {
+            errors.push(PlaybookError {
+                file: p.file.clone(),
+                line: 1,
+                column: 1,
+                field: "name".into(),
+                message: format!("`{}` is also the name of {}", p.spec.name, first.display()),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(playbooks)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses and validates one playbook.
+pub fn load_str(
+    file: &Path,
+    text: &str,
+    refs: &References,
+) -> Result<Playbook, Vec<PlaybookError>> {
+    let spec: PlaybookFile = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let message = e.to_string();
+        let first = message.lines().next().unwrap_or_default();
+        // serde-saphyr prefixes "error: line L column C: "; the position is ours to print.
+        let message = first
+            .rsplit_once(&format!("column {column}: "))
+            .map_or(first, |(_, m)| m);
+        vec![PlaybookError {
+            file: file.to_owned(),
+            line,
+            column,
+            field: field_named_in(message),
+            message: message.to_owned(),
+        }]
+    })?;
+    let mut v = Validator {
+        file,
+        refs,
+        errors: Vec::new(),
+    };
+    let matchers = v.matchers(&spec);
+    v.steps(&spec);
+    v.findings(&spec);
+    v.actions(&spec);
+    v.suggestions(&spec);
+    if v.errors.is_empty() {
+        Ok(Playbook {
+            file: file.to_owned(),
+            vars: super::expand_vars(&spec.vars),
+            matchers,
+            spec,
+        })
+    } else {
+        Err(v.errors)
+    }
+}
+
+fn field_named_in(message: &str) -> String {
+    message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+        .unwrap_or(".")
+        .to_owned()
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    refs: &'a References,
+    errors: Vec<PlaybookError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, at: Location, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(PlaybookError {
+            file: self.file.to_owned(),
+            line: at.line(),
+            column: at.column(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn template(&mut self, at: Location, field: String, source: &str) {
+        if let Err(e) = template::check_template(source) {
+            self.error(at, field, format!("template error: {e}"));
+        }
+    }
+
+    fn expression(&mut self, at: Location, field: String, source: &str) {
+        if let Err(e) = template::check_expression(source) {
+            self.error(at, field, format!("expression error: {e}"));
+        }
+    }
+
+    fn matchers(&mut self, spec: &PlaybookFile) -> Vec<Matcher> {
+        if spec.matchers.is_empty() {
+            self.error(
+                Location::UNKNOWN,
+                "match",
+                "at least one matcher is required",
+            );
+        }
+        let mut all = Vec::new();
+        for (i, m) in spec.matchers.iter().enumerate() {
+            match parse_matchers(&m.value) {
+                Ok(mut parsed) => all.append(&mut parsed),
+                Err(e) => self.error(m.referenced, format!("match[{i}]"), e.to_string()),
+            }
+        }
+        all
+    }
+
+    fn target(&mut self, at: Location, field: String, target: &str) {
+        if !target.contains("{{") && !self.refs.targets.contains(target) {
+            let known: Vec<&str> = self.refs.targets.iter().map(String::as_str).collect();
+            self.error(
+                at,
+                field,
+                format!("unknown target `{target}` (configured: {})", list(&known)),
+            );
+        }
+    }
+
+    fn program(&mut self, at: Location, field: String, program: &str) {
+        if !self.refs.programs.contains(Path::new(program)) {
+            self.error(at, field, format!("`{program}` is not in commands.allow"));
+        }
+    }
+
+    fn steps(&mut self, spec: &PlaybookFile) {
+        let mut ids = BTreeSet::new();
+        let default_target = spec.target.as_ref();
+        if let Some(t) = default_target {
+            self.target(t.referenced, "target".into(), &t.value);
+        }
+        for (
+            i,
+            Spanned {
+                value: step,
+                referenced: at,
+                ..
+            },
+        ) in spec.steps.iter().enumerate()
+        {
+            let at = *at;
+            let id = step.id();
+            if !is_identifier(id) {
+                self.error(
+                    at,
+                    format!("steps[{i}].id"),
+                    format!("`{id}` must be a name of letters, digits and _"),
+                );
+            } else if !ids.insert(id) {
+                self.error(
+                    at,
+                    format!("steps[{i}].id"),
+                    format!("`{id}` is used by another step"),
+                );
+            }
+            match step {
+                StepSpec::Sql {
+                    target,
+                    query,
+                    params,
+                    ..
+                } => {
+                    match (target, default_target) {
+                        (Some(t), _) => self.target(at, format!("steps[{i}].target"), t),
+                        (None, Some(_)) => {}
+                        (None, None) => self.error(
+                            at,
+                            format!("steps[{i}].target"),
+                            "no target here and no playbook `target`",
+                        ),
+                    }
+                    if query.contains("{{") {
+                        self.error(
+                            at,
+                            format!("steps[{i}].query"),
+                            "SQL is not a template: pass values as `params` ($1, $2, …)",
+                        );
+                    }
+                    for (j, p) in params.iter().enumerate() {
+                        self.template(at, format!("steps[{i}].params[{j}]"), p);
+                    }
+                }
+                StepSpec::Promql { query, .. } => {
+                    self.template(at, format!("steps[{i}].query"), query)
+                }
+                StepSpec::Http { url, method, .. } => {
+                    self.template(at, format!("steps[{i}].url"), url);
+                    if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
+                        self.error(
+                            at,
+                            format!("steps[{i}].method"),
+                            format!("`{method}` is not an HTTP method"),
+                        );
+                    }
+                }
+                StepSpec::Command {
+                    program,
+                    args,
+                    pattern,
+                    ..
+                } => {
+                    self.program(at, format!("steps[{i}].program"), program);
+                    for (j, a) in args.iter().enumerate() {
+                        self.template(at, format!("steps[{i}].args[{j}]"), a);
+                    }
+                    if let Some(Err(e)) = pattern.as_deref().map(Regex::new) {
+                        self.error(at, format!("steps[{i}].pattern"), format!("bad regex: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn step_ref(&mut self, spec: &PlaybookFile, at: Location, field: String, id: &str) {
+        if !spec.steps.iter().any(|s| s.value.id() == id) {
+            self.error(at, field, format!("no step `{id}`"));
+        }
+    }
+
+    fn findings(&mut self, spec: &PlaybookFile) {
+        for (i, f) in spec.findings.iter().enumerate() {
+            let at = f.referenced;
+            if let Some(when) = &f.value.when {
+                self.expression(at, format!("findings[{i}].when"), when);
+            }
+            self.template(at, format!("findings[{i}].text"), &f.value.text);
+            if let Some(step) = &f.value.evidence {
+                self.step_ref(spec, at, format!("findings[{i}].evidence"), step);
+            }
+        }
+    }
+
+    fn actions(&mut self, spec: &PlaybookFile) {
+        let mut ids = BTreeSet::new();
+        for (i, a) in spec.actions.iter().enumerate() {
+            let (at, action) = (a.referenced, &a.value);
+            if !is_identifier(&action.id) || !ids.insert(action.id.as_str()) {
+                self.error(
+                    at,
+                    format!("actions[{i}].id"),
+                    format!(
+                        "`{}` must be a unique name of letters, digits and _",
+                        action.id
+                    ),
+                );
+            }
+            if action.quorum == 0 {
+                self.error(at, format!("actions[{i}].quorum"), "must be at least 1");
+            }
+            self.template(at, format!("actions[{i}].title"), &action.title);
+            if let Some(when) = &action.when {
+                self.expression(at, format!("actions[{i}].when"), when);
+            }
+            if let Some(step) = &action.for_each {
+                self.step_ref(spec, at, format!("actions[{i}].for_each"), step);
+            }
+            for (j, p) in action.params.iter().enumerate() {
+                self.template(at, format!("actions[{i}].params[{j}]"), p);
+            }
+            for (j, p) in action.args.iter().enumerate() {
+                self.template(at, format!("actions[{i}].args[{j}]"), p);
+            }
+            let field = |name: &str| format!("actions[{i}].{name}");
+            match action.kind {
+                ActionKind::Sql => match &action.statement {
+                    None => self.error(at, field("statement"), "a sql action needs a statement"),
+                    Some(s) if s.contains("{{") => self.error(
+                        at,
+                        field("statement"),
+                        "SQL is not a template: pass values as `params`",
+                    ),
+                    Some(_) => match (&action.target, spec.target.is_some()) {
+                        (Some(t), _) => self.target(at, field("target"), t),
+                        (None, true) => {}
+                        (None, false) => self.error(
+                            at,
+                            field("target"),
+                            "no target here and no playbook `target`",
+                        ),
+                    },
+                },
+                ActionKind::Command => match &action.program {
+                    None => self.error(at, field("program"), "a command action needs a program"),
+                    Some(p) => self.program(at, field("program"), p),
+                },
+                ActionKind::Http => match &action.url {
+                    None => self.error(at, field("url"), "an http action needs a url"),
+                    Some(u) => self.template(at, field("url"), u),
+                },
+                ActionKind::Silence => {
+                    if action.duration.is_none() {
+                        self.error(at, field("duration"), "a silence needs a duration");
+                    }
+                }
+            }
+            if let Some(pre) = &action.precondition {
+                if pre.query.contains("{{") {
+                    self.error(
+                        at,
+                        field("precondition.query"),
+                        "SQL is not a template: pass values as `params`",
+                    );
+                }
+                for (j, p) in pre.params.iter().enumerate() {
+                    self.template(at, format!("actions[{i}].precondition.params[{j}]"), p);
+                }
+            }
+        }
+    }
+
+    fn suggestions(&mut self, spec: &PlaybookFile) {
+        for (i, s) in spec.suggestions.iter().enumerate() {
+            let at = s.referenced;
+            self.template(at, format!("suggestions[{i}].title"), &s.value.title);
+            if let Some(when) = &s.value.when {
+                self.expression(at, format!("suggestions[{i}].when"), when);
+            }
+            for (name, t) in [("text", &s.value.text), ("command", &s.value.command)] {
+                if let Some(t) = t {
+                    self.template(at, format!("suggestions[{i}].{name}"), t);
+                }
+            }
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}

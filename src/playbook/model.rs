@@ -1,0 +1,235 @@
+//! The playbook file format, as operators write it (see playbooks/README.md).
+//! Unknown fields are errors; values that need more than serde's checks
+//! (matchers, templates, targets, programs) keep their position
+//! (`Spanned`) so `remedy check` can point at them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Alertmanager matchers; all must match (`alertname="X"`, `severity=~"a|b"`).
+    #[serde(rename = "match")]
+    pub matchers: Vec<Spanned<String>>,
+    /// Thresholds and knobs, readable in templates as `vars.NAME`. A value
+    /// written as a duration (`5m`) is also given as `vars.NAME_seconds`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Default PostgreSQL target of `sql` steps and actions: a target name
+    /// from the settings, or a template over the alert (`{{ labels.cluster }}`).
+    #[serde(default)]
+    pub target: Option<Spanned<String>>,
+    #[serde(default)]
+    pub steps: Vec<Spanned<StepSpec>>,
+    #[serde(default)]
+    pub findings: Vec<Spanned<FindingSpec>>,
+    #[serde(default)]
+    pub actions: Vec<Spanned<ActionSpec>>,
+    #[serde(default)]
+    pub suggestions: Vec<Spanned<SuggestionSpec>>,
+}
+
+/// One diagnostic step. `id` names its output in templates (`steps.ID`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StepSpec {
+    /// A read-only query; `params` are templates whose results are bound as
+    /// `$1`, `$2`… (text; cast in SQL), never spliced.
+    Sql {
+        id: String,
+        #[serde(default)]
+        target: Option<String>,
+        query: String,
+        #[serde(default)]
+        params: Vec<String>,
+        #[serde(default, with = "humantime_serde::option")]
+        timeout: Option<Duration>,
+        #[serde(default)]
+        max_rows: Option<usize>,
+    },
+    /// An instant query; label values inserted with the `promql` filter are quoted.
+    Promql {
+        id: String,
+        query: String,
+        #[serde(default, with = "humantime_serde::option")]
+        timeout: Option<Duration>,
+    },
+    /// A probe; `url` may start with `{{ probes.NAME }}` from the settings.
+    Http {
+        id: String,
+        url: String,
+        #[serde(default = "default_method")]
+        method: String,
+        #[serde(default = "default_status")]
+        expect_status: u16,
+        #[serde(default, with = "humantime_serde::option")]
+        timeout: Option<Duration>,
+    },
+    /// An allow-listed program with argv (templates, each one argument).
+    Command {
+        id: String,
+        program: String,
+        #[serde(default)]
+        args: Vec<String>,
+        /// Keep only output lines matching this regex.
+        #[serde(default)]
+        pattern: Option<String>,
+        #[serde(default, with = "humantime_serde::option")]
+        timeout: Option<Duration>,
+        #[serde(default)]
+        max_lines: Option<usize>,
+    },
+}
+
+impl StepSpec {
+    #[must_use]
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Sql { id, .. }
+            | Self::Promql { id, .. }
+            | Self::Http { id, .. }
+            | Self::Command { id, .. } => id,
+        }
+    }
+
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sql { .. } => "sql",
+            Self::Promql { .. } => "promql",
+            Self::Http { .. } => "http",
+            Self::Command { .. } => "command",
+        }
+    }
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// A line for people: shown when `when` is true.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindingSpec {
+    /// An expression over `steps`, `vars`, `labels`; absent means always.
+    #[serde(default)]
+    pub when: Option<String>,
+    pub severity: Severity,
+    /// A template.
+    pub text: String,
+    /// A step whose rows are attached as evidence.
+    #[serde(default)]
+    pub evidence: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    Safe,
+    Disruptive,
+    Destructive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Sql,
+    Command,
+    Http,
+    Silence,
+}
+
+/// Something that can be executed after approval. With `for_each: STEP`
+/// there is one instance per row of that step, and templates see `row`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    pub id: String,
+    /// A template.
+    pub title: String,
+    pub kind: ActionKind,
+    pub risk: Risk,
+    /// Roles that may approve; empty means any configured approver.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Distinct approvers needed.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub for_each: Option<String>,
+    /// Most instances one execution may touch (blast radius).
+    #[serde(default)]
+    pub max_targets: Option<usize>,
+    #[serde(default)]
+    pub target: Option<String>,
+    /// sql: the statement; `params` are bound as `$1`…
+    #[serde(default)]
+    pub statement: Option<String>,
+    #[serde(default)]
+    pub params: Vec<String>,
+    /// command: the program and its argv templates.
+    #[serde(default)]
+    pub program: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// http: method and URL.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// silence: how long.
+    #[serde(default, with = "humantime_serde::option")]
+    pub duration: Option<Duration>,
+    /// Re-checked right before running (by the executor).
+    #[serde(default)]
+    pub precondition: Option<PreconditionSpec>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A query that must return a row for the action to still be valid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreconditionSpec {
+    pub query: String,
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+/// Advice and commands for a human to copy; never executed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestionSpec {
+    pub title: String,
+    #[serde(default)]
+    pub when: Option<String>,
+    /// A template.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// A template, shown as a code block.
+    #[serde(default)]
+    pub command: Option<String>,
+}
