@@ -106,7 +106,9 @@ pub struct PrometheusSettings {
 #[serde(deny_unknown_fields)]
 pub struct CommandSettings {
     /// Absolute paths of the programs `command` steps and actions may run.
-    #[serde(default)]
+    /// From the environment, comma-separated:
+    /// `REMEDY__COMMANDS__ALLOW=/usr/bin/docker,/usr/bin/systemctl`.
+    #[serde(default, deserialize_with = "list_or_comma_separated")]
     pub allow: Vec<PathBuf>,
 }
 
@@ -189,6 +191,19 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     pub batch: i64,
     pub max_attempts: i64,
+}
+
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<PathBuf>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]

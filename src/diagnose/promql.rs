@@ -205,7 +205,7 @@ fn parse_sample(text: &str) -> Option<f64> {
 /// milliseconds as `<n>ms` (Prometheus durations take no fractions).
 fn prom_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", duration.as_secs())
     } else {
         format!("{millis}ms")
@@ -264,12 +264,18 @@ mod tests {
     }
 
     /// A fake Prometheus: one `/api/v1/query` route that answers according
-    /// to the query text, and rejects requests without the expected form.
+    /// to the query text, and rejects requests without the expected form
+    /// (the tests use a 200 ms timeout for `slow`, 2 s for the rest).
     async fn handler(Form(form): Form<HashMap<String, String>>) -> Response {
-        if form.get("timeout").map(String::as_str) != Some("2s") {
-            return json_response(StatusCode::IM_A_TEAPOT, "{}");
+        let query = form.get("query").map(String::as_str);
+        let expected_timeout = if query == Some("slow") { "200ms" } else { "2s" };
+        if form.get("timeout").map(String::as_str) != Some(expected_timeout) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                r#"{"status":"error","errorType":"test","error":"unexpected timeout parameter"}"#,
+            );
         }
-        match form.get("query").map(String::as_str) {
+        match query {
             Some("up") => json_response(StatusCode::OK, VECTOR),
             Some("inf_first") => json_response(StatusCode::OK, NAN_FIRST),
             Some("empty") => json_response(StatusCode::OK, EMPTY),

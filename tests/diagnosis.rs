@@ -1,0 +1,324 @@
+//! Diagnosis on real PostgreSQL: each test creates the runbook's condition
+//! for real (sessions idle in transaction, a pg_sleep query, a lock chain,
+//! many connections, a table scanned without an index) and checks what the
+//! shipped playbooks find and which actions they offer.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Backend;
+use remedy::engine::Engine;
+use remedy::playbook::{AlertContext, Report};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+/// A fresh target database and an engine whose `main` target is it.
+struct Target {
+    url: String,
+    engine: Engine,
+}
+
+async fn target(extra: &[(&str, &str)]) -> Target {
+    let url = common::fresh_store_url(Backend::Postgres).await;
+    let dir = common::playbooks_dir();
+    let mut env = vec![
+        ("REMEDY__TARGETS__MAIN__URL", url.as_str()),
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8 path")),
+        ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
+    ];
+    env.extend_from_slice(extra);
+    let settings = common::test_settings("sqlite::memory:", &env);
+    let engine = remedy::app::build_engine(&settings, None).expect("engine");
+    Target { url, engine }
+}
+
+impl Target {
+    fn set_vars(&mut self, alertname: &str, vars: &[(&str, Value)]) {
+        let mut playbooks = (*self.engine.playbooks).clone();
+        let playbook = playbooks.iter_mut().find(|p| p.spec.name == alertname).expect("shipped playbook");
+        for (name, value) in vars {
+            playbook.set_var(name, value.clone());
+        }
+        self.engine.playbooks = Arc::new(playbooks);
+    }
+
+    async fn connect(&self, application: &str) -> PgConnection {
+        self.connect_as("postgres", application).await
+    }
+
+    /// Connects as `user` (trust auth on the test server).
+    async fn connect_as(&self, user: &str, application: &str) -> PgConnection {
+        let url = self.url.replacen("postgres@", &format!("{user}@"), 1);
+        let mut conn = PgConnection::connect(&url).await.expect("connect to target");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set application_name = '{application}'")))
+            .execute(&mut conn)
+            .await
+            .expect("set application_name");
+        conn
+    }
+
+    async fn diagnose(&self, labels: &[(&str, &str)]) -> Report {
+        let alert = AlertContext {
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            status: "firing".into(),
+            ..AlertContext::default()
+        };
+        remedy::engine::diagnose::diagnose(&self.engine, &alert).await
+    }
+}
+
+async fn pid(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar::<_, i32>("select pg_backend_pid()").fetch_one(conn).await.expect("pid").into()
+}
+
+fn pids(report: &Report, step: &str, column: &str) -> Vec<i64> {
+    report.steps[step].rows.iter().filter_map(|r| r.get(column).and_then(Value::as_i64)).collect()
+}
+
+/// An ordinary application role (not a superuser), as the runbook's app uses.
+async fn app_role(t: &Target) -> &'static str {
+    let mut admin = t.connect("setup").await;
+    sqlx::raw_sql(
+        "do $$ begin create role remedy_test_app login; exception when duplicate_object or unique_violation then null; end $$",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("role");
+    "remedy_test_app"
+}
+
+#[tokio::test]
+async fn sessions_idle_in_transaction_are_found_and_only_the_stale_ones_offered() {
+    let mut t = target(&[]).await;
+    t.set_vars("DatabaseIdleInTransaction", &[("idle_threshold", "1s".into()), ("kill_threshold", "2s".into())]);
+    let role = app_role(&t).await;
+    // A superuser's session idle just as long: shown, never offered.
+    let mut protected = t.connect("admin-console").await;
+    sqlx::raw_sql("begin; select 3").execute(&mut protected).await.expect("begin");
+    let protected_pid = pid(&mut protected).await;
+    let mut old = Vec::new();
+    for i in 0..2 {
+        let mut conn = t.connect_as(role, &format!("leaky-{i}")).await;
+        let pid = pid(&mut conn).await;
+        sqlx::raw_sql("begin; select 1").execute(&mut conn).await.expect("begin");
+        old.push((pid, conn));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut young = t.connect_as(role, "young").await;
+    sqlx::raw_sql("begin; select 2").execute(&mut young).await.expect("begin");
+    let young_pid = pid(&mut young).await;
+    let mut active = t.connect("busy").await;
+    let active_pid = pid(&mut active).await;
+
+    let report = t.diagnose(&[("alertname", "DatabaseIdleInTransaction")]).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let idle = pids(&report, "idle_sessions", "pid");
+    let stale = pids(&report, "stale_sessions", "pid");
+    for (pid, _) in &old {
+        assert!(idle.contains(pid) && stale.contains(pid), "pid {pid} not found: {idle:?} / {stale:?}");
+    }
+    assert!(!stale.contains(&young_pid) && !idle.contains(&young_pid), "a session under the threshold was listed");
+    assert!(!idle.contains(&active_pid));
+    let row = report.steps["idle_sessions"].rows.iter().find(|r| r["pid"] == old[0].0).expect("row");
+    assert_eq!(row["application_name"], "leaky-0");
+    assert_eq!(row["usename"], role);
+    assert_eq!(row["query"], "begin; select 1");
+    assert!(row["idle_seconds"].as_f64().expect("seconds") >= 2.0);
+    let offered: Vec<&str> = report
+        .actions
+        .iter()
+        .filter(|a| a.id == "terminate_stale")
+        .map(|a| a.params[0].as_str())
+        .collect();
+    for (pid, _) in &old {
+        assert!(offered.contains(&pid.to_string().as_str()), "no action for {pid}: {offered:?}");
+    }
+    assert!(!offered.contains(&young_pid.to_string().as_str()));
+    assert!(idle.contains(&protected_pid), "the superuser's session is evidence");
+    assert!(!offered.contains(&protected_pid.to_string().as_str()), "a superuser's session was offered");
+    let action = report.actions.iter().find(|a| a.params[0] == old[0].0.to_string()).expect("action");
+    let precondition = action.precondition.as_ref().expect("precondition");
+    assert_eq!(precondition.params[1], row["backend_start"].as_str().expect("backend_start"));
+    assert!(report.findings.iter().any(|f| f.text.contains("idle in transaction for more than 1s")));
+}
+
+#[tokio::test]
+async fn a_long_running_query_is_found_with_its_duration() {
+    let mut t = target(&[]).await;
+    t.set_vars("DatabaseLongRunningQueries", &[("long_query", "1s".into())]);
+    let mut sleeper = t.connect("sleeper").await;
+    let sleeper_pid = pid(&mut sleeper).await;
+    let sleeping = tokio::spawn(async move {
+        let _ = sqlx::raw_sql("select pg_sleep(8)").execute(&mut sleeper).await;
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = t.diagnose(&[("alertname", "DatabaseLongRunningQueries")]).await;
+    let row = report.steps["long_queries"]
+        .rows
+        .iter()
+        .find(|r| r["pid"] == sleeper_pid)
+        .unwrap_or_else(|| panic!("pg_sleep not found: {:?}", report.steps["long_queries"]));
+    assert!(row["duration_seconds"].as_f64().expect("duration") >= 1.0);
+    assert_eq!(row["query_preview"], "select pg_sleep(8)");
+    assert!(report.actions.iter().any(|a| a.id == "cancel_query" && a.params == [sleeper_pid.to_string()]));
+    let mut admin = t.connect("cleanup").await;
+    sqlx::query("select pg_cancel_backend($1::int)").bind(sleeper_pid).execute(&mut admin).await.expect("cancel");
+    sleeping.await.expect("sleeper ends");
+}
+
+#[tokio::test]
+async fn a_lock_chain_pairs_blocker_and_blocked() {
+    let t = target(&[]).await;
+    let mut setup = t.connect("setup").await;
+    sqlx::raw_sql("create table accounts (id int primary key, balance int); insert into accounts values (1, 10)")
+        .execute(&mut setup)
+        .await
+        .expect("table");
+    let mut holder = t.connect("holder").await;
+    sqlx::raw_sql("begin; update accounts set balance = 11 where id = 1").execute(&mut holder).await.expect("lock");
+    let holder_pid = pid(&mut holder).await;
+    let mut waiter = t.connect("waiter").await;
+    let waiter_pid = pid(&mut waiter).await;
+    let waiting = tokio::spawn(async move {
+        let _ = sqlx::raw_sql("update accounts set balance = 12 where id = 1").execute(&mut waiter).await;
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = t.diagnose(&[("alertname", "DatabaseLongRunningQueries")]).await;
+    let chain = report.steps["lock_chains"]
+        .rows
+        .iter()
+        .find(|r| r["blocked_pid"] == waiter_pid)
+        .unwrap_or_else(|| panic!("no chain: {:?}", report.steps["lock_chains"]));
+    assert_eq!(chain["blocking_pid"], holder_pid);
+    assert_eq!(chain["blocking_state"], "idle in transaction");
+    assert!(report.actions.iter().any(|a| a.id == "terminate_blocker" && a.params == [holder_pid.to_string()]));
+    sqlx::raw_sql("rollback").execute(&mut holder).await.expect("release");
+    waiting.await.expect("waiter ends");
+}
+
+#[tokio::test]
+async fn many_connections_are_measured_against_max_connections() {
+    let mut t = target(&[]).await;
+    t.set_vars("DatabasePoolExhaustionCritical", &[("utilization_critical", 1.into())]);
+    let mut held = Vec::new();
+    for i in 0..20 {
+        held.push(t.connect(&format!("pool-{i}")).await);
+    }
+    let report = t.diagnose(&[("alertname", "DatabasePoolExhaustionCritical")]).await;
+    let row = &report.steps["connections"].rows[0];
+    let total = row["total"].as_f64().expect("total");
+    let max = row["max_connections"].as_f64().expect("max");
+    assert!(total >= 20.0, "{row:?}");
+    let expected = (1000.0 * total / max).round() / 10.0;
+    assert!((row["utilization_percent"].as_f64().expect("pct") - expected).abs() < 0.11, "{row:?}");
+    let critical = report.findings.iter().find(|f| f.severity == remedy::playbook::model::Severity::Critical).expect("critical finding");
+    assert!(critical.text.contains(&format!("of {max}")), "{}", critical.text);
+    let by_app: Vec<&str> = report.steps["by_application"].rows.iter().filter_map(|r| r["application_name"].as_str()).collect();
+    assert!(by_app.iter().any(|a| a.starts_with("pool-")), "{by_app:?}");
+    // Prometheus is not reachable here: the step says so, the rest stands.
+    assert!(!report.steps["pool_utilization"].ok);
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_table_scanned_without_an_index_is_named_with_a_concurrent_index_suggestion() {
+    let t = target(&[]).await;
+    let mut conn = t.connect("scanner").await;
+    sqlx::raw_sql(
+        "create table audit_logs (id int, tenant_id int, note text);
+         insert into audit_logs select g, g % 50, 'n' from generate_series(1, 2000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("table");
+    for _ in 0..60 {
+        sqlx::raw_sql("select count(*) from audit_logs where tenant_id = 7").execute(&mut conn).await.expect("scan");
+    }
+    sqlx::raw_sql("select pg_stat_force_next_flush()").execute(&mut conn).await.expect("flush stats");
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = t.diagnose(&[("alertname", "DatabaseLongRunningQueries")]).await;
+    let tables: Vec<&str> = report.steps["index_analysis"].rows.iter().filter_map(|r| r["relname"].as_str()).collect();
+    assert!(tables.contains(&"audit_logs"), "{:?}", report.steps["index_analysis"]);
+    let suggestion = report.suggestions.iter().find(|s| s.title.contains("index")).expect("index suggestion");
+    assert!(
+        suggestion.command.as_deref().is_some_and(|c| c.contains("CREATE INDEX CONCURRENTLY idx_audit_logs_<columns> ON public.audit_logs")),
+        "{suggestion:?}"
+    );
+}
+
+/// A playbook of the test's own in a temporary folder.
+fn custom_playbook(yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("remedy-pb-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("custom.yaml"), yaml).expect("write");
+    dir
+}
+
+#[tokio::test]
+async fn a_hanging_step_is_cut_off_at_its_timeout_while_the_rest_completes() {
+    let dir = custom_playbook(
+        r#"
+name: Custom
+match: ['alertname="Custom"']
+target: main
+steps:
+  - {id: hangs, kind: sql, query: "select pg_sleep(30)", timeout: 500ms}
+  - {id: quick, kind: sql, query: "select 42 as answer"}
+findings:
+  - {when: steps.quick.ok, severity: info, text: "answer {{ steps.quick.rows[0].answer }}"}
+"#,
+    );
+    let t = target(&[("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8"))]).await;
+    let started = Instant::now();
+    let report = t.diagnose(&[("alertname", "Custom")]).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(!report.steps["hangs"].ok);
+    assert!(report.steps["hangs"].error.as_deref().is_some_and(|e| e.contains("statement_timeout") || e.contains("timed out")), "{:?}", report.steps["hangs"]);
+    assert_eq!(report.findings[0].text, "answer 42");
+}
+
+#[tokio::test]
+async fn hostile_label_values_reach_sql_only_as_parameters_and_commands_only_as_argv() {
+    let marker = std::env::temp_dir().join(format!("remedy-pwned-{}", uuid::Uuid::now_v7().simple()));
+    let dir = custom_playbook(
+        r#"
+name: Hostile
+match: ['alertname="Hostile"']
+target: main
+steps:
+  - {id: echo_sql, kind: sql, query: "select $1::text as echoed, $2::text as other", params: ["{{ labels.evil }}", "{{ labels.shell }}"]}
+  - {id: echo_cmd, kind: command, program: /bin/echo, args: ["{{ labels.shell }}", "{{ labels.evil }}"]}
+"#,
+    );
+    let t = target(&[
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__COMMANDS__ALLOW", "/bin/echo"),
+    ])
+    .await;
+    let mut conn = t.connect("setup").await;
+    sqlx::raw_sql("create table x (id int)").execute(&mut conn).await.expect("table");
+    let evil = "'; DROP TABLE x; -- \"quoted\"\nnew line";
+    let shell = format!("$(touch {}); `touch {}`", marker.display(), marker.display());
+    let report = t.diagnose(&[("alertname", "Hostile"), ("evil", evil), ("shell", &shell)]).await;
+    assert!(report.steps["echo_sql"].ok, "{:?}", report.steps["echo_sql"]);
+    assert_eq!(report.steps["echo_sql"].rows[0]["echoed"], evil);
+    assert_eq!(report.steps["echo_sql"].rows[0]["other"], shell.as_str());
+    let exists: bool = sqlx::query_scalar("select to_regclass('public.x') is not null").fetch_one(&mut conn).await.expect("query");
+    assert!(exists, "table x was dropped");
+    let lines: Vec<&str> = report.steps["echo_cmd"].rows.iter().filter_map(|r| r["line"].as_str()).collect();
+    assert_eq!(lines.first().copied(), Some(format!("{shell} '; DROP TABLE x; -- \"quoted\"").as_str()));
+    assert!(!marker.exists(), "a shell ran the label value");
+}
+
+#[tokio::test]
+async fn an_alert_no_playbook_matches_gets_a_report_with_its_labels() {
+    let t = target(&[]).await;
+    let report = t.diagnose(&[("alertname", "SomethingElse"), ("team", "db")]).await;
+    assert!(!report.matched);
+    assert_eq!(report.summary, "No playbook matches alert `SomethingElse`");
+    assert_eq!(report.labels, BTreeMap::from([("alertname".into(), "SomethingElse".into()), ("team".into(), "db".into())]));
+}
