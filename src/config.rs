@@ -193,7 +193,9 @@ pub struct WorkerSettings {
     pub max_attempts: i64,
 }
 
-fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<PathBuf>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Either {
@@ -202,7 +204,12 @@ fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec
     }
     Ok(match Either::deserialize(d)? {
         Either::List(list) => list,
-        Either::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+        Either::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
     })
 }
 

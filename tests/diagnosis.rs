@@ -38,7 +38,10 @@ async fn target(extra: &[(&str, &str)]) -> Target {
 impl Target {
     fn set_vars(&mut self, alertname: &str, vars: &[(&str, Value)]) {
         let mut playbooks = (*self.engine.playbooks).clone();
-        let playbook = playbooks.iter_mut().find(|p| p.spec.name == alertname).expect("shipped playbook");
+        let playbook = playbooks
+            .iter_mut()
+            .find(|p| p.spec.name == alertname)
+            .expect("shipped playbook");
         for (name, value) in vars {
             playbook.set_var(name, value.clone());
         }
@@ -52,17 +55,24 @@ impl Target {
     /// Connects as `user` (trust auth on the test server).
     async fn connect_as(&self, user: &str, application: &str) -> PgConnection {
         let url = self.url.replacen("postgres@", &format!("{user}@"), 1);
-        let mut conn = PgConnection::connect(&url).await.expect("connect to target");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set application_name = '{application}'")))
-            .execute(&mut conn)
+        let mut conn = PgConnection::connect(&url)
             .await
-            .expect("set application_name");
+            .expect("connect to target");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "set application_name = '{application}'"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("set application_name");
         conn
     }
 
     async fn diagnose(&self, labels: &[(&str, &str)]) -> Report {
         let alert = AlertContext {
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             status: "firing".into(),
             ..AlertContext::default()
         };
@@ -71,11 +81,19 @@ impl Target {
 }
 
 async fn pid(conn: &mut PgConnection) -> i64 {
-    sqlx::query_scalar::<_, i32>("select pg_backend_pid()").fetch_one(conn).await.expect("pid").into()
+    sqlx::query_scalar::<_, i32>("select pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("pid")
+        .into()
 }
 
 fn pids(report: &Report, step: &str, column: &str) -> Vec<i64> {
-    report.steps[step].rows.iter().filter_map(|r| r.get(column).and_then(Value::as_i64)).collect()
+    report.steps[step]
+        .rows
+        .iter()
+        .filter_map(|r| r.get(column).and_then(Value::as_i64))
+        .collect()
 }
 
 /// An ordinary application role (not a superuser), as the runbook's app uses.
@@ -93,36 +111,63 @@ async fn app_role(t: &Target) -> &'static str {
 #[tokio::test]
 async fn sessions_idle_in_transaction_are_found_and_only_the_stale_ones_offered() {
     let mut t = target(&[]).await;
-    t.set_vars("DatabaseIdleInTransaction", &[("idle_threshold", "1s".into()), ("kill_threshold", "2s".into())]);
+    t.set_vars(
+        "DatabaseIdleInTransaction",
+        &[
+            ("idle_threshold", "1s".into()),
+            ("kill_threshold", "2s".into()),
+        ],
+    );
     let role = app_role(&t).await;
     // A superuser's session idle just as long: shown, never offered.
     let mut protected = t.connect("admin-console").await;
-    sqlx::raw_sql("begin; select 3").execute(&mut protected).await.expect("begin");
+    sqlx::raw_sql("begin; select 3")
+        .execute(&mut protected)
+        .await
+        .expect("begin");
     let protected_pid = pid(&mut protected).await;
     let mut old = Vec::new();
     for i in 0..2 {
         let mut conn = t.connect_as(role, &format!("leaky-{i}")).await;
         let pid = pid(&mut conn).await;
-        sqlx::raw_sql("begin; select 1").execute(&mut conn).await.expect("begin");
+        sqlx::raw_sql("begin; select 1")
+            .execute(&mut conn)
+            .await
+            .expect("begin");
         old.push((pid, conn));
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut young = t.connect_as(role, "young").await;
-    sqlx::raw_sql("begin; select 2").execute(&mut young).await.expect("begin");
+    sqlx::raw_sql("begin; select 2")
+        .execute(&mut young)
+        .await
+        .expect("begin");
     let young_pid = pid(&mut young).await;
     let mut active = t.connect("busy").await;
     let active_pid = pid(&mut active).await;
 
-    let report = t.diagnose(&[("alertname", "DatabaseIdleInTransaction")]).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseIdleInTransaction")])
+        .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let idle = pids(&report, "idle_sessions", "pid");
     let stale = pids(&report, "stale_sessions", "pid");
     for (pid, _) in &old {
-        assert!(idle.contains(pid) && stale.contains(pid), "pid {pid} not found: {idle:?} / {stale:?}");
+        assert!(
+            idle.contains(pid) && stale.contains(pid),
+            "pid {pid} not found: {idle:?} / {stale:?}"
+        );
     }
-    assert!(!stale.contains(&young_pid) && !idle.contains(&young_pid), "a session under the threshold was listed");
+    assert!(
+        !stale.contains(&young_pid) && !idle.contains(&young_pid),
+        "a session under the threshold was listed"
+    );
     assert!(!idle.contains(&active_pid));
-    let row = report.steps["idle_sessions"].rows.iter().find(|r| r["pid"] == old[0].0).expect("row");
+    let row = report.steps["idle_sessions"]
+        .rows
+        .iter()
+        .find(|r| r["pid"] == old[0].0)
+        .expect("row");
     assert_eq!(row["application_name"], "leaky-0");
     assert_eq!(row["usename"], role);
     assert_eq!(row["query"], "begin; select 1");
@@ -134,15 +179,36 @@ async fn sessions_idle_in_transaction_are_found_and_only_the_stale_ones_offered(
         .map(|a| a.params[0].as_str())
         .collect();
     for (pid, _) in &old {
-        assert!(offered.contains(&pid.to_string().as_str()), "no action for {pid}: {offered:?}");
+        assert!(
+            offered.contains(&pid.to_string().as_str()),
+            "no action for {pid}: {offered:?}"
+        );
     }
     assert!(!offered.contains(&young_pid.to_string().as_str()));
-    assert!(idle.contains(&protected_pid), "the superuser's session is evidence");
-    assert!(!offered.contains(&protected_pid.to_string().as_str()), "a superuser's session was offered");
-    let action = report.actions.iter().find(|a| a.params[0] == old[0].0.to_string()).expect("action");
+    assert!(
+        idle.contains(&protected_pid),
+        "the superuser's session is evidence"
+    );
+    assert!(
+        !offered.contains(&protected_pid.to_string().as_str()),
+        "a superuser's session was offered"
+    );
+    let action = report
+        .actions
+        .iter()
+        .find(|a| a.params[0] == old[0].0.to_string())
+        .expect("action");
     let precondition = action.precondition.as_ref().expect("precondition");
-    assert_eq!(precondition.params[1], row["backend_start"].as_str().expect("backend_start"));
-    assert!(report.findings.iter().any(|f| f.text.contains("idle in transaction for more than 1s")));
+    assert_eq!(
+        precondition.params[1],
+        row["backend_start"].as_str().expect("backend_start")
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.text.contains("idle in transaction for more than 1s"))
+    );
 }
 
 #[tokio::test]
@@ -152,10 +218,14 @@ async fn a_long_running_query_is_found_with_its_duration() {
     let mut sleeper = t.connect("sleeper").await;
     let sleeper_pid = pid(&mut sleeper).await;
     let sleeping = tokio::spawn(async move {
-        let _ = sqlx::raw_sql("select pg_sleep(8)").execute(&mut sleeper).await;
+        let _ = sqlx::raw_sql("select pg_sleep(8)")
+            .execute(&mut sleeper)
+            .await;
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let report = t.diagnose(&[("alertname", "DatabaseLongRunningQueries")]).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseLongRunningQueries")])
+        .await;
     let row = report.steps["long_queries"]
         .rows
         .iter()
@@ -163,9 +233,18 @@ async fn a_long_running_query_is_found_with_its_duration() {
         .unwrap_or_else(|| panic!("pg_sleep not found: {:?}", report.steps["long_queries"]));
     assert!(row["duration_seconds"].as_f64().expect("duration") >= 1.0);
     assert_eq!(row["query_preview"], "select pg_sleep(8)");
-    assert!(report.actions.iter().any(|a| a.id == "cancel_query" && a.params == [sleeper_pid.to_string()]));
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.id == "cancel_query" && a.params == [sleeper_pid.to_string()])
+    );
     let mut admin = t.connect("cleanup").await;
-    sqlx::query("select pg_cancel_backend($1::int)").bind(sleeper_pid).execute(&mut admin).await.expect("cancel");
+    sqlx::query("select pg_cancel_backend($1::int)")
+        .bind(sleeper_pid)
+        .execute(&mut admin)
+        .await
+        .expect("cancel");
     sleeping.await.expect("sleeper ends");
 }
 
@@ -178,15 +257,22 @@ async fn a_lock_chain_pairs_blocker_and_blocked() {
         .await
         .expect("table");
     let mut holder = t.connect("holder").await;
-    sqlx::raw_sql("begin; update accounts set balance = 11 where id = 1").execute(&mut holder).await.expect("lock");
+    sqlx::raw_sql("begin; update accounts set balance = 11 where id = 1")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
     let holder_pid = pid(&mut holder).await;
     let mut waiter = t.connect("waiter").await;
     let waiter_pid = pid(&mut waiter).await;
     let waiting = tokio::spawn(async move {
-        let _ = sqlx::raw_sql("update accounts set balance = 12 where id = 1").execute(&mut waiter).await;
+        let _ = sqlx::raw_sql("update accounts set balance = 12 where id = 1")
+            .execute(&mut waiter)
+            .await;
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let report = t.diagnose(&[("alertname", "DatabaseLongRunningQueries")]).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseLongRunningQueries")])
+        .await;
     let chain = report.steps["lock_chains"]
         .rows
         .iter()
@@ -194,29 +280,57 @@ async fn a_lock_chain_pairs_blocker_and_blocked() {
         .unwrap_or_else(|| panic!("no chain: {:?}", report.steps["lock_chains"]));
     assert_eq!(chain["blocking_pid"], holder_pid);
     assert_eq!(chain["blocking_state"], "idle in transaction");
-    assert!(report.actions.iter().any(|a| a.id == "terminate_blocker" && a.params == [holder_pid.to_string()]));
-    sqlx::raw_sql("rollback").execute(&mut holder).await.expect("release");
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.id == "terminate_blocker" && a.params == [holder_pid.to_string()])
+    );
+    sqlx::raw_sql("rollback")
+        .execute(&mut holder)
+        .await
+        .expect("release");
     waiting.await.expect("waiter ends");
 }
 
 #[tokio::test]
 async fn many_connections_are_measured_against_max_connections() {
     let mut t = target(&[]).await;
-    t.set_vars("DatabasePoolExhaustionCritical", &[("utilization_critical", 1.into())]);
+    t.set_vars(
+        "DatabasePoolExhaustionCritical",
+        &[("utilization_critical", 1.into())],
+    );
     let mut held = Vec::new();
     for i in 0..20 {
         held.push(t.connect(&format!("pool-{i}")).await);
     }
-    let report = t.diagnose(&[("alertname", "DatabasePoolExhaustionCritical")]).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabasePoolExhaustionCritical")])
+        .await;
     let row = &report.steps["connections"].rows[0];
     let total = row["total"].as_f64().expect("total");
     let max = row["max_connections"].as_f64().expect("max");
     assert!(total >= 20.0, "{row:?}");
     let expected = (1000.0 * total / max).round() / 10.0;
-    assert!((row["utilization_percent"].as_f64().expect("pct") - expected).abs() < 0.11, "{row:?}");
-    let critical = report.findings.iter().find(|f| f.severity == remedy::playbook::model::Severity::Critical).expect("critical finding");
-    assert!(critical.text.contains(&format!("of {max}")), "{}", critical.text);
-    let by_app: Vec<&str> = report.steps["by_application"].rows.iter().filter_map(|r| r["application_name"].as_str()).collect();
+    assert!(
+        (row["utilization_percent"].as_f64().expect("pct") - expected).abs() < 0.11,
+        "{row:?}"
+    );
+    let critical = report
+        .findings
+        .iter()
+        .find(|f| f.severity == remedy::playbook::model::Severity::Critical)
+        .expect("critical finding");
+    assert!(
+        critical.text.contains(&format!("of {max}")),
+        "{}",
+        critical.text
+    );
+    let by_app: Vec<&str> = report.steps["by_application"]
+        .rows
+        .iter()
+        .filter_map(|r| r["application_name"].as_str())
+        .collect();
     assert!(by_app.iter().any(|a| a.starts_with("pool-")), "{by_app:?}");
     // Prometheus is not reachable here: the step says so, the rest stands.
     assert!(!report.steps["pool_utilization"].ok);
@@ -235,17 +349,38 @@ async fn a_table_scanned_without_an_index_is_named_with_a_concurrent_index_sugge
     .await
     .expect("table");
     for _ in 0..60 {
-        sqlx::raw_sql("select count(*) from audit_logs where tenant_id = 7").execute(&mut conn).await.expect("scan");
+        sqlx::raw_sql("select count(*) from audit_logs where tenant_id = 7")
+            .execute(&mut conn)
+            .await
+            .expect("scan");
     }
-    sqlx::raw_sql("select pg_stat_force_next_flush()").execute(&mut conn).await.expect("flush stats");
+    sqlx::raw_sql("select pg_stat_force_next_flush()")
+        .execute(&mut conn)
+        .await
+        .expect("flush stats");
     drop(conn);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let report = t.diagnose(&[("alertname", "DatabaseLongRunningQueries")]).await;
-    let tables: Vec<&str> = report.steps["index_analysis"].rows.iter().filter_map(|r| r["relname"].as_str()).collect();
-    assert!(tables.contains(&"audit_logs"), "{:?}", report.steps["index_analysis"]);
-    let suggestion = report.suggestions.iter().find(|s| s.title.contains("index")).expect("index suggestion");
+    let report = t
+        .diagnose(&[("alertname", "DatabaseLongRunningQueries")])
+        .await;
+    let tables: Vec<&str> = report.steps["index_analysis"]
+        .rows
+        .iter()
+        .filter_map(|r| r["relname"].as_str())
+        .collect();
     assert!(
-        suggestion.command.as_deref().is_some_and(|c| c.contains("CREATE INDEX CONCURRENTLY idx_audit_logs_<columns> ON public.audit_logs")),
+        tables.contains(&"audit_logs"),
+        "{:?}",
+        report.steps["index_analysis"]
+    );
+    let suggestion = report
+        .suggestions
+        .iter()
+        .find(|s| s.title.contains("index"))
+        .expect("index suggestion");
+    assert!(
+        suggestion.command.as_deref().is_some_and(|c| c
+            .contains("CREATE INDEX CONCURRENTLY idx_audit_logs_<columns> ON public.audit_logs")),
         "{suggestion:?}"
     );
 }
@@ -275,15 +410,27 @@ findings:
     let t = target(&[("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8"))]).await;
     let started = Instant::now();
     let report = t.diagnose(&[("alertname", "Custom")]).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!report.steps["hangs"].ok);
-    assert!(report.steps["hangs"].error.as_deref().is_some_and(|e| e.contains("statement_timeout") || e.contains("timed out")), "{:?}", report.steps["hangs"]);
+    assert!(
+        report.steps["hangs"]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("statement_timeout") || e.contains("timed out")),
+        "{:?}",
+        report.steps["hangs"]
+    );
     assert_eq!(report.findings[0].text, "answer 42");
 }
 
 #[tokio::test]
 async fn hostile_label_values_reach_sql_only_as_parameters_and_commands_only_as_argv() {
-    let marker = std::env::temp_dir().join(format!("remedy-pwned-{}", uuid::Uuid::now_v7().simple()));
+    let marker =
+        std::env::temp_dir().join(format!("remedy-pwned-{}", uuid::Uuid::now_v7().simple()));
     let dir = custom_playbook(
         r#"
 name: Hostile
@@ -300,25 +447,100 @@ steps:
     ])
     .await;
     let mut conn = t.connect("setup").await;
-    sqlx::raw_sql("create table x (id int)").execute(&mut conn).await.expect("table");
+    sqlx::raw_sql("create table x (id int)")
+        .execute(&mut conn)
+        .await
+        .expect("table");
     let evil = "'; DROP TABLE x; -- \"quoted\"\nnew line";
-    let shell = format!("$(touch {}); `touch {}`", marker.display(), marker.display());
-    let report = t.diagnose(&[("alertname", "Hostile"), ("evil", evil), ("shell", &shell)]).await;
-    assert!(report.steps["echo_sql"].ok, "{:?}", report.steps["echo_sql"]);
+    let shell = format!(
+        "$(touch {}); `touch {}`",
+        marker.display(),
+        marker.display()
+    );
+    let report = t
+        .diagnose(&[("alertname", "Hostile"), ("evil", evil), ("shell", &shell)])
+        .await;
+    assert!(
+        report.steps["echo_sql"].ok,
+        "{:?}",
+        report.steps["echo_sql"]
+    );
     assert_eq!(report.steps["echo_sql"].rows[0]["echoed"], evil);
     assert_eq!(report.steps["echo_sql"].rows[0]["other"], shell.as_str());
-    let exists: bool = sqlx::query_scalar("select to_regclass('public.x') is not null").fetch_one(&mut conn).await.expect("query");
+    let exists: bool = sqlx::query_scalar("select to_regclass('public.x') is not null")
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
     assert!(exists, "table x was dropped");
-    let lines: Vec<&str> = report.steps["echo_cmd"].rows.iter().filter_map(|r| r["line"].as_str()).collect();
-    assert_eq!(lines.first().copied(), Some(format!("{shell} '; DROP TABLE x; -- \"quoted\"").as_str()));
+    let lines: Vec<&str> = report.steps["echo_cmd"]
+        .rows
+        .iter()
+        .filter_map(|r| r["line"].as_str())
+        .collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("{shell} '; DROP TABLE x; -- \"quoted\"").as_str())
+    );
     assert!(!marker.exists(), "a shell ran the label value");
 }
 
 #[tokio::test]
 async fn an_alert_no_playbook_matches_gets_a_report_with_its_labels() {
     let t = target(&[]).await;
-    let report = t.diagnose(&[("alertname", "SomethingElse"), ("team", "db")]).await;
+    let report = t
+        .diagnose(&[("alertname", "SomethingElse"), ("team", "db")])
+        .await;
     assert!(!report.matched);
     assert_eq!(report.summary, "No playbook matches alert `SomethingElse`");
-    assert_eq!(report.labels, BTreeMap::from([("alertname".into(), "SomethingElse".into()), ("team".into(), "db".into())]));
+    assert_eq!(
+        report.labels,
+        BTreeMap::from([
+            ("alertname".into(), "SomethingElse".into()),
+            ("team".into(), "db".into())
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_for_a_runbook_alert_gets_its_diagnosis_stored_with_the_incident() {
+    let target_db = common::fresh_store_url(Backend::Postgres).await;
+    let dir = common::playbooks_dir();
+    let app = common::spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("REMEDY__TARGETS__MAIN__URL", &target_db),
+            ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+            ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
+        ],
+    )
+    .await;
+    let reply = app
+        .post_webhook(common::fixture("firing_single.json"))
+        .await;
+    assert_eq!(reply.json["incidents_opened"], 1);
+    let worker = remedy::engine::WorkerSettings::new("w".into());
+    assert_eq!(
+        remedy::engine::step(&app.app.engine, &worker, remedy::domain::now_millis())
+            .await
+            .expect("step"),
+        1
+    );
+    let shown = app.api("/v1/incidents/1").await;
+    let report = &shown["incident"]["report"];
+    assert_eq!(report["matched"], true);
+    assert_eq!(report["playbook"], "DatabasePoolExhaustionCritical");
+    assert_eq!(report["steps"]["connections"]["ok"], true);
+    assert!(report["findings"].as_array().is_some_and(|f| !f.is_empty()));
+    assert!(
+        report["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["id"] == "restart_service"))
+    );
+    let timeline = shown["timeline"].as_array().expect("timeline");
+    assert_eq!(timeline[1]["kind"], "diagnosed");
+    assert!(
+        timeline[1]["detail"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("DatabasePoolExhaustionCritical: "))
+    );
 }

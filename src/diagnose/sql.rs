@@ -77,7 +77,7 @@ pub async fn query(
 }
 
 fn failed(e: sqlx::Error) -> StepError {
-    match &e {
+    match e {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
             StepError::Failed(format!("cancelled by statement_timeout: {}", db.message()))
         }

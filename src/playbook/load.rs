@@ -291,7 +291,7 @@ impl Validator<'_> {
                     }
                 }
                 StepSpec::Promql { query, .. } => {
-                    self.template(at, format!("steps[{i}].query"), query)
+                    self.template(at, format!("steps[{i}].query"), query);
                 }
                 StepSpec::Http { url, method, .. } => {
                     self.template(at, format!("steps[{i}].url"), url);

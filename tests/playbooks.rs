@@ -1,0 +1,208 @@
+//! The shipped playbooks as operators use them: every file loads and passes
+//! `remedy check`, its unit tests pass `remedy test`, and mistakes are
+//! reported with file, line, column and field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn remedy(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remedy"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("REMEDY__")) {
+        cmd.env_remove(key);
+    }
+    cmd.args(args)
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+        .env("REMEDY__PLAYBOOKS__DIR", common::playbooks_dir())
+        .envs(env.iter().copied())
+        .output()
+        .expect("remedy runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn every_shipped_playbook_passes_check() {
+    let out = remedy(&["check"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let files = std::fs::read_dir(common::playbooks_dir())
+        .expect("playbooks dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        .count();
+    assert_eq!(files, 6, "the six runbook playbooks");
+    assert!(text(&out).contains("6 playbook(s) ok"), "{}", text(&out));
+}
+
+#[test]
+fn every_shipped_playbook_passes_its_unit_tests() {
+    let out = remedy(&["test"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = text(&out);
+    assert!(summary.contains(", 0 failed"), "{summary}");
+    let tested: std::collections::BTreeSet<String> =
+        std::fs::read_dir(common::playbooks_dir().join("tests"))
+            .expect("tests dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(tested.len(), 6, "one test file per playbook: {tested:?}");
+}
+
+#[test]
+fn a_failing_playbook_test_exits_non_zero_with_a_diff() {
+    let dir = scratch();
+    std::fs::write(
+        dir.join("wrong.yaml"),
+        "playbook: DatabasePoolOverflowHigh\ncases:\n  - name: wrong expectation\n    labels: {alertname: DatabasePoolOverflowHigh}\n    steps:\n      overflow: {ok: true, value: 17}\n    expect:\n      findings:\n        - {severity: critical, contains: \"nope\"}\n",
+    )
+    .expect("write");
+    let out = remedy(&["test", dir.to_str().expect("utf-8")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("FAIL") && t.contains("wrong expectation"), "{t}");
+    assert!(t.contains("- expected Critical containing \"nope\""), "{t}");
+    assert!(
+        t.contains("+ got      Warning: 17 overflow connections in use"),
+        "{t}"
+    );
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("remedy-check-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Writes one playbook and runs `remedy check` on its folder.
+fn check_one(yaml: &str) -> (PathBuf, String) {
+    let dir = scratch();
+    let file = dir.join("broken.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let out = remedy(
+        &["check"],
+        &[("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8"))],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    (file, text(&out))
+}
+
+fn assert_reports(yaml: &str, line: u32, column: u32, field: &str, message: &str) {
+    let (file, out) = check_one(yaml);
+    let at = format!("{}:{line}:{column}: {field}: ", Path::new(&file).display());
+    assert!(out.contains(&at), "expected `{at}` in:\n{out}");
+    assert!(out.contains(message), "expected `{message}` in:\n{out}");
+}
+
+const HEAD: &str = "name: Broken\nmatch: ['alertname=\"Broken\"']\ntarget: main\n";
+
+#[test]
+fn check_names_file_line_column_and_field_of_each_mistake() {
+    assert_reports(
+        &format!("{HEAD}steps:\n  - id: a\n    kind: sql\n    qurey: select 1\n"),
+        5,
+        5,
+        "qurey",
+        "unknown field `qurey`",
+    );
+    assert_reports(
+        "name: Broken\nmatch: ['alertname=~\"(\"']\n",
+        2,
+        9,
+        "match[0]",
+        "invalid regular expression",
+    );
+    assert_reports(
+        "name: Broken\nmatch: ['alertname=Broken\"']\n",
+        2,
+        9,
+        "match[0]",
+        "at character",
+    );
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: a, kind: sql, target: nowhere, query: select 1}}\n"),
+        5,
+        5,
+        "steps[0].target",
+        "unknown target `nowhere`",
+    );
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: a, kind: sql, query: select 1, timeout: soon}}\n"),
+        5,
+        5,
+        ".",
+        "soon",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}steps:\n  - {{id: a, kind: sql, query: select 1}}\nfindings:\n  - {{severity: info, text: \"{{{{ steps.a.rows | length \"}}\n"
+        ),
+        7,
+        5,
+        "findings[0].text",
+        "template error",
+    );
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: a, kind: command, program: /bin/rm, args: [-rf, /]}}\n"),
+        5,
+        5,
+        "steps[0].program",
+        "not in commands.allow",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}steps:\n  - {{id: a, kind: sql, query: \"select '{{{{ labels.x }}}}'\"}}\n"
+        ),
+        5,
+        5,
+        "steps[0].query",
+        "SQL is not a template",
+    );
+}
+
+#[tokio::test]
+async fn simulate_prints_the_real_read_only_diagnosis_of_a_payload() {
+    let target = common::fresh_store_url(common::Backend::Postgres).await;
+    let payload =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/firing_single.json");
+    let out = remedy(
+        &["simulate", payload.to_str().expect("utf-8")],
+        &[
+            ("REMEDY__TARGETS__MAIN__URL", &target),
+            ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.starts_with("DatabasePoolExhaustionCritical: "), "{t}");
+    assert!(t.contains("% of max_connections"), "{t}");
+    assert!(
+        t.contains("Steps that failed:") && t.contains("pool_utilization"),
+        "{t}"
+    );
+    assert!(
+        t.contains("restart_service [Disruptive, 1 approver(s)]"),
+        "{t}"
+    );
+    let json = remedy(
+        &["simulate", "--json", payload.to_str().expect("utf-8")],
+        &[
+            ("REMEDY__TARGETS__MAIN__URL", &target),
+            ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
+        ],
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(reports[0]["playbook"], "DatabasePoolExhaustionCritical");
+    assert!(
+        reports[0]["steps"]["connections"]["ok"]
+            .as_bool()
+            .expect("ok")
+    );
+}
