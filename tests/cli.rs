@@ -118,7 +118,7 @@ async fn sigterm_finishes_and_exits_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    let client = reqwest::Client::new();
+    let client = remedy::net::client();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client
         .get(format!("http://127.0.0.1:{port}/healthz"))

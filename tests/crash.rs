@@ -32,7 +32,7 @@ async fn start(store_url: &str, port: u16) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("the remedy binary starts");
-    let client = reqwest::Client::new();
+    let client = remedy::net::client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = client
@@ -59,7 +59,7 @@ async fn every_acknowledged_notification_survives_sigkill(backend: Backend) {
             let acked = acked.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let client = reqwest::Client::new();
+                let client = remedy::net::client();
                 for n in 0..u32::MAX {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
