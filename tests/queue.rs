@@ -12,6 +12,7 @@ on_both_stores!(
     a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once,
     work_is_not_claimed_twice_while_its_lease_holds,
     a_released_lease_is_taken_over_at_once,
+    failing_work_is_retried_with_backoff_then_given_up,
 );
 
 fn worker(name: &str) -> WorkerSettings {
@@ -166,4 +167,53 @@ async fn a_released_lease_is_taken_over_at_once(backend: Backend) {
         1
     );
     assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+}
+
+async fn failing_work_is_retried_with_backoff_then_given_up(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = now_millis();
+    // A kind this version does not know (written by a newer remedy, say).
+    common::execute(
+        &app.store,
+        &format!("insert into work (kind, due_at, created_at, updated_at) values ('frobnicate', {now}, {now}, {now})"),
+    )
+    .await;
+    let mut settings = worker("w");
+    settings.max_attempts = 3;
+    assert_eq!(
+        engine::step(&app.app.engine, &settings, now)
+            .await
+            .expect("step"),
+        1
+    );
+    // Not due again at once: the first retry waits 2 s.
+    assert_eq!(
+        engine::step(&app.app.engine, &settings, now + 1_000)
+            .await
+            .expect("step"),
+        0
+    );
+    assert_eq!(
+        engine::step(&app.app.engine, &settings, now + 2_000)
+            .await
+            .expect("step"),
+        1
+    );
+    assert_eq!(
+        engine::step(&app.app.engine, &settings, now + 10_000)
+            .await
+            .expect("step"),
+        1
+    );
+    // The third failure was the last attempt.
+    assert_eq!(
+        engine::step(&app.app.engine, &settings, now + 600_000)
+            .await
+            .expect("step"),
+        0
+    );
+    let state: String = common::scalar(&app.store, "select state from work").await;
+    let error: String = common::scalar(&app.store, "select last_error from work").await;
+    assert_eq!(state, "failed");
+    assert!(error.contains("unknown work kind `frobnicate`"), "{error}");
 }

@@ -63,36 +63,70 @@ pub fn worker_name() -> String {
     )
 }
 
-/// Claims due work once and handles every claimed row. Returns how many rows
-/// were claimed.
+/// Claims due work once and handles every claimed row, concurrently (a slow
+/// diagnosis must not hold the others past their leases). Returns how many
+/// rows were claimed.
 pub async fn step(
     engine: &Engine,
     settings: &WorkerSettings,
     now: Millis,
 ) -> Result<usize, StoreError> {
-    let store = &engine.store;
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
-    let claimed = store
+    let claimed = engine
+        .store
         .claim_work(&settings.owner, now, lease_ms, settings.batch)
         .await?;
-    for work in &claimed {
-        match handle(engine, work, now).await {
-            Ok(true) => metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "done").increment(1),
-            Ok(false) => {
-                tracing::warn!(work = work.id, kind = %work.kind, "lease lost before completion; another worker owns this work");
-                metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "lease_lost").increment(1);
+    let count = claimed.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for work in claimed {
+        let engine = engine.clone();
+        let max_attempts = settings.max_attempts;
+        tasks.spawn(async move { finish(&engine, &work, now, max_attempts).await });
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
             }
-            Err(error) => {
-                let retry_at = now + backoff_ms(work.attempts);
-                tracing::warn!(work = work.id, kind = %work.kind, attempt = work.attempts, %error, "work failed");
-                metrics::counter!("remedy_work_total", "kind" => work.kind.clone(), "result" => "failed").increment(1);
-                store
-                    .fail_work(work, &error.to_string(), now, retry_at, settings.max_attempts)
-                    .await?;
+            Err(panic) => {
+                tracing::error!(%panic, "a work handler panicked; its lease will expire and it is retried")
             }
         }
     }
-    Ok(claimed.len())
+    first_error.map_or(Ok(count), Err)
+}
+
+/// Handles one claimed row and records its outcome.
+async fn finish(
+    engine: &Engine,
+    work: &ClaimedWork,
+    now: Millis,
+    max_attempts: i64,
+) -> Result<(), StoreError> {
+    let kind = work.kind.clone();
+    match handle(engine, work, now).await {
+        Ok(true) => {
+            metrics::counter!("remedy_work_total", "kind" => kind, "result" => "done").increment(1)
+        }
+        Ok(false) => {
+            tracing::warn!(work = work.id, %kind, "lease lost before completion; another worker owns this work");
+            metrics::counter!("remedy_work_total", "kind" => kind, "result" => "lease_lost")
+                .increment(1);
+        }
+        Err(error) => {
+            let retry_at = now + backoff_ms(work.attempts);
+            tracing::warn!(work = work.id, %kind, attempt = work.attempts, %error, "work failed");
+            metrics::counter!("remedy_work_total", "kind" => kind, "result" => "failed")
+                .increment(1);
+            engine
+                .store
+                .fail_work(work, &error.to_string(), now, retry_at, max_attempts)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Failures of one piece of work, recorded on its row and retried.

@@ -247,6 +247,16 @@ where
     }
 }
 
+/// Runs one statement straight on either store.
+pub async fn execute(store: &Store, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match store {
+        Store::Sqlite(p, _) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+    }
+    .expect("statement");
+}
+
 /// Every row of one column read straight from either store.
 pub async fn column<T>(store: &Store, sql: &str) -> Vec<T>
 where
