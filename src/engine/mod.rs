@@ -91,7 +91,7 @@ pub async fn step(
                 first_error.get_or_insert(error);
             }
             Err(panic) => {
-                tracing::error!(%panic, "a work handler panicked; its lease will expire and it is retried")
+                tracing::error!(%panic, "a work handler panicked; its lease will expire and it is retried");
             }
         }
     }
@@ -108,7 +108,7 @@ async fn finish(
     let kind = work.kind.clone();
     match handle(engine, work, now).await {
         Ok(true) => {
-            metrics::counter!("remedy_work_total", "kind" => kind, "result" => "done").increment(1)
+            metrics::counter!("remedy_work_total", "kind" => kind, "result" => "done").increment(1);
         }
         Ok(false) => {
             tracing::warn!(work = work.id, %kind, "lease lost before completion; another worker owns this work");
