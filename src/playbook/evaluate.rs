@@ -489,6 +489,7 @@ fn applies(
     })
 }
 
+/// The playbook's name and its most severe finding (the first of equals).
 fn summarize(name: &str, findings: &[Finding], steps: &BTreeMap<String, StepOutput>) -> String {
     let failed = steps.values().filter(|s| !s.ok).count();
     let worst = findings
