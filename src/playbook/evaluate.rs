@@ -494,6 +494,7 @@ fn summarize(name: &str, findings: &[Finding], steps: &BTreeMap<String, StepOutp
     let failed = steps.values().filter(|s| !s.ok).count();
     let worst = findings
         .iter()
+        .rev()
         .max_by_key(|f| f.severity)
         .map(|f| f.text.lines().next().unwrap_or_default());
     let mut summary = match worst {
