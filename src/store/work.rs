@@ -62,19 +62,14 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedWork>, StoreError> {
-        let rows = match self {
-            Self::Sqlite(pool, lock) => {
-                // SQLite has one writer at a time, so the update is the lock.
-                let _writing = lock.acquire().await;
-                sqlx::query(
-                    "update work set lease_owner = $1, lease_until = $2,
-                            attempts = attempts + 1, updated_at = $3
-                      where id in (select id from work
-                                    where state = 'pending' and due_at <= $3
-                                      and (lease_until is null or lease_until <= $3)
-                                    order by due_at, id limit $4)
-                      returning id, kind, incident_id, attempts",
-                )
+        // SQLite has one writer at a time, so its update is the lock;
+        // PostgreSQL's replicas skip rows another worker is claiming.
+        let (sql, _writing) = match self {
+            Self::Sqlite(_, lock) => (CLAIM_SQLITE, Some(lock.acquire().await)),
+            Self::Postgres(_) => (CLAIM_POSTGRES, None),
+        };
+        let rows = on_pool!(self, |pool| {
+            sqlx::query(sql)
                 .bind(owner)
                 .bind(now + lease_ms)
                 .bind(now)
@@ -84,27 +79,7 @@ impl Store {
                 .into_iter()
                 .map(|row| claimed(&row, owner))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Self::Postgres(pool) => sqlx::query(
-                "update work set lease_owner = $1, lease_until = $2,
-                        attempts = attempts + 1, updated_at = $3
-                  where id in (select id from work
-                                where state = 'pending' and due_at <= $3
-                                  and (lease_until is null or lease_until <= $3)
-                                order by due_at, id limit $4
-                                for update skip locked)
-                  returning id, kind, incident_id, attempts",
-            )
-            .bind(owner)
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|row| claimed(&row, owner))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        };
+        });
         Ok(rows)
     }
 
@@ -189,6 +164,25 @@ impl Store {
         })
     }
 }
+
+/// Leases due rows: `$1` owner, `$2` lease end, `$3` now, `$4` how many.
+const CLAIM_SQLITE: &str = "update work set lease_owner = $1, lease_until = $2,
+        attempts = attempts + 1, updated_at = $3
+  where id in (select id from work
+                where state = 'pending' and due_at <= $3
+                  and (lease_until is null or lease_until <= $3)
+                order by due_at, id limit $4)
+  returning id, kind, incident_id, attempts";
+
+/// [`CLAIM_SQLITE`] plus `for update skip locked`.
+const CLAIM_POSTGRES: &str = "update work set lease_owner = $1, lease_until = $2,
+        attempts = attempts + 1, updated_at = $3
+  where id in (select id from work
+                where state = 'pending' and due_at <= $3
+                  and (lease_until is null or lease_until <= $3)
+                order by due_at, id limit $4
+                for update skip locked)
+  returning id, kind, incident_id, attempts";
 
 /// Finishes a row only for its current lease holder. `$1` id, `$2` owner,
 /// `$3` now. Shared with the store functions that commit a step's effect
