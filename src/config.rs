@@ -296,6 +296,13 @@ impl Settings {
             self.api.token_file.as_deref(),
             "api.token_file",
         )?;
+        for target in self.targets.values_mut() {
+            read_into(
+                &mut target.url,
+                target.url_file.as_deref(),
+                "targets.*.url_file",
+            )?;
+        }
         Ok(())
     }
 
@@ -428,6 +435,29 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(s.intake.bearer_token.expose(), "from-file");
+    }
+
+    #[test]
+    fn a_target_url_file_overrides_the_default_url() {
+        let dir = std::env::temp_dir().join(format!("remedy-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("main-url");
+        std::fs::write(&file, "postgres://remedy:pw@db.internal/app\n").expect("write");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                (
+                    "REMEDY__TARGETS__MAIN__URL_FILE",
+                    file.to_str().expect("utf-8"),
+                ),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(
+            s.targets["main"].url.expose(),
+            "postgres://remedy:pw@db.internal/app"
+        );
     }
 
     #[test]

@@ -96,6 +96,12 @@ async fn incidents_are_filtered_and_paged(backend: Backend) {
         .get("/v1/incidents?limit=0", Some(common::API_TOKEN))
         .await;
     assert_eq!(bad.json["field"], "limit");
+    let bad = app
+        .get("/v1/incidents?before=yesterday", Some(common::API_TOKEN))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json["error"], "bad_parameter");
+    assert_eq!(bad.json["field"], "before");
 }
 
 async fn an_unknown_incident_is_404(backend: Backend) {

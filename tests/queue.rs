@@ -13,6 +13,7 @@ on_both_stores!(
     work_is_not_claimed_twice_while_its_lease_holds,
     a_released_lease_is_taken_over_at_once,
     failing_work_is_retried_with_backoff_then_given_up,
+    work_whose_worker_keeps_dying_is_given_up_after_the_last_attempt,
 );
 
 fn worker(name: &str) -> WorkerSettings {
@@ -66,7 +67,7 @@ async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend
     // Worker A claims the diagnosis and dies without finishing it.
     let dead = app
         .store
-        .claim_work("dead-worker", now, 60_000, 10)
+        .claim_work("dead-worker", now, 60_000, 10, 5)
         .await
         .expect("claim");
     assert_eq!(dead.len(), 1);
@@ -125,7 +126,7 @@ async fn work_is_not_claimed_twice_while_its_lease_holds(backend: Backend) {
         let store = app.store.clone();
         tokio::spawn(async move {
             store
-                .claim_work(&format!("w{w}"), now, 60_000, 3)
+                .claim_work(&format!("w{w}"), now, 60_000, 3, 5)
                 .await
                 .expect("claim")
         })
@@ -147,7 +148,7 @@ async fn a_released_lease_is_taken_over_at_once(backend: Backend) {
     let now = now_millis();
     assert_eq!(
         app.store
-            .claim_work("stopping", now, 60_000, 10)
+            .claim_work("stopping", now, 60_000, 10, 5)
             .await
             .expect("claim")
             .len(),
@@ -186,7 +187,7 @@ async fn failing_work_is_retried_with_backoff_then_given_up(backend: Backend) {
             .expect("step"),
         1
     );
-    // Not due again at once: the first retry waits 2 s.
+    // Not due again at once: the first retry waits 2 s after the failure.
     assert_eq!(
         engine::step(&app.app.engine, &settings, now + 1_000)
             .await
@@ -194,7 +195,7 @@ async fn failing_work_is_retried_with_backoff_then_given_up(backend: Backend) {
         0
     );
     assert_eq!(
-        engine::step(&app.app.engine, &settings, now + 2_000)
+        engine::step(&app.app.engine, &settings, now + 2_500)
             .await
             .expect("step"),
         1
@@ -216,4 +217,37 @@ async fn failing_work_is_retried_with_backoff_then_given_up(backend: Backend) {
     let error: String = common::scalar(&app.store, "select last_error from work").await;
     assert_eq!(state, "failed");
     assert!(error.contains("unknown work kind `frobnicate`"), "{error}");
+}
+
+async fn work_whose_worker_keeps_dying_is_given_up_after_the_last_attempt(backend: Backend) {
+    let app = spawn_app(backend).await;
+    open_one(&app).await;
+    let now = now_millis();
+    // Two workers in turn claim the row and die holding it (a handler that
+    // crashes the process, say).
+    for (i, owner) in ["dies-1", "dies-2"].into_iter().enumerate() {
+        let at = now + 61_000 * i64::try_from(i).expect("small");
+        let claimed = app
+            .store
+            .claim_work(owner, at, 60_000, 10, 2)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "{owner} claims the row");
+    }
+    // The last allowed attempt's lease has run out: nobody claims it again.
+    let mut settings = worker("w");
+    settings.max_attempts = 2;
+    assert_eq!(
+        engine::step(&app.app.engine, &settings, now + 200_000)
+            .await
+            .expect("step"),
+        0
+    );
+    let state: String = common::scalar(&app.store, "select state from work").await;
+    let error: String = common::scalar(&app.store, "select last_error from work").await;
+    assert_eq!(state, "failed");
+    assert!(
+        error.contains("lease of the last allowed attempt expired"),
+        "{error}"
+    );
 }

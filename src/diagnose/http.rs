@@ -62,7 +62,7 @@ async fn send(
         .request(method, url)
         .send()
         .await
-        .map_err(|e| StepError::Failed(error_chain(&e)))?;
+        .map_err(|e| StepError::Failed(error_chain(&e.without_url())))?;
     let status = response.status().as_u16();
 
     let mut body = Vec::new();

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::http::error_chain;
 use super::{StepError, StepOutput};
+use crate::store::redact_url;
 
 /// Largest response body read before giving up (a runaway vector).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -95,15 +96,20 @@ async fn query_inner(
         ("query", promql.to_owned()),
         ("timeout", prom_duration(timeout)),
     ];
-    let response = client
-        .post(&url)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| StepError::Failed(format!("querying {url}: {}", error_chain(&e))))?;
+    let response = client.post(&url).form(&form).send().await.map_err(|e| {
+        StepError::Failed(format!(
+            "querying {}: {}",
+            redact_url(&url),
+            error_chain(&e.without_url())
+        ))
+    })?;
     let status = response.status();
     let body = read_capped(response, MAX_BODY_BYTES).await.map_err(|e| {
-        StepError::Failed(format!("reading response from {url}: {}", error_chain(&e)))
+        StepError::Failed(format!(
+            "reading response from {}: {}",
+            redact_url(&url),
+            error_chain(&e)
+        ))
     })?;
 
     let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) else {
@@ -215,7 +221,11 @@ fn prom_duration(duration: Duration) -> String {
 /// Reads at most `cap` bytes of the body; more is an error.
 async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, CapError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(CapError::Http)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| CapError::Http(e.without_url()))?
+    {
         if body.len() + chunk.len() > cap {
             return Err(CapError::TooLarge(cap));
         }

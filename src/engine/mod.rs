@@ -74,7 +74,13 @@ pub async fn step(
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
     let claimed = engine
         .store
-        .claim_work(&settings.owner, now, lease_ms, settings.batch)
+        .claim_work(
+            &settings.owner,
+            now,
+            lease_ms,
+            settings.batch,
+            settings.max_attempts,
+        )
         .await?;
     let count = claimed.len();
     let mut tasks = tokio::task::JoinSet::new();
@@ -106,6 +112,7 @@ async fn finish(
     max_attempts: i64,
 ) -> Result<(), StoreError> {
     let kind = work.kind.clone();
+    let started = std::time::Instant::now();
     match handle(engine, work, now).await {
         Ok(true) => {
             metrics::counter!("remedy_work_total", "kind" => kind, "result" => "done").increment(1);
@@ -116,7 +123,10 @@ async fn finish(
                 .increment(1);
         }
         Err(error) => {
-            let retry_at = now + backoff_ms(work.attempts);
+            // The backoff counts from the failure, not from the claim: a
+            // diagnosis may have run for its whole deadline.
+            let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            let retry_at = now.saturating_add(elapsed) + backoff_ms(work.attempts);
             tracing::warn!(work = work.id, %kind, attempt = work.attempts, %error, "work failed");
             metrics::counter!("remedy_work_total", "kind" => kind, "result" => "failed")
                 .increment(1);

@@ -49,9 +49,16 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let bytes = to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    let bytes = to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            // The client went away or the connection broke mid-body:
+            // nothing was read whole, so ask for the delivery again.
+            tracing::debug!(error = %e, "webhook body could not be read");
+            ApiError::Unavailable("request body could not be read")
+        }
+    })?;
     let notification = intake::parse(&bytes)?;
     let alerts = notification.alerts.len();
     for alert in &notification.alerts {
@@ -74,4 +81,17 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
         "incidents_opened": outcome.incidents_opened,
         "incidents_resolved": outcome.incidents_resolved,
     }))
+}
+
+/// Whether reading the body stopped at the size limit (and not on a broken
+/// connection).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }

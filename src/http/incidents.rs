@@ -18,8 +18,19 @@ const MAX_LIMIT: i64 = 500;
 pub struct ListQuery {
     status: Option<String>,
     alertname: Option<String>,
-    before: Option<i64>,
-    limit: Option<i64>,
+    // Text, parsed here, so a bad value gets a 400 naming its field.
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+fn integer(field: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    raw.map(|v| {
+        v.parse::<i64>().map_err(|_| ApiError::BadParameter {
+            field: field.into(),
+            message: format!("must be an integer, got {v:?}"),
+        })
+    })
+    .transpose()
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -50,7 +61,8 @@ pub async fn list(
             field: "status".into(),
             message,
         })?;
-    let limit = query.limit.unwrap_or(50);
+    let limit = integer("limit", query.limit.as_deref())?.unwrap_or(50);
+    let before = integer("before", query.before.as_deref())?;
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadParameter {
             field: "limit".into(),
@@ -60,7 +72,7 @@ pub async fn list(
     let filter = IncidentFilter {
         status,
         alertname: query.alertname,
-        before: query.before,
+        before,
         limit,
     };
     let incidents = state

@@ -284,6 +284,49 @@ trait Resolve {
     ) -> Result<bool, sqlx::Error>;
 }
 
+/// Closes the episode when it is firing: marks it resolved, records the
+/// event and cancels its pending work. Evaluates to whether it closed it.
+macro_rules! close_firing {
+    ($conn:expr, $alert:expr, $ends_at:expr, $now:expr, $seen:expr) => {{
+        let closed: Option<i64> = sqlx::query_scalar(
+            "update incidents
+                set status = 'resolved', resolved_at = $3, ends_at = $4,
+                    seen_count = seen_count + $5, last_seen_at = $3
+              where fingerprint = $1 and starts_at = $2 and status = 'firing'
+              returning id",
+        )
+        .bind($alert.fingerprint.as_str())
+        .bind($alert.starts_at_key())
+        .bind($now)
+        .bind($ends_at.as_deref())
+        .bind($seen)
+        .fetch_optional(&mut *$conn)
+        .await?;
+        if let Some(id) = closed {
+            sqlx::query(
+                "insert into incident_events (incident_id, at, kind, detail)
+                 values ($1, $2, 'resolved', $3)",
+            )
+            .bind(id)
+            .bind($now)
+            .bind(Json(json!({ "ends_at": $ends_at })))
+            .execute(&mut *$conn)
+            .await?;
+            // A resolved incident never triggers anything more.
+            sqlx::query(
+                "update work set state = 'cancelled', lease_owner = null,
+                        lease_until = null, updated_at = $2
+                  where incident_id = $1 and state = 'pending'",
+            )
+            .bind(id)
+            .bind($now)
+            .execute(&mut *$conn)
+            .await?;
+        }
+        closed.is_some()
+    }};
+}
+
 macro_rules! impl_resolve {
     ($conn:ty) => {
         impl Resolve for $conn {
@@ -295,39 +338,7 @@ macro_rules! impl_resolve {
         ) -> Result<bool, sqlx::Error> {
             let conn = self;
             let ends_at = alert.ends_at.map(alert_time_key);
-            let closed: Option<i64> = sqlx::query_scalar(
-                "update incidents
-                    set status = 'resolved', resolved_at = $3, ends_at = $4,
-                        seen_count = seen_count + 1, last_seen_at = $3
-                  where fingerprint = $1 and starts_at = $2 and status = 'firing'
-                  returning id",
-            )
-            .bind(alert.fingerprint.as_str())
-            .bind(alert.starts_at_key())
-            .bind(now)
-            .bind(ends_at.as_deref())
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(id) = closed {
-                sqlx::query(
-                    "insert into incident_events (incident_id, at, kind, detail)
-                     values ($1, $2, 'resolved', $3)",
-                )
-                .bind(id)
-                .bind(now)
-                .bind(Json(json!({ "ends_at": ends_at })))
-                .execute(&mut *conn)
-                .await?;
-                // A resolved incident never triggers anything more.
-                sqlx::query(
-                    "update work set state = 'cancelled', lease_owner = null,
-                            lease_until = null, updated_at = $2
-                      where incident_id = $1 and state = 'pending'",
-                )
-                .bind(id)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+            if close_firing!(conn, alert, ends_at, now, 1_i64) {
                 return Ok(true);
             }
             let (id, seen): (i64, i64) = sqlx::query_as(
@@ -353,6 +364,12 @@ macro_rules! impl_resolve {
             .bind(now)
             .fetch_one(&mut *conn)
             .await?;
+            // On PostgreSQL another replica may have been inserting the
+            // firing episode while the update above ran: the upsert then
+            // waited for it and found a firing row, which must be closed.
+            if seen > 1 && close_firing!(conn, alert, ends_at, now, 0_i64) {
+                return Ok(true);
+            }
             if seen == 1 {
                 sqlx::query(
                     "insert into incident_events (incident_id, at, kind, detail)

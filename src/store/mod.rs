@@ -234,19 +234,42 @@ impl Store {
     }
 }
 
-/// Redacts the password of a store URL so it can be logged.
+/// Redacts the passwords of a database or HTTP URL so it can be logged:
+/// the userinfo's (which may itself hold `@`) and `password` /
+/// `sslpassword` query parameters.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _))
+                    if key.eq_ignore_ascii_case("password")
+                        || key.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -261,5 +284,21 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://db/remedy"), "postgres://db/remedy");
         assert_eq!(redact_url("sqlite://remedy.db"), "sqlite://remedy.db");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_with_at_signs_and_in_the_query() {
+        assert_eq!(
+            redact_url("postgres://remedy:p@ss@db/remedy"),
+            "postgres://remedy:***@db/remedy"
+        );
+        assert_eq!(
+            redact_url("postgres://db/remedy?user=remedy&password=s3cret&sslmode=require"),
+            "postgres://db/remedy?user=remedy&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("sqlite://remedy.db?mode=rwc"),
+            "sqlite://remedy.db?mode=rwc"
+        );
     }
 }

@@ -55,12 +55,16 @@ pub struct QueueStats {
 
 impl Store {
     /// Leases up to `limit` due rows to `owner` until `now + lease_ms`.
+    /// A row whose last allowed attempt lost its lease (the worker crashed
+    /// or hung on it) is failed for good instead, so work that kills its
+    /// worker is not retried forever.
     pub async fn claim_work(
         &self,
         owner: &str,
         now: Millis,
         lease_ms: i64,
         limit: i64,
+        max_attempts: i64,
     ) -> Result<Vec<ClaimedWork>, StoreError> {
         // SQLite has one writer at a time, so its update is the lock;
         // PostgreSQL's replicas skip rows another worker is claiming.
@@ -69,11 +73,17 @@ impl Store {
             Self::Postgres(_) => (CLAIM_POSTGRES, None),
         };
         let rows = on_pool!(self, |pool| {
+            sqlx::query(GIVE_UP_EXPIRED)
+                .bind(now)
+                .bind(max_attempts)
+                .execute(pool)
+                .await?;
             sqlx::query(sql)
                 .bind(owner)
                 .bind(now + lease_ms)
                 .bind(now)
                 .bind(limit)
+                .bind(max_attempts)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
@@ -165,12 +175,20 @@ impl Store {
     }
 }
 
-/// Leases due rows: `$1` owner, `$2` lease end, `$3` now, `$4` how many.
+/// Fails rows whose last allowed attempt's lease expired: `$1` now, `$2`
+/// the attempt limit.
+const GIVE_UP_EXPIRED: &str = "update work set state = 'failed', lease_owner = null,
+        lease_until = null, updated_at = $1,
+        last_error = 'gave up: the lease of the last allowed attempt expired (worker crashed or hung)'
+  where state = 'pending' and attempts >= $2 and lease_until <= $1";
+
+/// Leases due rows: `$1` owner, `$2` lease end, `$3` now, `$4` how many,
+/// `$5` the attempt limit.
 const CLAIM_SQLITE: &str = "update work set lease_owner = $1, lease_until = $2,
         attempts = attempts + 1, updated_at = $3
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
-                  and (lease_until is null or lease_until <= $3)
+                  and (lease_until is null or lease_until <= $3) and attempts < $5
                 order by due_at, id limit $4)
   returning id, kind, incident_id, attempts";
 
@@ -179,7 +197,7 @@ const CLAIM_POSTGRES: &str = "update work set lease_owner = $1, lease_until = $2
         attempts = attempts + 1, updated_at = $3
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
-                  and (lease_until is null or lease_until <= $3)
+                  and (lease_until is null or lease_until <= $3) and attempts < $5
                 order by due_at, id limit $4
                 for update skip locked)
   returning id, kind, incident_id, attempts";
