@@ -249,48 +249,79 @@ async fn a_long_running_query_is_found_with_its_duration() {
 }
 
 #[tokio::test]
-async fn a_lock_chain_pairs_blocker_and_blocked() {
+async fn a_lock_chain_pairs_blocker_and_blocked_and_offers_the_blocker_once() {
     let t = target(&[]).await;
+    let role = app_role(&t).await;
     let mut setup = t.connect("setup").await;
-    sqlx::raw_sql("create table accounts (id int primary key, balance int); insert into accounts values (1, 10)")
-        .execute(&mut setup)
-        .await
-        .expect("table");
-    let mut holder = t.connect("holder").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create table accounts (id int primary key, balance int); insert into accounts values (1, 10), (2, 20);
+         grant all on accounts to {role}"
+    )))
+    .execute(&mut setup)
+    .await
+    .expect("table");
+    // An application session holds row 1; a superuser's session holds row 2.
+    let mut holder = t.connect_as(role, "holder").await;
     sqlx::raw_sql("begin; update accounts set balance = 11 where id = 1")
         .execute(&mut holder)
         .await
         .expect("lock");
     let holder_pid = pid(&mut holder).await;
-    let mut waiter = t.connect("waiter").await;
-    let waiter_pid = pid(&mut waiter).await;
-    let waiting = tokio::spawn(async move {
-        let _ = sqlx::raw_sql("update accounts set balance = 12 where id = 1")
-            .execute(&mut waiter)
-            .await;
-    });
+    let mut admin_holder = t.connect("dba-console").await;
+    sqlx::raw_sql("begin; update accounts set balance = 21 where id = 2")
+        .execute(&mut admin_holder)
+        .await
+        .expect("lock");
+    let admin_pid = pid(&mut admin_holder).await;
+    // Two sessions wait on the application's lock, one on the superuser's.
+    let mut waiters = Vec::new();
+    let mut waiter_pids = Vec::new();
+    for (i, id) in [1, 1, 2].into_iter().enumerate() {
+        let mut waiter = t.connect_as(role, &format!("waiter-{i}")).await;
+        waiter_pids.push(pid(&mut waiter).await);
+        waiters.push(tokio::spawn(async move {
+            let _ = sqlx::query("update accounts set balance = 0 where id = $1")
+                .bind(id)
+                .execute(&mut waiter)
+                .await;
+        }));
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = t
         .diagnose(&[("alertname", "DatabaseLongRunningQueries")])
         .await;
-    let chain = report.steps["lock_chains"]
-        .rows
-        .iter()
-        .find(|r| r["blocked_pid"] == waiter_pid)
-        .unwrap_or_else(|| panic!("no chain: {:?}", report.steps["lock_chains"]));
-    assert_eq!(chain["blocking_pid"], holder_pid);
-    assert_eq!(chain["blocking_state"], "idle in transaction");
-    assert!(
-        report
-            .actions
+    let chains = &report.steps["lock_chains"].rows;
+    // The second waiter on row 1 queues behind the first (the tuple lock).
+    let expected = [
+        (waiter_pids[0], holder_pid, "idle in transaction"),
+        (waiter_pids[1], waiter_pids[0], "active"),
+        (waiter_pids[2], admin_pid, "idle in transaction"),
+    ];
+    for (waiter, blocker, state) in expected {
+        let chain = chains
             .iter()
-            .any(|a| a.id == "terminate_blocker" && a.params == [holder_pid.to_string()])
-    );
-    sqlx::raw_sql("rollback")
-        .execute(&mut holder)
-        .await
-        .expect("release");
-    waiting.await.expect("waiter ends");
+            .find(|r| r["blocked_pid"] == waiter && r["blocking_pid"] == blocker)
+            .unwrap_or_else(|| panic!("no chain {blocker} -> {waiter}: {chains:?}"));
+        assert_eq!(chain["blocking_state"], state);
+    }
+    // The head of the chain is offered once for its two victims; the
+    // waiter in the middle and the superuser never.
+    let offered: Vec<&Vec<String>> = report
+        .actions
+        .iter()
+        .filter(|a| a.id == "terminate_blocker")
+        .map(|a| &a.params)
+        .collect();
+    assert_eq!(offered, [&vec![holder_pid.to_string()]]);
+    for conn in [&mut holder, &mut admin_holder] {
+        sqlx::raw_sql("rollback")
+            .execute(conn)
+            .await
+            .expect("release");
+    }
+    for waiter in waiters {
+        waiter.await.expect("waiter ends");
+    }
 }
 
 #[tokio::test]

@@ -165,6 +165,15 @@ fn check_names_file_line_column_and_field_of_each_mistake() {
         "steps[0].query",
         "SQL is not a template",
     );
+    assert_reports(
+        &format!(
+            "{HEAD}steps:\n  - {{id: a, kind: http, url: \"{{{{ probes.pmss }}}}/health\"}}\n"
+        ),
+        5,
+        5,
+        "steps[0].url",
+        "unknown probe `pmss` (configured: pms)",
+    );
 }
 
 #[tokio::test]

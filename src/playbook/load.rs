@@ -227,6 +227,23 @@ impl Validator<'_> {
         }
     }
 
+    /// Every `probes.NAME` an HTTP step's URL names must be configured.
+    fn probes(&mut self, at: Location, field: String, url: &str) {
+        static PROBE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+            Regex::new(r"\bprobes\.([A-Za-z_][A-Za-z0-9_]*)").expect("valid regex")
+        });
+        for name in PROBE.captures_iter(url).map(|c| c[1].to_owned()) {
+            if !self.refs.probes.contains(&name) {
+                let known: Vec<&str> = self.refs.probes.iter().map(String::as_str).collect();
+                self.error(
+                    at,
+                    field.clone(),
+                    format!("unknown probe `{name}` (configured: {})", list(&known)),
+                );
+            }
+        }
+    }
+
     fn program(&mut self, at: Location, field: String, program: &str) {
         if !self.refs.programs.contains(Path::new(program)) {
             self.error(at, field, format!("`{program}` is not in commands.allow"));
@@ -295,6 +312,7 @@ impl Validator<'_> {
                 }
                 StepSpec::Http { url, method, .. } => {
                     self.template(at, format!("steps[{i}].url"), url);
+                    self.probes(at, format!("steps[{i}].url"), url);
                     if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
                         self.error(
                             at,
