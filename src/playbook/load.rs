@@ -228,7 +228,7 @@ impl Validator<'_> {
     }
 
     /// Every `probes.NAME` an HTTP step's URL names must be configured.
-    fn probes(&mut self, at: Location, field: String, url: &str) {
+    fn probes(&mut self, at: Location, field: &str, url: &str) {
         static PROBE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
             Regex::new(r"\bprobes\.([A-Za-z_][A-Za-z0-9_]*)").expect("valid regex")
         });
@@ -237,7 +237,7 @@ impl Validator<'_> {
                 let known: Vec<&str> = self.refs.probes.iter().map(String::as_str).collect();
                 self.error(
                     at,
-                    field.clone(),
+                    field,
                     format!("unknown probe `{name}` (configured: {})", list(&known)),
                 );
             }
@@ -312,7 +312,7 @@ impl Validator<'_> {
                 }
                 StepSpec::Http { url, method, .. } => {
                     self.template(at, format!("steps[{i}].url"), url);
-                    self.probes(at, format!("steps[{i}].url"), url);
+                    self.probes(at, &format!("steps[{i}].url"), url);
                     if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
                         self.error(
                             at,
