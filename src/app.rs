@@ -45,6 +45,8 @@ impl App {
         let state = AppState {
             store,
             intake,
+            chat: engine.chat.clone(),
+            work_ready: work_ready.clone(),
             intake_auth: Arc::new(IntakeAuth::from_settings(&settings.intake)),
             settings: Arc::new(settings),
             metrics: telemetry::metrics_handle(),
@@ -108,6 +110,10 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
         playbooks: Arc::new(load_playbooks(settings)?),
         diagnoser: Arc::new(Diagnoser::from_settings(settings).map_err(anyhow::Error::msg)?),
         probes: Arc::new(settings.probes.clone()),
+        chat: Arc::new(
+            crate::chat::Chat::from_settings(settings, crate::net::client())
+                .map_err(anyhow::Error::msg)?,
+        ),
     })
 }
 

@@ -57,11 +57,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Approve an action of an incident through the running service's API
+    /// (needs api.token; NAME must be a console user of an approver role).
+    Approve(DecisionArgs),
+    /// Reject an action of an incident (as `approve`).
+    Reject(DecisionArgs),
     /// Read incidents from the store.
     Incidents {
         #[command(subcommand)]
         command: IncidentsCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct DecisionArgs {
+    /// Incident number.
+    incident: IncidentId,
+    /// The action's key as the report shows it (`restart_service`,
+    /// `terminate_leaks#2`).
+    action: String,
+    /// Who decides: a console user listed in an approver role.
+    #[arg(long = "as", value_name = "NAME", env = "REMEDY_APPROVER")]
+    approver: String,
+    /// The service's base URL; default: http:// + server.listen.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,8 +142,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Simulate { file, json } => simulate(settings, &file, json).await?,
             Command::Incidents { command } => incidents(&settings, command).await?,
+            Command::Approve(args) => return decide(&settings, &args, "approve").await,
+            Command::Reject(args) => return decide(&settings, &args, "reject").await,
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Sends a decision to the running service; exit 1 when it is refused.
+async fn decide(settings: &Settings, args: &DecisionArgs, decision: &str) -> anyhow::Result<ExitCode> {
+    let base = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
+    let url = format!(
+        "{}/v1/incidents/{}/actions/{}/{decision}",
+        base.trim_end_matches('/'),
+        args.incident,
+        form_urlencoded::byte_serialize(args.action.as_bytes()).collect::<String>()
+    );
+    let response = crate::net::client()
+        .post(&url)
+        .bearer_auth(settings.api.token.expose())
+        .json(&serde_json::json!({ "as": args.approver }))
+        .send()
+        .await
+        .with_context(|| format!("reaching remedy at {base}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

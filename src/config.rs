@@ -65,6 +65,94 @@ pub struct Settings {
     #[serde(default)]
     pub probes: BTreeMap<String, String>,
     pub commands: CommandSettings,
+    pub chat: ChatSettings,
+    /// Approver roles (the names playbook actions list) and who holds them.
+    #[serde(default)]
+    pub approvers: BTreeMap<String, RoleMembers>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatPlatform {
+    Console,
+    Slack,
+    Discord,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSettings {
+    pub platform: ChatPlatform,
+    /// Channel for incidents no route matches (Slack or Discord channel ID).
+    #[serde(default)]
+    pub default_channel: String,
+    /// First match wins.
+    #[serde(default)]
+    pub routes: Vec<ChatRoute>,
+    /// How long an approval request stays open.
+    #[serde(with = "humantime_serde")]
+    pub approval_ttl: Duration,
+    /// Where people reach remedy's API, for the "full report" link.
+    #[serde(default)]
+    pub public_url: String,
+    pub slack: SlackSettings,
+    pub discord: DiscordSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRoute {
+    /// Alertmanager matchers over the alert's labels, all of which must hold.
+    #[serde(rename = "match")]
+    pub matchers: Vec<String>,
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    pub api_url: String,
+    #[serde(default)]
+    pub bot_token: Secret,
+    #[serde(default)]
+    pub bot_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub signing_secret: Secret,
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
+    /// How long user-group membership read from Slack is trusted.
+    #[serde(with = "humantime_serde")]
+    pub group_cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordSettings {
+    pub api_url: String,
+    #[serde(default)]
+    pub bot_token: Secret,
+    #[serde(default)]
+    pub bot_token_file: Option<PathBuf>,
+    /// The application's Ed25519 public key, 64 hex digits.
+    #[serde(default)]
+    pub public_key: String,
+}
+
+/// Who holds one approver role, per platform.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMembers {
+    #[serde(default)]
+    pub slack_users: Vec<String>,
+    #[serde(default)]
+    pub slack_groups: Vec<String>,
+    #[serde(default)]
+    pub discord_users: Vec<String>,
+    #[serde(default)]
+    pub discord_roles: Vec<String>,
+    /// Names accepted from `remedy approve --as NAME` (behind the API token).
+    #[serde(default)]
+    pub console_users: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +384,21 @@ impl Settings {
             self.api.token_file.as_deref(),
             "api.token_file",
         )?;
+        read_into(
+            &mut self.chat.slack.bot_token,
+            self.chat.slack.bot_token_file.as_deref(),
+            "chat.slack.bot_token_file",
+        )?;
+        read_into(
+            &mut self.chat.slack.signing_secret,
+            self.chat.slack.signing_secret_file.as_deref(),
+            "chat.slack.signing_secret_file",
+        )?;
+        read_into(
+            &mut self.chat.discord.bot_token,
+            self.chat.discord.bot_token_file.as_deref(),
+            "chat.discord.bot_token_file",
+        )?;
         for target in self.targets.values_mut() {
             read_into(
                 &mut target.url,
@@ -331,6 +434,7 @@ impl Settings {
                 program.display()
             )));
         }
+        self.validate_chat()?;
         if self.store.url.is_empty() {
             return Err(ConfigError::Invalid("store.url: must not be empty".into()));
         }
@@ -346,6 +450,46 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "worker: batch and max_attempts must be positive".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_chat(&self) -> Result<(), ConfigError> {
+        let chat = &self.chat;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        match chat.platform {
+            ChatPlatform::Console => {}
+            ChatPlatform::Slack => {
+                if chat.slack.bot_token.is_empty() || chat.slack.signing_secret.is_empty() {
+                    return invalid(
+                        "chat.slack: bot_token and signing_secret are required \
+                         (REMEDY__CHAT__SLACK__BOT_TOKEN, REMEDY__CHAT__SLACK__SIGNING_SECRET)"
+                            .into(),
+                    );
+                }
+            }
+            ChatPlatform::Discord => {
+                if chat.discord.bot_token.is_empty() {
+                    return invalid("chat.discord.bot_token is required".into());
+                }
+                let key = hex::decode(&chat.discord.public_key).ok();
+                if key.is_none_or(|k| k.len() != 32) {
+                    return invalid("chat.discord.public_key: 64 hex digits expected".into());
+                }
+            }
+        }
+        if chat.platform != ChatPlatform::Console
+            && chat.default_channel.is_empty()
+            && chat.routes.is_empty()
+        {
+            return invalid("chat: set default_channel or at least one route".into());
+        }
+        for (i, route) in chat.routes.iter().enumerate() {
+            for m in &route.matchers {
+                if let Err(e) = crate::playbook::matcher::parse_matchers(m) {
+                    return invalid(format!("chat.routes[{i}].match: {e}"));
+                }
+            }
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! from rows in the store. See README.md for the whole picture.
 
 pub mod app;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod diagnose;

@@ -47,13 +47,23 @@ async fn a_new_incident_is_diagnosed_once_by_the_worker(backend: Backend) {
             .expect("step"),
         1
     );
+    // The diagnosis queued the report's post (console chat here).
+    assert_eq!(
+        engine::step(&app.app.engine, &worker("w1"), now + 1)
+            .await
+            .expect("step"),
+        1
+    );
     assert_eq!(
         engine::step(&app.app.engine, &worker("w1"), now + 120_000)
             .await
             .expect("step"),
         0
     );
-    assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+    assert_eq!(
+        timeline_kinds(&app, id).await,
+        ["opened", "diagnosed", "chat_posted"]
+    );
     let shown = app.api(&format!("/v1/incidents/{id}")).await;
     let report: &Value = &shown["incident"]["report"];
     assert_eq!(report["matched"], false);
@@ -99,6 +109,7 @@ async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend
                 remedy::domain::IncidentId(id),
                 &Value::Null,
                 "late",
+                &[],
                 now + 62_000
             )
             .await

@@ -5,8 +5,8 @@
 
 use super::{Engine, WorkError};
 use crate::domain::Millis;
-use crate::playbook::{self, AlertContext, Report};
-use crate::store::{ClaimedWork, IncidentRecord};
+use crate::playbook::{self, ActionInstance, AlertContext, Report};
+use crate::store::{ClaimedWork, IncidentRecord, NewApproval};
 
 pub(super) async fn run(
     engine: &Engine,
@@ -21,10 +21,58 @@ pub(super) async fn run(
         .ok_or(WorkError::IncidentMissing(id.0))?;
     let report = diagnose(engine, &alert_context(&incident)).await;
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;
+    let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
+    let approvals = approval_requests(&report, now.saturating_add(ttl));
     Ok(engine
         .store
-        .complete_diagnosis(work, id, &json, &report.summary, now)
+        .complete_diagnosis(work, id, &json, &report.summary, &approvals, now)
         .await?)
+}
+
+/// One approval request per action the report offers, keyed `id` (or
+/// `id#n` when an action repeats over rows), bound to a digest of exactly
+/// what is shown and will run.
+#[must_use]
+pub fn approval_requests(report: &Report, expires_at: Millis) -> Vec<NewApproval> {
+    let mut seen: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let repeats = |id: &str| report.actions.iter().filter(|a| a.id == id).count() > 1;
+    report
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(seq, action)| {
+            let n = seen.entry(action.id.as_str()).or_insert(0);
+            *n += 1;
+            let key = if repeats(&action.id) {
+                format!("{}#{n}", action.id)
+            } else {
+                action.id.clone()
+            };
+            NewApproval {
+                seq: i64::try_from(seq).unwrap_or(i64::MAX),
+                key,
+                action_id: action.id.clone(),
+                title: action.title.clone(),
+                risk: serde_json::to_value(action.risk)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "destructive".into()),
+                roles: action.approvers.clone(),
+                quorum: i64::from(action.quorum.max(1)),
+                digest: action_digest(action),
+                expires_at,
+            }
+        })
+        .collect()
+}
+
+/// sha256 over the action's canonical JSON: kind, target, statement or
+/// program, every parameter and argument, its precondition.
+#[must_use]
+pub fn action_digest(action: &ActionInstance) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::to_vec(action).unwrap_or_default();
+    hex::encode(Sha256::digest(&canonical))
 }
 
 /// The full read-only diagnosis for one alert (also `remedy simulate`).

@@ -4,6 +4,7 @@
 //! with their own clock; [`run`] loops it until shutdown.
 
 pub mod diagnose;
+pub mod notify;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub struct Engine {
     pub playbooks: Arc<Vec<Playbook>>,
     pub diagnoser: Arc<Diagnoser>,
     pub probes: Arc<BTreeMap<String, String>>,
+    pub chat: Arc<crate::chat::Chat>,
 }
 
 /// How the worker leases and retries.
@@ -126,7 +128,11 @@ async fn finish(
             // The backoff counts from the failure, not from the claim: a
             // diagnosis may have run for its whole deadline.
             let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-            let retry_at = now.saturating_add(elapsed) + backoff_ms(work.attempts);
+            let wait = match &error {
+                WorkError::RetryAfter(wait) => i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                _ => backoff_ms(work.attempts),
+            };
+            let retry_at = now.saturating_add(elapsed).saturating_add(wait);
             tracing::warn!(work = work.id, %kind, attempt = work.attempts, %error, "work failed");
             metrics::counter!("remedy_work_total", "kind" => kind, "result" => "failed")
                 .increment(1);
@@ -152,6 +158,14 @@ pub enum WorkError {
     Report(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The chat API asked to wait (429): retried after exactly this long.
+    #[error("chat rate limited; retry after {0:?}")]
+    RetryAfter(Duration),
+    #[error("chat: {0}")]
+    Chat(String),
+    /// Another worker is posting this incident's first message.
+    #[error("another worker is posting this message")]
+    Busy,
 }
 
 async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool, WorkError> {
@@ -159,6 +173,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::parse(&work.kind).ok_or_else(|| WorkError::UnknownKind(work.kind.clone()))?;
     match kind {
         WorkKind::Diagnose => diagnose::run(engine, work, now).await,
+        WorkKind::Notify => notify::run(engine, work, now).await,
     }
 }
 

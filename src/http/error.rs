@@ -23,6 +23,9 @@ pub enum ApiError {
     BadParameter { field: String, message: String },
     #[error("{0}")]
     NotFound(String),
+    /// Understood and refused (a decision the person may not take now).
+    #[error("{0}")]
+    Forbidden(String),
     /// Retry later: the store failed or the service is overloaded.
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
@@ -37,6 +40,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidPayload(_) | Self::BadParameter { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -49,6 +53,7 @@ impl ApiError {
             Self::InvalidPayload(_) => "invalid_payload",
             Self::BadParameter { .. } => "bad_parameter",
             Self::NotFound(_) => "not_found",
+            Self::Forbidden(_) => "refused",
             Self::Unavailable(_) => "unavailable",
         }
     }

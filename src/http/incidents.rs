@@ -33,7 +33,7 @@ fn integer(field: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if bearer_matches(headers, state.settings.api.token.expose()) {
         Ok(())
     } else {
@@ -41,7 +41,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn unavailable(error: &StoreError) -> ApiError {
+pub(super) fn unavailable(error: &StoreError) -> ApiError {
     tracing::error!(%error, "incidents query failed");
     ApiError::Unavailable("store unavailable")
 }
@@ -107,5 +107,21 @@ pub async fn show(
         .incident_events(id)
         .await
         .map_err(|e| unavailable(&e))?;
-    Ok(Json(json!({ "incident": incident, "timeline": timeline })))
+    let approvals = state
+        .store
+        .approvals(id)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let message = state
+        .store
+        .chat_message(id)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .map(|m| json!({ "platform": m.platform, "channel": m.channel, "message_id": m.message_id }));
+    Ok(Json(json!({
+        "incident": incident,
+        "approvals": approvals,
+        "chat_message": message,
+        "timeline": timeline,
+    })))
 }

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod health;
 mod incidents;
+mod interactions;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::IntakeAuth;
 pub use error::ApiError;
 
+use crate::chat::Chat;
 use crate::config::Settings;
 use crate::intake::Intake;
 use crate::store::Store;
@@ -33,6 +35,9 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub intake: Intake,
+    pub chat: Arc<Chat>,
+    /// Wakes the worker (a decision queued a message update).
+    pub work_ready: Arc<tokio::sync::Notify>,
     pub settings: Arc<Settings>,
     pub intake_auth: Arc<IntakeAuth>,
     pub metrics: PrometheusHandle,
@@ -44,6 +49,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alertmanager", post(alertmanager::receive))
         .route("/v1/incidents", get(incidents::list))
         .route("/v1/incidents/{id}", get(incidents::show))
+        .route(
+            "/v1/incidents/{id}/actions/{key}/{decision}",
+            post(interactions::decide_by_api),
+        )
+        .route("/v1/interactions/slack", post(interactions::slack))
+        .route("/v1/interactions/discord", post(interactions::discord))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -4,8 +4,9 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
+use super::chat::ENQUEUE_NOTIFY;
 use super::work::MARK_DONE;
-use super::{ClaimedWork, Store, StoreError, on_pool, transaction};
+use super::{ClaimedWork, NewApproval, Store, StoreError, WorkKind, on_pool, transaction};
 use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -117,6 +118,7 @@ impl Store {
         incident: IncidentId,
         report: &serde_json::Value,
         summary: &str,
+        approvals: &[NewApproval],
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(transaction!(self, |conn| {
@@ -146,6 +148,38 @@ impl Store {
             ))
             .execute(&mut *conn)
             .await?;
+            for a in approvals {
+                sqlx::query(
+                    "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
+                         quorum, digest, created_at, expires_at)
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(incident.0)
+                .bind(a.seq)
+                .bind(&a.key)
+                .bind(&a.action_id)
+                .bind(&a.title)
+                .bind(&a.risk)
+                .bind(Json(&a.roles))
+                .bind(a.quorum)
+                .bind(&a.digest)
+                .bind(now)
+                .bind(a.expires_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            // Post the report now, and show the requests as expired when
+            // their time runs out.
+            let expiry = approvals.iter().map(|a| a.expires_at).max();
+            for due in std::iter::once(now).chain(expiry) {
+                sqlx::query(ENQUEUE_NOTIFY)
+                    .bind(incident.0)
+                    .bind(due)
+                    .bind(now)
+                    .bind(WorkKind::Notify.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
             true
         }))
     }

@@ -322,6 +322,24 @@ macro_rules! close_firing {
             .bind($now)
             .execute(&mut *$conn)
             .await?;
+            // Its requests die with it, and a posted report shows it resolved.
+            sqlx::query(
+                "update approvals set state = 'expired', decided_at = $2
+                  where incident_id = $1 and state = 'pending'",
+            )
+            .bind(id)
+            .bind($now)
+            .execute(&mut *$conn)
+            .await?;
+            sqlx::query(
+                "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                 select $3, id, $2, $2, $2 from incidents where id = $1 and report is not null",
+            )
+            .bind(id)
+            .bind($now)
+            .bind(WorkKind::Notify.as_str())
+            .execute(&mut *$conn)
+            .await?;
         }
         closed.is_some()
     }};

@@ -3,6 +3,7 @@
 //! several replicas). The SQL is shared wherever the dialects agree; the
 //! [`transaction!`] and [`on_pool!`] macros expand one body per backend.
 
+mod chat;
 mod incidents;
 mod intake;
 mod work;
@@ -17,6 +18,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, SqlSafeStr};
 
+pub use chat::{
+    ApprovalView, Approver, ChatMessage, Decision, DecisionOutcome, DecisionView, NewApproval,
+};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord};
 pub use intake::{BatchOutcome, IntakeWriter};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
@@ -116,17 +120,31 @@ macro_rules! on_pool {
 
 pub(crate) use {on_pool, transaction};
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "intake",
-    include_str!("../../migrations/sqlite/0001_intake.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "intake",
+        include_str!("../../migrations/sqlite/0001_intake.sql"),
+    ),
+    (
+        2,
+        "chat",
+        include_str!("../../migrations/sqlite/0002_chat.sql"),
+    ),
+];
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "intake",
-    include_str!("../../migrations/postgres/0001_intake.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "intake",
+        include_str!("../../migrations/postgres/0001_intake.sql"),
+    ),
+    (
+        2,
+        "chat",
+        include_str!("../../migrations/postgres/0002_chat.sql"),
+    ),
+];
 
 fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(

@@ -13,6 +13,8 @@ use crate::domain::{IncidentId, Millis};
 pub enum WorkKind {
     /// Run the matching playbook's diagnosis for a newly opened incident.
     Diagnose,
+    /// Post the incident's chat message, or bring it up to date.
+    Notify,
 }
 
 impl WorkKind {
@@ -20,6 +22,7 @@ impl WorkKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Diagnose => "diagnose",
+            Self::Notify => "notify",
         }
     }
 
@@ -27,6 +30,7 @@ impl WorkKind {
     pub fn parse(raw: &str) -> Option<Self> {
         match raw {
             "diagnose" => Some(Self::Diagnose),
+            "notify" => Some(Self::Notify),
             _ => None,
         }
     }

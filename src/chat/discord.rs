@@ -1,0 +1,344 @@
+//! Discord: the report as a message with action rows of buttons, built
+//! with serenity's builders and sent through remedy's own HTTP client (the
+//! lean option: no second TLS stack, 429 `retry_after` honoured by the
+//! work queue), and the Ed25519 check of interaction requests.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use serenity::all::ButtonStyle;
+use serenity::builder::{
+    CreateActionRow, CreateAllowedMentions, CreateButton, CreateMessage, EditMessage,
+};
+use serenity::interactions_endpoint::Verifier;
+
+use super::report::{ChatReport, ReportAction, severity_mark};
+use super::text::{code, cut, discord_escape};
+use super::{ChatError, retry_after_header};
+
+pub const MAX_CONTENT: usize = 2000;
+pub const MAX_ROWS: usize = 5;
+pub const MAX_BUTTONS_PER_ROW: usize = 5;
+pub const MAX_CUSTOM_ID: usize = 100;
+pub const MAX_LABEL: usize = 80;
+/// Two actions (four buttons) per row.
+const ACTIONS_PER_ROW: usize = 2;
+
+/// The message content and its button rows.
+pub struct Rendered {
+    pub content: String,
+    pub rows: Vec<CreateActionRow>,
+}
+
+#[must_use]
+pub fn render(report: &ChatReport) -> Rendered {
+    let icon = if report.resolved { "✅" } else { "🔥" };
+    let mut head = format!(
+        "{icon} **{}** · incident #{}\n{}\n",
+        discord_escape(&report.headline()),
+        report.incident_id,
+        discord_escape(&report.summary)
+    );
+    let labels: Vec<String> = report
+        .labels
+        .iter()
+        .map(|(k, v)| format!("`{}={}`", code_inline(k), code_inline(v)))
+        .collect();
+    head.push_str(&labels.join(" "));
+    head.push('\n');
+
+    let openable: Vec<&ReportAction> = report
+        .actions
+        .iter()
+        .filter(|a| a.open() && !report.resolved)
+        .collect();
+    let with_buttons = openable.len().min(MAX_ROWS * ACTIONS_PER_ROW);
+
+    let mut sections: Vec<String> = Vec::new();
+    if !report.actions.is_empty() {
+        let mut s = String::from("**Actions**\n");
+        for a in &report.actions {
+            s.push_str(&format!(
+                "• `{}` {} — {}, needs {} of {} · {}\n",
+                code_inline(&a.key),
+                discord_escape(&a.title),
+                risk_name(a),
+                a.quorum,
+                discord_escape(&a.roles.join(", ")),
+                discord_escape(&a.status_line())
+            ));
+        }
+        if openable.len() > with_buttons {
+            s.push_str(&format!(
+                "… and {} more actions without buttons: approve them through the API or `remedy approve`\n",
+                openable.len() - with_buttons
+            ));
+        }
+        sections.push(s);
+    }
+    for f in &report.findings {
+        let mut s = format!("{} {}\n", severity_mark(f.severity), discord_escape(&f.text));
+        if !f.evidence.is_empty() {
+            s.push_str(&format!("```\n{}\n```", code(&f.evidence.join("\n"))));
+            if f.more_rows > 0 {
+                s.push_str(&format!("… and {} more rows\n", f.more_rows));
+            }
+        }
+        sections.push(s);
+    }
+    if !report.step_errors.is_empty() {
+        let mut s = String::from("**Steps that failed**\n");
+        for (id, e) in &report.step_errors {
+            s.push_str(&format!("• `{}`: {}\n", code_inline(id), discord_escape(e)));
+        }
+        sections.push(s);
+    }
+    for sug in &report.suggestions {
+        let mut s = format!("💡 **{}**\n", discord_escape(&sug.title));
+        if let Some(t) = &sug.text {
+            s.push_str(&discord_escape(t));
+            s.push('\n');
+        }
+        if let Some(c) = &sug.command {
+            s.push_str(&format!("```\n{}\n```", code(c.trim_end())));
+        }
+        sections.push(s);
+    }
+    let footer = format!("full report: `{}`", code_inline(&report.full_report));
+    let mut content = head;
+    let mut hidden = 0;
+    for s in &sections {
+        // Room for this section, the footer and a possible "… and N more".
+        if hidden == 0 && content.chars().count() + s.chars().count() + footer.len() + 40 <= MAX_CONTENT {
+            content.push_str(s);
+        } else {
+            hidden += 1;
+        }
+    }
+    if hidden > 0 {
+        content.push_str(&format!("… and {hidden} more sections\n"));
+    }
+    content.push_str(&footer);
+    let content = cut(&content, MAX_CONTENT);
+
+    let rows = openable[..with_buttons]
+        .chunks(ACTIONS_PER_ROW)
+        .map(|chunk| {
+            CreateActionRow::Buttons(
+                chunk
+                    .iter()
+                    .flat_map(|a| {
+                        [
+                            CreateButton::new(custom_id("ap", a))
+                                .label(cut(&format!("Approve {}", a.key), MAX_LABEL))
+                                .style(ButtonStyle::Success),
+                            CreateButton::new(custom_id("rj", a))
+                                .label(cut(&format!("Reject {}", a.key), MAX_LABEL))
+                                .style(ButtonStyle::Danger),
+                        ]
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    Rendered { content, rows }
+}
+
+fn risk_name(a: &ReportAction) -> &'static str {
+    match a.risk {
+        crate::playbook::model::Risk::Safe => "safe",
+        crate::playbook::model::Risk::Disruptive => "disruptive",
+        crate::playbook::model::Risk::Destructive => "destructive",
+    }
+}
+
+/// Inside inline code only a backtick would end it.
+fn code_inline(text: &str) -> String {
+    super::text::defuse_mentions(&text.replace('`', "ˋ"))
+}
+
+/// `ap:<approval id>:<digest prefix>` or `rj:…`, within 100 characters.
+fn custom_id(verb: &str, a: &ReportAction) -> String {
+    cut(&format!("{verb}:{}:{}", a.approval_id, a.digest), MAX_CUSTOM_ID)
+}
+
+/// Parses a button's `custom_id` into (approve?, approval id, digest).
+#[must_use]
+pub fn parse_custom_id(id: &str) -> Option<(bool, i64, String)> {
+    let mut parts = id.splitn(3, ':');
+    let approve = match parts.next()? {
+        "ap" => true,
+        "rj" => false,
+        _ => return None,
+    };
+    let approval = parts.next()?.parse().ok()?;
+    Some((approve, approval, parts.next()?.to_owned()))
+}
+
+/// Nobody is ever pinged by a report: no users, no roles, no @everyone.
+#[must_use]
+pub fn no_mentions() -> CreateAllowedMentions {
+    CreateAllowedMentions::new()
+        .everyone(false)
+        .all_users(false)
+        .all_roles(false)
+        .empty_users()
+        .empty_roles()
+}
+
+/// The JSON body of a new message.
+#[must_use]
+pub fn create_body(report: &ChatReport) -> Value {
+    let r = render(report);
+    serde_json::to_value(
+        CreateMessage::new()
+            .content(r.content)
+            .components(r.rows)
+            .allowed_mentions(no_mentions()),
+    )
+    .unwrap_or(Value::Null)
+}
+
+/// The JSON body of an edit (an empty row list removes the buttons).
+#[must_use]
+pub fn edit_body(report: &ChatReport) -> Value {
+    let r = render(report);
+    serde_json::to_value(
+        EditMessage::new()
+            .content(r.content)
+            .components(r.rows)
+            .allowed_mentions(no_mentions()),
+    )
+    .unwrap_or(Value::Null)
+}
+
+/// Discord's REST API with a bot token.
+pub struct DiscordClient {
+    http: reqwest::Client,
+    api_url: String,
+    token: String,
+}
+
+impl DiscordClient {
+    #[must_use]
+    pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
+        Self {
+            http,
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ChatError> {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.api_url))
+            .header("authorization", format!("Bot {}", self.token))
+            .header(
+                "user-agent",
+                concat!("DiscordBot (https://github.com/remedy, ", env!("CARGO_PKG_VERSION"), ")"),
+            )
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ChatError::Transient(format!("discord: {}", e.without_url())))?;
+        let status = response.status();
+        let header_wait = retry_after_header(response.headers());
+        let reply: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(reply);
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let wait = reply["retry_after"]
+                .as_f64()
+                .map(Duration::from_secs_f64)
+                .or(header_wait)
+                .unwrap_or(Duration::from_secs(1));
+            return Err(ChatError::RetryAfter(wait));
+        }
+        let detail = format!(
+            "HTTP {} {} {}",
+            status.as_u16(),
+            reply["code"],
+            reply["message"].as_str().unwrap_or_default()
+        );
+        if status.is_server_error() {
+            Err(ChatError::Transient(detail))
+        } else {
+            Err(ChatError::Permanent(detail))
+        }
+    }
+
+    /// Posts the report; returns the message id.
+    pub async fn post(&self, channel: &str, report: &ChatReport) -> Result<String, ChatError> {
+        let reply = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/channels/{channel}/messages"),
+                &create_body(report),
+            )
+            .await?;
+        reply["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ChatError::Transient("discord: no message id in the reply".into()))
+    }
+
+    pub async fn update(
+        &self,
+        channel: &str,
+        message: &str,
+        report: &ChatReport,
+    ) -> Result<(), ChatError> {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/channels/{channel}/messages/{message}"),
+            &edit_body(report),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A reply to the report (results, escalations).
+    pub async fn reply(&self, channel: &str, message: &str, text: &str) -> Result<(), ChatError> {
+        let body = json!({
+            "content": cut(&discord_escape(text), MAX_CONTENT),
+            "message_reference": {"message_id": message},
+            "allowed_mentions": {"parse": []},
+        });
+        self.call(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/messages"),
+            &body,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Verifies an interaction: Ed25519 over `timestamp ‖ body` with the
+/// application's key, and a timestamp within five minutes of `now`.
+pub fn verify(
+    verifier: &Verifier,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), super::slack::SignatureError> {
+    use super::slack::SignatureError;
+    let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
+        return Err(SignatureError::Missing);
+    };
+    let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Missing)?;
+    if (now - ts).abs() > 300 {
+        return Err(SignatureError::Stale);
+    }
+    verifier
+        .verify(signature, timestamp, body)
+        .map_err(|()| SignatureError::Mismatch)
+}

@@ -1,0 +1,300 @@
+//! Where people meet remedy: one report per incident in Slack, Discord or
+//! the console, with Approve / Reject per action; who may decide what.
+
+pub mod discord;
+pub mod report;
+pub mod slack;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serenity::interactions_endpoint::Verifier;
+
+pub use report::ChatReport;
+
+use crate::config::{ChatPlatform, RoleMembers, Settings};
+use crate::domain::Labels;
+use crate::playbook::matcher::{Matcher, matches_all, parse_matchers};
+
+/// A failed chat call, by what the work queue should do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    /// Rate limited: try again after this long.
+    #[error("rate limited; retry after {0:?}")]
+    RetryAfter(Duration),
+    /// Network, 5xx, or a transient API error: retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Wrong channel, missing permission, bad token: retrying cannot help.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// `Retry-After` in seconds (integer or decimal).
+#[must_use]
+pub fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// The configured platform's client.
+pub enum ChatClient {
+    /// Prints reports on stdout; decisions come through the API / CLI.
+    Console,
+    Slack(slack::SlackClient),
+    Discord(discord::DiscordClient),
+}
+
+/// A person acting on a button or through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Slack { user: String },
+    Discord { user: String, roles: Vec<String> },
+    Console { name: String },
+}
+
+impl Identity {
+    /// The key decisions are counted by: one per person and platform.
+    #[must_use]
+    pub fn key(&self) -> String {
+        match self {
+            Self::Slack { user } => format!("slack:{user}"),
+            Self::Discord { user, .. } => format!("discord:{user}"),
+            Self::Console { name } => format!("console:{name}"),
+        }
+    }
+
+    /// How the message names them: a mention that the platform renders
+    /// (never pings: messages carry no allowed mentions) or the name.
+    #[must_use]
+    pub fn display(&self) -> String {
+        match self {
+            Self::Slack { user } => format!("<@{user}>"),
+            Self::Discord { user, .. } => format!("<@{user}>"),
+            Self::Console { name } => name.clone(),
+        }
+    }
+}
+
+/// Chat as the engine and the HTTP handlers use it.
+pub struct Chat {
+    pub client: ChatClient,
+    platform: ChatPlatform,
+    default_channel: String,
+    routes: Vec<(Vec<Matcher>, String)>,
+    approvers: BTreeMap<String, RoleMembers>,
+    pub approval_ttl: Duration,
+    pub public_url: String,
+    pub slack_signing_secret: String,
+    pub discord_verifier: Option<Verifier>,
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat")
+            .field("platform", &self.platform())
+            .field("default_channel", &self.default_channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Chat {
+    /// From the settings (validated by [`Settings::load`]).
+    pub fn from_settings(settings: &Settings, http: reqwest::Client) -> Result<Self, String> {
+        let chat = &settings.chat;
+        let client = match chat.platform {
+            ChatPlatform::Console => ChatClient::Console,
+            ChatPlatform::Slack => ChatClient::Slack(slack::SlackClient::new(
+                http,
+                &chat.slack.api_url,
+                chat.slack.bot_token.expose(),
+                chat.slack.group_cache_ttl,
+            )),
+            ChatPlatform::Discord => ChatClient::Discord(discord::DiscordClient::new(
+                http,
+                &chat.discord.api_url,
+                chat.discord.bot_token.expose(),
+            )),
+        };
+        let discord_verifier = if chat.discord.public_key.is_empty() {
+            None
+        } else {
+            let bytes: [u8; 32] = hex::decode(&chat.discord.public_key)
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or("chat.discord.public_key: 64 hex digits expected")?;
+            Some(Verifier::try_new(bytes).map_err(|_| "chat.discord.public_key: not a valid key")?)
+        };
+        let mut routes = Vec::new();
+        for (i, route) in chat.routes.iter().enumerate() {
+            let mut all = Vec::new();
+            for m in &route.matchers {
+                all.extend(
+                    parse_matchers(m).map_err(|e| format!("chat.routes[{i}].match: {e}"))?,
+                );
+            }
+            routes.push((all, route.channel.clone()));
+        }
+        Ok(Self {
+            client,
+            platform: chat.platform,
+            default_channel: chat.default_channel.clone(),
+            routes,
+            approvers: settings.approvers.clone(),
+            approval_ttl: chat.approval_ttl,
+            public_url: chat.public_url.clone(),
+            slack_signing_secret: chat.slack.signing_secret.expose().to_owned(),
+            discord_verifier,
+        })
+    }
+
+    #[must_use]
+    pub fn platform(&self) -> &'static str {
+        match self.platform {
+            ChatPlatform::Console => "console",
+            ChatPlatform::Slack => "slack",
+            ChatPlatform::Discord => "discord",
+        }
+    }
+
+    /// The channel for an incident: the first route whose matchers all hold.
+    #[must_use]
+    pub fn channel_for(&self, labels: &Labels) -> String {
+        self.routes
+            .iter()
+            .find(|(m, _)| matches_all(m, labels))
+            .map_or_else(|| self.default_channel.clone(), |(_, c)| c.clone())
+    }
+
+    /// Whether `who` holds one of `roles`. Slack user groups are read from
+    /// Slack (cached); a lookup failure refuses rather than guesses.
+    pub async fn authorized(&self, who: &Identity, roles: &[String]) -> bool {
+        for role in roles {
+            let Some(members) = self.approvers.get(role) else {
+                continue;
+            };
+            let holds = match who {
+                Identity::Slack { user } => {
+                    if members.slack_users.contains(user) {
+                        true
+                    } else if let ChatClient::Slack(client) = &self.client {
+                        let mut found = false;
+                        for group in &members.slack_groups {
+                            match client.group_members(group).await {
+                                Ok(users) if users.contains(user) => {
+                                    found = true;
+                                    break;
+                                }
+                                Ok(_) => {}
+                                Err(error) => {
+                                    tracing::warn!(%group, %error, "slack user group lookup failed");
+                                }
+                            }
+                        }
+                        found
+                    } else {
+                        false
+                    }
+                }
+                Identity::Discord { user, roles } => {
+                    members.discord_users.contains(user)
+                        || roles.iter().any(|r| members.discord_roles.contains(r))
+                }
+                Identity::Console { name } => members.console_users.contains(name),
+            };
+            if holds {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Posts a new report; returns the message identity.
+    pub async fn post(&self, channel: &str, report: &ChatReport) -> Result<String, ChatError> {
+        match &self.client {
+            ChatClient::Console => {
+                println!("{}", console_text(report));
+                Ok(format!("console-{}", report.incident_id))
+            }
+            ChatClient::Slack(c) => c.post(channel, report).await,
+            ChatClient::Discord(c) => c.post(channel, report).await,
+        }
+    }
+
+    pub async fn update(
+        &self,
+        channel: &str,
+        message: &str,
+        report: &ChatReport,
+    ) -> Result<(), ChatError> {
+        match &self.client {
+            ChatClient::Console => {
+                println!("{}", console_text(report));
+                Ok(())
+            }
+            ChatClient::Slack(c) => c.update(channel, message, report).await,
+            ChatClient::Discord(c) => c.update(channel, message, report).await,
+        }
+    }
+}
+
+/// The console rendering: plain text with the commands that decide.
+#[must_use]
+pub fn console_text(report: &ChatReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "── incident #{} {} ──\n{}\n",
+        report.incident_id,
+        report.headline(),
+        report.summary
+    );
+    for f in &report.findings {
+        let _ = writeln!(out, "[{:?}] {}", f.severity, f.text);
+        for row in &f.evidence {
+            let _ = writeln!(out, "    {row}");
+        }
+        if f.more_rows > 0 {
+            let _ = writeln!(out, "    … and {} more rows", f.more_rows);
+        }
+    }
+    for (id, e) in &report.step_errors {
+        let _ = writeln!(out, "step {id} failed: {e}");
+    }
+    for s in &report.suggestions {
+        let _ = writeln!(out, "suggestion: {}", s.title);
+        if let Some(c) = &s.command {
+            for line in c.lines() {
+                let _ = writeln!(out, "    $ {line}");
+            }
+        }
+    }
+    for a in &report.actions {
+        let _ = writeln!(
+            out,
+            "action {} [{:?}, {} of {}]: {} — {}",
+            a.key,
+            a.risk,
+            a.approved_by.len(),
+            a.quorum,
+            a.title,
+            a.status_line()
+        );
+        if a.open() && !report.resolved {
+            let _ = writeln!(
+                out,
+                "    remedy approve {} {} --as NAME   |   remedy reject {} {} --as NAME",
+                report.incident_id, a.key, report.incident_id, a.key
+            );
+        }
+    }
+    let _ = write!(out, "full report: {}", report.full_report);
+    out
+}

@@ -1,0 +1,208 @@
+//! The platform-neutral chat report: what one message about one incident
+//! shows, built from the incident, its diagnosis and its approval requests.
+//! Each adapter renders it within its platform's limits.
+
+use serde::Serialize;
+
+use crate::playbook::{Report, Suggestion};
+use crate::playbook::model::{Risk, Severity};
+use crate::store::{ApprovalView, IncidentRecord};
+
+/// Evidence rows shown under a finding before "… and N more rows".
+pub const EVIDENCE_ROWS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatReport {
+    pub incident_id: i64,
+    pub alertname: String,
+    pub severity: String,
+    pub resolved: bool,
+    pub summary: String,
+    /// The alert's labels, `alertname` first.
+    pub labels: Vec<(String, String)>,
+    pub findings: Vec<ReportFinding>,
+    /// Steps that failed: id and reason.
+    pub step_errors: Vec<(String, String)>,
+    pub suggestions: Vec<Suggestion>,
+    pub actions: Vec<ReportAction>,
+    /// Where the whole report is (API URL or CLI command).
+    pub full_report: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportFinding {
+    pub severity: Severity,
+    pub text: String,
+    /// The first rows of the evidence, one line each (`key=value …`).
+    pub evidence: Vec<String>,
+    /// Evidence rows not shown.
+    pub more_rows: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportAction {
+    pub approval_id: i64,
+    pub key: String,
+    pub title: String,
+    pub risk: Risk,
+    pub roles: Vec<String>,
+    pub quorum: i64,
+    /// The digest prefix the buttons carry.
+    pub digest: String,
+    pub state: String,
+    pub approved_by: Vec<String>,
+    pub rejected_by: Vec<String>,
+}
+
+impl ReportAction {
+    /// Buttons are shown only while a decision can still be taken.
+    #[must_use]
+    pub fn open(&self) -> bool {
+        self.state == "pending"
+    }
+
+    /// "approved by a, b (2 of 2)", "pending (0 of 2)", "rejected by c".
+    #[must_use]
+    pub fn status_line(&self) -> String {
+        let progress = format!("{} of {}", self.approved_by.len(), self.quorum);
+        match self.state.as_str() {
+            "rejected" => format!("rejected by {}", self.rejected_by.join(", ")),
+            _ if self.approved_by.is_empty() => format!("{} ({progress})", self.state),
+            state => format!(
+                "{state}: approved by {} ({progress})",
+                self.approved_by.join(", ")
+            ),
+        }
+    }
+}
+
+/// The digest prefix carried by buttons (Discord's `custom_id` is short).
+pub const DIGEST_PREFIX: usize = 16;
+
+impl ChatReport {
+    #[must_use]
+    pub fn build(
+        incident: &IncidentRecord,
+        report: &Report,
+        approvals: &[ApprovalView],
+        public_url: &str,
+    ) -> Self {
+        let mut labels: Vec<(String, String)> = incident
+            .labels
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort_by_key(|(k, _)| (k != "alertname", k.clone()));
+        let findings = report
+            .findings
+            .iter()
+            .map(|f| {
+                let rows = f
+                    .evidence
+                    .as_ref()
+                    .and_then(|step| report.steps.get(step))
+                    .map(|s| (s.rows.as_slice(), usize::try_from(s.truncated).unwrap_or(0)))
+                    .unwrap_or_default();
+                ReportFinding {
+                    severity: f.severity,
+                    text: f.text.clone(),
+                    evidence: rows.0.iter().take(EVIDENCE_ROWS).map(row_line).collect(),
+                    more_rows: rows.0.len().saturating_sub(EVIDENCE_ROWS) + rows.1,
+                }
+            })
+            .collect();
+        let step_errors = report
+            .steps
+            .iter()
+            .filter(|(_, s)| !s.ok)
+            .map(|(id, s)| (id.clone(), s.error.clone().unwrap_or_else(|| "failed".into())))
+            .chain(report.errors.iter().map(|e| ("template".to_owned(), e.clone())))
+            .collect();
+        let actions = approvals
+            .iter()
+            .map(|a| {
+                let by = |d: &str| {
+                    a.decisions
+                        .iter()
+                        .filter(|x| x.decision == d)
+                        .map(|x| x.display.clone())
+                        .collect()
+                };
+                ReportAction {
+                    approval_id: a.id,
+                    key: a.key.clone(),
+                    title: a.title.clone(),
+                    risk: match a.risk.as_str() {
+                        "safe" => Risk::Safe,
+                        "disruptive" => Risk::Disruptive,
+                        _ => Risk::Destructive,
+                    },
+                    roles: a.roles.clone(),
+                    quorum: a.quorum,
+                    digest: a.digest.chars().take(DIGEST_PREFIX).collect(),
+                    state: a.state.clone(),
+                    approved_by: by("approve"),
+                    rejected_by: by("reject"),
+                }
+            })
+            .collect();
+        let full_report = if public_url.is_empty() {
+            format!("remedy incidents show {}", incident.id)
+        } else {
+            format!(
+                "{}/v1/incidents/{}",
+                public_url.trim_end_matches('/'),
+                incident.id
+            )
+        };
+        Self {
+            incident_id: incident.id,
+            alertname: incident.alertname.clone(),
+            severity: incident.severity.clone(),
+            resolved: incident.status == "resolved",
+            summary: report.summary.clone(),
+            labels,
+            findings,
+            step_errors,
+            suggestions: report.suggestions.clone(),
+            actions,
+            full_report,
+        }
+    }
+
+    /// One line for notifications and fallbacks.
+    #[must_use]
+    pub fn headline(&self) -> String {
+        format!(
+            "[{}] {} ({})",
+            if self.resolved { "RESOLVED" } else { "FIRING" },
+            self.alertname,
+            if self.severity.is_empty() {
+                "no severity"
+            } else {
+                &self.severity
+            }
+        )
+    }
+}
+
+fn row_line(row: &serde_json::Map<String, serde_json::Value>) -> String {
+    row.iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// Marker for a finding's severity.
+#[must_use]
+pub fn severity_mark(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "🔴",
+        Severity::Warning => "🟠",
+        Severity::Info => "🔵",
+    }
+}

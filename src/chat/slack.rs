@@ -1,0 +1,425 @@
+//! Slack: the report as Block Kit through the Web API (`chat.postMessage`,
+//! `chat.update`), user-group membership for authorization, and the
+//! signature check of interaction requests.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::Mutex;
+
+use super::report::{ChatReport, severity_mark};
+use super::text::{code, cut, slack_escape};
+use super::{ChatError, retry_after_header};
+use crate::playbook::model::Risk;
+
+pub const MAX_BLOCKS: usize = 50;
+pub const MAX_SECTION: usize = 3000;
+pub const MAX_HEADER: usize = 150;
+pub const MAX_BUTTON_VALUE: usize = 2000;
+pub const MAX_ACTION_ID: usize = 255;
+pub const MAX_BUTTON_TEXT: usize = 75;
+
+/// Renders the message body (without `channel`): `text` fallback and blocks.
+#[must_use]
+pub fn render(report: &ChatReport) -> Value {
+    let mut blocks: Vec<Value> = Vec::new();
+    let icon = if report.resolved { "✅" } else { "🔥" };
+    blocks.push(json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": cut(&format!("{icon} {}", report.headline()), MAX_HEADER)}
+    }));
+    let labels: Vec<String> = report
+        .labels
+        .iter()
+        .map(|(k, v)| format!("`{}={}`", slack_escape(k), slack_escape(v)))
+        .collect();
+    blocks.push(section(&format!(
+        "{}\n{}",
+        slack_escape(&report.summary),
+        labels.join(" ")
+    )));
+    // Actions (two blocks each) come first in the budget: without them the
+    // message cannot be acted on. Then findings, errors, suggestions.
+    let tail_reserved = 2; // truncation note + context
+    let mut action_blocks = Vec::new();
+    let mut shown_actions = 0;
+    for action in &report.actions {
+        let mut pair = vec![section(&format!(
+            "*{}*\nrisk `{}` · needs {} of {} · {}",
+            slack_escape(&action.title),
+            risk_name(action.risk),
+            action.quorum,
+            slack_escape(&action.roles.join(", ")),
+            slack_escape(&action.status_line()),
+        ))];
+        if action.open() && !report.resolved {
+            pair.push(buttons(action));
+        }
+        action_blocks.push(pair);
+    }
+    let mut body: Vec<Value> = Vec::new();
+    for f in &report.findings {
+        let mut text = format!(
+            "{} *{}* {}",
+            severity_mark(f.severity),
+            format!("{:?}", f.severity).to_lowercase(),
+            slack_escape(&f.text)
+        );
+        if !f.evidence.is_empty() {
+            let rows: Vec<String> = f.evidence.iter().map(|r| code(r)).collect();
+            let more = if f.more_rows > 0 {
+                format!("\n… and {} more rows", f.more_rows)
+            } else {
+                String::new()
+            };
+            text = fit_code_block(&text, &rows, &more);
+        }
+        body.push(section(&text));
+    }
+    if !report.step_errors.is_empty() {
+        let lines: Vec<String> = report
+            .step_errors
+            .iter()
+            .map(|(id, e)| format!("• `{}`: {}", slack_escape(id), slack_escape(e)))
+            .collect();
+        body.push(section(&format!("*Steps that failed*\n{}", lines.join("\n"))));
+    }
+    for s in &report.suggestions {
+        let mut text = format!("*💡 {}*", slack_escape(&s.title));
+        if let Some(t) = &s.text {
+            text.push('\n');
+            text.push_str(&slack_escape(t));
+        }
+        if let Some(c) = &s.command {
+            text.push_str(&format!("\n```{}```", code(c.trim_end())));
+        }
+        body.push(section(&text));
+    }
+    let room = MAX_BLOCKS - blocks.len() - tail_reserved;
+    let mut used = 0;
+    let mut actions_out = Vec::new();
+    for pair in action_blocks {
+        if used + pair.len() > room {
+            break;
+        }
+        used += pair.len();
+        shown_actions += 1;
+        actions_out.extend(pair);
+    }
+    let body_room = room - used;
+    let hidden_body = body.len().saturating_sub(body_room);
+    blocks.extend(body.into_iter().take(body_room));
+    blocks.extend(actions_out);
+    let hidden_actions = report.actions.len() - shown_actions;
+    if hidden_body > 0 || hidden_actions > 0 {
+        blocks.push(section(&format!(
+            "… and {} more: {} more sections, {} more actions (approve them through the API or `remedy approve`)",
+            hidden_body + hidden_actions,
+            hidden_body,
+            hidden_actions
+        )));
+    }
+    blocks.push(json!({
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": cut(&format!(
+            "incident #{} · full report: `{}`",
+            report.incident_id,
+            slack_escape(&report.full_report)
+        ), MAX_SECTION)}]
+    }));
+    json!({
+        "text": slack_escape(&report.headline()),
+        "blocks": blocks,
+        // Nothing in the text may turn into a mention or a link by itself.
+        "parse": "none",
+        "link_names": false,
+        "unfurl_links": false,
+        "unfurl_media": false,
+    })
+}
+
+fn risk_name(risk: Risk) -> &'static str {
+    match risk {
+        Risk::Safe => "safe",
+        Risk::Disruptive => "disruptive",
+        Risk::Destructive => "destructive",
+    }
+}
+
+fn section(text: &str) -> Value {
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(text, MAX_SECTION)}})
+}
+
+/// Puts as many evidence rows in a code block as fit one section, and
+/// says how many more there are.
+fn fit_code_block(head: &str, rows: &[String], more: &str) -> String {
+    let mut shown = rows.len();
+    loop {
+        let hidden = rows.len() - shown;
+        let note = match (hidden, more.is_empty()) {
+            (0, _) => more.to_owned(),
+            (n, true) => format!("\n… and {n} more rows"),
+            (n, false) => {
+                let base: usize = more
+                    .trim_start_matches("\n… and ")
+                    .split(' ')
+                    .next()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
+                format!("\n… and {} more rows", base + n)
+            }
+        };
+        let text = if shown == 0 {
+            format!("{head}{note}")
+        } else {
+            format!("{head}\n```{}```{note}", rows[..shown].join("\n"))
+        };
+        if text.chars().count() <= MAX_SECTION || shown == 0 {
+            return text;
+        }
+        shown -= 1;
+    }
+}
+
+fn buttons(action: &super::report::ReportAction) -> Value {
+    let value = cut(
+        &format!("{}:{}", action.approval_id, action.digest),
+        MAX_BUTTON_VALUE,
+    );
+    let mut approve = json!({
+        "type": "button",
+        "action_id": "approve",
+        "value": value,
+        "style": "primary",
+        "text": {"type": "plain_text", "text": cut(&format!("Approve {}", action.key), MAX_BUTTON_TEXT)},
+    });
+    if action.risk != Risk::Safe {
+        approve["confirm"] = json!({
+            "title": {"type": "plain_text", "text": "Approve this action?"},
+            "text": {"type": "plain_text", "text": cut(&format!(
+                "{} ({} action): {}", action.key, risk_name(action.risk), action.title
+            ), 300)},
+            "confirm": {"type": "plain_text", "text": "Approve"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+            "style": "danger",
+        });
+    }
+    json!({
+        "type": "actions",
+        // New id per version of the message, as Slack asks.
+        "block_id": cut(&format!("act-{}-{}", action.approval_id, action.approved_by.len()), 255),
+        "elements": [
+            approve,
+            {
+                "type": "button",
+                "action_id": "reject",
+                "value": value,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": cut(&format!("Reject {}", action.key), MAX_BUTTON_TEXT)},
+            }
+        ]
+    })
+}
+
+/// The Slack Web API with a bot token.
+pub struct SlackClient {
+    http: reqwest::Client,
+    api_url: String,
+    token: String,
+    group_ttl: Duration,
+    groups: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+}
+
+/// Errors after which retrying cannot help.
+const PERMANENT: &[&str] = &[
+    "channel_not_found",
+    "not_in_channel",
+    "is_archived",
+    "invalid_auth",
+    "not_authed",
+    "account_inactive",
+    "token_revoked",
+    "missing_scope",
+    "invalid_blocks",
+    "msg_too_long",
+    "msg_blocks_too_long",
+    "no_text",
+    "restricted_action",
+    "invalid_arguments",
+    "invalid_form_data",
+    "cant_update_message",
+    "message_not_found",
+    "edit_window_closed",
+    "no_such_subteam",
+];
+
+impl SlackClient {
+    #[must_use]
+    pub fn new(http: reqwest::Client, api_url: &str, token: &str, group_ttl: Duration) -> Self {
+        Self {
+            http,
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            group_ttl,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn call(&self, method: &str, body: &Value) -> Result<Value, ChatError> {
+        let response = self
+            .http
+            .post(format!("{}/{method}", self.api_url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json; charset=utf-8")
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ChatError::Transient(format!("{method}: {}", e.without_url())))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(ChatError::RetryAfter(
+                retry_after_header(response.headers()).unwrap_or(Duration::from_secs(1)),
+            ));
+        }
+        let retry_after = retry_after_header(response.headers());
+        if status.is_server_error() {
+            return Err(ChatError::Transient(format!("{method}: HTTP {status}")));
+        }
+        let reply: Value = response
+            .json()
+            .await
+            .map_err(|e| ChatError::Transient(format!("{method}: bad response: {}", e.without_url())))?;
+        if reply["ok"] == true {
+            return Ok(reply);
+        }
+        let error = reply["error"].as_str().unwrap_or("unknown_error").to_owned();
+        if error == "ratelimited" || error == "rate_limited" {
+            return Err(ChatError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1))));
+        }
+        if PERMANENT.contains(&error.as_str()) {
+            Err(ChatError::Permanent(error))
+        } else {
+            Err(ChatError::Transient(format!("{method}: {error}")))
+        }
+    }
+
+    /// Posts the report; returns the message `ts`.
+    pub async fn post(&self, channel: &str, report: &ChatReport) -> Result<String, ChatError> {
+        let mut body = render(report);
+        body["channel"] = channel.into();
+        let reply = self.call("chat.postMessage", &body).await?;
+        reply["ts"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ChatError::Transient("chat.postMessage: no ts in the reply".into()))
+    }
+
+    pub async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        report: &ChatReport,
+    ) -> Result<(), ChatError> {
+        let mut body = render(report);
+        body["channel"] = channel.into();
+        body["ts"] = ts.into();
+        self.call("chat.update", &body).await.map(drop)
+    }
+
+    /// A thread reply under the report (results, escalations).
+    pub async fn reply(&self, channel: &str, ts: &str, text: &str) -> Result<(), ChatError> {
+        let body = json!({"channel": channel, "thread_ts": ts, "text": slack_escape(text), "parse": "none"});
+        self.call("chat.postMessage", &body).await.map(drop)
+    }
+
+    /// Members of a user group, cached for the configured time.
+    pub async fn group_members(&self, group: &str) -> Result<Vec<String>, ChatError> {
+        if let Some((at, members)) = self.groups.lock().await.get(group)
+            && at.elapsed() < self.group_ttl
+        {
+            return Ok(members.clone());
+        }
+        let reply = self
+            .call("usergroups.users.list", &json!({"usergroup": group}))
+            .await?;
+        let members: Vec<String> = reply["users"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        self.groups
+            .lock()
+            .await
+            .insert(group.to_owned(), (Instant::now(), members.clone()));
+        Ok(members)
+    }
+
+    /// An ephemeral answer to the clicker through the click's `response_url`.
+    pub async fn respond_ephemeral(&self, response_url: &str, text: &str) -> Result<(), ChatError> {
+        let response = self
+            .http
+            .post(response_url)
+            .json(&json!({"response_type": "ephemeral", "replace_original": false, "text": slack_escape(text)}))
+            .send()
+            .await
+            .map_err(|e| ChatError::Transient(format!("response_url: {}", e.without_url())))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(ChatError::Transient(format!("response_url: HTTP {}", response.status())))
+        }
+    }
+}
+
+/// Why an interaction request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing signature or timestamp header")]
+    Missing,
+    #[error("timestamp outside the allowed window")]
+    Stale,
+    #[error("signature does not match")]
+    Mismatch,
+}
+
+/// Slack's request signing: `v0=hex(HMAC-SHA256(secret, "v0:{ts}:{body}"))`,
+/// with `ts` within five minutes of `now` (Unix seconds).
+pub fn verify(
+    secret: &str,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), SignatureError> {
+    let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
+        return Err(SignatureError::Missing);
+    };
+    let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Missing)?;
+    if (now - ts).abs() > 300 {
+        return Err(SignatureError::Stale);
+    }
+    let hex_sig = signature
+        .strip_prefix("v0=")
+        .ok_or(SignatureError::Mismatch)?;
+    let expected = hex::decode(hex_sig).map_err(|_| SignatureError::Mismatch)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    mac.verify_slice(&expected).map_err(|_| SignatureError::Mismatch)
+}
+
+/// Signs like Slack does (for tests and local tools).
+#[must_use]
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}

@@ -1,0 +1,86 @@
+//! `notify` work: render the incident's current state (report, requests,
+//! decisions, resolved or not) and post it, or update the message already
+//! posted. Rate limits wait exactly as asked; outages retry with backoff;
+//! permanent errors are recorded on the incident and counted, not retried.
+
+use super::{Engine, WorkError};
+use crate::chat::{ChatError, ChatReport};
+use crate::domain::Millis;
+use crate::playbook::Report;
+use crate::store::ClaimedWork;
+
+/// How long a first post is reserved for the worker making it.
+const POST_CLAIM_MS: i64 = 60_000;
+
+pub(super) async fn run(
+    engine: &Engine,
+    work: &ClaimedWork,
+    now: Millis,
+) -> Result<bool, WorkError> {
+    let id = work.incident_id.ok_or(WorkError::NoIncident)?;
+    let incident = engine
+        .store
+        .get_incident(id)
+        .await?
+        .ok_or(WorkError::IncidentMissing(id.0))?;
+    let Some(report_json) = incident.report.as_ref() else {
+        // Not diagnosed (yet): nothing to show.
+        return Ok(engine.store.complete_work(work, now).await?);
+    };
+    let report: Report = serde_json::from_value(report_json.0.clone())
+        .map_err(|e| WorkError::Report(e.to_string()))?;
+    engine.store.expire_approvals(id, now).await?;
+    let approvals = engine.store.approvals(id).await?;
+    let chat_report = ChatReport::build(&incident, &report, &approvals, &engine.chat.public_url);
+    let platform = engine.chat.platform();
+    let existing = engine.store.chat_message(id).await?;
+    let result = match existing.as_ref().and_then(|m| m.message_id.clone().map(|mid| (m, mid))) {
+        Some((message, message_id)) => engine
+            .chat
+            .update(&message.channel, &message_id, &chat_report)
+            .await
+            .map(|()| None),
+        None => {
+            let channel = engine.chat.channel_for(&incident.labels.0);
+            if !engine
+                .store
+                .claim_first_post(id, platform, &channel, &work.owner, now + POST_CLAIM_MS, now)
+                .await?
+            {
+                return Err(WorkError::Busy);
+            }
+            engine
+                .chat
+                .post(&channel, &chat_report)
+                .await
+                .map(Some)
+        }
+    };
+    match result {
+        Ok(posted) => {
+            if let Some(message_id) = posted {
+                engine.store.message_posted(id, &message_id, now).await?;
+            }
+            metrics::counter!("remedy_chat_deliveries_total", "platform" => platform, "result" => "ok")
+                .increment(1);
+            Ok(engine.store.complete_work(work, now).await?)
+        }
+        Err(ChatError::Permanent(error)) => {
+            tracing::error!(incident = id.0, platform, %error, "chat delivery failed for good");
+            metrics::counter!("remedy_chat_errors_total", "platform" => platform, "kind" => "permanent")
+                .increment(1);
+            engine.store.chat_failed(id, platform, &error, now).await?;
+            Ok(engine.store.complete_work(work, now).await?)
+        }
+        Err(ChatError::RetryAfter(wait)) => {
+            metrics::counter!("remedy_chat_errors_total", "platform" => platform, "kind" => "rate_limited")
+                .increment(1);
+            Err(WorkError::RetryAfter(wait))
+        }
+        Err(ChatError::Transient(error)) => {
+            metrics::counter!("remedy_chat_errors_total", "platform" => platform, "kind" => "transient")
+                .increment(1);
+            Err(WorkError::Chat(error))
+        }
+    }
+}

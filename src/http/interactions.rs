@@ -1,0 +1,321 @@
+//! Decisions: button clicks from Slack and Discord (signature checked over
+//! the raw body before anything is parsed) and the local API behind
+//! `remedy approve` / `remedy reject`. Each click is authorized against the
+//! action's approver roles and recorded once; the chat message is updated
+//! by the worker afterwards, so a reply always leaves within Slack's and
+//! Discord's three seconds.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::incidents::{authorize, unavailable};
+use super::{ApiError, AppState};
+use crate::chat::{ChatClient, Identity, discord, slack};
+use crate::domain::{IncidentId, now_millis};
+use crate::store::{Approver, Decision, DecisionOutcome, StoreError};
+
+/// How long a click's reply may wait for the decision to be recorded;
+/// beyond it the reply acknowledges and the work finishes on its own.
+const REPLY_WITHIN: Duration = Duration::from_millis(2_500);
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn unix_now() -> i64 {
+    now_millis() / 1000
+}
+
+fn refused_signature(error: &slack::SignatureError) -> Response {
+    metrics::counter!("remedy_interactions_refused_total", "reason" => "signature").increment(1);
+    tracing::warn!(%error, "interaction refused");
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "unauthorized", "message": error.to_string()})),
+    )
+        .into_response()
+}
+
+/// Authorizes and records one click.
+async fn decide(
+    state: &AppState,
+    who: &Identity,
+    approval_id: i64,
+    digest: &str,
+    decision: Decision,
+) -> Result<DecisionOutcome, StoreError> {
+    let roles = match state.store.approval(approval_id).await? {
+        Some((_, roles)) => roles,
+        None => return Ok(DecisionOutcome::Refused("unknown approval request".into())),
+    };
+    let authorized = state.chat.authorized(who, &roles).await;
+    let approver = Approver {
+        key: who.key(),
+        display: who.display(),
+    };
+    let outcome = state
+        .store
+        .decide(approval_id, digest, &approver, decision, authorized, now_millis())
+        .await?;
+    let result = match &outcome {
+        DecisionOutcome::Recorded { repeat: true, .. } => "repeat",
+        DecisionOutcome::Recorded { .. } => "recorded",
+        DecisionOutcome::Refused(_) => "refused",
+    };
+    metrics::counter!("remedy_decisions_total", "decision" => decision.as_str(), "result" => result)
+        .increment(1);
+    if matches!(outcome, DecisionOutcome::Recorded { repeat: false, .. }) {
+        state.work_ready.notify_one();
+    }
+    Ok(outcome)
+}
+
+#[derive(Debug, Deserialize)]
+struct SlackPayload {
+    #[serde(rename = "type")]
+    kind: String,
+    user: SlackUser,
+    #[serde(default)]
+    actions: Vec<SlackAction>,
+    #[serde(default)]
+    response_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlackUser {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlackAction {
+    action_id: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// `POST /v1/interactions/slack`: Slack's signed form post with a
+/// `payload` of `block_actions`.
+pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let secret = &state.chat.slack_signing_secret;
+    if secret.is_empty() {
+        return refused_signature(&slack::SignatureError::Missing);
+    }
+    if let Err(e) = slack::verify(
+        secret,
+        header(&headers, "x-slack-request-timestamp"),
+        header(&headers, "x-slack-signature"),
+        &body,
+        unix_now(),
+    ) {
+        return refused_signature(&e);
+    }
+    let payload = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_owned());
+    let Some(payload) = payload else {
+        return bad_request("payload", "form field `payload` is missing");
+    };
+    let payload: SlackPayload = match serde_json::from_str(&payload) {
+        Ok(p) => p,
+        Err(e) => return bad_request("payload", &e.to_string()),
+    };
+    if payload.kind != "block_actions" {
+        return StatusCode::OK.into_response();
+    }
+    let who = Identity::Slack {
+        user: payload.user.id.clone(),
+    };
+    let task = tokio::spawn(async move {
+        for action in &payload.actions {
+            let decision = match action.action_id.as_str() {
+                "approve" => Decision::Approve,
+                "reject" => Decision::Reject,
+                _ => continue,
+            };
+            let Some((id, digest)) = action
+                .value
+                .split_once(':')
+                .and_then(|(id, d)| Some((id.parse::<i64>().ok()?, d.to_owned())))
+            else {
+                continue;
+            };
+            let reason = match decide(&state, &who, id, &digest, decision).await {
+                Ok(DecisionOutcome::Refused(reason)) => reason,
+                Ok(DecisionOutcome::Recorded { .. }) => continue,
+                Err(error) => {
+                    tracing::error!(%error, "click could not be recorded");
+                    "remedy could not record this click; try again".to_owned()
+                }
+            };
+            if let (ChatClient::Slack(client), Some(url)) =
+                (&state.chat.client, payload.response_url.as_deref())
+                && let Err(error) = client.respond_ephemeral(url, &reason).await
+            {
+                tracing::warn!(%error, "ephemeral refusal not delivered");
+            }
+        }
+    });
+    // Answer within Slack's 3 s whether or not the work is done.
+    let _ = tokio::time::timeout(REPLY_WITHIN, task).await;
+    StatusCode::OK.into_response()
+}
+
+fn bad_request(field: &str, message: &str) -> Response {
+    ApiError::BadParameter {
+        field: field.into(),
+        message: message.into(),
+    }
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscordInteraction {
+    #[serde(rename = "type")]
+    kind: u8,
+    #[serde(default)]
+    data: Option<DiscordData>,
+    #[serde(default)]
+    member: Option<DiscordMember>,
+    #[serde(default)]
+    user: Option<DiscordUser>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscordData {
+    #[serde(default)]
+    custom_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscordMember {
+    user: DiscordUser,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscordUser {
+    id: String,
+}
+
+fn ephemeral(text: &str) -> Response {
+    Json(json!({
+        "type": 4,
+        "data": {"content": text, "flags": 64, "allowed_mentions": {"parse": []}}
+    }))
+    .into_response()
+}
+
+/// `POST /v1/interactions/discord`: Ed25519-signed interactions. PING gets
+/// PONG; a button gets a deferred update (the worker edits the message) or
+/// an ephemeral refusal.
+pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(verifier) = state.chat.discord_verifier.as_ref() else {
+        return refused_signature(&slack::SignatureError::Missing);
+    };
+    if let Err(e) = discord::verify(
+        verifier,
+        header(&headers, "x-signature-timestamp"),
+        header(&headers, "x-signature-ed25519"),
+        &body,
+        unix_now(),
+    ) {
+        return refused_signature(&e);
+    }
+    let interaction: DiscordInteraction = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => return bad_request("body", &e.to_string()),
+    };
+    match interaction.kind {
+        1 => return Json(json!({"type": 1})).into_response(),
+        3 => {}
+        _ => return ephemeral("remedy only handles its own buttons"),
+    }
+    let custom_id = interaction.data.map(|d| d.custom_id).unwrap_or_default();
+    let Some((approve, id, digest)) = discord::parse_custom_id(&custom_id) else {
+        return ephemeral("this button is not remedy's");
+    };
+    let (user, roles) = match (interaction.member, interaction.user) {
+        (Some(m), _) => (m.user.id, m.roles),
+        (None, Some(u)) => (u.id, Vec::new()),
+        (None, None) => return bad_request("member", "no member or user in the interaction"),
+    };
+    let who = Identity::Discord { user, roles };
+    let decision = if approve {
+        Decision::Approve
+    } else {
+        Decision::Reject
+    };
+    let task = tokio::spawn(async move { decide(&state, &who, id, &digest, decision).await });
+    match tokio::time::timeout(REPLY_WITHIN, task).await {
+        Ok(Ok(Ok(DecisionOutcome::Refused(reason)))) => ephemeral(&reason),
+        Ok(Ok(Err(error))) => {
+            tracing::error!(%error, "click could not be recorded");
+            ephemeral("remedy could not record this click; try again")
+        }
+        // Recorded, or still recording: acknowledge; the worker edits the message.
+        _ => Json(json!({"type": 6})).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiDecision {
+    /// The console user deciding (must be in a role's `console_users`).
+    #[serde(rename = "as")]
+    approver: String,
+}
+
+/// `POST /v1/incidents/{id}/actions/{key}/{approve|reject}` with the API
+/// token and `{"as": NAME}`: the console's way to decide.
+pub async fn decide_by_api(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, key, decision)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let id: IncidentId = id.parse().map_err(|_| ApiError::BadParameter {
+        field: "id".into(),
+        message: "must be an integer".into(),
+    })?;
+    let decision = match decision.as_str() {
+        "approve" => Decision::Approve,
+        "reject" => Decision::Reject,
+        _ => return Err(ApiError::NotFound("no such route".into())),
+    };
+    let request: ApiDecision =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadParameter {
+            field: "as".into(),
+            message: e.to_string(),
+        })?;
+    let (approval, digest) = state
+        .store
+        .approval_by_key(id, &key)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| ApiError::NotFound(format!("incident {id} has no action `{key}`")))?;
+    let who = Identity::Console {
+        name: request.approver,
+    };
+    let outcome = decide(&state, &who, approval, &digest, decision)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    match outcome {
+        DecisionOutcome::Recorded {
+            state,
+            approvals,
+            quorum,
+            repeat,
+        } => Ok(Json(json!({"result": "recorded", "state": state, "approvals": approvals,
+                            "quorum": quorum, "repeat": repeat}))),
+        DecisionOutcome::Refused(reason) => Err(ApiError::Forbidden(reason)),
+    }
+}
