@@ -150,7 +150,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Sends a decision to the running service; exit 1 when it is refused.
-async fn decide(settings: &Settings, args: &DecisionArgs, decision: &str) -> anyhow::Result<ExitCode> {
+async fn decide(
+    settings: &Settings,
+    args: &DecisionArgs,
+    decision: &str,
+) -> anyhow::Result<ExitCode> {
     let base = args
         .url
         .clone()

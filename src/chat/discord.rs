@@ -12,7 +12,7 @@ use serenity::builder::{
 };
 use serenity::interactions_endpoint::Verifier;
 
-use super::report::{ChatReport, ReportAction, severity_mark};
+use super::report::{ChatReport, ReportAction, is_user_mention, severity_mark};
 use super::text::{code, cut, discord_escape};
 use super::{ChatError, retry_after_header};
 
@@ -65,7 +65,15 @@ pub fn render(report: &ChatReport) -> Rendered {
                 risk_name(a),
                 a.quorum,
                 discord_escape(&a.roles.join(", ")),
-                discord_escape(&a.status_line())
+                a.status_with(|names| names
+                    .iter()
+                    .map(|n| if is_user_mention(n) {
+                        n.clone()
+                    } else {
+                        discord_escape(n)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "))
             ));
         }
         if openable.len() > with_buttons {
@@ -77,7 +85,11 @@ pub fn render(report: &ChatReport) -> Rendered {
         sections.push(s);
     }
     for f in &report.findings {
-        let mut s = format!("{} {}\n", severity_mark(f.severity), discord_escape(&f.text));
+        let mut s = format!(
+            "{} {}\n",
+            severity_mark(f.severity),
+            discord_escape(&f.text)
+        );
         if !f.evidence.is_empty() {
             s.push_str(&format!("```\n{}\n```", code(&f.evidence.join("\n"))));
             if f.more_rows > 0 {
@@ -109,7 +121,9 @@ pub fn render(report: &ChatReport) -> Rendered {
     let mut hidden = 0;
     for s in &sections {
         // Room for this section, the footer and a possible "… and N more".
-        if hidden == 0 && content.chars().count() + s.chars().count() + footer.len() + 40 <= MAX_CONTENT {
+        if hidden == 0
+            && content.chars().count() + s.chars().count() + footer.len() + 40 <= MAX_CONTENT
+        {
             content.push_str(s);
         } else {
             hidden += 1;
@@ -159,7 +173,10 @@ fn code_inline(text: &str) -> String {
 
 /// `ap:<approval id>:<digest prefix>` or `rj:…`, within 100 characters.
 fn custom_id(verb: &str, a: &ReportAction) -> String {
-    cut(&format!("{verb}:{}:{}", a.approval_id, a.digest), MAX_CUSTOM_ID)
+    cut(
+        &format!("{verb}:{}:{}", a.approval_id, a.digest),
+        MAX_CUSTOM_ID,
+    )
 }
 
 /// Parses a button's `custom_id` into (approve?, approval id, digest).
@@ -241,7 +258,11 @@ impl DiscordClient {
             .header("authorization", format!("Bot {}", self.token))
             .header(
                 "user-agent",
-                concat!("DiscordBot (https://github.com/remedy, ", env!("CARGO_PKG_VERSION"), ")"),
+                concat!(
+                    "DiscordBot (https://github.com/remedy, ",
+                    env!("CARGO_PKG_VERSION"),
+                    ")"
+                ),
             )
             .json(body)
             .send()
@@ -334,7 +355,10 @@ pub fn verify(
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
-    let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Missing)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::Missing)?;
     if (now - ts).abs() > 300 {
         return Err(SignatureError::Stale);
     }

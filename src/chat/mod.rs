@@ -137,9 +137,7 @@ impl Chat {
         for (i, route) in chat.routes.iter().enumerate() {
             let mut all = Vec::new();
             for m in &route.matchers {
-                all.extend(
-                    parse_matchers(m).map_err(|e| format!("chat.routes[{i}].match: {e}"))?,
-                );
+                all.extend(parse_matchers(m).map_err(|e| format!("chat.routes[{i}].match: {e}"))?);
             }
             routes.push((all, route.channel.clone()));
         }

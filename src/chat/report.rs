@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::playbook::{Report, Suggestion};
 use crate::playbook::model::{Risk, Severity};
+use crate::playbook::{Report, Suggestion};
 use crate::store::{ApprovalView, IncidentRecord};
 
 /// Evidence rows shown under a finding before "… and N more rows".
@@ -64,13 +64,19 @@ impl ReportAction {
     /// "approved by a, b (2 of 2)", "pending (0 of 2)", "rejected by c".
     #[must_use]
     pub fn status_line(&self) -> String {
+        self.status_with(|names| names.join(", "))
+    }
+
+    /// [`ReportAction::status_line`] with the names rendered by `names`
+    /// (platform mentions, which come from verified clicks, not alerts).
+    pub fn status_with(&self, names: impl Fn(&[String]) -> String) -> String {
         let progress = format!("{} of {}", self.approved_by.len(), self.quorum);
         match self.state.as_str() {
-            "rejected" => format!("rejected by {}", self.rejected_by.join(", ")),
+            "rejected" => format!("rejected by {}", names(&self.rejected_by)),
             _ if self.approved_by.is_empty() => format!("{} ({progress})", self.state),
             state => format!(
                 "{state}: approved by {} ({progress})",
-                self.approved_by.join(", ")
+                names(&self.approved_by)
             ),
         }
     }
@@ -116,8 +122,18 @@ impl ChatReport {
             .steps
             .iter()
             .filter(|(_, s)| !s.ok)
-            .map(|(id, s)| (id.clone(), s.error.clone().unwrap_or_else(|| "failed".into())))
-            .chain(report.errors.iter().map(|e| ("template".to_owned(), e.clone())))
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    s.error.clone().unwrap_or_else(|| "failed".into()),
+                )
+            })
+            .chain(
+                report
+                    .errors
+                    .iter()
+                    .map(|e| ("template".to_owned(), e.clone())),
+            )
             .collect();
         let actions = approvals
             .iter()
@@ -205,4 +221,13 @@ pub fn severity_mark(severity: Severity) -> &'static str {
         Severity::Warning => "🟠",
         Severity::Info => "🔵",
     }
+}
+
+/// A user mention as a platform renders it (`<@U0ABC>`, `<@1234>`), and
+/// nothing else: only such strings pass unescaped into a message.
+#[must_use]
+pub fn is_user_mention(name: &str) -> bool {
+    name.strip_prefix("<@")
+        .and_then(|r| r.strip_suffix('>'))
+        .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::Mutex;
 
-use super::report::{ChatReport, severity_mark};
+use super::report::{ChatReport, is_user_mention, severity_mark};
 use super::text::{code, cut, slack_escape};
 use super::{ChatError, retry_after_header};
 use crate::playbook::model::Risk;
@@ -53,7 +53,15 @@ pub fn render(report: &ChatReport) -> Value {
             risk_name(action.risk),
             action.quorum,
             slack_escape(&action.roles.join(", ")),
-            slack_escape(&action.status_line()),
+            action.status_with(|names| names
+                .iter()
+                .map(|n| if is_user_mention(n) {
+                    n.clone()
+                } else {
+                    slack_escape(n)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")),
         ))];
         if action.open() && !report.resolved {
             pair.push(buttons(action));
@@ -85,7 +93,10 @@ pub fn render(report: &ChatReport) -> Value {
             .iter()
             .map(|(id, e)| format!("• `{}`: {}", slack_escape(id), slack_escape(e)))
             .collect();
-        body.push(section(&format!("*Steps that failed*\n{}", lines.join("\n"))));
+        body.push(section(&format!(
+            "*Steps that failed*\n{}",
+            lines.join("\n")
+        )));
     }
     for s in &report.suggestions {
         let mut text = format!("*💡 {}*", slack_escape(&s.title));
@@ -288,16 +299,20 @@ impl SlackClient {
         if status.is_server_error() {
             return Err(ChatError::Transient(format!("{method}: HTTP {status}")));
         }
-        let reply: Value = response
-            .json()
-            .await
-            .map_err(|e| ChatError::Transient(format!("{method}: bad response: {}", e.without_url())))?;
+        let reply: Value = response.json().await.map_err(|e| {
+            ChatError::Transient(format!("{method}: bad response: {}", e.without_url()))
+        })?;
         if reply["ok"] == true {
             return Ok(reply);
         }
-        let error = reply["error"].as_str().unwrap_or("unknown_error").to_owned();
+        let error = reply["error"]
+            .as_str()
+            .unwrap_or("unknown_error")
+            .to_owned();
         if error == "ratelimited" || error == "rate_limited" {
-            return Err(ChatError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1))));
+            return Err(ChatError::RetryAfter(
+                retry_after.unwrap_or(Duration::from_secs(1)),
+            ));
         }
         if PERMANENT.contains(&error.as_str()) {
             Err(ChatError::Permanent(error))
@@ -347,7 +362,11 @@ impl SlackClient {
             .await?;
         let members: Vec<String> = reply["users"]
             .as_array()
-            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         self.groups
             .lock()
@@ -368,7 +387,10 @@ impl SlackClient {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(ChatError::Transient(format!("response_url: HTTP {}", response.status())))
+            Err(ChatError::Transient(format!(
+                "response_url: HTTP {}",
+                response.status()
+            )))
         }
     }
 }
@@ -396,7 +418,10 @@ pub fn verify(
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
-    let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Missing)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::Missing)?;
     if (now - ts).abs() > 300 {
         return Err(SignatureError::Stale);
     }
@@ -410,7 +435,8 @@ pub fn verify(
     mac.update(timestamp.as_bytes());
     mac.update(b":");
     mac.update(body);
-    mac.verify_slice(&expected).map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(&expected)
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 /// Signs like Slack does (for tests and local tools).

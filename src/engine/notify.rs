@@ -34,7 +34,10 @@ pub(super) async fn run(
     let chat_report = ChatReport::build(&incident, &report, &approvals, &engine.chat.public_url);
     let platform = engine.chat.platform();
     let existing = engine.store.chat_message(id).await?;
-    let result = match existing.as_ref().and_then(|m| m.message_id.clone().map(|mid| (m, mid))) {
+    let result = match existing
+        .as_ref()
+        .and_then(|m| m.message_id.clone().map(|mid| (m, mid)))
+    {
         Some((message, message_id)) => engine
             .chat
             .update(&message.channel, &message_id, &chat_report)
@@ -44,16 +47,19 @@ pub(super) async fn run(
             let channel = engine.chat.channel_for(&incident.labels.0);
             if !engine
                 .store
-                .claim_first_post(id, platform, &channel, &work.owner, now + POST_CLAIM_MS, now)
+                .claim_first_post(
+                    id,
+                    platform,
+                    &channel,
+                    &work.owner,
+                    now + POST_CLAIM_MS,
+                    now,
+                )
                 .await?
             {
                 return Err(WorkError::Busy);
             }
-            engine
-                .chat
-                .post(&channel, &chat_report)
-                .await
-                .map(Some)
+            engine.chat.post(&channel, &chat_report).await.map(Some)
         }
     };
     match result {

@@ -117,7 +117,9 @@ pub async fn show(
         .chat_message(id)
         .await
         .map_err(|e| unavailable(&e))?
-        .map(|m| json!({ "platform": m.platform, "channel": m.channel, "message_id": m.message_id }));
+        .map(
+            |m| json!({ "platform": m.platform, "channel": m.channel, "message_id": m.message_id }),
+        );
     Ok(Json(json!({
         "incident": incident,
         "approvals": approvals,

@@ -62,7 +62,14 @@ async fn decide(
     };
     let outcome = state
         .store
-        .decide(approval_id, digest, &approver, decision, authorized, now_millis())
+        .decide(
+            approval_id,
+            digest,
+            &approver,
+            decision,
+            authorized,
+            now_millis(),
+        )
         .await?;
     let result = match &outcome {
         DecisionOutcome::Recorded { repeat: true, .. } => "repeat",
@@ -314,8 +321,10 @@ pub async fn decide_by_api(
             approvals,
             quorum,
             repeat,
-        } => Ok(Json(json!({"result": "recorded", "state": state, "approvals": approvals,
-                            "quorum": quorum, "repeat": repeat}))),
+        } => Ok(Json(
+            json!({"result": "recorded", "state": state, "approvals": approvals,
+                            "quorum": quorum, "repeat": repeat}),
+        )),
         DecisionOutcome::Refused(reason) => Err(ApiError::Forbidden(reason)),
     }
 }

@@ -137,35 +137,46 @@ fn run_file(
             ));
             continue;
         }
-        let mut playbook = playbook.clone();
-        for (name, value) in &case.vars {
-            playbook.set_var(name, value.clone());
-        }
-        let alert = AlertContext {
-            labels: case.labels.clone(),
-            annotations: case.annotations.clone(),
-            status: "firing".into(),
-            ..AlertContext::default()
-        };
-        let steps = playbook
-            .spec
-            .steps
-            .iter()
-            .map(|s| {
-                let id = s.value.id().to_owned();
-                let output = case.steps.get(&id).cloned().unwrap_or(StepOutput {
-                    ok: true,
-                    ..StepOutput::default()
-                });
-                (id, output)
-            })
-            .collect();
-        let report = evaluate(&playbook, &alert, probes, steps);
+        let report = case_report(playbook, case, probes);
         match compare(&report, &case.expect) {
             None => outcome.passed += 1,
             Some(diff) => outcome.failures.push(format!("{header}\n{diff}")),
         }
     }
+}
+
+/// The report a case's canned step outputs produce (also used by the chat
+/// golden tests).
+#[must_use]
+pub fn case_report(
+    playbook: &Playbook,
+    case: &TestCase,
+    probes: &BTreeMap<String, String>,
+) -> Report {
+    let mut playbook = playbook.clone();
+    for (name, value) in &case.vars {
+        playbook.set_var(name, value.clone());
+    }
+    let alert = AlertContext {
+        labels: case.labels.clone(),
+        annotations: case.annotations.clone(),
+        status: "firing".into(),
+        ..AlertContext::default()
+    };
+    let steps = playbook
+        .spec
+        .steps
+        .iter()
+        .map(|s| {
+            let id = s.value.id().to_owned();
+            let output = case.steps.get(&id).cloned().unwrap_or(StepOutput {
+                ok: true,
+                ..StepOutput::default()
+            });
+            (id, output)
+        })
+        .collect();
+    evaluate(&playbook, &alert, probes, steps)
 }
 
 /// A readable diff, or `None` when the report is as expected.

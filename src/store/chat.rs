@@ -109,7 +109,8 @@ pub struct ChatMessage {
 
 /// Queues `notify` for an incident unless one is already waiting (not yet
 /// claimed) and due no later. `$1` incident, `$2` due, `$3` now, `$4` kind.
-pub(super) const ENQUEUE_NOTIFY: &str = "insert into work (kind, incident_id, due_at, created_at, updated_at)
+pub(super) const ENQUEUE_NOTIFY: &str =
+    "insert into work (kind, incident_id, due_at, created_at, updated_at)
 select $4, $1, $2, $3, $3
  where not exists (select 1 from work
                     where incident_id = $1 and kind = $4 and state = 'pending'
@@ -242,10 +243,12 @@ impl Store {
             } else if state != "pending" {
                 Some(format!("this action is already {state}"))
             } else if now >= expires_at {
-                sqlx::query("update approvals set state = 'expired' where id = $1 and state = 'pending'")
-                    .bind(approval_id)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "update approvals set state = 'expired' where id = $1 and state = 'pending'",
+                )
+                .bind(approval_id)
+                .execute(&mut *conn)
+                .await?;
                 Some("this approval request expired".to_owned())
             } else {
                 None
@@ -266,87 +269,89 @@ impl Store {
                 })))
                 .execute(&mut *conn)
                 .await?;
-                return Ok(DecisionOutcome::Refused(reason));
-            }
-            let inserted = sqlx::query(
-                "insert into decisions (approval_id, approver, display, decision, at)
+                // Not `return`: that would roll the audit row back.
+                DecisionOutcome::Refused(reason)
+            } else {
+                let inserted = sqlx::query(
+                    "insert into decisions (approval_id, approver, display, decision, at)
                  values ($1, $2, $3, $4, $5)
                  on conflict (approval_id, approver) do nothing",
-            )
-            .bind(approval_id)
-            .bind(&approver.key)
-            .bind(&approver.display)
-            .bind(decision.as_str())
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-                == 1;
-            let approvals: i64 = sqlx::query_scalar(
+                )
+                .bind(approval_id)
+                .bind(&approver.key)
+                .bind(&approver.display)
+                .bind(decision.as_str())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                    == 1;
+                let approvals: i64 = sqlx::query_scalar(
                 "select count(*) from decisions where approval_id = $1 and decision = 'approve'",
             )
             .bind(approval_id)
             .fetch_one(&mut *conn)
             .await?;
-            let rejected: i64 = sqlx::query_scalar(
-                "select count(*) from decisions where approval_id = $1 and decision = 'reject'",
-            )
-            .bind(approval_id)
-            .fetch_one(&mut *conn)
-            .await?;
-            let new_state = if rejected > 0 {
-                "rejected"
-            } else if approvals >= quorum {
-                "approved"
-            } else {
-                "pending"
-            };
-            if inserted {
-                if new_state != "pending" {
-                    sqlx::query(
-                        "update approvals set state = $2, decided_at = $3
-                          where id = $1 and state = 'pending'",
-                    )
-                    .bind(approval_id)
-                    .bind(new_state)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                sqlx::query(
-                    "insert into incident_events (incident_id, at, kind, detail)
-                     values ($1, $2, $3, $4)",
+                let rejected: i64 = sqlx::query_scalar(
+                    "select count(*) from decisions where approval_id = $1 and decision = 'reject'",
                 )
-                .bind(incident)
-                .bind(now)
-                .bind(match new_state {
-                    "approved" => "approved",
-                    "rejected" => "rejected",
-                    _ => "approval_recorded",
-                })
-                .bind(Json(serde_json::json!({
-                    "approval_id": approval_id,
-                    "approver": approver.key,
-                    "display": approver.display,
-                    "decision": decision.as_str(),
-                    "approvals": approvals,
-                    "quorum": quorum,
-                })))
-                .execute(&mut *conn)
+                .bind(approval_id)
+                .fetch_one(&mut *conn)
                 .await?;
-                sqlx::query(ENQUEUE_NOTIFY)
+                let new_state = if rejected > 0 {
+                    "rejected"
+                } else if approvals >= quorum {
+                    "approved"
+                } else {
+                    "pending"
+                };
+                if inserted {
+                    if new_state != "pending" {
+                        sqlx::query(
+                            "update approvals set state = $2, decided_at = $3
+                          where id = $1 and state = 'pending'",
+                        )
+                        .bind(approval_id)
+                        .bind(new_state)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    sqlx::query(
+                        "insert into incident_events (incident_id, at, kind, detail)
+                     values ($1, $2, $3, $4)",
+                    )
                     .bind(incident)
                     .bind(now)
-                    .bind(now)
-                    .bind(WorkKind::Notify.as_str())
+                    .bind(match new_state {
+                        "approved" => "approved",
+                        "rejected" => "rejected",
+                        _ => "approval_recorded",
+                    })
+                    .bind(Json(serde_json::json!({
+                        "approval_id": approval_id,
+                        "approver": approver.key,
+                        "display": approver.display,
+                        "decision": decision.as_str(),
+                        "approvals": approvals,
+                        "quorum": quorum,
+                    })))
                     .execute(&mut *conn)
                     .await?;
-            }
-            DecisionOutcome::Recorded {
-                state: new_state.to_owned(),
-                approvals,
-                quorum,
-                repeat: !inserted,
+                    sqlx::query(ENQUEUE_NOTIFY)
+                        .bind(incident)
+                        .bind(now)
+                        .bind(now)
+                        .bind(WorkKind::Notify.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                DecisionOutcome::Recorded {
+                    state: new_state.to_owned(),
+                    approvals,
+                    quorum,
+                    repeat: !inserted,
+                }
             }
         }))
     }
@@ -463,7 +468,9 @@ impl Store {
             )
             .bind(incident.0)
             .bind(now)
-            .bind(Json(serde_json::json!({ "platform": platform, "error": error })))
+            .bind(Json(
+                serde_json::json!({ "platform": platform, "error": error }),
+            ))
             .execute(&mut *conn)
             .await?;
         });
@@ -492,10 +499,12 @@ impl Store {
     }
 }
 
-const LOAD_APPROVAL: &str = "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at, i.status
+const LOAD_APPROVAL: &str =
+    "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at, i.status
    from approvals a join incidents i on i.id = a.incident_id where a.id = $1";
 
-const LOAD_APPROVAL_FOR_UPDATE: &str = "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at, i.status
+const LOAD_APPROVAL_FOR_UPDATE: &str =
+    "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at, i.status
    from approvals a join incidents i on i.id = a.incident_id where a.id = $1
     for update of a";
 

@@ -3,7 +3,9 @@
 //! in-process, and helpers to post webhooks and read the API.
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
-use std::path::PathBuf;
+pub mod fake_chat;
+
+use std::path::{Path, PathBuf};
 
 use axum::Router;
 use axum::body::Body;
@@ -60,6 +62,15 @@ pub async fn fresh_store_url(backend: Backend) -> String {
 
 /// Settings for tests: both kinds of webhook credentials and an API token.
 pub fn test_settings(store_url: &str, extra: &[(&str, &str)]) -> Settings {
+    test_settings_with_file(store_url, None, extra)
+}
+
+/// [`test_settings`] with a settings file layered under the environment.
+pub fn test_settings_with_file(
+    store_url: &str,
+    file: Option<&Path>,
+    extra: &[(&str, &str)],
+) -> Settings {
     let mut env: Vec<(String, String)> = vec![
         ("REMEDY__STORE__URL".into(), store_url.into()),
         ("REMEDY__STORE__MAX_CONNECTIONS".into(), "4".into()),
@@ -85,7 +96,7 @@ pub fn test_settings(store_url: &str, extra: &[(&str, &str)]) -> Settings {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    Settings::load_from(None, env).expect("test settings are valid")
+    Settings::load_from(file, env).expect("test settings are valid")
 }
 
 /// An empty folder (no playbooks).
@@ -112,8 +123,24 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_file(backend, None, extra).await
+}
+
+/// An app whose settings also come from a TOML text (lists and tables that
+/// environment variables cannot express, such as approver roles).
+pub async fn spawn_app_with_toml(backend: Backend, toml: &str, extra: &[(&str, &str)]) -> TestApp {
+    let file = std::env::temp_dir().join(format!("remedy-test-{}.toml", uuid::Uuid::now_v7()));
+    std::fs::write(&file, toml).expect("write settings");
+    spawn_app_with_file(backend, Some(&file), extra).await
+}
+
+async fn spawn_app_with_file(
+    backend: Backend,
+    file: Option<&Path>,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let store_url = fresh_store_url(backend).await;
-    let app = App::build(test_settings(&store_url, extra))
+    let app = App::build(test_settings_with_file(&store_url, file, extra))
         .await
         .expect("app builds");
     TestApp {
