@@ -91,7 +91,7 @@ pub fn render(report: &ChatReport) -> Rendered {
             discord_escape(&f.text)
         );
         if !f.evidence.is_empty() {
-            s.push_str(&format!("```\n{}\n```", code(&f.evidence.join("\n"))));
+            s.push_str(&format!("```\n{}\n```\n", code(&f.evidence.join("\n"))));
             if f.more_rows > 0 {
                 s.push_str(&format!("… and {} more rows\n", f.more_rows));
             }
@@ -112,7 +112,7 @@ pub fn render(report: &ChatReport) -> Rendered {
             s.push('\n');
         }
         if let Some(c) = &sug.command {
-            s.push_str(&format!("```\n{}\n```", code(c.trim_end())));
+            s.push_str(&format!("```\n{}\n```\n", code(c.trim_end())));
         }
         sections.push(s);
     }
@@ -193,7 +193,6 @@ pub fn parse_custom_id(id: &str) -> Option<(bool, i64, String)> {
 }
 
 /// Nobody is ever pinged by a report: no users, no roles, no @everyone.
-#[must_use]
 pub fn no_mentions() -> CreateAllowedMentions {
     CreateAllowedMentions::new()
         .everyone(false)
@@ -203,30 +202,40 @@ pub fn no_mentions() -> CreateAllowedMentions {
         .empty_roles()
 }
 
+/// Discord wants `parse` alone when it is used: exactly `{"parse": []}`.
+fn pinned_mentions(mut body: Value) -> Value {
+    body["allowed_mentions"] = json!({"parse": []});
+    body
+}
+
 /// The JSON body of a new message.
 #[must_use]
 pub fn create_body(report: &ChatReport) -> Value {
     let r = render(report);
-    serde_json::to_value(
-        CreateMessage::new()
-            .content(r.content)
-            .components(r.rows)
-            .allowed_mentions(no_mentions()),
+    pinned_mentions(
+        serde_json::to_value(
+            CreateMessage::new()
+                .content(r.content)
+                .components(r.rows)
+                .allowed_mentions(no_mentions()),
+        )
+        .unwrap_or(Value::Null),
     )
-    .unwrap_or(Value::Null)
 }
 
 /// The JSON body of an edit (an empty row list removes the buttons).
 #[must_use]
 pub fn edit_body(report: &ChatReport) -> Value {
     let r = render(report);
-    serde_json::to_value(
-        EditMessage::new()
-            .content(r.content)
-            .components(r.rows)
-            .allowed_mentions(no_mentions()),
+    pinned_mentions(
+        serde_json::to_value(
+            EditMessage::new()
+                .content(r.content)
+                .components(r.rows)
+                .allowed_mentions(no_mentions()),
+        )
+        .unwrap_or(Value::Null),
     )
-    .unwrap_or(Value::Null)
 }
 
 /// Discord's REST API with a bot token.

@@ -12,6 +12,11 @@ use tokio::sync::Mutex;
 
 use super::report::{ChatReport, is_user_mention, severity_mark};
 use super::text::{code, cut, slack_escape};
+
+/// Code blocks are still mrkdwn to Slack: `&`, `<`, `>` need entities there too.
+fn slack_code(text: &str) -> String {
+    slack_escape(&code(text))
+}
 use super::{ChatError, retry_after_header};
 use crate::playbook::model::Risk;
 
@@ -21,6 +26,8 @@ pub const MAX_HEADER: usize = 150;
 pub const MAX_BUTTON_VALUE: usize = 2000;
 pub const MAX_ACTION_ID: usize = 255;
 pub const MAX_BUTTON_TEXT: usize = 75;
+/// Blocks kept for findings, errors and suggestions when actions are many.
+const BODY_SHARE: usize = 20;
 
 /// Renders the message body (without `channel`): `text` fallback and blocks.
 #[must_use]
@@ -77,7 +84,7 @@ pub fn render(report: &ChatReport) -> Value {
             slack_escape(&f.text)
         );
         if !f.evidence.is_empty() {
-            let rows: Vec<String> = f.evidence.iter().map(|r| code(r)).collect();
+            let rows: Vec<String> = f.evidence.iter().map(|r| slack_code(r)).collect();
             let more = if f.more_rows > 0 {
                 format!("\n… and {} more rows", f.more_rows)
             } else {
@@ -105,15 +112,18 @@ pub fn render(report: &ChatReport) -> Value {
             text.push_str(&slack_escape(t));
         }
         if let Some(c) = &s.command {
-            text.push_str(&format!("\n```{}```", code(c.trim_end())));
+            text.push_str(&format!("\n```{}```", slack_code(c.trim_end())));
         }
         body.push(section(&text));
     }
+    // The evidence keeps up to BODY_SHARE blocks; actions take the rest,
+    // and whatever they leave goes back to the evidence.
     let room = MAX_BLOCKS - blocks.len() - tail_reserved;
+    let action_room = room - body.len().min(BODY_SHARE);
     let mut used = 0;
     let mut actions_out = Vec::new();
     for pair in action_blocks {
-        if used + pair.len() > room {
+        if used + pair.len() > action_room {
             break;
         }
         used += pair.len();

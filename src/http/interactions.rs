@@ -51,9 +51,8 @@ async fn decide(
     digest: &str,
     decision: Decision,
 ) -> Result<DecisionOutcome, StoreError> {
-    let roles = match state.store.approval(approval_id).await? {
-        Some((_, roles)) => roles,
-        None => return Ok(DecisionOutcome::Refused("unknown approval request".into())),
+    let Some((_, roles)) = state.store.approval(approval_id).await? else {
+        return Ok(DecisionOutcome::Refused("unknown approval request".into()));
     };
     let authorized = state.chat.authorized(who, &roles).await;
     let approver = Approver {

@@ -513,5 +513,5 @@ const LOAD_APPROVAL_FOR_UPDATE: &str =
 fn digest_matches(stored: &str, shown: &str) -> bool {
     shown.len() >= 16
         && stored.len() >= shown.len()
-        && subtle::ConstantTimeEq::ct_eq(stored[..shown.len()].as_bytes(), shown.as_bytes()).into()
+        && subtle::ConstantTimeEq::ct_eq(&stored.as_bytes()[..shown.len()], shown.as_bytes()).into()
 }

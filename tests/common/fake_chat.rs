@@ -81,18 +81,22 @@ impl FakeChat {
     }
 
     pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
-        self.state.script.lock().unwrap().extend(answers);
+        self.state
+            .script
+            .lock()
+            .expect("fake chat lock")
+            .extend(answers);
     }
 
     pub fn set_group(&self, group: &str, members: &[&str]) {
-        self.state.groups.lock().unwrap().push((
+        self.state.groups.lock().expect("fake chat lock").push((
             group.to_owned(),
             members.iter().map(|m| (*m).to_owned()).collect(),
         ));
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().unwrap().clone()
+        self.state.requests.lock().expect("fake chat lock").clone()
     }
 
     /// Requests whose path ends with `suffix`.
@@ -105,20 +109,24 @@ impl FakeChat {
 }
 
 fn record(state: &FakeState, method: &str, path: String, headers: &HeaderMap, body: &Value) {
-    state.requests.lock().unwrap().push(Recorded {
-        method: method.to_owned(),
-        path,
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        body: body.clone(),
-        at: std::time::Instant::now(),
-    });
+    state
+        .requests
+        .lock()
+        .expect("fake chat lock")
+        .push(Recorded {
+            method: method.to_owned(),
+            path,
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.clone(),
+            at: std::time::Instant::now(),
+        });
 }
 
 fn scripted(state: &FakeState) -> Option<Scripted> {
-    state.script.lock().unwrap().pop_front()
+    state.script.lock().expect("fake chat lock").pop_front()
 }
 
 /// Slack's documented limits for a message's blocks.
@@ -209,7 +217,7 @@ async fn slack_api(
         }
         "usergroups.users.list" => {
             let group = body["usergroup"].as_str().unwrap_or_default();
-            let groups = state.groups.lock().unwrap();
+            let groups = state.groups.lock().expect("fake chat lock");
             match groups.iter().find(|(g, _)| g == group) {
                 Some((_, users)) => Json(json!({"ok": true, "users": users})).into_response(),
                 None => Json(json!({"ok": false, "error": "no_such_subteam"})).into_response(),
@@ -235,15 +243,17 @@ async fn slack_response(
     Json(json!({"ok": true})).into_response()
 }
 
-fn discord_check(headers: &HeaderMap, body: &Value) -> Result<(), Response> {
+fn discord_check(headers: &HeaderMap, body: &Value) -> Result<(), Box<Response>> {
     if headers.get("authorization").and_then(|v| v.to_str().ok())
         != Some(&format!("Bot {DISCORD_TOKEN}"))
     {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "401: Unauthorized", "code": 0})),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"message": "401: Unauthorized", "code": 0})),
+            )
+                .into_response(),
+        ));
     }
     let content = body["content"].as_str().unwrap_or_default();
     let rows = body["components"].as_array().cloned().unwrap_or_default();
@@ -260,11 +270,13 @@ fn discord_check(headers: &HeaderMap, body: &Value) -> Result<(), Response> {
                 || b["label"].as_str().is_some_and(|l| l.chars().count() > 80)
         });
     if content.chars().count() > 2000 || rows.len() > 5 || too_many_buttons || bad_id {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            Json(json!({"code": 50035, "message": "Invalid Form Body", "errors": {}})),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"code": 50035, "message": "Invalid Form Body", "errors": {}})),
+            )
+                .into_response(),
+        ));
     }
     Ok(())
 }
@@ -307,7 +319,7 @@ async fn discord_create(
         return r;
     }
     if let Err(r) = discord_check(&headers, &body) {
-        return r;
+        return *r;
     }
     let id = (900_000_000_000_000_000 + state.next_id.fetch_add(1, Ordering::SeqCst)).to_string();
     Json(json!({"id": id, "channel_id": channel, "content": body["content"], "components": body["components"]}))
@@ -331,7 +343,7 @@ async fn discord_edit(
         return r;
     }
     if let Err(r) = discord_check(&headers, &body) {
-        return r;
+        return *r;
     }
     Json(json!({"id": message, "channel_id": channel, "content": body["content"]})).into_response()
 }
