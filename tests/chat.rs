@@ -837,3 +837,38 @@ async fn an_expired_request_is_refused_with_the_reason() {
         matches!(outcome, remedy::store::DecisionOutcome::Refused(r) if r.contains("earlier version"))
     );
 }
+
+#[tokio::test]
+async fn a_discord_429_waits_for_its_retry_after_and_a_403_is_not_retried() {
+    let (app, fake) = chat_app(Backend::Sqlite, "discord").await;
+    fake.script([Scripted::DiscordRateLimited(2.5)]);
+    app.post_webhook(alert("c0ffee0000000001", "firing", "warning", "x"))
+        .await;
+    let now = now_millis();
+    drain(&app, now).await;
+    drain(&app, now + 2_000).await;
+    assert_eq!(fake.calls("/messages").len(), 1, "not before retry_after");
+    drain(&app, now + 3_500).await;
+    assert_eq!(fake.calls("/messages").len(), 2);
+    let delivered: i64 = common::scalar(
+        &app.store,
+        "select count(*) from chat_messages where message_id is not null",
+    )
+    .await;
+    assert_eq!(delivered, 1);
+
+    // Missing permissions: recorded on the incident, never retried.
+    fake.script([Scripted::DiscordForbidden]);
+    app.post_webhook(alert("c0ffee0000000002", "firing", "warning", "y"))
+        .await;
+    drain(&app, now_millis()).await;
+    drain(&app, now_millis() + 600_000).await;
+    assert_eq!(fake.calls("/messages").len(), 3);
+    let failed: Vec<String> = common::column(
+        &app.store,
+        "select detail from incident_events where kind = 'chat_failed'",
+    )
+    .await;
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].contains("50013"), "{failed:?}");
+}
