@@ -791,6 +791,26 @@ async fn console_decisions_go_through_the_api_with_the_token() {
             .unwrap_or_default()
             .contains("already approved")
     );
+    // A change of mind on a two-person action is refused, not dropped.
+    let terminate = |verb: &str| {
+        Request::post(format!("/v1/incidents/{id}/actions/terminate_all/{verb}"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", common::API_TOKEN))
+            .body(Body::from(json!({"as": "alice"}).to_string()))
+            .expect("request")
+    };
+    let first = send(&app.router, terminate("approve")).await;
+    assert_eq!(first.json["state"], "pending", "{}", first.json);
+    let changed = send(&app.router, terminate("reject")).await;
+    assert_eq!(changed.status, StatusCode::FORBIDDEN);
+    assert!(
+        changed.json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already chose to approve"),
+        "{}",
+        changed.json
+    );
 }
 
 #[tokio::test]

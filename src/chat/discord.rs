@@ -368,7 +368,7 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::Missing)?;
-    if (now - ts).abs() > 300 {
+    if now.checked_sub(ts).is_none_or(|d| d.unsigned_abs() > 300) {
         return Err(SignatureError::Stale);
     }
     verifier

@@ -54,10 +54,11 @@ pub fn discord_escape(text: &str) -> String {
     defuse_mentions(&out)
 }
 
-/// Text inside a code block: only the fence itself needs breaking.
+/// Text inside a code block: every backtick is followed by a zero-width
+/// space, so no run of them (three, four or more) can close the fence.
 #[must_use]
 pub fn code(text: &str) -> String {
-    defuse_mentions(&text.replace("```", "`\u{200B}``"))
+    defuse_mentions(&text.replace('`', "`\u{200B}"))
 }
 
 /// Cuts `text` to at most `max` characters, ending with `…` when cut.
@@ -94,6 +95,13 @@ mod tests {
     #[test]
     fn discord_escape_blocks_formatting_and_role_mentions() {
         assert_eq!(discord_escape("**x** <@&1>"), "\\*\\*x\\*\\* \\<@&1\\>");
+    }
+
+    #[test]
+    fn no_backtick_run_survives_in_a_code_block() {
+        for input in ["```", "````", "a`````b", "``"] {
+            assert!(!code(input).contains("``"), "{input}");
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub(super) async fn run(
     let chat_report = ChatReport::build(&incident, &report, &approvals, &engine.chat.public_url);
     let platform = engine.chat.platform();
     let existing = engine.store.chat_message(id).await?;
+    // A claim token unique to this attempt: a retry or a second row of
+    // the same process can never reuse a claim it did not make.
+    let token = format!("{}:{}:{}", work.owner, work.id, work.attempts);
+    let mut claimed = false;
     let result = match existing
         .as_ref()
         .and_then(|m| m.message_id.clone().map(|mid| (m, mid)))
@@ -47,25 +51,27 @@ pub(super) async fn run(
             let channel = engine.chat.channel_for(&incident.labels.0);
             if !engine
                 .store
-                .claim_first_post(
-                    id,
-                    platform,
-                    &channel,
-                    &work.owner,
-                    now + POST_CLAIM_MS,
-                    now,
-                )
+                .claim_first_post(id, platform, &channel, &token, now + POST_CLAIM_MS, now)
                 .await?
             {
                 return Err(WorkError::Busy);
             }
+            claimed = true;
             engine.chat.post(&channel, &chat_report).await.map(Some)
         }
     };
+    if claimed && result.is_err() {
+        engine.store.release_first_post(id, &token).await?;
+    }
     match result {
         Ok(posted) => {
-            if let Some(message_id) = posted {
-                engine.store.message_posted(id, &message_id, now).await?;
+            if let Some(message_id) = posted
+                && !engine
+                    .store
+                    .message_posted(id, &token, &message_id, now)
+                    .await?
+            {
+                tracing::warn!(incident = id.0, %message_id, "first-post claim lost; this message may be a duplicate");
             }
             metrics::counter!("remedy_chat_deliveries_total", "platform" => platform, "result" => "ok")
                 .increment(1);

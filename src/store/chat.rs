@@ -240,15 +240,35 @@ impl Store {
                 Some("you are not among the approvers of this action".to_owned())
             } else if incident_status != "firing" {
                 Some("the incident is resolved".to_owned())
+            } else if let Some(earlier) = sqlx::query_scalar::<_, String>(
+                "select decision from decisions where approval_id = $1 and approver = $2",
+            )
+            .bind(approval_id)
+            .bind(&approver.key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .filter(|earlier| earlier != decision.as_str())
+            {
+                // A change of mind is not silently dropped: say so.
+                Some(format!("you already chose to {earlier} this action"))
             } else if state != "pending" {
                 Some(format!("this action is already {state}"))
             } else if now >= expires_at {
                 sqlx::query(
-                    "update approvals set state = 'expired' where id = $1 and state = 'pending'",
+                    "update approvals set state = 'expired', decided_at = $2
+                      where id = $1 and state = 'pending'",
                 )
                 .bind(approval_id)
+                .bind(now)
                 .execute(&mut *conn)
                 .await?;
+                sqlx::query(ENQUEUE_NOTIFY)
+                    .bind(incident)
+                    .bind(now)
+                    .bind(now)
+                    .bind(WorkKind::Notify.as_str())
+                    .execute(&mut *conn)
+                    .await?;
                 Some("this approval request expired".to_owned())
             } else {
                 None
@@ -372,9 +392,9 @@ impl Store {
         }))
     }
 
-    /// Claims the first post of an incident's message for `owner` until
-    /// `until`, so two workers never post it twice. False when someone else
-    /// holds the claim or the message exists.
+    /// Claims the first post of an incident's message for `owner` (a token
+    /// unique to one attempt) until `until`, so it is never posted twice.
+    /// False when another attempt holds the claim or the message exists.
     pub async fn claim_first_post(
         &self,
         incident: IncidentId,
@@ -395,7 +415,7 @@ impl Store {
                         platform = excluded.platform, channel = excluded.channel,
                         updated_at = excluded.updated_at
                   where chat_messages.message_id is null
-                    and (chat_messages.posting_owner = excluded.posting_owner
+                    and (chat_messages.posting_owner is null
                          or chat_messages.posting_until <= $6)",
             )
             .bind(incident.0)
@@ -411,24 +431,51 @@ impl Store {
         }))
     }
 
-    /// Stores the posted message's identity (Slack `ts`, Discord id).
-    pub async fn message_posted(
+    /// Gives a first-post claim back after a post that did not happen.
+    pub async fn release_first_post(
         &self,
         incident: IncidentId,
-        message_id: &str,
-        now: Millis,
+        owner: &str,
     ) -> Result<(), StoreError> {
         transaction!(self, |conn| {
             sqlx::query(
+                "update chat_messages set posting_owner = null, posting_until = null
+                  where incident_id = $1 and posting_owner = $2 and message_id is null",
+            )
+            .bind(incident.0)
+            .bind(owner)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Stores the posted message's identity (Slack `ts`, Discord id), if
+    /// `owner` still holds the first-post claim. False when it lost it.
+    pub async fn message_posted(
+        &self,
+        incident: IncidentId,
+        owner: &str,
+        message_id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let stored = sqlx::query(
                 "update chat_messages set message_id = $2, posting_owner = null,
                         posting_until = null, last_error = null, updated_at = $3
-                  where incident_id = $1",
+                  where incident_id = $1 and message_id is null and posting_owner = $4",
             )
             .bind(incident.0)
             .bind(message_id)
             .bind(now)
+            .bind(owner)
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
+            if !stored {
+                return Ok(false);
+            }
             sqlx::query(
                 "insert into incident_events (incident_id, at, kind, detail)
                  values ($1, $2, 'chat_posted', $3)",
@@ -438,8 +485,8 @@ impl Store {
             .bind(Json(serde_json::json!({ "message_id": message_id })))
             .execute(&mut *conn)
             .await?;
-        });
-        Ok(())
+            true
+        }))
     }
 
     /// Records a chat delivery that will not be retried (wrong channel,

@@ -312,11 +312,13 @@ macro_rules! close_firing {
             .bind(Json(json!({ "ends_at": $ends_at })))
             .execute(&mut *$conn)
             .await?;
-            // A resolved incident never triggers anything more.
+            // A resolved incident never triggers anything more (a message
+            // update in flight finishes; the one queued below follows it).
             sqlx::query(
                 "update work set state = 'cancelled', lease_owner = null,
                         lease_until = null, updated_at = $2
-                  where incident_id = $1 and state = 'pending'",
+                  where incident_id = $1 and state = 'pending'
+                    and not (kind = 'notify' and lease_owner is not null)",
             )
             .bind(id)
             .bind($now)
