@@ -188,8 +188,12 @@ const GIVE_UP_EXPIRED: &str = "update work set state = 'failed', lease_owner = n
 
 /// Leases due rows: `$1` owner, `$2` lease end, `$3` now, `$4` how many,
 /// `$5` the attempt limit. An incident's `notify` rows run one at a time,
-/// oldest first, so an older render never lands after a newer one.
-const CLAIM_SQLITE: &str = "update work set lease_owner = $1, lease_until = $2,
+/// oldest first, so an older render never lands after a newer one. `$lock`
+/// ends the row selection (PostgreSQL: `for update skip locked`).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "update work set lease_owner = $1, lease_until = $2,
         attempts = attempts + 1, updated_at = $3
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
@@ -199,23 +203,19 @@ const CLAIM_SQLITE: &str = "update work set lease_owner = $1, lease_until = $2,
                          where n.incident_id = work.incident_id and n.kind = 'notify'
                            and n.state = 'pending'
                            and (n.due_at <= $3 or n.lease_owner is not null)))
-                order by due_at, id limit $4)
-  returning id, kind, incident_id, attempts";
+                order by due_at, id limit $4 ",
+            $lock,
+            ")
+  returning id, kind, incident_id, attempts"
+        )
+    };
+}
 
-/// [`CLAIM_SQLITE`] plus `for update skip locked`.
-const CLAIM_POSTGRES: &str = "update work set lease_owner = $1, lease_until = $2,
-        attempts = attempts + 1, updated_at = $3
-  where id in (select id from work
-                where state = 'pending' and due_at <= $3
-                  and (lease_until is null or lease_until <= $3) and attempts < $5
-                  and (kind <> 'notify' or id = (
-                        select min(n.id) from work n
-                         where n.incident_id = work.incident_id and n.kind = 'notify'
-                           and n.state = 'pending'
-                           and (n.due_at <= $3 or n.lease_owner is not null)))
-                order by due_at, id limit $4
-                for update skip locked)
-  returning id, kind, incident_id, attempts";
+/// SQLite has one writer at a time, so its update is the lock.
+const CLAIM_SQLITE: &str = claim_sql!("");
+
+/// Replicas skip rows another worker is claiming.
+const CLAIM_POSTGRES: &str = claim_sql!("for update skip locked");
 
 /// Finishes a row only for its current lease holder. `$1` id, `$2` owner,
 /// `$3` now. Shared with the store functions that commit a step's effect
