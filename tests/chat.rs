@@ -204,6 +204,19 @@ fn slack_payload(user: &str, action_id: &str, value: &str, response_url: &str) -
 }
 
 /// Posts a Slack click signed with `secret` at `timestamp`.
+/// A Slack click request with `body`, signed over `signed_body` with
+/// `secret` at `timestamp` (they differ only in the tampering tests).
+fn slack_request(body: &str, signed_body: &str, secret: &str, timestamp: i64) -> Request<Body> {
+    let ts = timestamp.to_string();
+    let signature = remedy::chat::slack::sign(secret, &ts, signed_body.as_bytes());
+    Request::post("/v1/interactions/slack")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .header("x-slack-signature", signature)
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
 async fn slack_post(
     app: &TestApp,
     body: &str,
@@ -211,15 +224,11 @@ async fn slack_post(
     secret: &str,
     timestamp: i64,
 ) -> Reply {
-    let ts = timestamp.to_string();
-    let signature = remedy::chat::slack::sign(secret, &ts, signed_body.as_bytes());
-    let request = Request::post("/v1/interactions/slack")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts)
-        .header("x-slack-signature", signature)
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    send(&app.router, request).await
+    send(
+        &app.router,
+        slack_request(body, signed_body, secret, timestamp),
+    )
+    .await
 }
 
 async fn slack_click(
@@ -314,14 +323,7 @@ async fn a_hundred_concurrent_clicks_by_one_approver_record_one_decision(backend
             &format!("{}/slack/response/1", fake.url),
         );
         async move {
-            let ts = unix_now().to_string();
-            let signature = remedy::chat::slack::sign(SIGNING_SECRET, &ts, body.as_bytes());
-            let request = Request::post("/v1/interactions/slack")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("x-slack-request-timestamp", ts)
-                .header("x-slack-signature", signature)
-                .body(Body::from(body))
-                .expect("request");
+            let request = slack_request(&body, &body, SIGNING_SECRET, unix_now());
             send(&router, request).await.status
         }
     });

@@ -12,7 +12,7 @@ use serenity::builder::{
 };
 use serenity::interactions_endpoint::Verifier;
 
-use super::report::{ChatReport, ReportAction, is_user_mention, severity_mark};
+use super::report::{ChatReport, ReportAction, risk_name, severity_mark};
 use super::text::{code, cut, discord_escape};
 use super::{ChatError, retry_after_header};
 
@@ -62,18 +62,10 @@ pub fn render(report: &ChatReport) -> Rendered {
                 "• `{}` {} — {}, needs {} of {} · {}\n",
                 code_inline(&a.key),
                 discord_escape(&a.title),
-                risk_name(a),
+                risk_name(a.risk),
                 a.quorum,
                 discord_escape(&a.roles.join(", ")),
-                a.status_with(|names| names
-                    .iter()
-                    .map(|n| if is_user_mention(n) {
-                        n.clone()
-                    } else {
-                        discord_escape(n)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "))
+                a.status_escaped(discord_escape)
             ));
         }
         if openable.len() > with_buttons {
@@ -156,14 +148,6 @@ pub fn render(report: &ChatReport) -> Rendered {
         })
         .collect();
     Rendered { content, rows }
-}
-
-fn risk_name(a: &ReportAction) -> &'static str {
-    match a.risk {
-        crate::playbook::model::Risk::Safe => "safe",
-        crate::playbook::model::Risk::Disruptive => "disruptive",
-        crate::playbook::model::Risk::Destructive => "destructive",
-    }
 }
 
 /// Inside inline code only a backtick would end it.

@@ -67,9 +67,25 @@ impl ReportAction {
         self.status_with(|names| names.join(", "))
     }
 
-    /// [`ReportAction::status_line`] with the names rendered by `names`
-    /// (platform mentions, which come from verified clicks, not alerts).
-    pub fn status_with(&self, names: impl Fn(&[String]) -> String) -> String {
+    /// [`ReportAction::status_line`] for a platform: names pass through
+    /// `escape`, except the user mentions of verified clickers.
+    pub fn status_escaped(&self, escape: impl Fn(&str) -> String) -> String {
+        self.status_with(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    if is_user_mention(n) {
+                        n.clone()
+                    } else {
+                        escape(n)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    fn status_with(&self, names: impl Fn(&[String]) -> String) -> String {
         let progress = format!("{} of {}", self.approved_by.len(), self.quorum);
         match self.state.as_str() {
             "rejected" => format!("rejected by {}", names(&self.rejected_by)),
@@ -225,9 +241,18 @@ pub fn severity_mark(severity: Severity) -> &'static str {
 
 /// A user mention as a platform renders it (`<@U0ABC>`, `<@1234>`), and
 /// nothing else: only such strings pass unescaped into a message.
-#[must_use]
-pub fn is_user_mention(name: &str) -> bool {
+fn is_user_mention(name: &str) -> bool {
     name.strip_prefix("<@")
         .and_then(|r| r.strip_suffix('>'))
         .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// The risk tier as messages show it.
+#[must_use]
+pub fn risk_name(risk: Risk) -> &'static str {
+    match risk {
+        Risk::Safe => "safe",
+        Risk::Disruptive => "disruptive",
+        Risk::Destructive => "destructive",
+    }
 }

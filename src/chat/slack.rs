@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::Mutex;
 
-use super::report::{ChatReport, is_user_mention, severity_mark};
+use super::report::{ChatReport, risk_name, severity_mark};
 use super::text::{code, cut, slack_escape};
 
 /// Code blocks are still mrkdwn to Slack: `&`, `<`, `>` need entities there too.
@@ -60,15 +60,7 @@ pub fn render(report: &ChatReport) -> Value {
             risk_name(action.risk),
             action.quorum,
             slack_escape(&action.roles.join(", ")),
-            action.status_with(|names| names
-                .iter()
-                .map(|n| if is_user_mention(n) {
-                    n.clone()
-                } else {
-                    slack_escape(n)
-                })
-                .collect::<Vec<_>>()
-                .join(", ")),
+            action.status_escaped(slack_escape),
         ))];
         if action.open() && !report.resolved {
             pair.push(buttons(action));
@@ -160,14 +152,6 @@ pub fn render(report: &ChatReport) -> Value {
         "unfurl_links": false,
         "unfurl_media": false,
     })
-}
-
-fn risk_name(risk: Risk) -> &'static str {
-    match risk {
-        Risk::Safe => "safe",
-        Risk::Disruptive => "disruptive",
-        Risk::Destructive => "destructive",
-    }
 }
 
 fn section(text: &str) -> Value {

@@ -13,12 +13,7 @@ pub(super) async fn run(
     work: &ClaimedWork,
     now: Millis,
 ) -> Result<bool, WorkError> {
-    let id = work.incident_id.ok_or(WorkError::NoIncident)?;
-    let incident = engine
-        .store
-        .get_incident(id)
-        .await?
-        .ok_or(WorkError::IncidentMissing(id.0))?;
+    let (id, incident) = super::incident_of(engine, work).await?;
     let report = diagnose(engine, &alert_context(&incident)).await;
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;
     let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);

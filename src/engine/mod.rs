@@ -177,6 +177,20 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
     }
 }
 
+/// The incident a piece of work is about.
+async fn incident_of(
+    engine: &Engine,
+    work: &ClaimedWork,
+) -> Result<(crate::domain::IncidentId, crate::store::IncidentRecord), WorkError> {
+    let id = work.incident_id.ok_or(WorkError::NoIncident)?;
+    let incident = engine
+        .store
+        .get_incident(id)
+        .await?
+        .ok_or(WorkError::IncidentMissing(id.0))?;
+    Ok((id, incident))
+}
+
 fn backoff_ms(attempts: i64) -> i64 {
     let exponent = u32::try_from(attempts.clamp(0, 8)).unwrap_or(8);
     (1_000_i64 << exponent).min(300_000)

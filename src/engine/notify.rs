@@ -17,12 +17,7 @@ pub(super) async fn run(
     work: &ClaimedWork,
     now: Millis,
 ) -> Result<bool, WorkError> {
-    let id = work.incident_id.ok_or(WorkError::NoIncident)?;
-    let incident = engine
-        .store
-        .get_incident(id)
-        .await?
-        .ok_or(WorkError::IncidentMissing(id.0))?;
+    let (id, incident) = super::incident_of(engine, work).await?;
     let Some(report_json) = incident.report.as_ref() else {
         // Not diagnosed (yet): nothing to show.
         return Ok(engine.store.complete_work(work, now).await?);

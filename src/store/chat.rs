@@ -6,7 +6,7 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::{Store, StoreError, WorkKind, on_pool, transaction};
+use super::{Store, StoreError, enqueue_notify, on_pool, record_event, transaction};
 use crate::domain::{IncidentId, Millis};
 
 /// An approval request to create with a diagnosis.
@@ -262,33 +262,25 @@ impl Store {
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
-                sqlx::query(ENQUEUE_NOTIFY)
-                    .bind(incident)
-                    .bind(now)
-                    .bind(now)
-                    .bind(WorkKind::Notify.as_str())
-                    .execute(&mut *conn)
-                    .await?;
+                enqueue_notify!(conn, incident, now, now);
                 Some("this approval request expired".to_owned())
             } else {
                 None
             };
             if let Some(reason) = refusal {
-                sqlx::query(
-                    "insert into incident_events (incident_id, at, kind, detail)
-                     values ($1, $2, 'decision_refused', $3)",
-                )
-                .bind(incident)
-                .bind(now)
-                .bind(Json(serde_json::json!({
-                    "approval_id": approval_id,
-                    "approver": approver.key,
-                    "display": approver.display,
-                    "decision": decision.as_str(),
-                    "reason": reason,
-                })))
-                .execute(&mut *conn)
-                .await?;
+                record_event!(
+                    conn,
+                    incident,
+                    now,
+                    "decision_refused",
+                    serde_json::json!({
+                        "approval_id": approval_id,
+                        "approver": approver.key,
+                        "display": approver.display,
+                        "decision": decision.as_str(),
+                        "reason": reason,
+                    })
+                );
                 // Not `return`: that would roll the audit row back.
                 DecisionOutcome::Refused(reason)
             } else {
@@ -337,34 +329,25 @@ impl Store {
                         .execute(&mut *conn)
                         .await?;
                     }
-                    sqlx::query(
-                        "insert into incident_events (incident_id, at, kind, detail)
-                     values ($1, $2, $3, $4)",
-                    )
-                    .bind(incident)
-                    .bind(now)
-                    .bind(match new_state {
-                        "approved" => "approved",
-                        "rejected" => "rejected",
-                        _ => "approval_recorded",
-                    })
-                    .bind(Json(serde_json::json!({
-                        "approval_id": approval_id,
-                        "approver": approver.key,
-                        "display": approver.display,
-                        "decision": decision.as_str(),
-                        "approvals": approvals,
-                        "quorum": quorum,
-                    })))
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query(ENQUEUE_NOTIFY)
-                        .bind(incident)
-                        .bind(now)
-                        .bind(now)
-                        .bind(WorkKind::Notify.as_str())
-                        .execute(&mut *conn)
-                        .await?;
+                    record_event!(
+                        conn,
+                        incident,
+                        now,
+                        match new_state {
+                            "approved" => "approved",
+                            "rejected" => "rejected",
+                            _ => "approval_recorded",
+                        },
+                        serde_json::json!({
+                            "approval_id": approval_id,
+                            "approver": approver.key,
+                            "display": approver.display,
+                            "decision": decision.as_str(),
+                            "approvals": approvals,
+                            "quorum": quorum,
+                        })
+                    );
+                    enqueue_notify!(conn, incident, now, now);
                 }
                 DecisionOutcome::Recorded {
                     state: new_state.to_owned(),
@@ -476,15 +459,13 @@ impl Store {
             if !stored {
                 return Ok(false);
             }
-            sqlx::query(
-                "insert into incident_events (incident_id, at, kind, detail)
-                 values ($1, $2, 'chat_posted', $3)",
-            )
-            .bind(incident.0)
-            .bind(now)
-            .bind(Json(serde_json::json!({ "message_id": message_id })))
-            .execute(&mut *conn)
-            .await?;
+            record_event!(
+                conn,
+                incident.0,
+                now,
+                "chat_posted",
+                serde_json::json!({ "message_id": message_id })
+            );
             true
         }))
     }
@@ -509,17 +490,13 @@ impl Store {
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(
-                "insert into incident_events (incident_id, at, kind, detail)
-                 values ($1, $2, 'chat_failed', $3)",
-            )
-            .bind(incident.0)
-            .bind(now)
-            .bind(Json(
-                serde_json::json!({ "platform": platform, "error": error }),
-            ))
-            .execute(&mut *conn)
-            .await?;
+            record_event!(
+                conn,
+                incident.0,
+                now,
+                "chat_failed",
+                serde_json::json!({ "platform": platform, "error": error })
+            );
         });
         Ok(())
     }

@@ -4,9 +4,10 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::chat::ENQUEUE_NOTIFY;
 use super::work::MARK_DONE;
-use super::{ClaimedWork, NewApproval, Store, StoreError, WorkKind, on_pool, transaction};
+use super::{
+    ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, on_pool, record_event, transaction,
+};
 use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -137,17 +138,13 @@ impl Store {
                 .bind(Json(report))
                 .execute(&mut *conn)
                 .await?;
-            sqlx::query(
-                "insert into incident_events (incident_id, at, kind, detail)
-                 values ($1, $2, 'diagnosed', $3)",
-            )
-            .bind(incident.0)
-            .bind(now)
-            .bind(Json(
+            record_event!(
+                conn,
+                incident.0,
+                now,
+                "diagnosed",
                 serde_json::json!({ "summary": summary, "attempt": work.attempts }),
-            ))
-            .execute(&mut *conn)
-            .await?;
+            );
             for a in approvals {
                 sqlx::query(
                     "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
@@ -172,13 +169,7 @@ impl Store {
             // their time runs out.
             let expiry = approvals.iter().map(|a| a.expires_at).max();
             for due in std::iter::once(now).chain(expiry) {
-                sqlx::query(ENQUEUE_NOTIFY)
-                    .bind(incident.0)
-                    .bind(due)
-                    .bind(now)
-                    .bind(WorkKind::Notify.as_str())
-                    .execute(&mut *conn)
-                    .await?;
+                enqueue_notify!(conn, incident.0, due, now);
             }
             true
         }))

@@ -12,7 +12,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::types::Json;
 
-use super::{Store, StoreError, WorkKind, on_pool};
+use super::{Store, StoreError, WorkKind, on_pool, record_event};
 use crate::domain::{Alert, AlertStatus, Labels, Millis, Notification, alert_time_key};
 
 /// What one delivery changed.
@@ -303,15 +303,7 @@ macro_rules! close_firing {
         .fetch_optional(&mut *$conn)
         .await?;
         if let Some(id) = closed {
-            sqlx::query(
-                "insert into incident_events (incident_id, at, kind, detail)
-                 values ($1, $2, 'resolved', $3)",
-            )
-            .bind(id)
-            .bind($now)
-            .bind(Json(json!({ "ends_at": $ends_at })))
-            .execute(&mut *$conn)
-            .await?;
+            record_event!($conn, id, $now, "resolved", json!({ "ends_at": $ends_at }));
             // A resolved incident never triggers anything more (a message
             // update in flight finishes; the one queued below follows it).
             sqlx::query(
@@ -391,18 +383,16 @@ macro_rules! impl_resolve {
                 return Ok(true);
             }
             if seen == 1 {
-                sqlx::query(
-                    "insert into incident_events (incident_id, at, kind, detail)
-                     values ($1, $2, 'resolved_unseen', $3)",
-                )
-                .bind(id)
-                .bind(now)
-                .bind(Json(json!({
-                    "ends_at": ends_at,
-                    "note": "resolved notification for an episode remedy never saw firing"
-                })))
-                .execute(&mut *conn)
-                .await?;
+                record_event!(
+                    conn,
+                    id,
+                    now,
+                    "resolved_unseen",
+                    json!({
+                        "ends_at": ends_at,
+                        "note": "resolved notification for an episode remedy never saw firing"
+                    })
+                );
             }
             Ok(false)
         }

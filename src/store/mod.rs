@@ -118,7 +118,37 @@ macro_rules! on_pool {
     };
 }
 
-pub(crate) use {on_pool, transaction};
+/// Appends one event to an incident's timeline, inside the caller's
+/// transaction (`$conn`).
+macro_rules! record_event {
+    ($conn:expr, $incident:expr, $now:expr, $kind:expr, $detail:expr $(,)?) => {
+        sqlx::query(
+            "insert into incident_events (incident_id, at, kind, detail) values ($1, $2, $3, $4)",
+        )
+        .bind($incident)
+        .bind($now)
+        .bind($kind)
+        .bind(sqlx::types::Json($detail))
+        .execute(&mut *$conn)
+        .await?
+    };
+}
+
+/// Queues a `notify` (the incident's chat message brought up to date) due
+/// at `$due`, inside the caller's transaction; see `chat::ENQUEUE_NOTIFY`.
+macro_rules! enqueue_notify {
+    ($conn:expr, $incident:expr, $due:expr, $now:expr) => {
+        sqlx::query($crate::store::chat::ENQUEUE_NOTIFY)
+            .bind($incident)
+            .bind($due)
+            .bind($now)
+            .bind($crate::store::WorkKind::Notify.as_str())
+            .execute(&mut *$conn)
+            .await?
+    };
+}
+
+pub(crate) use {enqueue_notify, on_pool, record_event, transaction};
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
