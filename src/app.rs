@@ -126,6 +126,9 @@ pub fn load_playbooks(settings: &Settings) -> anyhow::Result<Vec<Playbook>> {
         anyhow::anyhow!("invalid playbooks:\n{}", list.join("\n"))
     })?;
     tracing::info!(count = playbooks.len(), dir = %settings.playbooks.dir.display(), "playbooks loaded");
+    for warning in crate::chat::unheld_roles(settings, &playbooks) {
+        tracing::warn!("{warning}");
+    }
     Ok(playbooks)
 }
 

@@ -117,7 +117,12 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(cli.config.as_deref());
+    // Only the commands that serve webhooks (or check a deployment's
+    // settings) insist on webhook credentials.
+    let settings = match &cli.command {
+        Command::Serve { .. } | Command::Check => Settings::load(cli.config.as_deref()),
+        _ => Settings::load_for_tools(cli.config.as_deref()),
+    };
     match &cli.command {
         Command::Check => return Ok(check(settings)),
         Command::Test { path } => return test(settings, path.as_deref()),
@@ -193,6 +198,9 @@ fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {
     let refs = playbook::References::from_settings(&settings);
     match playbook::load_dir(&settings.playbooks.dir, &refs) {
         Ok(playbooks) => {
+            for warning in crate::chat::unheld_roles(&settings, &playbooks) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "configuration ok; {} playbook(s) ok in {}",
                 playbooks.len(),

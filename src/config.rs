@@ -337,10 +337,25 @@ impl Settings {
         Self::load_from(file, std::env::vars())
     }
 
+    /// The settings for commands that never receive webhooks (`test`,
+    /// `simulate`, `incidents`, `approve`): everything [`Settings::load`]
+    /// checks except that webhook credentials are configured.
+    pub fn load_for_tools(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_checked(file, std::env::vars(), false)
+    }
+
     /// [`Settings::load`] with an explicit environment, for tests.
     pub fn load_from(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_checked(file, env, true)
+    }
+
+    fn load_checked(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        intake: bool,
     ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
@@ -360,6 +375,9 @@ impl Settings {
         let mut settings: Self = builder.build()?.try_deserialize()?;
         settings.read_secret_files()?;
         settings.validate()?;
+        if intake {
+            settings.validate_intake()?;
+        }
         Ok(settings)
     }
 
@@ -409,18 +427,23 @@ impl Settings {
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let basic = &self.intake.basic_auth;
-        if basic.username.is_empty() != basic.password.is_empty() {
-            return Err(ConfigError::Invalid(
-                "intake.basic_auth: set both username and password, or neither".into(),
-            ));
-        }
+    /// Webhooks are refused without credentials unless explicitly allowed.
+    fn validate_intake(&self) -> Result<(), ConfigError> {
         if !self.intake.allow_unauthenticated && !self.intake_has_credentials() {
             return Err(ConfigError::Invalid(
                 "intake: no credentials configured; set intake.bearer_token or intake.basic_auth \
                  (REMEDY__INTAKE__BEARER_TOKEN), or intake.allow_unauthenticated = true"
                     .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let basic = &self.intake.basic_auth;
+        if basic.username.is_empty() != basic.password.is_empty() {
+            return Err(ConfigError::Invalid(
+                "intake.basic_auth: set both username and password, or neither".into(),
             ));
         }
         if let Some((name, _)) = self.targets.iter().find(|(_, t)| t.url.is_empty()) {

@@ -244,6 +244,39 @@ impl Chat {
     }
 }
 
+/// Approver roles that playbook actions name but nobody holds on the
+/// configured platform: such actions can never be approved. One line each,
+/// for `remedy check` and the start-up log.
+#[must_use]
+pub fn unheld_roles(settings: &Settings, playbooks: &[crate::playbook::Playbook]) -> Vec<String> {
+    let held = |role: &str| {
+        settings
+            .approvers
+            .get(role)
+            .is_some_and(|m| match settings.chat.platform {
+                ChatPlatform::Console => !m.console_users.is_empty(),
+                ChatPlatform::Slack => !m.slack_users.is_empty() || !m.slack_groups.is_empty(),
+                ChatPlatform::Discord => !m.discord_users.is_empty() || !m.discord_roles.is_empty(),
+            })
+    };
+    let mut out = Vec::new();
+    for playbook in playbooks {
+        for action in &playbook.spec.actions {
+            let action = &action.value;
+            if !action.approvers.iter().any(|r| held(r)) {
+                out.push(format!(
+                    "{}: action `{}`: none of its approver roles ({}) has members for chat.platform {:?} in [approvers.*]; nobody can approve it",
+                    playbook.file.display(),
+                    action.id,
+                    action.approvers.join(", "),
+                    settings.chat.platform
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The console rendering: plain text with the commands that decide.
 #[must_use]
 pub fn console_text(report: &ChatReport) -> String {
