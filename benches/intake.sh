@@ -25,7 +25,7 @@ run() {
   local name=$1 url=$2
   REMEDY__STORE__URL=$url REMEDY__INTAKE__BEARER_TOKEN=$REMEDY_BENCH_TOKEN \
   REMEDY__SERVER__LISTEN=127.0.0.1:$port RUST_LOG=warn \
-    ./target/release/remedy serve 2>"$work/$name.log" &
+    ./target/release/remedy serve >"$work/$name.out" 2>"$work/$name.log" &
   server=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   sleep 1

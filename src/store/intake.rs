@@ -178,7 +178,7 @@ impl IntakeWriter {
         let mut outcomes = vec![BatchOutcome::default(); batch.len()];
         let (seen, opened) = match &self.store {
             Store::Sqlite(pool, lock) => {
-                let _writing = lock.acquire().await;
+                let _writing = lock.acquire_first().await;
                 let conn = match &mut self.sqlite {
                     Some(conn) => conn,
                     slot @ None => slot.insert(pool.acquire().await?),

@@ -72,12 +72,41 @@ pub enum Store {
 /// as tail latency at intake. Waiting on a fair async mutex instead costs
 /// nothing while idle. Other processes on the same file still fall back to
 /// the busy timeout.
+///
+/// Intake goes first: background writers (the worker's many small
+/// transactions) queue at a gate, so at most one of them is ever ahead of
+/// the intake writer, and a busy worker cannot slow webhooks down.
 #[derive(Debug, Clone, Default)]
-pub struct WriteLock(std::sync::Arc<tokio::sync::Mutex<()>>);
+pub struct WriteLock(std::sync::Arc<WriteLockInner>);
+
+#[derive(Debug, Default)]
+pub struct WriteLockInner {
+    writer: tokio::sync::Mutex<()>,
+    background: tokio::sync::Mutex<()>,
+}
+
+/// Held while writing.
+pub struct Writing<'a> {
+    _writer: tokio::sync::MutexGuard<'a, ()>,
+    _background: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
 
 impl WriteLock {
-    pub async fn acquire(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.0.lock().await
+    /// For background writers: behind the gate, then the write lock.
+    pub async fn acquire(&self) -> Writing<'_> {
+        let background = self.0.background.lock().await;
+        Writing {
+            _writer: self.0.writer.lock().await,
+            _background: Some(background),
+        }
+    }
+
+    /// For the intake writer: straight to the write lock.
+    pub async fn acquire_first(&self) -> Writing<'_> {
+        Writing {
+            _writer: self.0.writer.lock().await,
+            _background: None,
+        }
     }
 }
 
