@@ -114,6 +114,7 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
             crate::chat::Chat::from_settings(settings, crate::net::client())
                 .map_err(anyhow::Error::msg)?,
         ),
+        executor: Arc::new(settings.executor.clone()),
     })
 }
 

@@ -66,9 +66,29 @@ pub struct Settings {
     pub probes: BTreeMap<String, String>,
     pub commands: CommandSettings,
     pub chat: ChatSettings,
+    pub executor: ExecutorSettings,
     /// Approver roles (the names playbook actions list) and who holds them.
     #[serde(default)]
     pub approvers: BTreeMap<String, RoleMembers>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSettings {
+    /// Record and post what would run; run nothing.
+    pub dry_run: bool,
+    /// `statement_timeout` of `sql` actions.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// `command` actions are killed after this.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Output kept from a `command` action.
+    pub max_output_bytes: usize,
+    /// Database roles whose sessions are never cancelled or terminated (on
+    /// top of superusers, replication roles and remedy's own connections).
+    #[serde(default)]
+    pub protected_roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -4,6 +4,7 @@
 //! which commits them to the `store`; the `engine` drives incidents forward
 //! from rows in the store. See README.md for the whole picture.
 
+pub mod actions;
 pub mod app;
 pub mod chat;
 pub mod cli;

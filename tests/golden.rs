@@ -86,7 +86,7 @@ fn reports() -> Vec<(String, ChatReport)> {
                 })
                 .collect();
             let id = i64::try_from(i + 1).expect("small");
-            let chat = ChatReport::build(&incident(id, &case.labels), &report, &approvals, "");
+            let chat = ChatReport::build(&incident(id, &case.labels), &report, &approvals, &[], "");
             (tests.playbook.clone(), chat)
         })
         .collect()

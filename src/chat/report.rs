@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::playbook::model::{Risk, Severity};
 use crate::playbook::{Report, Suggestion};
-use crate::store::{ApprovalView, IncidentRecord};
+use crate::store::{ApprovalView, ExecutionView, IncidentRecord};
 
 /// Evidence rows shown under a finding before "… and N more rows".
 pub const EVIDENCE_ROWS: usize = 5;
@@ -107,6 +107,7 @@ impl ChatReport {
         incident: &IncidentRecord,
         report: &Report,
         approvals: &[ApprovalView],
+        executions: &[ExecutionView],
         public_url: &str,
     ) -> Self {
         let mut labels: Vec<(String, String)> = incident
@@ -173,7 +174,17 @@ impl ChatReport {
                     roles: a.roles.clone(),
                     quorum: a.quorum,
                     digest: a.digest.chars().take(DIGEST_PREFIX).collect(),
-                    state: a.state.clone(),
+                    // An execution's outcome replaces "approved".
+                    state: executions
+                        .iter()
+                        .find(|e| e.approval_id == a.id)
+                        .map_or_else(
+                            || a.state.clone(),
+                            |e| match e.state.as_str() {
+                                "running" => "running".to_owned(),
+                                outcome => format!("executed ({outcome})"),
+                            },
+                        ),
                     approved_by: by("approve"),
                     rejected_by: by("reject"),
                 }

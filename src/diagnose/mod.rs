@@ -92,6 +92,18 @@ impl Diagnoser {
         })
     }
 
+    /// The pool of a configured target (actions run on it too).
+    #[must_use]
+    pub fn target(&self, name: &str) -> Option<&sqlx::PgPool> {
+        self.targets.get(name)
+    }
+
+    /// Whether `program` is in `commands.allow`.
+    #[must_use]
+    pub fn allows(&self, program: &std::path::Path) -> bool {
+        self.allowed_programs.contains(program)
+    }
+
     /// Runs every step; a step that fails or times out is reported as such
     /// and never stops the others.
     pub async fn run(

@@ -4,6 +4,7 @@
 //! with their own clock; [`run`] loops it until shutdown.
 
 pub mod diagnose;
+pub mod execute;
 pub mod notify;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub struct Engine {
     pub diagnoser: Arc<Diagnoser>,
     pub probes: Arc<BTreeMap<String, String>>,
     pub chat: Arc<crate::chat::Chat>,
+    pub executor: Arc<crate::config::ExecutorSettings>,
 }
 
 /// How the worker leases and retries.
@@ -174,6 +176,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
     match kind {
         WorkKind::Diagnose => diagnose::run(engine, work, now).await,
         WorkKind::Notify => notify::run(engine, work, now).await,
+        WorkKind::Execute => execute::run(engine, work, now).await,
     }
 }
 

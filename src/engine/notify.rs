@@ -26,7 +26,14 @@ pub(super) async fn run(
         .map_err(|e| WorkError::Report(e.to_string()))?;
     engine.store.expire_approvals(id, now).await?;
     let approvals = engine.store.approvals(id).await?;
-    let chat_report = ChatReport::build(&incident, &report, &approvals, &engine.chat.public_url);
+    let executions = engine.store.executions(id).await?;
+    let chat_report = ChatReport::build(
+        &incident,
+        &report,
+        &approvals,
+        &executions,
+        &engine.chat.public_url,
+    );
     let platform = engine.chat.platform();
     let existing = engine.store.chat_message(id).await?;
     // A claim token unique to this attempt: a retry or a second row of

@@ -120,10 +120,45 @@ pub async fn show(
         .map(
             |m| json!({ "platform": m.platform, "channel": m.channel, "message_id": m.message_id }),
         );
+    let executions = state
+        .store
+        .executions(id)
+        .await
+        .map_err(|e| unavailable(&e))?;
     Ok(Json(json!({
         "incident": incident,
         "approvals": approvals,
+        "executions": executions,
         "chat_message": message,
         "timeline": timeline,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    incident: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /v1/audit?incident=&limit=`: the append-only audit log, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let incident = integer("incident", query.incident.as_deref())?.map(IncidentId);
+    let limit = integer("limit", query.limit.as_deref())?.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadParameter {
+            field: "limit".into(),
+            message: format!("must be between 1 and {MAX_LIMIT}"),
+        });
+    }
+    let entries = state
+        .store
+        .audit_log(incident, limit)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(Json(json!({ "audit": entries })))
 }

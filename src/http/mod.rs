@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/incidents/{id}/actions/{key}/{decision}",
             post(interactions::decide_by_api),
         )
+        .route("/v1/audit", get(incidents::audit))
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))
         .route("/healthz", get(health::healthz))

@@ -6,7 +6,8 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::{Store, StoreError, enqueue_notify, on_pool, record_event, transaction};
+use super::execution::audit;
+use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, transaction};
 use crate::domain::{IncidentId, Millis};
 
 /// An approval request to create with a diagnosis.
@@ -328,6 +329,31 @@ impl Store {
                         .bind(now)
                         .execute(&mut *conn)
                         .await?;
+                        let approvers: Vec<String> = sqlx::query_scalar(
+                            "select approver from decisions where approval_id = $1 order by id",
+                        )
+                        .bind(approval_id)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                        audit!(
+                            conn,
+                            incident,
+                            Some(approval_id),
+                            now,
+                            new_state,
+                            serde_json::json!({ "approvers": approvers, "digest": stored_digest })
+                        );
+                        if new_state == "approved" {
+                            sqlx::query(
+                                "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                                 values ($1, $2, $3, $3, $3)",
+                            )
+                            .bind(WorkKind::Execute.as_str())
+                            .bind(incident)
+                            .bind(now)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
                     }
                     record_event!(
                         conn,

@@ -4,6 +4,7 @@
 //! [`transaction!`] and [`on_pool!`] macros expand one body per backend.
 
 mod chat;
+mod execution;
 mod incidents;
 mod intake;
 mod work;
@@ -21,6 +22,7 @@ use sqlx::{ConnectOptions, SqlSafeStr};
 pub use chat::{
     ApprovalView, Approver, ChatMessage, Decision, DecisionOutcome, DecisionView, NewApproval,
 };
+pub use execution::{AuditEntry, BeginExecution, ExecutionView};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord};
 pub use intake::{BatchOutcome, IntakeWriter};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
@@ -190,6 +192,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "chat",
         include_str!("../../migrations/sqlite/0002_chat.sql"),
     ),
+    (
+        3,
+        "executor",
+        include_str!("../../migrations/sqlite/0003_executor.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -202,6 +209,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "chat",
         include_str!("../../migrations/postgres/0002_chat.sql"),
+    ),
+    (
+        3,
+        "executor",
+        include_str!("../../migrations/postgres/0003_executor.sql"),
     ),
 ];
 

@@ -15,6 +15,8 @@ pub enum WorkKind {
     Diagnose,
     /// Post the incident's chat message, or bring it up to date.
     Notify,
+    /// Run the incident's approved actions.
+    Execute,
 }
 
 impl WorkKind {
@@ -23,6 +25,7 @@ impl WorkKind {
         match self {
             Self::Diagnose => "diagnose",
             Self::Notify => "notify",
+            Self::Execute => "execute",
         }
     }
 
@@ -31,6 +34,7 @@ impl WorkKind {
         match raw {
             "diagnose" => Some(Self::Diagnose),
             "notify" => Some(Self::Notify),
+            "execute" => Some(Self::Execute),
             _ => None,
         }
     }
@@ -188,7 +192,8 @@ const GIVE_UP_EXPIRED: &str = "update work set state = 'failed', lease_owner = n
 
 /// Leases due rows: `$1` owner, `$2` lease end, `$3` now, `$4` how many,
 /// `$5` the attempt limit. An incident's `notify` rows run one at a time,
-/// oldest first, so an older render never lands after a newer one. `$lock`
+/// oldest first, so an older render never lands after a newer one; its
+/// `execute` rows too, so one action never runs in two workers at once. `$lock`
 /// ends the row selection (PostgreSQL: `for update skip locked`).
 macro_rules! claim_sql {
     ($lock:literal) => {
@@ -198,9 +203,9 @@ macro_rules! claim_sql {
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
                   and (lease_until is null or lease_until <= $3) and attempts < $5
-                  and (kind <> 'notify' or id = (
+                  and (kind not in ('notify', 'execute') or id = (
                         select min(n.id) from work n
-                         where n.incident_id = work.incident_id and n.kind = 'notify'
+                         where n.incident_id = work.incident_id and n.kind = work.kind
                            and n.state = 'pending'
                            and (n.due_at <= $3 or n.lease_owner is not null)))
                 order by due_at, id limit $4 ",

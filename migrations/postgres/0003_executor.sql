@@ -1,0 +1,28 @@
+-- Executor: one execution per approved action (single flight by
+-- constraint), and an append-only audit log of who did what.
+
+create table executions (
+    id            bigint generated always as identity primary key,
+    approval_id   bigint not null references approvals (id),
+    incident_id   bigint not null references incidents (id),
+    -- running, done, failed, precondition_failed, refused, dry_run, unknown
+    state         text not null,
+    -- What exactly ran: kind, target, statement and parameters, or argv.
+    detail        jsonb not null,
+    output        text,
+    running_until bigint,
+    started_at    bigint not null,
+    finished_at   bigint,
+    constraint executions_once unique (approval_id)
+);
+
+create table audit_log (
+    id          bigint generated always as identity primary key,
+    at          bigint not null,
+    incident_id bigint not null,
+    approval_id bigint,
+    event       text not null,
+    detail      jsonb not null
+);
+
+create index audit_log_incident_idx on audit_log (incident_id, id);

@@ -1,0 +1,28 @@
+-- Executor: one execution per approved action (single flight by
+-- constraint), and an append-only audit log of who did what.
+
+create table executions (
+    id            integer primary key,
+    approval_id   integer not null references approvals (id),
+    incident_id   integer not null references incidents (id),
+    -- running, done, failed, precondition_failed, refused, dry_run, unknown
+    state         text not null,
+    -- What exactly ran: kind, target, statement and parameters, or argv.
+    detail        text not null,
+    output        text,
+    running_until integer,
+    started_at    integer not null,
+    finished_at   integer,
+    constraint executions_once unique (approval_id)
+);
+
+create table audit_log (
+    id          integer primary key,
+    at          integer not null,
+    incident_id integer not null,
+    approval_id integer,
+    event       text not null,
+    detail      text not null
+);
+
+create index audit_log_incident_idx on audit_log (incident_id, id);

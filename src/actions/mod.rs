@@ -1,0 +1,68 @@
+//! Running one approved action: the closed set of kinds, one file each.
+//! Every run re-checks the action's precondition right before it acts,
+//! refuses protected targets, and reports an outcome and an output excerpt
+//! for the audit log and the incident's message.
+
+pub mod command;
+pub mod sql;
+
+use serde_json::{Value, json};
+
+use crate::config::ExecutorSettings;
+use crate::diagnose::Diagnoser;
+use crate::playbook::ActionInstance;
+use crate::playbook::model::ActionKind;
+
+/// How a run ended: `done`, `failed`, `precondition_failed`, `refused`,
+/// `dry_run`; and what it printed or why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: &'static str,
+    pub output: String,
+}
+
+impl Outcome {
+    fn new(state: &'static str, output: impl Into<String>) -> Self {
+        Self {
+            state,
+            output: output.into(),
+        }
+    }
+}
+
+/// Exactly what an action runs, for the audit log.
+#[must_use]
+pub fn describe(action: &ActionInstance) -> Value {
+    json!({
+        "action": action.id,
+        "kind": action.kind,
+        "risk": action.risk,
+        "target": action.target,
+        "statement": action.statement,
+        "params": action.params,
+        "program": action.program,
+        "args": action.args,
+        "method": action.method,
+        "url": action.url,
+        "precondition": action.precondition,
+    })
+}
+
+/// Runs `action` (or, in dry-run, says what would run).
+pub async fn run(
+    diagnoser: &Diagnoser,
+    settings: &ExecutorSettings,
+    action: &ActionInstance,
+) -> Outcome {
+    if settings.dry_run {
+        return Outcome::new("dry_run", format!("would run: {}", describe(action)));
+    }
+    match action.kind {
+        ActionKind::Sql => sql::run(diagnoser, settings, action).await,
+        ActionKind::Command => command::run(diagnoser, settings, action).await,
+        ActionKind::Http | ActionKind::Silence => Outcome::new(
+            "refused",
+            format!("{:?} actions are not executed by this version", action.kind),
+        ),
+    }
+}

@@ -1,0 +1,225 @@
+//! Executions of approved actions and the append-only audit log. One
+//! execution per approval (`unique (approval_id)`): an action runs at most
+//! once. A run whose worker vanished is never re-run: it is marked
+//! `unknown` and reported.
+
+use serde::Serialize;
+use sqlx::types::Json;
+
+use super::{Store, StoreError, enqueue_notify, on_pool, transaction};
+use crate::domain::{IncidentId, Millis};
+
+/// How a claim on an approved action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginExecution {
+    /// This worker runs it now (execution id).
+    Started(i64),
+    /// It ran (or was settled) before.
+    Settled,
+    /// A run was interrupted (its worker crashed): marked `unknown`, not re-run.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ExecutionView {
+    pub approval_id: i64,
+    pub state: String,
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Millis,
+    pub incident_id: i64,
+    pub approval_id: Option<i64>,
+    pub event: String,
+    pub detail: Json<serde_json::Value>,
+}
+
+/// Appends to the audit log inside the caller's transaction.
+macro_rules! audit {
+    ($conn:expr, $incident:expr, $approval:expr, $now:expr, $event:expr, $detail:expr $(,)?) => {
+        sqlx::query(
+            "insert into audit_log (at, incident_id, approval_id, event, detail)
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind($now)
+        .bind($incident)
+        .bind($approval)
+        .bind($event)
+        .bind(Json($detail))
+        .execute(&mut *$conn)
+        .await?
+    };
+}
+
+impl Store {
+    /// Approved requests of an incident that have no execution yet, or
+    /// whose execution is still marked running: (approval id, seq, digest).
+    pub async fn approved_actions(
+        &self,
+        incident: IncidentId,
+    ) -> Result<Vec<(i64, i64, String)>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select a.id, a.seq, a.digest from approvals a
+                   left join executions e on e.approval_id = a.id
+                  where a.incident_id = $1 and a.state = 'approved'
+                    and (e.id is null or e.state = 'running')
+                  order by a.seq",
+            )
+            .bind(incident.0)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Claims an approved action for one run until `until`. A run still
+    /// marked running after its time is settled as `unknown`.
+    pub async fn begin_execution(
+        &self,
+        approval: i64,
+        incident: IncidentId,
+        detail: &serde_json::Value,
+        until: Millis,
+        now: Millis,
+    ) -> Result<BeginExecution, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let existing: Option<(i64, String, Option<Millis>)> = sqlx::query_as(
+                "select id, state, running_until from executions where approval_id = $1",
+            )
+            .bind(approval)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match existing {
+                None => {
+                    let id: i64 = sqlx::query_scalar(
+                        "insert into executions (approval_id, incident_id, state, detail,
+                             running_until, started_at)
+                         values ($1, $2, 'running', $3, $4, $5)
+                         returning id",
+                    )
+                    .bind(approval)
+                    .bind(incident.0)
+                    .bind(Json(detail))
+                    .bind(until)
+                    .bind(now)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    audit!(
+                        conn,
+                        incident.0,
+                        Some(approval),
+                        now,
+                        "execution_started",
+                        detail.clone()
+                    );
+                    BeginExecution::Started(id)
+                }
+                Some((id, state, running_until))
+                    if state == "running" && running_until.is_some_and(|u| u <= now) =>
+                {
+                    sqlx::query(
+                        "update executions set state = 'unknown', finished_at = $2,
+                                output = 'the worker running it stopped before recording an outcome; not re-run'
+                          where id = $1",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query("update approvals set state = 'executed' where id = $1")
+                        .bind(approval)
+                        .execute(&mut *conn)
+                        .await?;
+                    audit!(
+                        conn,
+                        incident.0,
+                        Some(approval),
+                        now,
+                        "execution_unknown",
+                        serde_json::json!({ "execution_id": id })
+                    );
+                    enqueue_notify!(conn, incident.0, now, now);
+                    BeginExecution::Interrupted
+                }
+                Some(_) => BeginExecution::Settled,
+            }
+        }))
+    }
+
+    /// Records how a run ended (`done`, `failed`, `precondition_failed`,
+    /// `refused`, `dry_run`), closes its approval and queues the message
+    /// update.
+    pub async fn finish_execution(
+        &self,
+        execution: i64,
+        approval: i64,
+        incident: IncidentId,
+        state: &str,
+        output: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            sqlx::query(
+                "update executions set state = $2, output = $3, finished_at = $4,
+                        running_until = null
+                  where id = $1 and state = 'running'",
+            )
+            .bind(execution)
+            .bind(state)
+            .bind(output)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("update approvals set state = 'executed' where id = $1")
+                .bind(approval)
+                .execute(&mut *conn)
+                .await?;
+            audit!(
+                conn,
+                incident.0,
+                Some(approval),
+                now,
+                "execution_finished",
+                serde_json::json!({ "execution_id": execution, "outcome": state, "output": output })
+            );
+            enqueue_notify!(conn, incident.0, now, now);
+        });
+        Ok(())
+    }
+
+    /// Executions of an incident, for its message and the API.
+    pub async fn executions(&self, incident: IncidentId) -> Result<Vec<ExecutionView>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select approval_id, state, output from executions
+                  where incident_id = $1 order by id",
+            )
+            .bind(incident.0)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// The audit log, newest first; one incident's when given.
+    pub async fn audit_log(
+        &self,
+        incident: Option<IncidentId>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select id, at, incident_id, approval_id, event, detail from audit_log
+                  where ($1 is null or incident_id = $1) order by id desc limit $2",
+            )
+            .bind(incident.map(|i| i.0))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+}
+
+pub(super) use audit;

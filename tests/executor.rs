@@ -1,0 +1,414 @@
+//! The executor on real PostgreSQL: approved actions run once, on exactly
+//! the backend shown, never on protected sessions, never when the
+//! precondition no longer holds, and every step is in the audit log.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{Backend, Reply, TestApp, send};
+use remedy::domain::{IncidentId, now_millis};
+use remedy::engine::{self, WorkerSettings};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+const PLAYBOOK: &str = r#"
+name: ExecTest
+match: ['alertname="ExecTest"']
+target: main
+steps:
+  - id: leaks
+    kind: sql
+    query: |
+      select pid, backend_start, usename from pg_stat_activity
+       where state = 'idle in transaction' and application_name like $1 || '%'
+         and datname = current_database()
+       order by pid
+    params: ["{{ labels.app_prefix }}"]
+actions:
+  - id: terminate
+    title: Terminate pid {{ row.pid }}
+    kind: sql
+    risk: destructive
+    approvers: [oncall]
+    quorum: 1
+    for_each: leaks
+    statement: select pg_terminate_backend($1::int)
+    params: ["{{ row.pid }}"]
+    precondition:
+      query: |
+        select 1 from pg_stat_activity
+         where pid = $1::int and backend_start = $2::timestamptz and state = 'idle in transaction'
+      params: ["{{ row.pid }}", "{{ row.backend_start }}"]
+  - id: echo
+    title: Echo the alert's note
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    quorum: 1
+    program: /bin/echo
+    args: ["{{ labels.note }}"]
+"#;
+
+const APPROVERS: &str = r#"
+[approvers.oncall]
+console_users = ["alice", "bob"]
+"#;
+
+struct Setup {
+    app: TestApp,
+    target: String,
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Setup {
+    let dir =
+        std::env::temp_dir().join(format!("remedy-exec-pb-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("exec-test.yaml"), PLAYBOOK).expect("playbook");
+    let target = common::fresh_store_url(Backend::Postgres).await;
+    let mut env = vec![
+        (
+            "REMEDY__PLAYBOOKS__DIR",
+            dir.to_str().expect("utf-8").to_owned(),
+        ),
+        ("REMEDY__TARGETS__MAIN__URL", target.clone()),
+        (
+            "REMEDY__COMMANDS__ALLOW",
+            "/usr/bin/docker,/bin/echo".to_owned(),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = common::spawn_app_with_toml(Backend::Sqlite, APPROVERS, &env).await;
+    Setup { app, target }
+}
+
+impl Setup {
+    async fn connect_as(&self, user: &str, application: &str) -> PgConnection {
+        let url = self.target.replacen("postgres@", &format!("{user}@"), 1);
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        sqlx::query("select set_config('application_name', $1, false)")
+            .bind(application)
+            .execute(&mut conn)
+            .await
+            .expect("application_name");
+        conn
+    }
+
+    /// A session idle in transaction, as an ordinary role or a superuser.
+    async fn leak(&self, superuser: bool, application: &str) -> (PgConnection, i32) {
+        let user = if superuser {
+            "postgres"
+        } else {
+            app_role(&self.target).await
+        };
+        let mut conn = self.connect_as(user, application).await;
+        sqlx::raw_sql("begin; select 1")
+            .execute(&mut conn)
+            .await
+            .expect("begin");
+        let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("pid");
+        (conn, pid)
+    }
+
+    async fn alive(&self, pid: i32) -> bool {
+        let mut admin = self.connect_as("postgres", "checker").await;
+        sqlx::query_scalar::<_, i64>("select count(*) from pg_stat_activity where pid = $1")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .expect("count")
+            == 1
+    }
+
+    async fn open(&self, note: &str) -> i64 {
+        let payload = json!({
+            "receiver": "remedy", "status": "firing", "version": "4",
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": "ExecTest", "app_prefix": "victim", "note": note},
+                "annotations": {}, "startsAt": "2026-11-27T01:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "", "fingerprint": "e0e0e0e0e0e0e0e1"
+            }],
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://am", "groupKey": "{}:{}", "truncatedAlerts": 0
+        });
+        let reply = self.app.post_webhook(payload.to_string()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+        self.drain().await;
+        self.app.incidents("").await[0]["id"].as_i64().expect("id")
+    }
+
+    async fn drain(&self) {
+        for _ in 0..10 {
+            let worker = WorkerSettings::new("exec-test".into());
+            if engine::step(&self.app.app.engine, &worker, now_millis())
+                .await
+                .expect("step")
+                == 0
+            {
+                return;
+            }
+        }
+        panic!("work kept coming");
+    }
+
+    async fn decide(&self, id: i64, key: &str, who: &str) -> Reply {
+        let request = Request::post(format!("/v1/incidents/{id}/actions/{key}/approve"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", common::API_TOKEN))
+            .body(Body::from(json!({"as": who}).to_string()))
+            .expect("request");
+        send(&self.app.router, request).await
+    }
+
+    async fn shown(&self, id: i64) -> Value {
+        self.app.api(&format!("/v1/incidents/{id}")).await
+    }
+
+    async fn execution(&self, id: i64) -> Value {
+        let shown = self.shown(id).await;
+        let executions = shown["executions"].as_array().expect("executions").clone();
+        assert_eq!(executions.len(), 1, "{shown}");
+        executions[0].clone()
+    }
+}
+
+/// An ordinary application role (not a superuser).
+async fn app_role(target: &str) -> &'static str {
+    let mut admin = PgConnection::connect(target).await.expect("admin");
+    sqlx::raw_sql(
+        "do $$ begin create role remedy_test_app login; exception when duplicate_object or unique_violation then null; end $$",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("role");
+    "remedy_test_app"
+}
+
+#[tokio::test]
+async fn approving_terminate_ends_exactly_the_backend_shown() {
+    let s = setup(&[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let (_bystander, bystander) = s.leak(false, "bystander").await;
+    let id = s.open("x").await;
+    let reply = s.decide(id, "terminate", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    assert!(!s.alive(victim).await, "the approved backend ended");
+    assert!(
+        s.alive(bystander).await,
+        "another idle session is untouched"
+    );
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    let audit = s.app.api(&format!("/v1/audit?incident={id}")).await;
+    let events: Vec<&str> = audit["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(
+        events,
+        ["execution_finished", "execution_started", "approved"]
+    );
+    let started = &audit["audit"][1]["detail"];
+    assert_eq!(started["statement"], "select pg_terminate_backend($1::int)");
+    assert_eq!(started["params"], json!([victim.to_string()]));
+    assert_eq!(
+        audit["audit"][2]["detail"]["approvers"],
+        json!(["console:alice"])
+    );
+}
+
+#[tokio::test]
+async fn a_session_replaced_before_approval_is_not_touched() {
+    let s = setup(&[]).await;
+    let (victim_conn, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    // The shown session ends; another with the same name takes its place.
+    victim_conn.close().await.expect("close");
+    let (_new, newcomer) = s.leak(false, "victim-1").await;
+    s.decide(id, "terminate", "alice").await;
+    s.drain().await;
+    assert!(!s.alive(victim).await);
+    assert!(s.alive(newcomer).await, "the newcomer is untouched");
+    assert_eq!(s.execution(id).await["state"], "precondition_failed");
+}
+
+#[tokio::test]
+async fn a_superuser_session_is_never_terminated_even_when_it_matches() {
+    let s = setup(&[]).await;
+    let (_admin, admin) = s.leak(true, "victim-dba").await;
+    let id = s.open("x").await;
+    s.decide(id, "terminate", "alice").await;
+    s.drain().await;
+    assert!(s.alive(admin).await);
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "refused");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("protected")
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_approvals_execute_the_action_once() {
+    let s = setup(&[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    let mut clicks = Vec::new();
+    for i in 0..50 {
+        let router = s.app.router.clone();
+        let who = if i % 2 == 0 { "alice" } else { "bob" };
+        clicks.push(tokio::spawn(async move {
+            let request = Request::post(format!("/v1/incidents/{id}/actions/terminate/approve"))
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {}", common::API_TOKEN))
+                .body(Body::from(json!({"as": who}).to_string()))
+                .expect("request");
+            send(&router, request).await.status
+        }));
+    }
+    let mut accepted = 0;
+    for c in clicks {
+        if c.await.expect("click") == StatusCode::OK {
+            accepted += 1;
+        }
+    }
+    assert!(accepted >= 1);
+    // Several workers race for the work.
+    let engine = s.app.app.engine.clone();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine::step(&engine, &WorkerSettings::new(format!("w{w}")), now_millis())
+                    .await
+                    .expect("step")
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    s.drain().await;
+    assert!(!s.alive(victim).await);
+    let runs: i64 = common::scalar(&s.app.store, "select count(*) from executions").await;
+    assert_eq!(runs, 1);
+    let started: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from audit_log where event = 'execution_started'",
+    )
+    .await;
+    assert_eq!(started, 1);
+}
+
+#[tokio::test]
+async fn dry_run_executes_nothing_and_records_what_would_run() {
+    let s = setup(&[("REMEDY__EXECUTOR__DRY_RUN", "true")]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    s.decide(id, "terminate", "alice").await;
+    s.drain().await;
+    assert!(s.alive(victim).await);
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "dry_run");
+    let output = execution["output"].as_str().unwrap_or_default();
+    assert!(
+        output.contains("would run") && output.contains("pg_terminate_backend"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn label_values_with_shell_metacharacters_are_literal_argv() {
+    let s = setup(&[]).await;
+    let marker =
+        std::env::temp_dir().join(format!("remedy-pwned-{}", uuid::Uuid::now_v7().simple()));
+    let note = format!("x; touch {} && echo $(id) `id`", marker.display());
+    let id = s.open(&note).await;
+    let reply = s.decide(id, "echo", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&note)
+    );
+    assert!(!marker.exists(), "no shell ran the label");
+}
+
+#[tokio::test]
+async fn a_run_interrupted_by_a_crash_is_marked_unknown_and_not_rerun() {
+    let s = setup(&[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    s.decide(id, "terminate", "alice").await;
+    // A worker claimed the run and died before recording an outcome.
+    let approval: i64 = common::scalar(
+        &s.app.store,
+        "select id from approvals where key = 'terminate'",
+    )
+    .await;
+    let now = now_millis();
+    s.app
+        .store
+        .begin_execution(
+            approval,
+            IncidentId(id),
+            &json!({"crashed": true}),
+            now - 1,
+            now - 60_000,
+        )
+        .await
+        .expect("claim");
+    s.drain().await;
+    assert!(s.alive(victim).await, "not re-run blindly");
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "unknown");
+    let unknown: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from audit_log where event = 'execution_unknown'",
+    )
+    .await;
+    assert_eq!(unknown, 1);
+}
+
+#[tokio::test]
+async fn nothing_runs_for_a_resolved_incident() {
+    let s = setup(&[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    s.decide(id, "terminate", "alice").await;
+    // Resolved before the worker got to it.
+    let resolved = json!({
+        "receiver": "remedy", "status": "resolved", "version": "4",
+        "alerts": [{
+            "status": "resolved",
+            "labels": {"alertname": "ExecTest", "app_prefix": "victim", "note": "x"},
+            "annotations": {}, "startsAt": "2026-11-27T01:00:00Z", "endsAt": "2026-11-27T01:05:00Z",
+            "generatorURL": "", "fingerprint": "e0e0e0e0e0e0e0e1"
+        }],
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://am", "groupKey": "{}:{}", "truncatedAlerts": 0
+    });
+    s.app.post_webhook(resolved.to_string()).await;
+    s.drain().await;
+    assert!(s.alive(victim).await);
+    let runs: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from executions where state in ('done', 'running')",
+    )
+    .await;
+    assert_eq!(runs, 0);
+}
