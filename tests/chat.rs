@@ -309,6 +309,31 @@ async fn a_slack_report_holds_evidence_and_buttons_and_shows_who_approved(backen
     // The decided action lost its buttons; the open one kept them.
     assert!(!text.contains("Approve restart_service"), "{text}");
     assert!(text.contains("Approve terminate_all"), "{text}");
+    // The (dry-run) outcome is posted once, in the report's thread.
+    let replies: Vec<Value> = fake
+        .calls("/chat.postMessage")
+        .into_iter()
+        .map(|r| r.body)
+        .filter(|b| b.get("thread_ts").is_some())
+        .collect();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["thread_ts"], "1764000000.000001");
+    assert!(
+        replies[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("restart_service: dry_run"),
+        "{replies:?}"
+    );
+    drain(&app, now_millis() + 1).await;
+    assert_eq!(
+        fake.calls("/chat.postMessage")
+            .iter()
+            .filter(|r| r.body.get("thread_ts").is_some())
+            .count(),
+        1,
+        "reported once"
+    );
 }
 
 async fn a_hundred_concurrent_clicks_by_one_approver_record_one_decision(backend: Backend) {
@@ -739,14 +764,26 @@ async fn discord_reports_ping_nobody_and_signed_clicks_decide() {
         .into_iter()
         .filter(|r| r.method == "PATCH")
         .collect();
-    assert_eq!(edits.len(), 1);
-    assert_eq!(edits[0].body["allowed_mentions"]["parse"], json!([]));
+    // After the decision, and after the (dry-run) execution.
+    assert!(!edits.is_empty());
     assert!(
-        edits[0].body["content"]
+        edits
+            .iter()
+            .all(|e| e.body["allowed_mentions"]["parse"] == json!([]))
+    );
+    assert!(
+        edits.last().expect("an edit").body["content"]
             .as_str()
             .unwrap_or_default()
             .contains("approved by")
     );
+    let replies: Vec<_> = fake
+        .calls("/messages")
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.body.get("message_reference").is_some())
+        .collect();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].body["allowed_mentions"]["parse"], json!([]));
 }
 
 #[tokio::test]

@@ -13,6 +13,8 @@ create table executions (
     running_until integer,
     started_at    integer not null,
     finished_at   integer,
+    -- When the outcome was posted in the incident's thread.
+    reported_at   integer,
     constraint executions_once unique (approval_id)
 );
 

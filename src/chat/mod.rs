@@ -244,6 +244,20 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// A reply in the report's thread (action results).
+    pub async fn reply(&self, channel: &str, message: &str, text: &str) -> Result<(), ChatError> {
+        match &self.client {
+            ChatClient::Console => {
+                println!("   ↳ {text}");
+                Ok(())
+            }
+            ChatClient::Slack(c) => c.reply(channel, message, text).await,
+            ChatClient::Discord(c) => c.reply(channel, message, text).await,
+        }
+    }
+}
+
 /// Approver roles that playbook actions name but nobody holds on the
 /// configured platform: such actions can never be approved. One line each,
 /// for `remedy check` and the start-up log.

@@ -72,6 +72,7 @@ pub(super) async fn run(
                 outcome.state,
                 &outcome.output,
                 now.max(now_millis()),
+                now,
             )
             .await?;
     }

@@ -12,6 +12,39 @@ use crate::store::ClaimedWork;
 /// How long a first post is reserved for the worker making it.
 const POST_CLAIM_MS: i64 = 60_000;
 
+/// Posts each finished, unreported execution in the thread.
+async fn report_outcomes(
+    engine: &Engine,
+    report: &ChatReport,
+    executions: &[crate::store::ExecutionView],
+    channel: &str,
+    message: &str,
+    now: Millis,
+) -> Result<(), ChatError> {
+    for execution in executions
+        .iter()
+        .filter(|e| e.state != "running" && !e.reported)
+    {
+        let key = report
+            .actions
+            .iter()
+            .find(|a| a.approval_id == execution.approval_id)
+            .map_or("action", |a| a.key.as_str());
+        let output = execution.output.as_deref().unwrap_or_default();
+        let text = format!(
+            "{key}: {} — {}",
+            execution.state,
+            crate::chat::text::cut(output, 1500)
+        );
+        engine.chat.reply(channel, message, &text).await?;
+        if let Err(error) = engine.store.execution_reported(execution.id, now).await {
+            // Posted but not marked: it may be posted again.
+            tracing::warn!(%error, execution = execution.id, "outcome posted but not marked");
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn run(
     engine: &Engine,
     work: &ClaimedWork,
@@ -65,16 +98,31 @@ pub(super) async fn run(
     if claimed && result.is_err() {
         engine.store.release_first_post(id, &token).await?;
     }
-    match result {
+    // Outcomes of executed actions go into the report's thread, once each.
+    let result = match result {
         Ok(posted) => {
-            if let Some(message_id) = posted
+            if let Some(message_id) = &posted
                 && !engine
                     .store
-                    .message_posted(id, &token, &message_id, now)
+                    .message_posted(id, &token, message_id, now)
                     .await?
             {
                 tracing::warn!(incident = id.0, %message_id, "first-post claim lost; this message may be a duplicate");
             }
+            let message = posted.or_else(|| existing.and_then(|m| m.message_id));
+            let channel = engine.store.chat_message(id).await?.map(|m| m.channel);
+            match (message, channel) {
+                (Some(message), Some(channel)) => {
+                    report_outcomes(engine, &chat_report, &executions, &channel, &message, now)
+                        .await
+                }
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
             metrics::counter!("remedy_chat_deliveries_total", "platform" => platform, "result" => "ok")
                 .increment(1);
             Ok(engine.store.complete_work(work, now).await?)

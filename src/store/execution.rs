@@ -22,9 +22,12 @@ pub enum BeginExecution {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ExecutionView {
+    pub id: i64,
     pub approval_id: i64,
     pub state: String,
     pub output: Option<String>,
+    /// Posted in the incident's thread.
+    pub reported: bool,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -151,7 +154,7 @@ impl Store {
 
     /// Records how a run ended (`done`, `failed`, `precondition_failed`,
     /// `refused`, `dry_run`), closes its approval and queues the message
-    /// update.
+    /// update (due at `now`, the worker's clock).
     pub async fn finish_execution(
         &self,
         execution: i64,
@@ -159,6 +162,7 @@ impl Store {
         incident: IncidentId,
         state: &str,
         output: &str,
+        finished_at: Millis,
         now: Millis,
     ) -> Result<(), StoreError> {
         transaction!(self, |conn| {
@@ -170,7 +174,7 @@ impl Store {
             .bind(execution)
             .bind(state)
             .bind(output)
-            .bind(now)
+            .bind(finished_at)
             .execute(&mut *conn)
             .await?;
             sqlx::query("update approvals set state = 'executed' where id = $1")
@@ -194,13 +198,25 @@ impl Store {
     pub async fn executions(&self, incident: IncidentId) -> Result<Vec<ExecutionView>, StoreError> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(
-                "select approval_id, state, output from executions
-                  where incident_id = $1 order by id",
+                "select id, approval_id, state, output, reported_at is not null as reported
+                   from executions where incident_id = $1 order by id",
             )
             .bind(incident.0)
             .fetch_all(pool)
             .await?
         }))
+    }
+
+    /// Marks an execution's outcome as posted in the thread.
+    pub async fn execution_reported(&self, execution: i64, now: Millis) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            sqlx::query("update executions set reported_at = $2 where id = $1")
+                .bind(execution)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The audit log, newest first; one incident's when given.
