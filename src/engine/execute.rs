@@ -8,7 +8,7 @@ use crate::actions::{self, Outcome};
 use crate::domain::{Millis, now_millis};
 use crate::engine::diagnose::action_digest;
 use crate::playbook::Report;
-use crate::store::{BeginExecution, ClaimedWork};
+use crate::store::{BeginExecution, ClaimedWork, ExecutionRef};
 
 /// Time a run may take before another worker treats it as interrupted.
 const RUN_MARGIN_MS: i64 = 30_000;
@@ -66,9 +66,11 @@ pub(super) async fn run(
         engine
             .store
             .finish_execution(
-                execution,
-                approval,
-                id,
+                &ExecutionRef {
+                    execution,
+                    approval,
+                    incident: id,
+                },
                 outcome.state,
                 &outcome.output,
                 now.max(now_millis()),

@@ -9,6 +9,14 @@ use sqlx::types::Json;
 use super::{Store, StoreError, enqueue_notify, on_pool, transaction};
 use crate::domain::{IncidentId, Millis};
 
+/// One run of one approved action of one incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutionRef {
+    pub execution: i64,
+    pub approval: i64,
+    pub incident: IncidentId,
+}
+
 /// How a claim on an approved action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeginExecution {
@@ -157,14 +165,17 @@ impl Store {
     /// update (due at `now`, the worker's clock).
     pub async fn finish_execution(
         &self,
-        execution: i64,
-        approval: i64,
-        incident: IncidentId,
+        run: &ExecutionRef,
         state: &str,
         output: &str,
         finished_at: Millis,
         now: Millis,
     ) -> Result<(), StoreError> {
+        let &ExecutionRef {
+            execution,
+            approval,
+            incident,
+        } = run;
         transaction!(self, |conn| {
             sqlx::query(
                 "update executions set state = $2, output = $3, finished_at = $4,
