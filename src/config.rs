@@ -89,6 +89,43 @@ pub struct ExecutorSettings {
     /// top of superusers, replication roles and remedy's own connections).
     #[serde(default)]
     pub protected_roles: Vec<String>,
+    pub rate_limits: RateLimits,
+}
+
+/// Execution budgets, each `"N/DURATION"` (`"5/10m"`); absent: unlimited.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default)]
+    pub global: Option<RateLimit>,
+    #[serde(default)]
+    pub per_action: Option<RateLimit>,
+    #[serde(default)]
+    pub per_target: Option<RateLimit>,
+}
+
+/// At most `max` runs per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = text.split_once('/').and_then(|(n, w)| {
+            Some(Self {
+                max: n.trim().parse().ok().filter(|n| *n > 0)?,
+                window: humantime::parse_duration(w.trim()).ok()?,
+            })
+        });
+        parsed.ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "rate limit `{text}`: expected \"N/DURATION\", e.g. \"5/10m\""
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -9,6 +9,7 @@ use axum::http::{Request, StatusCode};
 use common::{Backend, Reply, TestApp, send};
 use remedy::domain::{IncidentId, now_millis};
 use remedy::engine::{self, WorkerSettings};
+use remedy::store::NewRun;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
@@ -364,9 +365,14 @@ async fn a_run_interrupted_by_a_crash_is_marked_unknown_and_not_rerun() {
     s.app
         .store
         .begin_execution(
-            approval,
-            IncidentId(id),
-            &json!({"crashed": true}),
+            &NewRun {
+                approval,
+                incident: IncidentId(id),
+                action_id: "terminate",
+                target: "sql:main",
+                detail: &json!({"crashed": true}),
+            },
+            &[],
             now - 1,
             now - 60_000,
         )
@@ -411,4 +417,47 @@ async fn nothing_runs_for_a_resolved_incident() {
     )
     .await;
     assert_eq!(runs, 0);
+}
+
+#[tokio::test]
+async fn a_rate_limited_run_waits_for_its_slot_and_then_runs() {
+    let s = setup(&[("REMEDY__EXECUTOR__RATE_LIMITS__PER_ACTION", "1/1h")]).await;
+    let (_first, first) = s.leak(false, "victim-1").await;
+    let (_second, second) = s.leak(false, "victim-2").await;
+    let id = s.open("x").await;
+    for key in ["terminate%231", "terminate%232"] {
+        let reply = s.decide(id, key, "alice").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    }
+    s.drain().await;
+    // One run per hour for this action: the first ran, the second waits.
+    assert!(!s.alive(first).await);
+    assert!(s.alive(second).await);
+    let denial: String = common::scalar(
+        &s.app.store,
+        "select detail from audit_log where event = 'rate_limited'",
+    )
+    .await;
+    let denial: Value = serde_json::from_str(&denial).expect("json");
+    let wait = denial["wait_ms"].as_i64().expect("wait");
+    assert!((3_500_000..=3_600_000).contains(&wait), "{denial}");
+    assert_eq!(denial["scope"], "per action");
+    // After the wait the slot is free and the second runs.
+    let later = now_millis() + 3_601_000;
+    for _ in 0..5 {
+        engine::step(
+            &s.app.app.engine,
+            &WorkerSettings::new("later".into()),
+            later,
+        )
+        .await
+        .expect("step");
+    }
+    assert!(!s.alive(second).await);
+    let done: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from executions where state = 'done'",
+    )
+    .await;
+    assert_eq!(done, 2);
 }

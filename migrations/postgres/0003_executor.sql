@@ -5,6 +5,9 @@ create table executions (
     id            bigint generated always as identity primary key,
     approval_id   bigint not null references approvals (id),
     incident_id   bigint not null references incidents (id),
+    -- For rate limits: the playbook action and what it acts on.
+    action_id     text not null,
+    target        text not null,
     -- running, done, failed, precondition_failed, refused, dry_run, unknown
     state         text not null,
     -- What exactly ran: kind, target, statement and parameters, or argv.
@@ -27,4 +30,5 @@ create table audit_log (
     detail      jsonb not null
 );
 
+create index executions_started_idx on executions (started_at);
 create index audit_log_incident_idx on audit_log (incident_id, id);

@@ -5,13 +5,64 @@
 
 use super::{Engine, WorkError};
 use crate::actions::{self, Outcome};
+use crate::config::{ExecutorSettings, RateLimit};
 use crate::domain::{Millis, now_millis};
 use crate::engine::diagnose::action_digest;
+use crate::playbook::ActionInstance;
 use crate::playbook::Report;
-use crate::store::{BeginExecution, ClaimedWork, ExecutionRef};
+use crate::playbook::model::ActionKind;
+use crate::store::{BeginExecution, Budget, ClaimedWork, ExecutionRef, NewRun};
 
 /// Time a run may take before another worker treats it as interrupted.
 const RUN_MARGIN_MS: i64 = 30_000;
+
+/// What an action acts on, for per-target budgets.
+fn target_of(action: &ActionInstance) -> String {
+    match action.kind {
+        ActionKind::Sql => format!("sql:{}", action.target.as_deref().unwrap_or("main")),
+        ActionKind::Command => format!("command:{}", action.program.as_deref().unwrap_or_default()),
+        ActionKind::Http | ActionKind::Silence => {
+            format!(
+                "{:?}:{}",
+                action.kind,
+                action.url.as_deref().unwrap_or_default()
+            )
+        }
+    }
+}
+
+fn budgets(settings: &ExecutorSettings, run: &NewRun<'_>) -> Vec<Budget> {
+    let limits = &settings.rate_limits;
+    let budget = |scope, limit: &Option<RateLimit>, action: Option<&str>, target: Option<&str>| {
+        limit.map(|l| Budget {
+            scope,
+            action: action.map(str::to_owned),
+            target: target.map(str::to_owned),
+            max: i64::from(l.max),
+            window_ms: i64::try_from(l.window.as_millis()).unwrap_or(i64::MAX),
+        })
+    };
+    [
+        budget("global", &limits.global, None, None),
+        budget("per action", &limits.per_action, Some(run.action_id), None),
+        budget("per target", &limits.per_target, None, Some(run.target)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// A best-effort line in the incident's thread (the audit log has it too).
+async fn say_in_thread(engine: &Engine, incident: crate::domain::IncidentId, text: &str) {
+    let Ok(Some(message)) = engine.store.chat_message(incident).await else {
+        return;
+    };
+    if let Some(id) = message.message_id
+        && let Err(error) = engine.chat.reply(&message.channel, &id, text).await
+    {
+        tracing::warn!(%error, "thread reply failed");
+    }
+}
 
 pub(super) async fn run(
     engine: &Engine,
@@ -33,13 +84,43 @@ pub(super) async fn run(
             .ok()
             .and_then(|seq| report.actions.get(seq));
         let detail = action.map_or(serde_json::Value::Null, actions::describe);
+        let run = NewRun {
+            approval,
+            incident: id,
+            action_id: action.map_or("", |a| a.id.as_str()),
+            target: &action.map(target_of).unwrap_or_default(),
+            detail: &detail,
+        };
         let execution = match engine
             .store
-            .begin_execution(approval, id, &detail, until, now)
+            .begin_execution(&run, &budgets(settings, &run), until, now)
             .await?
         {
             BeginExecution::Started(execution) => execution,
             BeginExecution::Settled | BeginExecution::Interrupted => continue,
+            BeginExecution::RateLimited { scope, wait_ms } => {
+                engine
+                    .store
+                    .audit_rate_limited(&run, scope, wait_ms, now)
+                    .await?;
+                metrics::counter!("remedy_executions_rate_limited_total", "scope" => scope)
+                    .increment(1);
+                say_in_thread(
+                    engine,
+                    id,
+                    &format!(
+                        "{}: rate limit ({scope}) reached; runs in {}",
+                        run.action_id,
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            u64::try_from((wait_ms + 999) / 1000).unwrap_or(0)
+                        ))
+                    ),
+                )
+                .await;
+                return Err(WorkError::RetryAfter(std::time::Duration::from_millis(
+                    u64::try_from(wait_ms).unwrap_or(0),
+                )));
+            }
         };
         let outcome = match action {
             None => Outcome {

@@ -17,9 +17,32 @@ pub struct ExecutionRef {
     pub incident: IncidentId,
 }
 
+/// A budget: at most `max` runs per `window_ms`, over all actions
+/// (`action` and `target` both `None`), one action id, or one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub scope: &'static str,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub max: i64,
+    pub window_ms: i64,
+}
+
+/// What is about to run, for the budgets and the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    pub approval: i64,
+    pub incident: IncidentId,
+    pub action_id: &'a str,
+    pub target: &'a str,
+    pub detail: &'a serde_json::Value,
+}
+
 /// How a claim on an approved action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeginExecution {
+    /// A budget is spent: try again after `wait_ms`.
+    RateLimited { scope: &'static str, wait_ms: i64 },
     /// This worker runs it now (execution id).
     Started(i64),
     /// It ran (or was settled) before.
@@ -86,17 +109,24 @@ impl Store {
         }))
     }
 
-    /// Claims an approved action for one run until `until`. A run still
-    /// marked running after its time is settled as `unknown`.
+    /// Claims an approved action for one run until `until`, within the
+    /// budgets (checked and spent in one transaction; on PostgreSQL under a
+    /// transaction-level advisory lock, so replicas cannot multiply them).
+    /// A run still marked running after its time is settled as `unknown`.
     pub async fn begin_execution(
         &self,
-        approval: i64,
-        incident: IncidentId,
-        detail: &serde_json::Value,
+        run: &NewRun<'_>,
+        budgets: &[Budget],
         until: Millis,
         now: Millis,
     ) -> Result<BeginExecution, StoreError> {
+        let serialize = match self {
+            Self::Sqlite(..) => "select 1",
+            Self::Postgres(_) => "select pg_advisory_xact_lock(7221001)::text, 1",
+        };
+        let (approval, incident, detail) = (run.approval, run.incident, run.detail);
         Ok(transaction!(self, |conn| {
+            sqlx::query(serialize).execute(&mut *conn).await?;
             let existing: Option<(i64, String, Option<Millis>)> = sqlx::query_as(
                 "select id, state, running_until from executions where approval_id = $1",
             )
@@ -105,14 +135,38 @@ impl Store {
             .await?;
             match existing {
                 None => {
+                    for budget in budgets {
+                        let since = now - budget.window_ms;
+                        let (used, oldest): (i64, Option<Millis>) = sqlx::query_as(
+                            "select count(*), min(started_at) from executions
+                              where started_at > $1 and state <> 'dry_run'
+                                and ($2 is null or action_id = $2)
+                                and ($3 is null or target = $3)",
+                        )
+                        .bind(since)
+                        .bind(budget.action.as_deref())
+                        .bind(budget.target.as_deref())
+                        .fetch_one(&mut *conn)
+                        .await?;
+                        if used >= budget.max {
+                            let wait_ms =
+                                oldest.map_or(budget.window_ms, |o| o + budget.window_ms - now);
+                            return Ok(BeginExecution::RateLimited {
+                                scope: budget.scope,
+                                wait_ms: wait_ms.max(1),
+                            });
+                        }
+                    }
                     let id: i64 = sqlx::query_scalar(
-                        "insert into executions (approval_id, incident_id, state, detail,
-                             running_until, started_at)
-                         values ($1, $2, 'running', $3, $4, $5)
+                        "insert into executions (approval_id, incident_id, action_id, target,
+                             state, detail, running_until, started_at)
+                         values ($1, $2, $3, $4, 'running', $5, $6, $7)
                          returning id",
                     )
                     .bind(approval)
                     .bind(incident.0)
+                    .bind(run.action_id)
+                    .bind(run.target)
                     .bind(Json(detail))
                     .bind(until)
                     .bind(now)
@@ -216,6 +270,27 @@ impl Store {
             .fetch_all(pool)
             .await?
         }))
+    }
+
+    /// Records a rate-limit denial in the audit log.
+    pub async fn audit_rate_limited(
+        &self,
+        run: &NewRun<'_>,
+        scope: &str,
+        wait_ms: i64,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            audit!(
+                conn,
+                run.incident.0,
+                Some(run.approval),
+                now,
+                "rate_limited",
+                serde_json::json!({ "scope": scope, "wait_ms": wait_ms, "action": run.action_id, "target": run.target })
+            );
+        });
+        Ok(())
     }
 
     /// Marks an execution's outcome as posted in the thread.

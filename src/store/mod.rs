@@ -22,7 +22,7 @@ use sqlx::{ConnectOptions, SqlSafeStr};
 pub use chat::{
     ApprovalView, Approver, ChatMessage, Decision, DecisionOutcome, DecisionView, NewApproval,
 };
-pub use execution::{AuditEntry, BeginExecution, ExecutionRef, ExecutionView};
+pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord};
 pub use intake::{BatchOutcome, IntakeWriter};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
