@@ -115,6 +115,7 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
                 .map_err(anyhow::Error::msg)?,
         ),
         executor: Arc::new(settings.executor.clone()),
+        http: crate::net::client(),
     })
 }
 

@@ -62,6 +62,15 @@ enum Command {
     Approve(DecisionArgs),
     /// Reject an action of an incident (as `approve`).
     Reject(DecisionArgs),
+    /// The append-only audit log (approvals, executions, outcomes), newest
+    /// first, as JSON lines, read from the store.
+    Audit {
+        /// Only this incident's entries.
+        #[arg(long)]
+        incident: Option<IncidentId>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// Read incidents from the store.
     Incidents {
         #[command(subcommand)]
@@ -147,6 +156,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Simulate { file, json } => simulate(settings, &file, json).await?,
             Command::Incidents { command } => incidents(&settings, command).await?,
+            Command::Audit { incident, limit } => {
+                let store = app::connect_store(&settings).await?;
+                for entry in store.audit_log(incident, limit).await? {
+                    println!("{}", serde_json::to_string(&entry)?);
+                }
+            }
             Command::Approve(args) => return decide(&settings, &args, "approve").await,
             Command::Reject(args) => return decide(&settings, &args, "reject").await,
         }

@@ -61,6 +61,7 @@ pub struct Settings {
     #[serde(default)]
     pub targets: BTreeMap<String, TargetSettings>,
     pub prometheus: PrometheusSettings,
+    pub alertmanager: AlertmanagerSettings,
     /// Base URLs for `http` steps, as `{{ probes.NAME }}` in templates.
     #[serde(default)]
     pub probes: BTreeMap<String, String>,
@@ -70,6 +71,13 @@ pub struct Settings {
     /// Approver roles (the names playbook actions list) and who holds them.
     #[serde(default)]
     pub approvers: BTreeMap<String, RoleMembers>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerSettings {
+    /// Base URL of the Alertmanager API for `silence` actions.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +98,10 @@ pub struct ExecutorSettings {
     #[serde(default)]
     pub protected_roles: Vec<String>,
     pub rate_limits: RateLimits,
+    /// Base URL of the Alertmanager API (`silence` actions); copied from
+    /// `alertmanager.url` at load.
+    #[serde(skip)]
+    pub alertmanager_url: String,
 }
 
 /// Execution budgets, each `"N/DURATION"` (`"5/10m"`); absent: unlimited.
@@ -431,6 +443,7 @@ impl Settings {
         );
         let mut settings: Self = builder.build()?.try_deserialize()?;
         settings.read_secret_files()?;
+        settings.executor.alertmanager_url = settings.alertmanager.url.clone();
         settings.validate()?;
         if intake {
             settings.validate_intake()?;

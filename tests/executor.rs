@@ -49,6 +49,13 @@ actions:
     quorum: 1
     program: /bin/echo
     args: ["{{ labels.note }}"]
+  - id: silence
+    title: Silence this alert for 2h
+    kind: silence
+    risk: safe
+    approvers: [oncall]
+    quorum: 1
+    duration: 2h
 "#;
 
 const APPROVERS: &str = r#"
@@ -326,6 +333,30 @@ async fn dry_run_executes_nothing_and_records_what_would_run() {
         output.contains("would run") && output.contains("pg_terminate_backend"),
         "{output}"
     );
+    // `remedy audit` reads the same log from the store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remedy"))
+        .args(["audit", "--incident", &id.to_string()])
+        .env("REMEDY__STORE__URL", &s.app.store_url)
+        .env_remove("REMEDY__INTAKE__BEARER_TOKEN")
+        .output()
+        .expect("remedy audit runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json line")["event"].to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "\"execution_finished\"",
+            "\"execution_started\"",
+            "\"approved\""
+        ]
+    );
 }
 
 #[tokio::test]
@@ -460,4 +491,82 @@ async fn a_rate_limited_run_waits_for_its_slot_and_then_runs() {
     )
     .await;
     assert_eq!(done, 2);
+}
+
+#[tokio::test]
+async fn the_silence_action_sends_the_exact_v2_body() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let record = seen.clone();
+    let fake = axum::Router::new().route(
+        "/api/v2/silences",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body: Value = serde_json::from_str(&body).expect("json body");
+                record.lock().expect("lock").push((content_type, body));
+                axum::Json(json!({"silenceID": "7d2f0c1e-silence"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, fake).await });
+
+    let s = setup(&[("REMEDY__ALERTMANAGER__URL", url.as_str())]).await;
+    let id = s.open("x").await;
+    let reply = s.decide(id, "silence", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("7d2f0c1e-silence")
+    );
+
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let (content_type, body) = &seen[0];
+    assert!(content_type.starts_with("application/json"));
+    assert_eq!(
+        body["matchers"],
+        json!([
+            {"name": "alertname", "value": "ExecTest", "isRegex": false, "isEqual": true},
+            {"name": "app_prefix", "value": "victim", "isRegex": false, "isEqual": true},
+            {"name": "note", "value": "x", "isRegex": false, "isEqual": true},
+        ])
+    );
+    assert_eq!(body["createdBy"], "console:alice");
+    assert!(
+        body["comment"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("incident #{id}"))
+    );
+    let parse = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().expect("time"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("rfc3339")
+    };
+    assert_eq!(
+        parse(&body["endsAt"]) - parse(&body["startsAt"]),
+        time::Duration::hours(2)
+    );
+    let keys: Vec<&String> = body.as_object().expect("object").keys().collect();
+    assert_eq!(
+        keys,
+        ["comment", "createdBy", "endsAt", "matchers", "startsAt"]
+    );
 }

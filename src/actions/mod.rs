@@ -4,6 +4,8 @@
 //! for the audit log and the incident's message.
 
 pub mod command;
+pub mod http;
+pub mod silence;
 pub mod sql;
 
 use serde_json::{Value, json};
@@ -48,11 +50,23 @@ pub fn describe(action: &ActionInstance) -> Value {
     })
 }
 
+/// What an action may need beyond itself.
+pub struct Context<'a> {
+    pub incident: i64,
+    /// The alert's labels (a silence matches them).
+    pub labels: &'a crate::domain::Labels,
+    /// Who approved (`console:alice`, `slack:U…`).
+    pub approvers: Vec<String>,
+    pub alertmanager_url: Option<&'a str>,
+    pub http: &'a reqwest::Client,
+}
+
 /// Runs `action` (or, in dry-run, says what would run).
 pub async fn run(
     diagnoser: &Diagnoser,
     settings: &ExecutorSettings,
     action: &ActionInstance,
+    context: &Context<'_>,
 ) -> Outcome {
     if settings.dry_run {
         return Outcome::new("dry_run", format!("would run: {}", describe(action)));
@@ -60,9 +74,7 @@ pub async fn run(
     match action.kind {
         ActionKind::Sql => sql::run(diagnoser, settings, action).await,
         ActionKind::Command => command::run(diagnoser, settings, action).await,
-        ActionKind::Http | ActionKind::Silence => Outcome::new(
-            "refused",
-            format!("{:?} actions are not executed by this version", action.kind),
-        ),
+        ActionKind::Http => http::run(action, context).await,
+        ActionKind::Silence => silence::run(action, context).await,
     }
 }

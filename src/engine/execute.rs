@@ -79,6 +79,7 @@ pub(super) async fn run(
     let settings = &engine.executor;
     let longest = settings.statement_timeout.max(settings.command_timeout);
     let until = now + i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2) + RUN_MARGIN_MS;
+    let approvals = engine.store.approvals(id).await?;
     for (approval, seq, digest) in engine.store.approved_actions(id).await? {
         let action = usize::try_from(seq)
             .ok()
@@ -135,7 +136,27 @@ pub(super) async fn run(
                 state: "refused",
                 output: "the action differs from the one approved; nothing runs".into(),
             },
-            Some(action) => actions::run(&engine.diagnoser, settings, action).await,
+            Some(action) => {
+                let approvers = approvals
+                    .iter()
+                    .find(|a| a.id == approval)
+                    .map(|a| {
+                        a.decisions
+                            .iter()
+                            .filter(|d| d.decision == "approve")
+                            .map(|d| d.approver.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let context = actions::Context {
+                    incident: id.0,
+                    labels: &incident.labels.0,
+                    approvers,
+                    alertmanager_url: Some(settings.alertmanager_url.as_str()),
+                    http: &engine.http,
+                };
+                actions::run(&engine.diagnoser, settings, action, &context).await
+            }
         };
         tracing::info!(
             incident = id.0,

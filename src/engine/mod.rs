@@ -29,6 +29,8 @@ pub struct Engine {
     pub probes: Arc<BTreeMap<String, String>>,
     pub chat: Arc<crate::chat::Chat>,
     pub executor: Arc<crate::config::ExecutorSettings>,
+    /// For `http` and `silence` actions.
+    pub http: reqwest::Client,
 }
 
 /// How the worker leases and retries.

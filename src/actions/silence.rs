@@ -1,0 +1,65 @@
+//! `silence` actions: an Alertmanager v2 silence (`POST /api/v2/silences`)
+//! matching the alert's labels exactly, for the action's duration,
+//! `createdBy` the approvers and a comment naming the incident.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{Context, Outcome};
+use crate::playbook::ActionInstance;
+
+/// The exact v2 body remedy sends.
+#[must_use]
+pub fn body(action: &ActionInstance, context: &Context<'_>, now: OffsetDateTime) -> Value {
+    let duration = Duration::from_secs(action.duration_seconds.unwrap_or(3600));
+    let matchers: Vec<Value> = context
+        .labels
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value, "isRegex": false, "isEqual": true}))
+        .collect();
+    let format = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+    json!({
+        "matchers": matchers,
+        "startsAt": format(now),
+        "endsAt": format(now + duration),
+        "createdBy": context.approvers.join(", "),
+        "comment": format!(
+            "remedy incident #{}: {} (approved by {})",
+            context.incident,
+            action.title,
+            context.approvers.join(", ")
+        ),
+    })
+}
+
+pub async fn run(action: &ActionInstance, context: &Context<'_>) -> Outcome {
+    let Some(base) = context.alertmanager_url.filter(|u| !u.is_empty()) else {
+        return Outcome::new("refused", "alertmanager.url is not configured");
+    };
+    if context.labels.is_empty() {
+        return Outcome::new("refused", "a silence needs the alert's labels");
+    }
+    let body = body(action, context, OffsetDateTime::now_utc());
+    let url = format!("{}/api/v2/silences", base.trim_end_matches('/'));
+    let response = match context.http.post(&url).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::new("failed", format!("alertmanager: {}", e.without_url())),
+    };
+    let status = response.status();
+    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Outcome::new(
+            "done",
+            format!(
+                "silence {} until {}",
+                reply["silenceID"].as_str().unwrap_or("?"),
+                body["endsAt"]
+            ),
+        )
+    } else {
+        Outcome::new("failed", format!("alertmanager answered {status}: {reply}"))
+    }
+}
