@@ -71,11 +71,24 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Suspended actions: list them, or re-enable one.
+    Actions {
+        #[command(subcommand)]
+        command: ActionsCommand,
+    },
     /// Read incidents from the store.
     Incidents {
         #[command(subcommand)]
         command: IncidentsCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActionsCommand {
+    /// Actions suspended after repeated failures, and why.
+    Suspended,
+    /// Lift the suspension of a playbook action (its id, e.g. `restart_service`).
+    Enable { action: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +173,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let store = app::connect_store(&settings).await?;
                 for entry in store.audit_log(incident, limit).await? {
                     println!("{}", serde_json::to_string(&entry)?);
+                }
+            }
+            Command::Actions { command } => {
+                let store = app::connect_store(&settings).await?;
+                match command {
+                    ActionsCommand::Suspended => {
+                        for (action, at, reason) in store.suspensions().await? {
+                            println!("{action}\t{}\t{reason}", format_millis(at));
+                        }
+                    }
+                    ActionsCommand::Enable { action } => {
+                        if store
+                            .enable_action(&action, crate::domain::now_millis())
+                            .await?
+                        {
+                            println!("{action} enabled");
+                        } else {
+                            println!("{action} was not suspended");
+                        }
+                    }
                 }
             }
             Command::Approve(args) => return decide(&settings, &args, "approve").await,

@@ -98,6 +98,10 @@ pub struct ExecutorSettings {
     #[serde(default)]
     pub protected_roles: Vec<String>,
     pub rate_limits: RateLimits,
+    /// Suspend an action after this many failed runs per window
+    /// (`"3/1h"`), until `remedy actions enable`; absent: never.
+    #[serde(default)]
+    pub suspend_after: Option<RateLimit>,
     /// Base URL of the Alertmanager API (`silence` actions); copied from
     /// `alertmanager.url` at load.
     #[serde(skip)]

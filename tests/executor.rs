@@ -49,6 +49,14 @@ actions:
     quorum: 1
     program: /bin/echo
     args: ["{{ labels.note }}"]
+  - id: flaky
+    title: A step that fails for pid {{ row.pid }}
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    quorum: 1
+    for_each: leaks
+    program: /bin/false
   - id: silence
     title: Silence this alert for 2h
     kind: silence
@@ -82,7 +90,7 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
         ("REMEDY__TARGETS__MAIN__URL", target.clone()),
         (
             "REMEDY__COMMANDS__ALLOW",
-            "/usr/bin/docker,/bin/echo".to_owned(),
+            "/usr/bin/docker,/bin/echo,/bin/false".to_owned(),
         ),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
@@ -569,4 +577,55 @@ async fn the_silence_action_sends_the_exact_v2_body() {
         keys,
         ["comment", "createdBy", "endsAt", "matchers", "startsAt"]
     );
+}
+
+#[tokio::test]
+async fn an_action_that_keeps_failing_is_suspended_until_enabled() {
+    let s = setup(&[("REMEDY__EXECUTOR__SUSPEND_AFTER", "2/1h")]).await;
+    let mut sessions = Vec::new();
+    for i in 1..=3 {
+        sessions.push(s.leak(false, &format!("victim-{i}")).await);
+    }
+    let id = s.open("x").await;
+    for key in ["flaky%231", "flaky%232", "flaky%233"] {
+        let reply = s.decide(id, key, "alice").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    }
+    s.drain().await;
+    let states: Vec<String> =
+        common::column(&s.app.store, "select state from executions order by id").await;
+    assert_eq!(states, ["failed", "failed", "refused"]);
+    let output: String = common::scalar(
+        &s.app.store,
+        "select output from executions order by id desc limit 1",
+    )
+    .await;
+    assert!(output.contains("suspended"), "{output}");
+    let store_url = s.app.store_url.clone();
+    let remedy = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_remedy"))
+            .args(args)
+            .env("REMEDY__STORE__URL", &store_url)
+            .output()
+            .expect("remedy runs")
+    };
+    let listed = remedy(&["actions", "suspended"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("flaky\t"));
+    let enabled = remedy(&["actions", "enable", "flaky"]);
+    assert!(enabled.status.success());
+    assert!(String::from_utf8_lossy(&enabled.stdout).contains("flaky enabled"));
+    assert!(
+        s.app
+            .store
+            .suspension("flaky")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    let events: Vec<String> = common::column(
+        &s.app.store,
+        "select event from audit_log where event like 'action_%' order by id",
+    )
+    .await;
+    assert_eq!(events, ["action_suspended", "action_enabled"]);
 }

@@ -32,3 +32,10 @@ create table audit_log (
 
 create index executions_started_idx on executions (started_at);
 create index audit_log_incident_idx on audit_log (incident_id, id);
+
+-- Actions suspended after too many failed runs, until re-enabled.
+create table action_suspensions (
+    action_id    text primary key,
+    suspended_at bigint not null,
+    reason       text not null
+);

@@ -123,7 +123,15 @@ pub(super) async fn run(
                 )));
             }
         };
+        let suspended = match action {
+            Some(a) => engine.store.suspension(&a.id).await?,
+            None => None,
+        };
         let outcome = match action {
+            _ if suspended.is_some() => Outcome {
+                state: "refused",
+                output: format!("the action is suspended: {}", suspended.unwrap_or_default()),
+            },
             None => Outcome {
                 state: "refused",
                 output: "the approved action is not in the incident's report".into(),
@@ -179,6 +187,27 @@ pub(super) async fn run(
                 now,
             )
             .await?;
+        if matches!(outcome.state, "failed")
+            && let Some(limit) = settings.suspend_after
+            && let Some(reason) = engine
+                .store
+                .suspend_if_failing(
+                    run.action_id,
+                    id,
+                    i64::from(limit.max),
+                    i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX),
+                    now,
+                )
+                .await?
+        {
+            tracing::warn!(action = run.action_id, %reason, "action suspended");
+            say_in_thread(
+                engine,
+                id,
+                &format!("{} suspended: {reason}", run.action_id),
+            )
+            .await;
+        }
     }
     Ok(engine.store.complete_work(work, now).await?)
 }

@@ -135,6 +135,21 @@ impl Store {
             .await?;
             match existing {
                 None => {
+                    // Single flight per target: one run at a time on it.
+                    let busy: Option<Millis> = sqlx::query_scalar(
+                        "select min(running_until) from executions
+                          where target = $1 and state = 'running' and running_until > $2",
+                    )
+                    .bind(run.target)
+                    .bind(now)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    if busy.is_some() {
+                        return Ok(BeginExecution::RateLimited {
+                            scope: "target busy",
+                            wait_ms: 2_000,
+                        });
+                    }
                     for budget in budgets {
                         let since = now - budget.window_ms;
                         let (used, oldest): (i64, Option<Millis>) = sqlx::query_as(
@@ -291,6 +306,103 @@ impl Store {
             );
         });
         Ok(())
+    }
+
+    /// Why an action is suspended, if it is.
+    pub async fn suspension(&self, action_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_scalar("select reason from action_suspensions where action_id = $1")
+                .bind(action_id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Suspends `action_id` when it failed `max` times within `window_ms`;
+    /// returns the reason when this call suspended it.
+    pub async fn suspend_if_failing(
+        &self,
+        action_id: &str,
+        incident: IncidentId,
+        max: i64,
+        window_ms: i64,
+        now: Millis,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let failures: i64 = sqlx::query_scalar(
+                "select count(*) from executions
+                  where action_id = $1 and state in ('failed', 'unknown') and started_at > $2",
+            )
+            .bind(action_id)
+            .bind(now - window_ms)
+            .fetch_one(&mut *conn)
+            .await?;
+            if failures < max {
+                return Ok(None);
+            }
+            let reason = format!(
+                "{failures} failed runs within {}; re-enable with `remedy actions enable {action_id}`",
+                humantime::format_duration(std::time::Duration::from_millis(
+                    u64::try_from(window_ms).unwrap_or(0)
+                ))
+            );
+            let inserted = sqlx::query(
+                "insert into action_suspensions (action_id, suspended_at, reason)
+                 values ($1, $2, $3) on conflict (action_id) do nothing",
+            )
+            .bind(action_id)
+            .bind(now)
+            .bind(&reason)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                audit!(
+                    conn,
+                    incident.0,
+                    None::<i64>,
+                    now,
+                    "action_suspended",
+                    serde_json::json!({ "action": action_id, "reason": reason })
+                );
+            }
+            inserted.then_some(reason)
+        }))
+    }
+
+    /// Lifts a suspension; false when the action was not suspended.
+    pub async fn enable_action(&self, action_id: &str, now: Millis) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let removed = sqlx::query("delete from action_suspensions where action_id = $1")
+                .bind(action_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                == 1;
+            if removed {
+                audit!(
+                    conn,
+                    0_i64,
+                    None::<i64>,
+                    now,
+                    "action_enabled",
+                    serde_json::json!({ "action": action_id })
+                );
+            }
+            removed
+        }))
+    }
+
+    /// Suspended actions and why.
+    pub async fn suspensions(&self) -> Result<Vec<(String, Millis, String)>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select action_id, suspended_at, reason from action_suspensions order by action_id",
+            )
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// Marks an execution's outcome as posted in the thread.
