@@ -98,6 +98,10 @@ pub struct ExecutorSettings {
     #[serde(default)]
     pub protected_roles: Vec<String>,
     pub rate_limits: RateLimits,
+    /// How long after a successful run its effect is judged by running
+    /// the diagnosis again; `0s` turns verification off.
+    #[serde(with = "humantime_serde")]
+    pub verify_after: Duration,
     /// Suspend an action after this many failed runs per window
     /// (`"3/1h"`), until `remedy actions enable`; absent: never.
     #[serde(default)]

@@ -629,3 +629,52 @@ async fn an_action_that_keeps_failing_is_suspended_until_enabled() {
     .await;
     assert_eq!(events, ["action_suspended", "action_enabled"]);
 }
+
+#[tokio::test]
+async fn each_run_is_judged_by_running_the_diagnosis_again() {
+    let s = setup(&[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    for key in ["terminate", "echo"] {
+        let reply = s.decide(id, key, "alice").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    }
+    s.drain().await;
+    assert!(!s.alive(victim).await);
+    let unjudged: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from executions where verification is null",
+    )
+    .await;
+    let all: Vec<String> = common::column(
+        &s.app.store,
+        "select a.key || ':' || e.state from executions e join approvals a on a.id = e.approval_id",
+    )
+    .await;
+    assert_eq!(unjudged, 2, "not before verify_after: {all:?}");
+    // 30 s later (executor.verify_after) the diagnosis runs again.
+    let later = now_millis() + 31_000;
+    for _ in 0..5 {
+        engine::step(
+            &s.app.app.engine,
+            &WorkerSettings::new("later".into()),
+            later,
+        )
+        .await
+        .expect("step");
+    }
+    let verdicts: Vec<String> = common::column(
+        &s.app.store,
+        "select a.key || '=' || e.verification from executions e
+           join approvals a on a.id = e.approval_id order by a.key",
+    )
+    .await;
+    // The terminated session is gone; echoing changed nothing.
+    assert_eq!(verdicts, ["echo=ineffective", "terminate=effective"]);
+    let kinds: Vec<String> = common::column(
+        &s.app.store,
+        "select kind from incident_events where kind = 'action_verified'",
+    )
+    .await;
+    assert_eq!(kinds.len(), 2);
+}

@@ -16,6 +16,8 @@ create table executions (
     running_until bigint,
     started_at    bigint not null,
     finished_at   bigint,
+    -- effective / ineffective, from re-running the diagnosis after it.
+    verification  text,
     -- When the outcome was posted in the incident's thread.
     reported_at   bigint,
     constraint executions_once unique (approval_id)

@@ -16,6 +16,8 @@ create table executions (
     running_until integer,
     started_at    integer not null,
     finished_at   integer,
+    -- effective / ineffective, from re-running the diagnosis after it.
+    verification  text,
     -- When the outcome was posted in the incident's thread.
     reported_at   integer,
     constraint executions_once unique (approval_id)

@@ -184,6 +184,9 @@ pub(super) async fn run(
                 outcome.state,
                 &outcome.output,
                 now.max(now_millis()),
+                (!settings.verify_after.is_zero()).then(|| {
+                    now + i64::try_from(settings.verify_after.as_millis()).unwrap_or(i64::MAX / 2)
+                }),
                 now,
             )
             .await?;

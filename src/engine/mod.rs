@@ -6,6 +6,7 @@
 pub mod diagnose;
 pub mod execute;
 pub mod notify;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -179,6 +180,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Diagnose => diagnose::run(engine, work, now).await,
         WorkKind::Notify => notify::run(engine, work, now).await,
         WorkKind::Execute => execute::run(engine, work, now).await,
+        WorkKind::Verify => verify::run(engine, work, now).await,
     }
 }
 

@@ -31,8 +31,12 @@ async fn report_outcomes(
             .find(|a| a.approval_id == execution.approval_id)
             .map_or("action", |a| a.key.as_str());
         let output = execution.output.as_deref().unwrap_or_default();
+        let verdict = execution
+            .verification
+            .as_deref()
+            .map_or_else(String::new, |v| format!(", {v}"));
         let text = format!(
-            "{key}: {} — {}",
+            "{key}: {}{verdict} — {}",
             execution.state,
             crate::chat::text::cut(output, 1500)
         );

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::{Store, StoreError, enqueue_notify, on_pool, transaction};
+use super::{Store, StoreError, enqueue_notify, on_pool, record_event, transaction};
 use crate::domain::{IncidentId, Millis};
 
 /// One run of one approved action of one incident.
@@ -57,6 +57,8 @@ pub struct ExecutionView {
     pub approval_id: i64,
     pub state: String,
     pub output: Option<String>,
+    /// effective / ineffective, once judged.
+    pub verification: Option<String>,
     /// Posted in the incident's thread.
     pub reported: bool,
 }
@@ -238,6 +240,7 @@ impl Store {
         state: &str,
         output: &str,
         finished_at: Millis,
+        verify_at: Option<Millis>,
         now: Millis,
     ) -> Result<(), StoreError> {
         let &ExecutionRef {
@@ -270,6 +273,74 @@ impl Store {
                 serde_json::json!({ "execution_id": execution, "outcome": state, "output": output })
             );
             enqueue_notify!(conn, incident.0, now, now);
+            if state == "done"
+                && let Some(due) = verify_at
+            {
+                sqlx::query(
+                    "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                     values ('verify', $1, $2, $3, $3)",
+                )
+                .bind(incident.0)
+                .bind(due)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Done executions of an incident not yet judged: (id, approval id).
+    pub async fn unverified(&self, incident: IncidentId) -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select id, approval_id from executions
+                  where incident_id = $1 and state = 'done' and verification is null order by id",
+            )
+            .bind(incident.0)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Records whether an execution had its effect, with the evidence.
+    pub async fn record_verification(
+        &self,
+        run: &ExecutionRef,
+        verdict: &str,
+        evidence: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            let first = sqlx::query(
+                "update executions set verification = $2, reported_at = null
+                  where id = $1 and verification is null",
+            )
+            .bind(run.execution)
+            .bind(verdict)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            if !first {
+                return Ok(());
+            }
+            audit!(
+                conn,
+                run.incident.0,
+                Some(run.approval),
+                now,
+                "verified",
+                serde_json::json!({ "execution_id": run.execution, "verdict": verdict, "evidence": evidence })
+            );
+            record_event!(
+                conn,
+                run.incident.0,
+                now,
+                "action_verified",
+                serde_json::json!({ "approval_id": run.approval, "verdict": verdict, "evidence": evidence })
+            );
+            enqueue_notify!(conn, run.incident.0, now, now);
         });
         Ok(())
     }
@@ -278,7 +349,7 @@ impl Store {
     pub async fn executions(&self, incident: IncidentId) -> Result<Vec<ExecutionView>, StoreError> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(
-                "select id, approval_id, state, output, reported_at is not null as reported
+                "select id, approval_id, state, output, verification, reported_at is not null as reported
                    from executions where incident_id = $1 order by id",
             )
             .bind(incident.0)
@@ -331,7 +402,8 @@ impl Store {
         Ok(transaction!(self, |conn| {
             let failures: i64 = sqlx::query_scalar(
                 "select count(*) from executions
-                  where action_id = $1 and state in ('failed', 'unknown') and started_at > $2",
+                  where action_id = $1 and started_at > $2
+                    and (state in ('failed', 'unknown') or verification = 'ineffective')",
             )
             .bind(action_id)
             .bind(now - window_ms)

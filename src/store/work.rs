@@ -17,6 +17,8 @@ pub enum WorkKind {
     Notify,
     /// Run the incident's approved actions.
     Execute,
+    /// Re-run the diagnosis after an action and judge its effect.
+    Verify,
 }
 
 impl WorkKind {
@@ -26,6 +28,7 @@ impl WorkKind {
             Self::Diagnose => "diagnose",
             Self::Notify => "notify",
             Self::Execute => "execute",
+            Self::Verify => "verify",
         }
     }
 
@@ -35,6 +38,7 @@ impl WorkKind {
             "diagnose" => Some(Self::Diagnose),
             "notify" => Some(Self::Notify),
             "execute" => Some(Self::Execute),
+            "verify" => Some(Self::Verify),
             _ => None,
         }
     }
@@ -193,7 +197,8 @@ const GIVE_UP_EXPIRED: &str = "update work set state = 'failed', lease_owner = n
 /// Leases due rows: `$1` owner, `$2` lease end, `$3` now, `$4` how many,
 /// `$5` the attempt limit. An incident's `notify` rows run one at a time,
 /// oldest first, so an older render never lands after a newer one; its
-/// `execute` rows too, so one action never runs in two workers at once. `$lock`
+/// `execute` and `verify` rows too, so one action never runs (or is judged)
+/// in two workers at once. `$lock`
 /// ends the row selection (PostgreSQL: `for update skip locked`).
 macro_rules! claim_sql {
     ($lock:literal) => {
@@ -203,7 +208,7 @@ macro_rules! claim_sql {
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
                   and (lease_until is null or lease_until <= $3) and attempts < $5
-                  and (kind not in ('notify', 'execute') or id = (
+                  and (kind not in ('notify', 'execute', 'verify') or id = (
                         select min(n.id) from work n
                          where n.incident_id = work.incident_id and n.kind = work.kind
                            and n.state = 'pending'

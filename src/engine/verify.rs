@@ -1,0 +1,82 @@
+//! `verify` work: some time after an action ran, run the incident's
+//! diagnosis again and judge the action: effective when what it acted on
+//! is no longer there (the same action is no longer offered), the findings
+//! became less severe, or the alert resolved; ineffective otherwise. The
+//! verdict and its evidence go to the audit log, the timeline and the
+//! thread; ineffective runs count toward suspending the action.
+
+use super::diagnose::{action_digest, alert_context, diagnose};
+use super::{Engine, WorkError};
+use crate::domain::Millis;
+use crate::playbook::Report;
+use crate::playbook::model::Severity;
+use crate::store::{ClaimedWork, ExecutionRef};
+
+fn worst(report: &Report) -> Option<Severity> {
+    report.findings.iter().map(|f| f.severity).max()
+}
+
+pub(super) async fn run(
+    engine: &Engine,
+    work: &ClaimedWork,
+    now: Millis,
+) -> Result<bool, WorkError> {
+    let (id, incident) = super::incident_of(engine, work).await?;
+    let unverified = engine.store.unverified(id).await?;
+    if unverified.is_empty() {
+        return Ok(engine.store.complete_work(work, now).await?);
+    }
+    let before: Report = match incident.report.as_ref() {
+        Some(json) => {
+            serde_json::from_value(json.0.clone()).map_err(|e| WorkError::Report(e.to_string()))?
+        }
+        None => Report::default(),
+    };
+    let after = if incident.status == "firing" {
+        Some(diagnose(engine, &alert_context(&incident)).await)
+    } else {
+        None
+    };
+    let approvals = engine.store.approvals(id).await?;
+    for (execution, approval) in unverified {
+        let digest = approvals
+            .iter()
+            .find(|a| a.id == approval)
+            .map(|a| a.digest.clone())
+            .unwrap_or_default();
+        let (verdict, evidence) = match &after {
+            None => ("effective", "the alert resolved".to_owned()),
+            Some(after) => {
+                let still_offered = after.actions.iter().any(|a| action_digest(a) == digest);
+                if !still_offered {
+                    (
+                        "effective",
+                        format!("its target is gone; now: {}", after.summary),
+                    )
+                } else if worst(after) < worst(&before) {
+                    (
+                        "effective",
+                        format!("findings eased; now: {}", after.summary),
+                    )
+                } else {
+                    ("ineffective", format!("unchanged; now: {}", after.summary))
+                }
+            }
+        };
+        metrics::counter!("remedy_verifications_total", "verdict" => verdict).increment(1);
+        engine
+            .store
+            .record_verification(
+                &ExecutionRef {
+                    execution,
+                    approval,
+                    incident: id,
+                },
+                verdict,
+                &evidence,
+                now,
+            )
+            .await?;
+    }
+    Ok(engine.store.complete_work(work, now).await?)
+}
