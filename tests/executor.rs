@@ -77,10 +77,14 @@ struct Setup {
 }
 
 async fn setup(extra: &[(&str, &str)]) -> Setup {
+    setup_with(PLAYBOOK, extra).await
+}
+
+async fn setup_with(playbook: &str, extra: &[(&str, &str)]) -> Setup {
     let dir =
         std::env::temp_dir().join(format!("remedy-exec-pb-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("exec-test.yaml"), PLAYBOOK).expect("playbook");
+    std::fs::write(dir.join("exec-test.yaml"), playbook).expect("playbook");
     let target = common::fresh_store_url(Backend::Postgres).await;
     let mut env = vec![
         (
@@ -677,4 +681,23 @@ async fn each_run_is_judged_by_running_the_diagnosis_again() {
     )
     .await;
     assert_eq!(kinds.len(), 2);
+}
+
+#[tokio::test]
+async fn a_dry_run_playbook_executes_nothing_and_records_what_would_run() {
+    let dry = PLAYBOOK.replacen("name: ExecTest\n", "name: ExecTest\ndry_run: true\n", 1);
+    let s = setup_with(&dry, &[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let id = s.open("x").await;
+    s.decide(id, "terminate", "alice").await;
+    s.drain().await;
+    assert!(s.alive(victim).await);
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "dry_run");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("playbook dry_run")
+    );
 }

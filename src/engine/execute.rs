@@ -163,7 +163,23 @@ pub(super) async fn run(
                     alertmanager_url: Some(settings.alertmanager_url.as_str()),
                     http: &engine.http,
                 };
-                actions::run(&engine.diagnoser, settings, action, &context).await
+                let playbook_dry_run = report.playbook.as_deref().is_some_and(|name| {
+                    engine
+                        .playbooks
+                        .iter()
+                        .any(|p| p.spec.name == name && p.spec.dry_run)
+                });
+                if playbook_dry_run {
+                    Outcome {
+                        state: "dry_run",
+                        output: format!(
+                            "would run (playbook dry_run): {}",
+                            actions::describe(action)
+                        ),
+                    }
+                } else {
+                    actions::run(&engine.diagnoser, settings, action, &context).await
+                }
             }
         };
         tracing::info!(

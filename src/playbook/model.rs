@@ -15,6 +15,10 @@ pub struct PlaybookFile {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Approved actions of this playbook are recorded and posted as "would
+    /// run …", never executed (as `executor.dry_run`, for one playbook).
+    #[serde(default)]
+    pub dry_run: bool,
     /// Alertmanager matchers; all must match (`alertname="X"`, `severity=~"a|b"`).
     #[serde(rename = "match")]
     pub matchers: Vec<Spanned<String>>,
