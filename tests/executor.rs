@@ -69,6 +69,12 @@ actions:
 const APPROVERS: &str = r#"
 [approvers.oncall]
 console_users = ["alice", "bob"]
+
+[approvers.dba]
+console_users = ["dana"]
+
+[approvers.team-lead]
+console_users = ["tim"]
 "#;
 
 struct Setup {
@@ -700,4 +706,94 @@ async fn a_dry_run_playbook_executes_nothing_and_records_what_would_run() {
             .unwrap_or_default()
             .contains("playbook dry_run")
     );
+}
+
+#[tokio::test]
+async fn the_runbook_playbook_terminates_exactly_the_stale_session_it_showed() {
+    let shipped = common::playbooks_dir();
+    let s = setup(&[("REMEDY__PLAYBOOKS__DIR", shipped.to_str().expect("utf-8"))]).await;
+    // The runbook's thresholds (5 and 10 minutes), scaled down for a test.
+    let mut engine = s.app.app.engine.clone();
+    let mut playbooks = (*engine.playbooks).clone();
+    let playbook = playbooks
+        .iter_mut()
+        .find(|p| p.spec.name == "DatabaseIdleInTransaction")
+        .expect("shipped playbook");
+    playbook.set_var("idle_threshold", json!("1s"));
+    playbook.set_var("kill_threshold", json!("2s"));
+    engine.playbooks = std::sync::Arc::new(playbooks);
+    let drain = |engine: remedy::engine::Engine| async move {
+        for _ in 0..10 {
+            let worker = WorkerSettings::new("runbook".into());
+            if engine::step(&engine, &worker, now_millis())
+                .await
+                .expect("step")
+                == 0
+            {
+                return;
+            }
+        }
+    };
+
+    let (_stale, stale) = s.leak(false, "agente-api-stale").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    // Idle in transaction too, but under the threshold.
+    let (_young, young) = s.leak(false, "agente-api-young").await;
+    let payload = json!({
+        "receiver": "remedy", "status": "firing", "version": "4",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "DatabaseIdleInTransaction", "severity": "warning"},
+            "annotations": {}, "startsAt": "2026-11-27T01:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "e0e0e0e0e0e0e0e2"
+        }],
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://am", "groupKey": "{}:{}", "truncatedAlerts": 0
+    });
+    s.app.post_webhook(payload.to_string()).await;
+    drain(engine.clone()).await;
+    let id = s.app.incidents("").await[0]["id"].as_i64().expect("id");
+    // The cluster may hold other tests' stale sessions: approve ours.
+    let approvals = s.shown(id).await["approvals"].clone();
+    let ours = approvals
+        .as_array()
+        .expect("approvals")
+        .iter()
+        .find(|a| {
+            a["title"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("Terminate pid {stale} "))
+        })
+        .unwrap_or_else(|| panic!("pid {stale} offered: {approvals}"))
+        .clone();
+    assert!(
+        !approvals
+            .as_array()
+            .expect("approvals")
+            .iter()
+            .any(|a| a["title"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("Terminate pid {young} "))),
+        "the young session is not offered"
+    );
+    // Not an approver of this playbook's action: refused.
+    let key = ours["key"].as_str().expect("key").replace('#', "%23");
+    let refused = s.decide(id, &key, "alice").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.json);
+    // Two approvers, as the playbook asks for a destructive action.
+    for who in ["dana", "tim"] {
+        let reply = s.decide(id, &key, who).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    }
+    drain(engine.clone()).await;
+    assert!(!s.alive(stale).await, "the stale session ended");
+    assert!(s.alive(young).await, "the young one is untouched");
+    let done: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from executions where state = 'done'",
+    )
+    .await;
+    assert_eq!(done, 1);
 }
