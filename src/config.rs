@@ -85,6 +85,9 @@ pub struct AlertmanagerSettings {
 pub struct ExecutorSettings {
     /// Record and post what would run; run nothing.
     pub dry_run: bool,
+    /// Let playbook actions marked `automatic` (always `risk: safe`) run
+    /// without approval.
+    pub allow_automatic: bool,
     /// `statement_timeout` of `sql` actions.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,

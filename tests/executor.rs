@@ -57,6 +57,15 @@ actions:
     quorum: 1
     for_each: leaks
     program: /bin/false
+  - id: note
+    title: Echo the note, no approval needed
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    quorum: 1
+    automatic: true
+    program: /bin/echo
+    args: ["automatic {{ labels.note }}"]
   - id: silence
     title: Silence this alert for 2h
     kind: silence
@@ -796,4 +805,38 @@ async fn the_runbook_playbook_terminates_exactly_the_stale_session_it_showed() {
     )
     .await;
     assert_eq!(done, 1);
+}
+
+#[tokio::test]
+async fn an_automatic_safe_action_runs_only_when_policy_allows_it() {
+    let off = setup(&[]).await;
+    let id = off.open("x").await;
+    let note = off.shown(id).await["approvals"]
+        .as_array()
+        .expect("approvals")
+        .iter()
+        .find(|a| a["key"] == "note")
+        .expect("note")
+        .clone();
+    assert_eq!(note["state"], "pending", "policy off: it waits for people");
+    assert!(
+        off.shown(id).await["executions"]
+            .as_array()
+            .expect("executions")
+            .is_empty()
+    );
+
+    let on = setup(&[("REMEDY__EXECUTOR__ALLOW_AUTOMATIC", "true")]).await;
+    let id = on.open("x").await;
+    let execution = on.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("automatic x")
+    );
+    let events: Vec<String> =
+        common::column(&on.app.store, "select event from audit_log order by id").await;
+    assert_eq!(events[0], "auto_approved");
 }

@@ -200,6 +200,15 @@ fn check_names_file_line_column_and_field_of_each_mistake() {
         "steps[0].url",
         "unknown probe `pmss` (configured: pms)",
     );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: kill, title: k, kind: command, risk: destructive, approvers: [dba], automatic: true, program: /usr/bin/docker}}\n"
+        ),
+        5,
+        5,
+        "actions[0].automatic",
+        "only `risk: safe` actions may be automatic",
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,10 @@ pub(super) async fn run(
     let report = diagnose(engine, &alert_context(&incident)).await;
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;
     let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
-    let approvals = approval_requests(&report, now.saturating_add(ttl));
+    let mut approvals = approval_requests(&report, now.saturating_add(ttl));
+    for a in &mut approvals {
+        a.automatic &= engine.executor.allow_automatic;
+    }
     Ok(engine
         .store
         .complete_diagnosis(work, id, &json, &report.summary, &approvals, now)
@@ -56,6 +59,7 @@ pub fn approval_requests(report: &Report, expires_at: Millis) -> Vec<NewApproval
                 quorum: i64::from(action.quorum.max(1)),
                 digest: action_digest(action),
                 expires_at,
+                automatic: action.automatic,
             }
         })
         .collect()

@@ -93,6 +93,8 @@ pub struct ActionInstance {
     pub duration_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precondition: Option<BoundQuery>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub automatic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -422,6 +424,7 @@ pub fn evaluate(
                             })
                         })
                         .transpose()?,
+                    automatic: a.automatic,
                 })
             })();
             match rendered {

@@ -421,6 +421,13 @@ impl Validator<'_> {
                     }
                 }
             }
+            if action.automatic && action.risk != crate::playbook::model::Risk::Safe {
+                self.error(
+                    at,
+                    field("automatic"),
+                    "only `risk: safe` actions may be automatic",
+                );
+            }
             if let Some(pre) = &action.precondition {
                 if pre.query.contains("{{") {
                     self.error(

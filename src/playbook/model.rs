@@ -208,6 +208,10 @@ pub struct ActionSpec {
     /// Re-checked right before running (by the executor).
     #[serde(default)]
     pub precondition: Option<PreconditionSpec>,
+    /// Runs without waiting for people, when `executor.allow_automatic` is
+    /// on. Only `risk: safe` actions may be automatic.
+    #[serde(default)]
+    pub automatic: bool,
 }
 
 fn one() -> u32 {

@@ -22,6 +22,8 @@ pub struct NewApproval {
     pub quorum: i64,
     pub digest: String,
     pub expires_at: Millis,
+    /// Approved by policy at once (an automatic, safe action).
+    pub automatic: bool,
 }
 
 /// An approval request with the decisions recorded on it.

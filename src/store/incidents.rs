@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
+use super::execution::audit;
 use super::work::MARK_DONE;
 use super::{
     ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, on_pool, record_event, transaction,
@@ -148,8 +149,8 @@ impl Store {
             for a in approvals {
                 sqlx::query(
                     "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
-                         quorum, digest, created_at, expires_at)
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                         quorum, digest, created_at, expires_at, state, decided_at)
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(incident.0)
                 .bind(a.seq)
@@ -162,6 +163,29 @@ impl Store {
                 .bind(&a.digest)
                 .bind(now)
                 .bind(a.expires_at)
+                .bind(if a.automatic { "approved" } else { "pending" })
+                .bind(a.automatic.then_some(now))
+                .execute(&mut *conn)
+                .await?;
+            }
+            if approvals.iter().any(|a| a.automatic) {
+                audit!(
+                    conn,
+                    incident.0,
+                    None::<i64>,
+                    now,
+                    "auto_approved",
+                    serde_json::json!({
+                        "actions": approvals.iter().filter(|a| a.automatic).map(|a| &a.key).collect::<Vec<_>>(),
+                        "policy": "executor.allow_automatic and risk: safe",
+                    })
+                );
+                sqlx::query(
+                    "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                     values ('execute', $1, $2, $2, $2)",
+                )
+                .bind(incident.0)
+                .bind(now)
                 .execute(&mut *conn)
                 .await?;
             }
