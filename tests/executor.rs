@@ -840,3 +840,50 @@ async fn an_automatic_safe_action_runs_only_when_policy_allows_it() {
         common::column(&on.app.store, "select event from audit_log order by id").await;
     assert_eq!(events[0], "auto_approved");
 }
+
+#[tokio::test]
+async fn remedys_own_connections_are_never_terminated() {
+    // A playbook that (wrongly) matches remedy's own application name.
+    let playbook = PLAYBOOK.replacen("\"{{ labels.app_prefix }}\"", "\"remedy\"", 1);
+    let s = setup_with(&playbook, &[]).await;
+    let (_own, own) = s.leak(false, "remedy").await;
+    let id = s.open("x").await;
+    let reply = s.decide(id, "terminate", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    assert!(s.alive(own).await);
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "refused", "{execution}");
+}
+
+#[tokio::test]
+async fn the_blast_radius_cap_offers_only_the_first_targets_and_says_so() {
+    let playbook = PLAYBOOK.replacen(
+        "    for_each: leaks\n    statement:",
+        "    for_each: leaks\n    max_targets: 1\n    statement:",
+        1,
+    );
+    assert_ne!(playbook, PLAYBOOK);
+    let s = setup_with(&playbook, &[]).await;
+    let (_first, first) = s.leak(false, "victim-1").await;
+    let (_second, second) = s.leak(false, "victim-2").await;
+    let id = s.open("x").await;
+    let shown = s.shown(id).await;
+    let terminate: Vec<&Value> = shown["approvals"]
+        .as_array()
+        .expect("approvals")
+        .iter()
+        .filter(|a| a["action_id"] == "terminate")
+        .collect();
+    assert_eq!(
+        terminate.len(),
+        1,
+        "one target per execution of this action"
+    );
+    let errors = shown["incident"]["report"]["errors"].to_string();
+    assert!(errors.contains("only the first 1 offered"), "{errors}");
+    s.decide(id, "terminate", "alice").await;
+    s.drain().await;
+    assert!(!s.alive(first).await);
+    assert!(s.alive(second).await, "beyond the cap: not done");
+}
