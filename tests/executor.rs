@@ -887,3 +887,51 @@ async fn the_blast_radius_cap_offers_only_the_first_targets_and_says_so() {
     assert!(!s.alive(first).await);
     assert!(s.alive(second).await, "beyond the cap: not done");
 }
+
+#[tokio::test]
+async fn an_http_action_sends_its_body_and_checks_the_expected_status() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    let fake = axum::Router::new().route(
+        "/api/cache/flush",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                record.lock().expect("lock").push((content_type, body));
+                (StatusCode::ACCEPTED, "queued")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, fake).await });
+    let playbook = format!(
+        "{PLAYBOOK}  - id: flush\n    title: Flush the PMS cache\n    kind: http\n    risk: safe\n    approvers: [oncall]\n    quorum: 1\n    method: POST\n    url: \"{{{{ probes.pms }}}}/api/cache/flush\"\n    body: '{{\"reason\": {{{{ labels.note | tojson }}}}}}'\n    expect_status: 202\n"
+    );
+    let s = setup_with(&playbook, &[("REMEDY__PROBES__PMS", url.as_str())]).await;
+    let id = s.open("pool \"full\"").await;
+    let reply = s.decide(id, "flush", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP 202")
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, "application/json");
+    let body: Value = serde_json::from_str(&seen[0].1).expect("json body");
+    assert_eq!(body, json!({"reason": "pool \"full\""}));
+}

@@ -46,6 +46,8 @@ pub fn describe(action: &ActionInstance) -> Value {
         "args": action.args,
         "method": action.method,
         "url": action.url,
+        "body": action.body,
+        "expect_status": action.expect_status,
         "precondition": action.precondition,
     })
 }

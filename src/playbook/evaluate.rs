@@ -90,6 +90,10 @@ pub struct ActionInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precondition: Option<BoundQuery>,
@@ -413,6 +417,12 @@ pub fn evaluate(
                         .as_deref()
                         .map(|u| render(&env, u, &ctx))
                         .transpose()?,
+                    body: a
+                        .body
+                        .as_deref()
+                        .map(|b| render(&env, b, &ctx))
+                        .transpose()?,
+                    expect_status: a.expect_status,
                     duration_seconds: a.duration.map(|d| d.as_secs()),
                     precondition: a
                         .precondition

@@ -411,10 +411,15 @@ impl Validator<'_> {
                     None => self.error(at, field("program"), "a command action needs a program"),
                     Some(p) => self.program(at, field("program"), p),
                 },
-                ActionKind::Http => match &action.url {
-                    None => self.error(at, field("url"), "an http action needs a url"),
-                    Some(u) => self.template(at, field("url"), u),
-                },
+                ActionKind::Http => {
+                    match &action.url {
+                        None => self.error(at, field("url"), "an http action needs a url"),
+                        Some(u) => self.template(at, field("url"), u),
+                    }
+                    if let Some(b) = &action.body {
+                        self.template(at, field("body"), b);
+                    }
+                }
                 ActionKind::Silence => {
                     if action.duration.is_none() {
                         self.error(at, field("duration"), "a silence needs a duration");

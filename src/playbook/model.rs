@@ -202,6 +202,12 @@ pub struct ActionSpec {
     pub method: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
+    /// http: a JSON or text body (a template) and the status that means
+    /// success (default: any 2xx).
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub expect_status: Option<u16>,
     /// silence: how long.
     #[serde(default, with = "humantime_serde::option")]
     pub duration: Option<Duration>,
