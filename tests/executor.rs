@@ -224,6 +224,38 @@ async fn app_role(target: &str) -> &'static str {
     "remedy_test_app"
 }
 
+/// Requests (content type, body) a local fake service received.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A local fake service: POST `path` answers `status` with `reply` (JSON)
+/// and records each request.
+async fn recording_server(path: &str, status: StatusCode, reply: Value) -> (String, Seen) {
+    let seen: Seen = Seen::default();
+    let record = seen.clone();
+    let fake = axum::Router::new().route(
+        path,
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            let reply = reply.clone();
+            async move {
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                record.lock().expect("lock").push((content_type, body));
+                (status, axum::Json(reply))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, fake).await });
+    (url, seen)
+}
+
 #[tokio::test]
 async fn approving_terminate_ends_exactly_the_backend_shown() {
     let s = setup(&[]).await;
@@ -522,31 +554,12 @@ async fn a_rate_limited_run_waits_for_its_slot_and_then_runs() {
 
 #[tokio::test]
 async fn the_silence_action_sends_the_exact_v2_body() {
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-    let record = seen.clone();
-    let fake = axum::Router::new().route(
+    let (url, seen) = recording_server(
         "/api/v2/silences",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let record = record.clone();
-            async move {
-                let content_type = headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                let body: Value = serde_json::from_str(&body).expect("json body");
-                record.lock().expect("lock").push((content_type, body));
-                axum::Json(json!({"silenceID": "7d2f0c1e-silence"}))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, fake).await });
-
+        StatusCode::OK,
+        json!({"silenceID": "7d2f0c1e-silence"}),
+    )
+    .await;
     let s = setup(&[("REMEDY__ALERTMANAGER__URL", url.as_str())]).await;
     let id = s.open("x").await;
     let reply = s.decide(id, "silence", "alice").await;
@@ -565,6 +578,7 @@ async fn the_silence_action_sends_the_exact_v2_body() {
     assert_eq!(seen.len(), 1);
     let (content_type, body) = &seen[0];
     assert!(content_type.starts_with("application/json"));
+    let body: Value = serde_json::from_str(body).expect("json body");
     assert_eq!(
         body["matchers"],
         json!([
@@ -890,29 +904,8 @@ async fn the_blast_radius_cap_offers_only_the_first_targets_and_says_so() {
 
 #[tokio::test]
 async fn an_http_action_sends_its_body_and_checks_the_expected_status() {
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let record = seen.clone();
-    let fake = axum::Router::new().route(
-        "/api/cache/flush",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let record = record.clone();
-            async move {
-                let content_type = headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                record.lock().expect("lock").push((content_type, body));
-                (StatusCode::ACCEPTED, "queued")
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, fake).await });
+    let (url, seen) =
+        recording_server("/api/cache/flush", StatusCode::ACCEPTED, json!("queued")).await;
     let playbook = format!(
         "{PLAYBOOK}  - id: flush\n    title: Flush the PMS cache\n    kind: http\n    risk: safe\n    approvers: [oncall]\n    quorum: 1\n    method: POST\n    url: \"{{{{ probes.pms }}}}/api/cache/flush\"\n    body: '{{\"reason\": {{{{ labels.note | tojson }}}}}}'\n    expect_status: 202\n"
     );
