@@ -928,3 +928,23 @@ async fn an_http_action_sends_its_body_and_checks_the_expected_status() {
     let body: Value = serde_json::from_str(&seen[0].1).expect("json body");
     assert_eq!(body, json!({"reason": "pool \"full\""}));
 }
+
+#[tokio::test]
+async fn a_terminate_statement_the_protection_check_cannot_see_is_refused() {
+    let playbook = PLAYBOOK.replacen(
+        "statement: select pg_terminate_backend($1::int)",
+        "statement: select pg_terminate_backend(pid) from pg_stat_activity where pid = $1::int or usename = 'postgres'",
+        1,
+    );
+    assert_ne!(playbook, PLAYBOOK);
+    let s = setup_with(&playbook, &[]).await;
+    let (_victim, victim) = s.leak(false, "victim-1").await;
+    let (_admin, admin) = s.leak(true, "dba-console").await;
+    let id = s.open("x").await;
+    s.decide(id, "terminate", "alice").await;
+    s.drain().await;
+    assert!(s.alive(victim).await);
+    assert!(s.alive(admin).await);
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "refused", "{execution}");
+}

@@ -21,11 +21,17 @@ pub fn body(action: &ActionInstance, context: &Context<'_>, now: OffsetDateTime)
         .map(|(name, value)| json!({"name": name, "value": value, "isRegex": false, "isEqual": true}))
         .collect();
     let format = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+    // Alertmanager requires createdBy; an automatic action has no approver.
+    let created_by = if context.approvers.is_empty() {
+        "remedy (automatic)".to_owned()
+    } else {
+        context.approvers.join(", ")
+    };
     json!({
         "matchers": matchers,
         "startsAt": format(now),
         "endsAt": format(now + duration),
-        "createdBy": context.approvers.join(", "),
+        "createdBy": created_by,
         "comment": format!(
             "remedy incident #{}: {} (approved by {})",
             context.incident,

@@ -54,6 +54,9 @@ async fn run_inner(
         ));
     };
     let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    // Session settings below must not reach the diagnosis: this connection
+    // is closed, not returned to the pool, whatever happens.
+    conn.close_on_drop();
     let timeout_ms = settings.statement_timeout.as_millis().max(1);
     sqlx::raw_sql(AssertSqlSafe(format!(
         "set statement_timeout = {timeout_ms}"
@@ -76,7 +79,22 @@ async fn run_inner(
         }
     }
     let lowered = statement.to_ascii_lowercase();
-    if lowered.contains("pg_terminate_backend") || lowered.contains("pg_cancel_backend") {
+    if lowered.contains("pg_terminate_backend")
+        || lowered.contains("pg_cancel_backend")
+        || lowered.contains("u&")
+    {
+        // Only the one form whose target the protection check can see.
+        let normalized: String = lowered.split_whitespace().collect::<Vec<_>>().join(" ");
+        let allowed = [
+            "select pg_terminate_backend($1::int)",
+            "select pg_cancel_backend($1::int)",
+        ];
+        if !allowed.contains(&normalized.trim_end_matches(';')) {
+            return Ok(Outcome::new(
+                "refused",
+                "a statement that cancels or terminates backends must be exactly `select pg_terminate_backend($1::int)` or `select pg_cancel_backend($1::int)`",
+            ));
+        }
         let pid = action.params.first().cloned().unwrap_or_default();
         let protected: Option<bool> = sqlx::query_scalar(PROTECTED)
             .bind(&pid)
@@ -112,6 +130,9 @@ async fn run_inner(
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(Outcome::new("failed", "the statement returned no row"));
+        }
         rows.join("\n")
     } else {
         let done = sqlx::query_with(AssertSqlSafe(statement.to_owned()), args(&action.params)?)

@@ -78,9 +78,11 @@ pub(super) async fn run(
     };
     let settings = &engine.executor;
     let longest = settings.statement_timeout.max(settings.command_timeout);
-    let until = now + i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2) + RUN_MARGIN_MS;
+    let run_ms = i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2) + RUN_MARGIN_MS;
     let approvals = engine.store.approvals(id).await?;
     for (approval, seq, digest) in engine.store.approved_actions(id).await? {
+        // Each run reads the clock itself: earlier runs in this loop took time.
+        let started = now.max(now_millis());
         let action = usize::try_from(seq)
             .ok()
             .and_then(|seq| report.actions.get(seq));
@@ -94,11 +96,18 @@ pub(super) async fn run(
         };
         let execution = match engine
             .store
-            .begin_execution(&run, &budgets(settings, &run), until, now)
+            .begin_execution(&run, &budgets(settings, &run), started + run_ms, started)
             .await?
         {
             BeginExecution::Started(execution) => execution,
             BeginExecution::Settled | BeginExecution::Interrupted => continue,
+            // Another worker's run is in flight: look again when it must
+            // have ended (or be marked interrupted).
+            BeginExecution::Running { until } => {
+                return Err(WorkError::RetryAfter(std::time::Duration::from_millis(
+                    u64::try_from((until - started).max(1_000)).unwrap_or(1_000),
+                )));
+            }
             BeginExecution::RateLimited { scope, wait_ms } => {
                 engine
                     .store

@@ -39,11 +39,10 @@ pub(super) async fn run(
     };
     let approvals = engine.store.approvals(id).await?;
     for (execution, approval) in unverified {
-        let digest = approvals
-            .iter()
-            .find(|a| a.id == approval)
-            .map(|a| a.digest.clone())
-            .unwrap_or_default();
+        let Some(approved) = approvals.iter().find(|a| a.id == approval) else {
+            continue;
+        };
+        let digest = approved.digest.clone();
         let (verdict, evidence) = match &after {
             None => ("effective", "the alert resolved".to_owned()),
             Some(after) => {
@@ -77,6 +76,22 @@ pub(super) async fn run(
                 now,
             )
             .await?;
+        // An ineffective run counts toward suspending the action.
+        if verdict == "ineffective"
+            && let Some(limit) = engine.executor.suspend_after
+            && let Some(reason) = engine
+                .store
+                .suspend_if_failing(
+                    &approved.action_id,
+                    id,
+                    i64::from(limit.max),
+                    i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX),
+                    now,
+                )
+                .await?
+        {
+            tracing::warn!(action = %approved.action_id, %reason, "action suspended");
+        }
     }
     Ok(engine.store.complete_work(work, now).await?)
 }

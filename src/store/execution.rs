@@ -49,6 +49,8 @@ pub enum BeginExecution {
     Settled,
     /// A run was interrupted (its worker crashed): marked `unknown`, not re-run.
     Interrupted,
+    /// Another worker is running it until at most `until`.
+    Running { until: Millis },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -225,6 +227,9 @@ impl Store {
                     );
                     enqueue_notify!(conn, incident.0, now, now);
                     BeginExecution::Interrupted
+                }
+                Some((_, state, Some(until))) if state == "running" => {
+                    BeginExecution::Running { until }
                 }
                 Some(_) => BeginExecution::Settled,
             }
