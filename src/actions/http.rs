@@ -12,7 +12,7 @@ pub async fn run(action: &ActionInstance, context: &Context<'_>) -> Outcome {
     let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
         return Outcome::new("refused", format!("`{method}` is not an HTTP method"));
     };
-    let mut request = context.http.request(method, url);
+    let mut request = context.http.request(method, url).timeout(context.timeout);
     if let Some(body) = &action.body {
         let json = serde_json::from_str::<serde_json::Value>(body).is_ok();
         request = request

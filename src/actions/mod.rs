@@ -61,6 +61,8 @@ pub struct Context<'a> {
     pub approvers: Vec<String>,
     pub alertmanager_url: Option<&'a str>,
     pub http: &'a reqwest::Client,
+    /// Whole-request limit of `http` and `silence` actions.
+    pub timeout: std::time::Duration,
 }
 
 /// Runs `action` (or, in dry-run, says what would run).

@@ -50,7 +50,14 @@ pub async fn run(action: &ActionInstance, context: &Context<'_>) -> Outcome {
     }
     let body = body(action, context, OffsetDateTime::now_utc());
     let url = format!("{}/api/v2/silences", base.trim_end_matches('/'));
-    let response = match context.http.post(&url).json(&body).send().await {
+    let response = match context
+        .http
+        .post(&url)
+        .timeout(context.timeout)
+        .json(&body)
+        .send()
+        .await
+    {
         Ok(r) => r,
         Err(e) => return Outcome::new("failed", format!("alertmanager: {}", e.without_url())),
     };

@@ -171,6 +171,7 @@ pub(super) async fn run(
                     approvers,
                     alertmanager_url: Some(settings.alertmanager_url.as_str()),
                     http: &engine.http,
+                    timeout: settings.statement_timeout,
                 };
                 let playbook_dry_run = report.playbook.as_deref().is_some_and(|name| {
                     engine
