@@ -83,27 +83,38 @@ async fn decide(
     Ok(outcome)
 }
 
+/// The part of Slack's interaction payload remedy reads.
 #[derive(Debug, Deserialize)]
-struct SlackPayload {
+pub struct SlackPayload {
     #[serde(rename = "type")]
-    kind: String,
-    user: SlackUser,
+    pub kind: String,
+    pub user: SlackUser,
     #[serde(default)]
-    actions: Vec<SlackAction>,
+    pub actions: Vec<SlackAction>,
     #[serde(default)]
-    response_url: Option<String>,
+    pub response_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-struct SlackUser {
-    id: String,
+pub struct SlackUser {
+    pub id: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct SlackAction {
-    action_id: String,
+pub struct SlackAction {
+    pub action_id: String,
     #[serde(default)]
-    value: String,
+    pub value: String,
+}
+
+/// Parses the (already verified) body of a Slack interaction: the form
+/// field `payload`, JSON. The error names the field.
+pub fn parse_slack(body: &[u8]) -> Result<SlackPayload, (&'static str, String)> {
+    let payload = form_urlencoded::parse(body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_owned())
+        .ok_or(("payload", "form field `payload` is missing".to_owned()))?;
+    serde_json::from_str(&payload).map_err(|e| ("payload", e.to_string()))
 }
 
 /// `POST /v1/interactions/slack`: Slack's signed form post with a
@@ -122,15 +133,9 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
     ) {
         return refused_signature(&e);
     }
-    let payload = form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "payload")
-        .map(|(_, v)| v.into_owned());
-    let Some(payload) = payload else {
-        return bad_request("payload", "form field `payload` is missing");
-    };
-    let payload: SlackPayload = match serde_json::from_str(&payload) {
+    let payload = match parse_slack(&body) {
         Ok(p) => p,
-        Err(e) => return bad_request("payload", &e.to_string()),
+        Err((field, message)) => return bad_request(field, &message),
     };
     if payload.kind != "block_actions" {
         return StatusCode::OK.into_response();
@@ -181,34 +186,41 @@ fn bad_request(field: &str, message: &str) -> Response {
     .into_response()
 }
 
+/// The part of a Discord interaction remedy reads (unknown fields are
+/// ignored: Discord adds them often).
 #[derive(Debug, Deserialize)]
-struct DiscordInteraction {
+pub struct DiscordInteraction {
     #[serde(rename = "type")]
-    kind: u8,
+    pub kind: u8,
     #[serde(default)]
-    data: Option<DiscordData>,
+    pub data: Option<DiscordData>,
     #[serde(default)]
-    member: Option<DiscordMember>,
+    pub member: Option<DiscordMember>,
     #[serde(default)]
-    user: Option<DiscordUser>,
+    pub user: Option<DiscordUser>,
 }
 
 #[derive(Debug, Deserialize)]
-struct DiscordData {
+pub struct DiscordData {
     #[serde(default)]
-    custom_id: String,
+    pub custom_id: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct DiscordMember {
-    user: DiscordUser,
+pub struct DiscordMember {
+    pub user: DiscordUser,
     #[serde(default)]
-    roles: Vec<String>,
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
-struct DiscordUser {
-    id: String,
+pub struct DiscordUser {
+    pub id: String,
+}
+
+/// Parses the (already verified) body of a Discord interaction.
+pub fn parse_discord(body: &[u8]) -> Result<DiscordInteraction, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 fn ephemeral(text: &str) -> Response {
@@ -235,9 +247,9 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
     ) {
         return refused_signature(&e);
     }
-    let interaction: DiscordInteraction = match serde_json::from_slice(&body) {
+    let interaction = match parse_discord(&body) {
         Ok(i) => i,
-        Err(e) => return bad_request("body", &e.to_string()),
+        Err(e) => return bad_request("body", &e),
     };
     match interaction.kind {
         1 => return Json(json!({"type": 1})).into_response(),

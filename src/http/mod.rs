@@ -6,7 +6,7 @@ mod auth;
 mod error;
 mod health;
 mod incidents;
-mod interactions;
+pub mod interactions;
 
 use std::sync::Arc;
 use std::time::Instant;
