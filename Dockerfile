@@ -22,7 +22,8 @@ USER remedy
 ENV REMEDY__SERVER__LISTEN=0.0.0.0:9095 \
     REMEDY__STORE__URL=sqlite:///var/lib/remedy/remedy.db \
     REMEDY__LOG__FORMAT=json \
-    REMEDY__PLAYBOOKS__DIR=/etc/remedy/playbooks
+    REMEDY__PLAYBOOKS__DIR=/etc/remedy/playbooks \
+    REMEDY__ESCALATION__FILE=/etc/remedy/config/escalation.yaml
 VOLUME ["/var/lib/remedy"]
 EXPOSE 9095
 ENTRYPOINT ["/usr/local/bin/remedy"]

@@ -50,6 +50,7 @@ impl App {
             intake_auth: Arc::new(IntakeAuth::from_settings(&settings.intake)),
             settings: Arc::new(settings),
             metrics: telemetry::metrics_handle(),
+            matrix: engine.matrix.clone(),
         };
         Ok(Self {
             state,
@@ -75,6 +76,15 @@ impl App {
         tokio::spawn(engine::run(
             self.engine.clone(),
             settings,
+            self.work_ready.clone(),
+            shutdown,
+        ))
+    }
+
+    /// The escalation timer scheduler (runs beside the worker).
+    pub fn spawn_scheduler(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(engine::escalate::run_scheduler(
+            self.engine.clone(),
             self.work_ready.clone(),
             shutdown,
         ))
@@ -116,7 +126,24 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
         ),
         executor: Arc::new(settings.executor.clone()),
         http: crate::net::client(),
+        matrix: Arc::new(load_matrix(settings)?),
+        escalation: Arc::new(settings.escalation.clone()),
+        timers_ready: Arc::new(Notify::new()),
     })
+}
+
+/// Loads and validates the escalation matrix; any problem stops start-up
+/// with all of them listed.
+pub fn load_matrix(settings: &Settings) -> anyhow::Result<crate::escalation::Matrix> {
+    let matrix =
+        crate::escalation::load_file(&settings.escalation.file, settings).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("invalid escalation matrix:\n{}", list.join("\n"))
+        })?;
+    for warning in matrix.unheld_roles(settings) {
+        tracing::warn!("{warning}");
+    }
+    Ok(matrix)
 }
 
 /// Loads and validates every playbook; any problem stops start-up with all
@@ -170,6 +197,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .worker
         .enabled
         .then(|| app.spawn_worker(shutdown.child_token()));
+    let scheduler = app
+        .state
+        .settings
+        .worker
+        .enabled
+        .then(|| app.spawn_scheduler(shutdown.child_token()));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -191,6 +224,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             None => None,
         } {
             tracing::error!(%error, "worker ended abnormally");
+        }
+        if let Some(scheduler) = scheduler
+            && let Err(error) = scheduler.await
+        {
+            tracing::error!(%error, "escalation scheduler ended abnormally");
         }
         store.close().await;
     };

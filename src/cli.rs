@@ -62,6 +62,15 @@ enum Command {
     Approve(DecisionArgs),
     /// Reject an action of an incident (as `approve`).
     Reject(DecisionArgs),
+    /// Acknowledge an incident: its escalation timers pause (through the
+    /// running service's API; NAME must hold a role its policy names).
+    Ack(ControlArgs),
+    /// Postpone an incident's escalation by one of the matrix's snooze
+    /// lengths (`15m`, `1h`).
+    Snooze(LengthArgs),
+    /// Silence the incident's alert in Alertmanager for one of the matrix's
+    /// silence lengths (`1h`, `4h`), through the executor.
+    Silence(LengthArgs),
     /// The append-only audit log (approvals, executions, outcomes), newest
     /// first, as JSON lines, read from the store.
     Audit {
@@ -106,6 +115,32 @@ struct DecisionArgs {
     url: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+struct ControlArgs {
+    /// Incident number.
+    incident: IncidentId,
+    /// Who acts: a console user listed in a responder role.
+    #[arg(long = "as", value_name = "NAME", env = "REMEDY_APPROVER")]
+    who: String,
+    /// The service's base URL; default: http:// + server.listen.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct LengthArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// How long (`15m`, `1h`).
+    length: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    Md,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum IncidentsCommand {
     /// List incidents, newest first.
@@ -123,6 +158,16 @@ enum IncidentsCommand {
     },
     /// Show one incident with its timeline, as JSON.
     Show { id: IncidentId },
+    /// Write the incident's record — every recorded event in order, what
+    /// ran, who approved, escalations — as a postmortem draft.
+    Export {
+        id: IncidentId,
+        #[arg(long, value_enum, default_value = "md")]
+        format: ExportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Entry point for `main`: every error ends here, printed once, exit 1.
@@ -197,6 +242,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Approve(args) => return decide(&settings, &args, "approve").await,
             Command::Reject(args) => return decide(&settings, &args, "reject").await,
+            Command::Ack(args) => return control(&settings, &args, "ack", None).await,
+            Command::Snooze(args) => {
+                return control(&settings, &args.control, "snooze", Some(&args.length)).await;
+            }
+            Command::Silence(args) => {
+                return control(&settings, &args.control, "silence", Some(&args.length)).await;
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -235,6 +287,44 @@ async fn decide(
     })
 }
 
+/// Sends an Ack, Snooze or Silence to the running service; exit 1 when
+/// it is refused.
+async fn control(
+    settings: &Settings,
+    args: &ControlArgs,
+    verb: &str,
+    length: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let base = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
+    let url = format!(
+        "{}/v1/incidents/{}/{verb}",
+        base.trim_end_matches('/'),
+        args.incident
+    );
+    let mut body = serde_json::json!({ "as": args.who });
+    if let Some(length) = length {
+        body["for"] = length.into();
+    }
+    let response = crate::net::client()
+        .post(&url)
+        .bearer_auth(settings.api.token.expose())
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("reaching remedy at {base}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {
     let settings = match settings {
         Ok(s) => s,
@@ -244,26 +334,48 @@ fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {
         }
     };
     let refs = playbook::References::from_settings(&settings);
-    match playbook::load_dir(&settings.playbooks.dir, &refs) {
+    let playbooks = playbook::load_dir(&settings.playbooks.dir, &refs);
+    let matrix = crate::escalation::load_file(&settings.escalation.file, &settings);
+    let mut failed = false;
+    match &playbooks {
         Ok(playbooks) => {
-            for warning in crate::chat::unheld_roles(&settings, &playbooks) {
+            for warning in crate::chat::unheld_roles(&settings, playbooks) {
                 eprintln!("warning: {warning}");
             }
-            println!(
-                "configuration ok; {} playbook(s) ok in {}",
-                playbooks.len(),
-                settings.playbooks.dir.display()
-            );
-            ExitCode::SUCCESS
         }
         Err(errors) => {
-            for e in &errors {
+            for e in errors {
                 eprintln!("{e}");
             }
             eprintln!("{} problem(s) in playbooks", errors.len());
-            ExitCode::FAILURE
+            failed = true;
         }
     }
+    match &matrix {
+        Ok(matrix) => {
+            for warning in matrix.unheld_roles(&settings) {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s) in the escalation matrix", errors.len());
+            failed = true;
+        }
+    }
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "configuration ok; {} playbook(s) ok in {}; escalation matrix ok in {} ({} rows and a default)",
+        playbooks.map(|p| p.len()).unwrap_or_default(),
+        settings.playbooks.dir.display(),
+        settings.escalation.file.display(),
+        matrix.map(|m| m.policies.len()).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
 }
 
 fn test(
@@ -363,6 +475,23 @@ async fn incidents(settings: &Settings, command: IncidentsCommand) -> anyhow::Re
             let timeline = store.incident_events(id).await?;
             let out = serde_json::json!({ "incident": incident, "timeline": timeline });
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        IncidentsCommand::Export { id, format, output } => {
+            let matrix = app::load_matrix(settings)?;
+            let record = crate::postmortem::Record::load(&store, id)
+                .await?
+                .with_context(|| format!("no incident {id}"))?;
+            let text = match format {
+                ExportFormat::Md => crate::postmortem::markdown(&record, &matrix),
+                ExportFormat::Json => {
+                    serde_json::to_string_pretty(&crate::postmortem::to_json(&record))? + "\n"
+                }
+            };
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
         }
     }
     store.close().await;

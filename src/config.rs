@@ -69,8 +69,27 @@ pub struct Settings {
     pub chat: ChatSettings,
     pub executor: ExecutorSettings,
     /// Approver roles (the names playbook actions list) and who holds them.
+    /// The escalation matrix's responder roles are looked up here too.
     #[serde(default)]
     pub approvers: BTreeMap<String, RoleMembers>,
+    pub escalation: EscalationSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSettings {
+    /// The escalation matrix (YAML).
+    pub file: PathBuf,
+    /// The timer scheduler looks for due timers at least this often (it
+    /// also wakes when the next timer is due).
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Timers fired per transaction.
+    pub batch: i64,
+    /// A timer fired this long after it was due says it is late (remedy
+    /// was down, or the store was).
+    #[serde(with = "humantime_serde")]
+    pub late_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -548,6 +567,11 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "intake: max_body_bytes, queue_capacity and max_batch must be positive".into(),
+            ));
+        }
+        if self.escalation.batch <= 0 || self.escalation.tick.is_zero() {
+            return Err(ConfigError::Invalid(
+                "escalation: batch and tick must be positive".into(),
             ));
         }
         if self.worker.batch <= 0 || self.worker.max_attempts <= 0 {

@@ -697,6 +697,16 @@ async fn discord_reports_ping_nobody_and_signed_clicks_decide() {
         .flat_map(|r| r["components"].as_array().cloned().unwrap_or_default())
         .filter_map(|b| b["custom_id"].as_str().map(str::to_owned))
         .collect();
+    // Acknowledge, Snooze 15m / 1h, Silence 1h / 4h, then the actions.
+    assert_eq!(
+        buttons[..5],
+        ["ack:1", "sz:1:900", "sz:1:3600", "si:1:3600", "si:1:14400"],
+        "{buttons:?}"
+    );
+    let buttons: Vec<String> = buttons
+        .into_iter()
+        .filter(|b| b.starts_with("ap:") || b.starts_with("rj:"))
+        .collect();
     assert_eq!(buttons.len(), 4, "{buttons:?}");
     let approve_restart = buttons
         .iter()

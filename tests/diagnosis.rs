@@ -568,9 +568,10 @@ async fn a_webhook_for_a_runbook_alert_gets_its_diagnosis_stored_with_the_incide
             .is_some_and(|a| a.iter().any(|a| a["id"] == "restart_service"))
     );
     let timeline = shown["timeline"].as_array().expect("timeline");
-    assert_eq!(timeline[1]["kind"], "diagnosed");
+    let kinds: Vec<&str> = timeline.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["opened", "escalation_scheduled", "diagnosed"]);
     assert!(
-        timeline[1]["detail"]["summary"]
+        timeline[2]["detail"]["summary"]
             .as_str()
             .is_some_and(|s| s.starts_with("DatabasePoolExhaustionCritical: "))
     );

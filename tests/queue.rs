@@ -62,7 +62,7 @@ async fn a_new_incident_is_diagnosed_once_by_the_worker(backend: Backend) {
     );
     assert_eq!(
         timeline_kinds(&app, id).await,
-        ["opened", "diagnosed", "chat_posted"]
+        ["opened", "escalation_scheduled", "diagnosed", "chat_posted"]
     );
     let shown = app.api(&format!("/v1/incidents/{id}")).await;
     let report: &Value = &shown["incident"]["report"];
@@ -115,7 +115,10 @@ async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend
             .await
             .expect("complete")
     );
-    assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+    assert_eq!(
+        timeline_kinds(&app, id).await,
+        ["opened", "escalation_scheduled", "diagnosed"]
+    );
     let attempts: i64 = common::scalar(&app.store, "select attempts from work").await;
     assert_eq!(attempts, 2);
 }
@@ -178,7 +181,10 @@ async fn a_released_lease_is_taken_over_at_once(backend: Backend) {
             .expect("step"),
         1
     );
-    assert_eq!(timeline_kinds(&app, id).await, ["opened", "diagnosed"]);
+    assert_eq!(
+        timeline_kinds(&app, id).await,
+        ["opened", "escalation_scheduled", "diagnosed"]
+    );
 }
 
 async fn failing_work_is_retried_with_backoff_then_given_up(backend: Backend) {

@@ -46,13 +46,25 @@ pub fn render(report: &ChatReport) -> Rendered {
         .collect();
     head.push_str(&labels.join(" "));
     head.push('\n');
+    let controls = report
+        .escalation
+        .as_ref()
+        .map(|e| {
+            head.push_str(&e.line(discord_escape));
+            head.push('\n');
+            super::controls(e)
+        })
+        .filter(|c| !report.resolved && !c.is_empty())
+        .unwrap_or_default();
+    // One row for the controls; the actions get the others.
+    let action_rows = MAX_ROWS - usize::from(!controls.is_empty());
 
     let openable: Vec<&ReportAction> = report
         .actions
         .iter()
         .filter(|a| a.open() && !report.resolved)
         .collect();
-    let with_buttons = openable.len().min(MAX_ROWS * ACTIONS_PER_ROW);
+    let with_buttons = openable.len().min(action_rows * ACTIONS_PER_ROW);
 
     let mut sections: Vec<String> = Vec::new();
     if !report.actions.is_empty() {
@@ -127,25 +139,46 @@ pub fn render(report: &ChatReport) -> Rendered {
     content.push_str(&footer);
     let content = cut(&content, MAX_CONTENT);
 
-    let rows = openable[..with_buttons]
-        .chunks(ACTIONS_PER_ROW)
-        .map(|chunk| {
-            CreateActionRow::Buttons(
-                chunk
-                    .iter()
-                    .flat_map(|a| {
-                        [
-                            CreateButton::new(custom_id("ap", a))
-                                .label(cut(&format!("Approve {}", a.key), MAX_LABEL))
-                                .style(ButtonStyle::Success),
-                            CreateButton::new(custom_id("rj", a))
-                                .label(cut(&format!("Reject {}", a.key), MAX_LABEL))
-                                .style(ButtonStyle::Danger),
-                        ]
-                    })
-                    .collect(),
-            )
-        })
+    let control_row = (!controls.is_empty()).then(|| {
+        CreateActionRow::Buttons(
+            controls
+                .iter()
+                .take(MAX_BUTTONS_PER_ROW)
+                .map(|c| {
+                    CreateButton::new(cut(&c.discord_custom_id(report.incident_id), MAX_CUSTOM_ID))
+                        .label(cut(&c.label(), MAX_LABEL))
+                        .style(if *c == super::Control::Ack {
+                            ButtonStyle::Primary
+                        } else {
+                            ButtonStyle::Secondary
+                        })
+                })
+                .collect(),
+        )
+    });
+    let rows = control_row
+        .into_iter()
+        .chain(
+            openable[..with_buttons]
+                .chunks(ACTIONS_PER_ROW)
+                .map(|chunk| {
+                    CreateActionRow::Buttons(
+                        chunk
+                            .iter()
+                            .flat_map(|a| {
+                                [
+                                    CreateButton::new(custom_id("ap", a))
+                                        .label(cut(&format!("Approve {}", a.key), MAX_LABEL))
+                                        .style(ButtonStyle::Success),
+                                    CreateButton::new(custom_id("rj", a))
+                                        .label(cut(&format!("Reject {}", a.key), MAX_LABEL))
+                                        .style(ButtonStyle::Danger),
+                                ]
+                            })
+                            .collect(),
+                    )
+                }),
+        )
         .collect();
     Rendered { content, rows }
 }
@@ -192,19 +225,26 @@ fn pinned_mentions(mut body: Value) -> Value {
     body
 }
 
-/// The JSON body of a new message.
+/// The JSON body of a new message. The initial responder's users and
+/// roles (from the settings) are the only mentions it may notify.
 #[must_use]
 pub fn create_body(report: &ChatReport) -> Value {
     let r = render(report);
-    pinned_mentions(
-        serde_json::to_value(
-            CreateMessage::new()
-                .content(r.content)
-                .components(r.rows)
-                .allowed_mentions(no_mentions()),
-        )
-        .unwrap_or(Value::Null),
+    let body = serde_json::to_value(
+        CreateMessage::new()
+            .content(r.content)
+            .components(r.rows)
+            .allowed_mentions(no_mentions()),
     )
+    .unwrap_or(Value::Null);
+    match &report.escalation {
+        Some(e) if !e.ping_users.is_empty() || !e.ping_roles.is_empty() => {
+            let mut body = body;
+            body["allowed_mentions"] = json!({"users": e.ping_users, "roles": e.ping_roles});
+            body
+        }
+        _ => pinned_mentions(body),
+    }
 }
 
 /// The JSON body of an edit (an empty row list removes the buttons).
@@ -313,6 +353,45 @@ impl DiscordClient {
             reqwest::Method::PATCH,
             &format!("/channels/{channel}/messages/{message}"),
             &edit_body(report),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A ping: the role's members mentioned and allowed to be notified
+    /// (exactly those users and roles, never `@everyone`), then `text`; a
+    /// reply to the report, or its own message when there is none yet.
+    pub async fn ping(
+        &self,
+        channel: &str,
+        message: Option<&str>,
+        members: Option<&crate::config::RoleMembers>,
+        text: &str,
+    ) -> Result<(), ChatError> {
+        let (users, roles) = members.map_or((Vec::new(), Vec::new()), |m| {
+            (m.discord_users.clone(), m.discord_roles.clone())
+        });
+        let mentions: Vec<String> = users
+            .iter()
+            .map(|u| format!("<@{u}>"))
+            .chain(roles.iter().map(|r| format!("<@&{r}>")))
+            .collect();
+        let mut content = mentions.join(" ");
+        if !content.is_empty() {
+            content.push(' ');
+        }
+        content.push_str(&discord_escape(text));
+        let mut body = json!({
+            "content": cut(&content, MAX_CONTENT),
+            "allowed_mentions": {"users": users, "roles": roles},
+        });
+        if let Some(message) = message {
+            body["message_reference"] = json!({"message_id": message});
+        }
+        self.call(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/messages"),
+            &body,
         )
         .await
         .map(drop)

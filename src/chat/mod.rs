@@ -45,6 +45,87 @@ pub fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs_f64)
 }
 
+/// The incident controls under a report: Acknowledge, Snooze and Silence
+/// (lengths in seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Ack,
+    Snooze(u64),
+    Silence(u64),
+}
+
+impl Control {
+    #[must_use]
+    pub fn label(self) -> String {
+        let human = |s: u64| crate::escalation::human(Duration::from_secs(s));
+        match self {
+            Self::Ack => "Acknowledge".into(),
+            Self::Snooze(s) => format!("Snooze {}", human(s)),
+            Self::Silence(s) => format!("Silence {}", human(s)),
+        }
+    }
+
+    /// Slack `action_id` (the button's `value` is the incident id).
+    #[must_use]
+    pub fn slack_action_id(self) -> String {
+        match self {
+            Self::Ack => "ack".into(),
+            Self::Snooze(s) => format!("snooze:{s}"),
+            Self::Silence(s) => format!("silence:{s}"),
+        }
+    }
+
+    #[must_use]
+    pub fn parse_slack(action_id: &str) -> Option<Self> {
+        match action_id.split_once(':') {
+            None if action_id == "ack" => Some(Self::Ack),
+            Some(("snooze", s)) => s.parse().ok().map(Self::Snooze),
+            Some(("silence", s)) => s.parse().ok().map(Self::Silence),
+            _ => None,
+        }
+    }
+
+    /// Discord `custom_id`: `ack:INCIDENT`, `sz:INCIDENT:SECONDS`, `si:…`.
+    #[must_use]
+    pub fn discord_custom_id(self, incident: i64) -> String {
+        match self {
+            Self::Ack => format!("ack:{incident}"),
+            Self::Snooze(s) => format!("sz:{incident}:{s}"),
+            Self::Silence(s) => format!("si:{incident}:{s}"),
+        }
+    }
+
+    #[must_use]
+    pub fn parse_discord(custom_id: &str) -> Option<(Self, i64)> {
+        let mut parts = custom_id.split(':');
+        let verb = parts.next()?;
+        let incident = parts.next()?.parse().ok()?;
+        let seconds = parts.next().map(str::parse::<u64>);
+        let control = match (verb, seconds) {
+            ("ack", None) => Self::Ack,
+            ("sz", Some(Ok(s))) => Self::Snooze(s),
+            ("si", Some(Ok(s))) => Self::Silence(s),
+            _ => return None,
+        };
+        parts.next().is_none().then_some((control, incident))
+    }
+}
+
+/// The controls a report shows, in order: Acknowledge while nobody has,
+/// Snooze while something is due, Silence always (while firing).
+#[must_use]
+pub fn controls(e: &report::ReportEscalation) -> Vec<Control> {
+    let mut out = Vec::new();
+    if e.can_ack() {
+        out.push(Control::Ack);
+    }
+    if e.can_snooze() {
+        out.extend(e.snooze.iter().map(|s| Control::Snooze(*s)));
+    }
+    out.extend(e.silence.iter().map(|s| Control::Silence(*s)));
+    out
+}
+
 /// The configured platform's client.
 pub enum ChatClient {
     /// Prints reports on stdout; decisions come through the API / CLI.
@@ -245,6 +326,50 @@ impl Chat {
 }
 
 impl Chat {
+    /// Pings the members of `role` (none for a review reminder) with
+    /// `text`: in the report's thread when there is one, else as its own
+    /// message in `channel`.
+    pub async fn ping(
+        &self,
+        channel: &str,
+        message: Option<&str>,
+        role: Option<&str>,
+        text: &str,
+    ) -> Result<(), ChatError> {
+        let members = role.and_then(|r| self.approvers.get(r));
+        match &self.client {
+            ChatClient::Console => {
+                let names = members
+                    .map(|m| m.console_users.join(", "))
+                    .unwrap_or_default();
+                println!("   ⏫ {names} {text}");
+                Ok(())
+            }
+            ChatClient::Slack(c) => {
+                let mentions = members
+                    .map_or_else(Vec::new, |m| crate::escalation::mentions(m, self.platform));
+                c.ping(channel, message, &mentions, text).await
+            }
+            ChatClient::Discord(c) => c.ping(channel, message, members, text).await,
+        }
+    }
+
+    /// Who holds `role` (from `[approvers.ROLE]`).
+    #[must_use]
+    pub fn members(&self, role: &str) -> Option<&RoleMembers> {
+        self.approvers.get(role)
+    }
+
+    /// How a role's members are mentioned in a report (the mention itself
+    /// notifies only where the platform allows it: on Slack, and on Discord
+    /// for the first post only).
+    #[must_use]
+    pub fn mentions(&self, role: &str) -> Vec<String> {
+        self.approvers
+            .get(role)
+            .map_or_else(Vec::new, |m| crate::escalation::mentions(m, self.platform))
+    }
+
     /// A reply in the report's thread (action results).
     pub async fn reply(&self, channel: &str, message: &str, text: &str) -> Result<(), ChatError> {
         match &self.client {
@@ -301,6 +426,29 @@ pub fn console_text(report: &ChatReport) -> String {
         report.headline(),
         report.summary
     );
+    if let Some(e) = &report.escalation {
+        let _ = writeln!(out, "{}", e.line(str::to_owned));
+        let controls = controls(e);
+        if !report.resolved && !controls.is_empty() {
+            let commands: Vec<String> = controls
+                .iter()
+                .map(|c| match c {
+                    Control::Ack => format!("remedy ack {} --as NAME", report.incident_id),
+                    Control::Snooze(s) => format!(
+                        "remedy snooze {} {} --as NAME",
+                        report.incident_id,
+                        crate::escalation::human(Duration::from_secs(*s))
+                    ),
+                    Control::Silence(s) => format!(
+                        "remedy silence {} {} --as NAME",
+                        report.incident_id,
+                        crate::escalation::human(Duration::from_secs(*s))
+                    ),
+                })
+                .collect();
+            let _ = writeln!(out, "    {}", commands.join("   |   "));
+        }
+    }
     for f in &report.findings {
         let _ = writeln!(out, "[{:?}] {}", f.severity, f.text);
         for row in &f.evidence {

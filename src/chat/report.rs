@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::domain::Millis;
 use crate::playbook::model::{Risk, Severity};
 use crate::playbook::{Report, Suggestion};
 use crate::store::{ApprovalView, ExecutionView, IncidentRecord};
@@ -27,6 +28,86 @@ pub struct ChatReport {
     pub actions: Vec<ReportAction>,
     /// Where the whole report is (API URL or CLI command).
     pub full_report: String,
+    /// Who responds, where escalation stands, and the Ack / Snooze /
+    /// Silence controls.
+    pub escalation: Option<ReportEscalation>,
+}
+
+/// The escalation part of a report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReportEscalation {
+    /// The initial responder role's name (`On-Call Engineer`).
+    pub responder: String,
+    /// Its members as the platform mentions them (from the settings).
+    pub mentions: Vec<String>,
+    /// Discord: the users and roles the first post may notify.
+    pub ping_users: Vec<String>,
+    pub ping_roles: Vec<String>,
+    /// Who acknowledged (a verified clicker's mention, or a console name).
+    pub acked_by: Option<String>,
+    /// The highest role pinged so far.
+    pub escalated_to: Option<String>,
+    /// The next timer: whom it pings (or "review reminder") and when.
+    pub next: Option<(String, Millis)>,
+    pub snoozed_until: Option<Millis>,
+    /// Button lengths, in seconds.
+    pub snooze: Vec<u64>,
+    pub silence: Vec<u64>,
+}
+
+impl ReportEscalation {
+    #[must_use]
+    pub fn can_ack(&self) -> bool {
+        self.acked_by.is_none()
+    }
+
+    #[must_use]
+    pub fn can_snooze(&self) -> bool {
+        self.acked_by.is_none() && self.next.is_some()
+    }
+
+    /// "Responder: <@U1> (On-Call Engineer) · escalates to Team Lead at
+    /// 03:15 UTC unless resolved or acknowledged"; names pass through
+    /// `escape` except the configured mentions and verified clickers.
+    pub fn line(&self, escape: impl Fn(&str) -> String) -> String {
+        let who = if self.mentions.is_empty() {
+            escape(&self.responder)
+        } else {
+            format!("{} ({})", self.mentions.join(" "), escape(&self.responder))
+        };
+        let mut line = format!("Responder: {who}");
+        if let Some(reached) = &self.escalated_to {
+            line.push_str(&format!(" · escalated to {}", escape(reached)));
+        }
+        if let Some(by) = &self.acked_by {
+            let by = if is_user_mention(by) {
+                by.clone()
+            } else {
+                escape(by)
+            };
+            line.push_str(&format!(" · acknowledged by {by}"));
+        } else if let Some((whom, due)) = &self.next {
+            line.push_str(&format!(
+                " · {} at {} unless resolved or acknowledged",
+                escape(whom),
+                clock(*due)
+            ));
+            if let Some(until) = self.snoozed_until {
+                line.push_str(&format!(" (snoozed until {})", clock(until)));
+            }
+        }
+        line
+    }
+}
+
+/// `2026-11-27 03:15 UTC`.
+#[must_use]
+pub fn clock(at: Millis) -> String {
+    let text = crate::domain::format_millis(at);
+    match (text.get(..10), text.get(11..16)) {
+        (Some(date), Some(hhmm)) => format!("{date} {hhmm} UTC"),
+        _ => text,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -211,7 +292,14 @@ impl ChatReport {
             suggestions: report.suggestions.clone(),
             actions,
             full_report,
+            escalation: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_escalation(mut self, escalation: Option<ReportEscalation>) -> Self {
+        self.escalation = escalation;
+        self
     }
 
     /// One line for notifications and fallbacks.

@@ -48,6 +48,27 @@ pub fn render(report: &ChatReport) -> Value {
         slack_escape(&report.summary),
         labels.join(" ")
     )));
+    if let Some(e) = &report.escalation {
+        blocks.push(section(&e.line(slack_escape)));
+        let controls = super::controls(e);
+        if !report.resolved && !controls.is_empty() {
+            blocks.push(json!({
+                "type": "actions",
+                "block_id": cut(&format!(
+                    "ctl-{}-{}-{}",
+                    report.incident_id,
+                    u8::from(e.acked_by.is_some()),
+                    e.snoozed_until.unwrap_or(0)
+                ), 255),
+                "elements": controls.iter().map(|c| json!({
+                    "type": "button",
+                    "action_id": c.slack_action_id(),
+                    "value": report.incident_id.to_string(),
+                    "text": {"type": "plain_text", "text": cut(&c.label(), MAX_BUTTON_TEXT)},
+                })).collect::<Vec<_>>(),
+            }));
+        }
+    }
     // Actions (two blocks each) come first in the budget: without them the
     // message cannot be acted on. Then findings, errors, suggestions.
     let tail_reserved = 2; // truncation note + context
@@ -336,6 +357,29 @@ impl SlackClient {
         body["channel"] = channel.into();
         body["ts"] = ts.into();
         self.call("chat.update", &body).await.map(drop)
+    }
+
+    /// A ping: `mentions` (verified member ids, rendered so Slack notifies
+    /// them) then `text`, in the report's thread and shown in the channel
+    /// too, or as its own message when there is no report yet.
+    pub async fn ping(
+        &self,
+        channel: &str,
+        ts: Option<&str>,
+        mentions: &[String],
+        text: &str,
+    ) -> Result<(), ChatError> {
+        let mut content = mentions.join(" ");
+        if !content.is_empty() {
+            content.push(' ');
+        }
+        content.push_str(&slack_escape(text));
+        let mut body = json!({"channel": channel, "text": content, "parse": "none"});
+        if let Some(ts) = ts {
+            body["thread_ts"] = ts.into();
+            body["reply_broadcast"] = true.into();
+        }
+        self.call("chat.postMessage", &body).await.map(drop)
     }
 
     /// A thread reply under the report (results, escalations).

@@ -14,6 +14,8 @@ pub(super) async fn run(
     now: Millis,
 ) -> Result<bool, WorkError> {
     let (id, incident) = super::incident_of(engine, work).await?;
+    // The timers first: a diagnosis that fails must not cost the page.
+    super::escalate::schedule(engine, id, &incident, now).await?;
     let report = diagnose(engine, &alert_context(&incident)).await;
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;
     let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -21,10 +23,14 @@ pub(super) async fn run(
     for a in &mut approvals {
         a.automatic &= engine.executor.allow_automatic;
     }
-    Ok(engine
+    let stored = engine
         .store
         .complete_diagnosis(work, id, &json, &report.summary, &approvals, now)
-        .await?)
+        .await?;
+    if stored {
+        super::escalate::check_threshold(engine, id, &incident, &report, now).await?;
+    }
+    Ok(stored)
 }
 
 /// One approval request per action the report offers, keyed `id` (or

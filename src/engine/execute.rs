@@ -52,6 +52,36 @@ fn budgets(settings: &ExecutorSettings, run: &NewRun<'_>) -> Vec<Budget> {
     .collect()
 }
 
+/// The built-in silence behind a Silence button: `silence-1h` silences the
+/// alert's labels for an hour.
+#[must_use]
+pub fn silence_action(key: &str) -> Option<ActionInstance> {
+    let length = humantime::parse_duration(key.strip_prefix("silence-")?).ok()?;
+    Some(ActionInstance {
+        id: "silence".into(),
+        title: format!(
+            "Silence this alert for {}",
+            crate::escalation::human(length)
+        ),
+        kind: ActionKind::Silence,
+        risk: crate::playbook::model::Risk::Safe,
+        approvers: Vec::new(),
+        quorum: 1,
+        target: None,
+        statement: None,
+        params: Vec::new(),
+        program: None,
+        args: Vec::new(),
+        method: None,
+        url: None,
+        body: None,
+        expect_status: None,
+        duration_seconds: Some(length.as_secs()),
+        precondition: None,
+        automatic: false,
+    })
+}
+
 /// A best-effort line in the incident's thread (the audit log has it too).
 async fn say_in_thread(engine: &Engine, incident: crate::domain::IncidentId, text: &str) {
     let Ok(Some(message)) = engine.store.chat_message(incident).await else {
@@ -83,9 +113,17 @@ pub(super) async fn run(
     for (approval, seq, digest) in engine.store.approved_actions(id).await? {
         // Each run reads the clock itself: earlier runs in this loop took time.
         let started = now.max(now_millis());
-        let action = usize::try_from(seq)
-            .ok()
-            .and_then(|seq| report.actions.get(seq));
+        // A Silence click is the executor's built-in silence action; the
+        // rest are the report's, shown and approved as they are.
+        let builtin = approvals
+            .iter()
+            .find(|a| a.id == approval && a.seq < 0 && a.action_id == "silence")
+            .and_then(|a| silence_action(&a.key));
+        let action = builtin.as_ref().or_else(|| {
+            usize::try_from(seq)
+                .ok()
+                .and_then(|seq| report.actions.get(seq))
+        });
         let detail = action.map_or(serde_json::Value::Null, actions::describe);
         let run = NewRun {
             approval,
@@ -210,7 +248,7 @@ pub(super) async fn run(
                 outcome.state,
                 &outcome.output,
                 now.max(now_millis()),
-                (!settings.verify_after.is_zero()).then(|| {
+                (builtin.is_none() && !settings.verify_after.is_zero()).then(|| {
                     now + i64::try_from(settings.verify_after.as_millis()).unwrap_or(i64::MAX / 2)
                 }),
                 now,

@@ -4,6 +4,7 @@
 //! with their own clock; [`run`] loops it until shutdown.
 
 pub mod diagnose;
+pub mod escalate;
 pub mod execute;
 pub mod notify;
 pub mod verify;
@@ -32,6 +33,11 @@ pub struct Engine {
     pub executor: Arc<crate::config::ExecutorSettings>,
     /// For `http` and `silence` actions.
     pub http: reqwest::Client,
+    /// The escalation matrix and the scheduler's settings.
+    pub matrix: Arc<crate::escalation::Matrix>,
+    pub escalation: Arc<crate::config::EscalationSettings>,
+    /// Wakes the timer scheduler when a trigger made a timer due now.
+    pub timers_ready: Arc<Notify>,
 }
 
 /// How the worker leases and retries.
@@ -181,6 +187,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Notify => notify::run(engine, work, now).await,
         WorkKind::Execute => execute::run(engine, work, now).await,
         WorkKind::Verify => verify::run(engine, work, now).await,
+        WorkKind::Escalate => escalate::run(engine, work, now).await,
     }
 }
 

@@ -4,9 +4,11 @@
 //! permanent errors are recorded on the incident and counted, not retried.
 
 use super::{Engine, WorkError};
+use crate::chat::report::ReportEscalation;
 use crate::chat::{ChatError, ChatReport};
 use crate::domain::Millis;
 use crate::playbook::Report;
+use crate::postmortem::Record;
 use crate::store::ClaimedWork;
 
 /// How long a first post is reserved for the worker making it.
@@ -49,6 +51,93 @@ async fn report_outcomes(
     Ok(())
 }
 
+/// Who responds and where escalation stands, for the report.
+async fn report_escalation(
+    engine: &Engine,
+    id: crate::domain::IncidentId,
+    incident: &crate::store::IncidentRecord,
+) -> Result<Option<ReportEscalation>, WorkError> {
+    let matrix = &engine.matrix;
+    let view = engine.store.escalation(id).await?;
+    let initial = view.as_ref().map_or_else(
+        || matrix.policy_for(&incident.labels.0).initial.clone(),
+        |v| v.initial_role.clone(),
+    );
+    if initial.is_empty() {
+        return Ok(None);
+    }
+    let members = engine.chat.members(&initial);
+    let seconds = |list: &[std::time::Duration]| list.iter().map(|d| d.as_secs()).collect();
+    Ok(Some(ReportEscalation {
+        responder: matrix.role_name(&initial).to_owned(),
+        mentions: engine.chat.mentions(&initial),
+        ping_users: members.map(|m| m.discord_users.clone()).unwrap_or_default(),
+        ping_roles: members.map(|m| m.discord_roles.clone()).unwrap_or_default(),
+        acked_by: view.as_ref().and_then(|v| v.acked_by.clone()),
+        escalated_to: view
+            .as_ref()
+            .and_then(|v| v.reached())
+            .and_then(|t| t.role.as_deref())
+            .map(|r| matrix.role_name(r).to_owned()),
+        next: view.as_ref().and_then(|v| v.next_due()).and_then(|t| {
+            let whom = match t.role.as_deref() {
+                Some(role) if t.nth == 0 => format!("escalates to {}", matrix.role_name(role)),
+                Some(role) => format!("re-pings {}", matrix.role_name(role)),
+                None => "review reminder".to_owned(),
+            };
+            t.due_at.map(|due| (whom, due))
+        }),
+        snoozed_until: view.as_ref().and_then(|v| v.snoozed_until),
+        snooze: seconds(&matrix.snooze),
+        silence: seconds(&matrix.silence),
+    }))
+}
+
+/// Posts the resolution summary (and the postmortem checklist when it
+/// lasted long) of a resolved incident whose severity asks for one, once.
+async fn post_summary(
+    engine: &Engine,
+    id: crate::domain::IncidentId,
+    now: Millis,
+) -> Result<(), ChatError> {
+    let store_error = |e: crate::store::StoreError| ChatError::Transient(e.to_string());
+    let Some(record) = Record::load(&engine.store, id).await.map_err(store_error)? else {
+        return Ok(());
+    };
+    let Some(postmortem) = crate::postmortem::wants_summary(&record, &engine.matrix) else {
+        return Ok(());
+    };
+    if engine
+        .store
+        .has_event(id, "resolution_summary")
+        .await
+        .map_err(store_error)?
+    {
+        return Ok(());
+    }
+    let Some(message) = engine.store.chat_message(id).await.map_err(store_error)? else {
+        return Ok(());
+    };
+    let Some(message_id) = message.message_id else {
+        return Ok(());
+    };
+    let text = crate::postmortem::summary(&record, &engine.matrix, postmortem);
+    engine
+        .chat
+        .reply(&message.channel, &message_id, &text)
+        .await?;
+    engine
+        .store
+        .add_event(
+            id,
+            "resolution_summary",
+            &serde_json::json!({ "postmortem": postmortem, "text": text }),
+            now,
+        )
+        .await
+        .map_err(store_error)
+}
+
 pub(super) async fn run(
     engine: &Engine,
     work: &ClaimedWork,
@@ -70,7 +159,8 @@ pub(super) async fn run(
         &approvals,
         &executions,
         &engine.chat.public_url,
-    );
+    )
+    .with_escalation(report_escalation(engine, id, &incident).await?);
     let platform = engine.chat.platform();
     let existing = engine.store.chat_message(id).await?;
     // A claim token unique to this attempt: a retry or a second row of
@@ -123,6 +213,11 @@ pub(super) async fn run(
                 _ => Ok(()),
             }
         }
+        Err(e) => Err(e),
+    };
+    // A resolved CRITICAL incident gets its summary in the thread, once.
+    let result = match result {
+        Ok(()) => post_summary(engine, id, now).await,
         Err(e) => Err(e),
     };
     match result {

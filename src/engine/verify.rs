@@ -76,6 +76,10 @@ pub(super) async fn run(
                 now,
             )
             .await?;
+        if verdict == "ineffective" {
+            super::escalate::remediation_ineffective(engine, id, &incident, &approved.key, now)
+                .await?;
+        }
         // An ineffective run counts toward suspending the action.
         if verdict == "ineffective"
             && let Some(limit) = engine.executor.suspend_after
@@ -92,6 +96,10 @@ pub(super) async fn run(
         {
             tracing::warn!(action = %approved.action_id, %reason, "action suspended");
         }
+    }
+    // What the new diagnosis measured may cross the escalation threshold.
+    if let Some(after) = &after {
+        super::escalate::check_threshold(engine, id, &incident, after, now).await?;
     }
     Ok(engine.store.complete_work(work, now).await?)
 }

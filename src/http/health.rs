@@ -37,6 +37,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(error) => tracing::warn!(%error, "metrics: cannot read the work queue"),
     }
+    match state.store.pending_timers().await {
+        Ok(pending) => metrics::gauge!("remedy_escalation_timers_pending").set(pending as f64),
+        Err(error) => tracing::warn!(%error, "metrics: cannot count escalation timers"),
+    }
     state.metrics.run_upkeep();
     (
         [(

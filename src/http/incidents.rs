@@ -125,13 +125,59 @@ pub async fn show(
         .executions(id)
         .await
         .map_err(|e| unavailable(&e))?;
+    let escalation = state
+        .store
+        .escalation(id)
+        .await
+        .map_err(|e| unavailable(&e))?;
     Ok(Json(json!({
         "incident": incident,
         "approvals": approvals,
         "executions": executions,
+        "escalation": escalation,
         "chat_message": message,
         "timeline": timeline,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    format: Option<String>,
+}
+
+/// `GET /v1/incidents/{id}/export?format=md|json`: the incident record as a
+/// postmortem draft (Markdown) or as JSON.
+pub async fn export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    authorize(&state, &headers)?;
+    let id: IncidentId = id.parse().map_err(|_| ApiError::BadParameter {
+        field: "id".into(),
+        message: "must be an integer".into(),
+    })?;
+    let record = crate::postmortem::Record::load(&state.store, id)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))?;
+    match query.format.as_deref().unwrap_or("md") {
+        "md" | "markdown" => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/markdown; charset=utf-8",
+            )],
+            crate::postmortem::markdown(&record, &state.matrix),
+        )
+            .into_response()),
+        "json" => Ok(Json(crate::postmortem::to_json(&record)).into_response()),
+        _ => Err(ApiError::BadParameter {
+            field: "format".into(),
+            message: "md or json".into(),
+        }),
+    }
 }
 
 #[derive(Debug, Deserialize)]

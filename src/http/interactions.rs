@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::incidents::{authorize, unavailable};
 use super::{ApiError, AppState};
-use crate::chat::{ChatClient, Identity, discord, slack};
+use crate::chat::{ChatClient, Control, Identity, discord, slack};
 use crate::domain::{IncidentId, now_millis};
 use crate::store::{Approver, Decision, DecisionOutcome, StoreError};
 
@@ -77,6 +77,106 @@ async fn decide(
     };
     metrics::counter!("remedy_decisions_total", "decision" => decision.as_str(), "result" => result)
         .increment(1);
+    if matches!(outcome, DecisionOutcome::Recorded { repeat: false, .. }) {
+        state.work_ready.notify_one();
+    }
+    Ok(outcome)
+}
+
+/// Authorizes and records an Acknowledge, Snooze or Silence: allowed to
+/// the roles the incident's escalation policy names.
+async fn control(
+    state: &AppState,
+    who: &Identity,
+    incident: IncidentId,
+    control: Control,
+) -> Result<DecisionOutcome, StoreError> {
+    let now = now_millis();
+    let roles = state
+        .store
+        .escalation(incident)
+        .await?
+        .map(|e| e.roles)
+        .unwrap_or_default();
+    let authorized = state.chat.authorized(who, &roles).await;
+    let approver = Approver {
+        key: who.key(),
+        display: who.display(),
+    };
+    let offered = |list: &[Duration], seconds: u64| list.iter().any(|d| d.as_secs() == seconds);
+    let lengths = |list: &[Duration]| {
+        list.iter()
+            .map(|d| crate::escalation::human(*d))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (name, outcome) = match control {
+        Control::Ack => (
+            "ack",
+            state
+                .store
+                .acknowledge(incident, &approver, authorized, now)
+                .await?,
+        ),
+        Control::Snooze(seconds) if !offered(&state.matrix.snooze, seconds) => (
+            "snooze",
+            DecisionOutcome::Refused(format!(
+                "snooze for one of: {}",
+                lengths(&state.matrix.snooze)
+            )),
+        ),
+        Control::Snooze(seconds) => (
+            "snooze",
+            state
+                .store
+                .snooze(
+                    incident,
+                    &approver,
+                    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+                    authorized,
+                    now,
+                )
+                .await?,
+        ),
+        Control::Silence(seconds) if !offered(&state.matrix.silence, seconds) => (
+            "silence",
+            DecisionOutcome::Refused(format!(
+                "silence for one of: {}",
+                lengths(&state.matrix.silence)
+            )),
+        ),
+        Control::Silence(seconds) => {
+            let key = format!(
+                "silence-{}",
+                crate::escalation::human(Duration::from_secs(seconds))
+            );
+            let outcome = match crate::engine::execute::silence_action(&key) {
+                Some(action) => {
+                    state
+                        .store
+                        .request_silence(
+                            incident,
+                            &approver,
+                            authorized,
+                            &key,
+                            &action.title,
+                            &roles,
+                            &crate::engine::diagnose::action_digest(&action),
+                            now,
+                        )
+                        .await?
+                }
+                None => DecisionOutcome::Refused("unknown silence length".into()),
+            };
+            ("silence", outcome)
+        }
+    };
+    let result = match &outcome {
+        DecisionOutcome::Recorded { repeat: true, .. } => "repeat",
+        DecisionOutcome::Recorded { .. } => "recorded",
+        DecisionOutcome::Refused(_) => "refused",
+    };
+    metrics::counter!("remedy_controls_total", "control" => name, "result" => result).increment(1);
     if matches!(outcome, DecisionOutcome::Recorded { repeat: false, .. }) {
         state.work_ready.notify_one();
     }
@@ -145,19 +245,27 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
     };
     let task = tokio::spawn(async move {
         for action in &payload.actions {
-            let decision = match action.action_id.as_str() {
-                "approve" => Decision::Approve,
-                "reject" => Decision::Reject,
-                _ => continue,
+            let outcome = if let Some(c) = Control::parse_slack(&action.action_id) {
+                let Ok(incident) = action.value.parse::<i64>() else {
+                    continue;
+                };
+                control(&state, &who, IncidentId(incident), c).await
+            } else {
+                let decision = match action.action_id.as_str() {
+                    "approve" => Decision::Approve,
+                    "reject" => Decision::Reject,
+                    _ => continue,
+                };
+                let Some((id, digest)) = action
+                    .value
+                    .split_once(':')
+                    .and_then(|(id, d)| Some((id.parse::<i64>().ok()?, d.to_owned())))
+                else {
+                    continue;
+                };
+                decide(&state, &who, id, &digest, decision).await
             };
-            let Some((id, digest)) = action
-                .value
-                .split_once(':')
-                .and_then(|(id, d)| Some((id.parse::<i64>().ok()?, d.to_owned())))
-            else {
-                continue;
-            };
-            let reason = match decide(&state, &who, id, &digest, decision).await {
+            let reason = match outcome {
                 Ok(DecisionOutcome::Refused(reason)) => reason,
                 Ok(DecisionOutcome::Recorded { .. }) => continue,
                 Err(error) => {
@@ -257,8 +365,12 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         _ => return ephemeral("remedy only handles its own buttons"),
     }
     let custom_id = interaction.data.map(|d| d.custom_id).unwrap_or_default();
-    let Some((approve, id, digest)) = discord::parse_custom_id(&custom_id) else {
-        return ephemeral("this button is not remedy's");
+    let button = match discord::parse_custom_id(&custom_id) {
+        Some((approve, id, digest)) => Ok((approve, id, digest)),
+        None => match Control::parse_discord(&custom_id) {
+            Some(c) => Err(c),
+            None => return ephemeral("this button is not remedy's"),
+        },
     };
     let (user, roles) = match (interaction.member, interaction.user) {
         (Some(m), _) => (m.user.id, m.roles),
@@ -266,12 +378,19 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         (None, None) => return bad_request("member", "no member or user in the interaction"),
     };
     let who = Identity::Discord { user, roles };
-    let decision = if approve {
-        Decision::Approve
-    } else {
-        Decision::Reject
-    };
-    let task = tokio::spawn(async move { decide(&state, &who, id, &digest, decision).await });
+    let task = tokio::spawn(async move {
+        match button {
+            Ok((approve, id, digest)) => {
+                let decision = if approve {
+                    Decision::Approve
+                } else {
+                    Decision::Reject
+                };
+                decide(&state, &who, id, &digest, decision).await
+            }
+            Err((c, incident)) => control(&state, &who, IncidentId(incident), c).await,
+        }
+    });
     match tokio::time::timeout(REPLY_WITHIN, task).await {
         Ok(Ok(Ok(DecisionOutcome::Refused(reason)))) => ephemeral(&reason),
         Ok(Ok(Err(error))) => {
@@ -335,6 +454,70 @@ pub async fn decide_by_api(
         } => Ok(Json(
             json!({"result": "recorded", "state": state, "approvals": approvals,
                             "quorum": quorum, "repeat": repeat}),
+        )),
+        DecisionOutcome::Refused(reason) => Err(ApiError::Forbidden(reason)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiControl {
+    /// The console user (must hold a role the incident's policy names).
+    #[serde(rename = "as")]
+    approver: String,
+    /// Snooze / silence length (`15m`), one the matrix offers.
+    #[serde(default, rename = "for")]
+    length: Option<String>,
+}
+
+/// `POST /v1/incidents/{id}/{ack|snooze|silence}` with the API token and
+/// `{"as": NAME, "for": "15m"}`: the console's Ack, Snooze and Silence.
+pub async fn control_by_api(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let id: IncidentId = id.parse().map_err(|_| ApiError::BadParameter {
+        field: "id".into(),
+        message: "must be an integer".into(),
+    })?;
+    let request: ApiControl =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadParameter {
+            field: "body".into(),
+            message: e.to_string(),
+        })?;
+    let seconds = || -> Result<u64, ApiError> {
+        let text = request
+            .length
+            .as_deref()
+            .ok_or_else(|| ApiError::BadParameter {
+                field: "for".into(),
+                message: "a length is required (`15m`)".into(),
+            })?;
+        humantime::parse_duration(text)
+            .map(|d| d.as_secs())
+            .map_err(|e| ApiError::BadParameter {
+                field: "for".into(),
+                message: e.to_string(),
+            })
+    };
+    let c = match verb.as_str() {
+        "ack" => Control::Ack,
+        "snooze" => Control::Snooze(seconds()?),
+        "silence" => Control::Silence(seconds()?),
+        _ => return Err(ApiError::NotFound("no such route".into())),
+    };
+    let who = Identity::Console {
+        name: request.approver,
+    };
+    match control(&state, &who, id, c)
+        .await
+        .map_err(|e| unavailable(&e))?
+    {
+        DecisionOutcome::Recorded { state, repeat, .. } => Ok(Json(
+            json!({"result": "recorded", "state": state, "repeat": repeat}),
         )),
         DecisionOutcome::Refused(reason) => Err(ApiError::Forbidden(reason)),
     }

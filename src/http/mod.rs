@@ -41,6 +41,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub intake_auth: Arc<IntakeAuth>,
     pub metrics: PrometheusHandle,
+    /// The escalation matrix (snooze and silence lengths).
+    pub matrix: Arc<crate::escalation::Matrix>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -53,6 +55,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/incidents/{id}/actions/{key}/{decision}",
             post(interactions::decide_by_api),
         )
+        .route(
+            "/v1/incidents/{id}/{control}",
+            post(interactions::control_by_api),
+        )
+        .route("/v1/incidents/{id}/export", get(incidents::export))
         .route("/v1/audit", get(incidents::audit))
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))

@@ -45,6 +45,18 @@ pub struct IncidentEvent {
     pub detail: Json<serde_json::Value>,
 }
 
+/// One entry of an incident's record: a timeline event or an audit entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    #[serde(serialize_with = "as_rfc3339")]
+    pub at: Millis,
+    /// `timeline` or `audit`.
+    pub source: &'static str,
+    pub seq: i64,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
 /// `GET /v1/incidents` filters, newest first, keyset-paged by id.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentFilter {
@@ -109,6 +121,73 @@ impl Store {
             .fetch_all(pool)
             .await?
         }))
+    }
+
+    /// Every recorded event of an incident, oldest first: its timeline and
+    /// its audit log (approvals, execution starts and outcomes) merged.
+    pub async fn timeline(&self, id: IncidentId) -> Result<Vec<TimelineEntry>, StoreError> {
+        let events = self.incident_events(id).await?;
+        let audit: Vec<(i64, Millis, String, Json<serde_json::Value>)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select id, at, event, detail from audit_log where incident_id = $1 order by id",
+            )
+            .bind(id.0)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut all: Vec<TimelineEntry> = events
+            .into_iter()
+            .map(|e| TimelineEntry {
+                at: e.at,
+                source: "timeline",
+                seq: e.id,
+                kind: e.kind,
+                detail: e.detail.0,
+            })
+            .chain(
+                audit
+                    .into_iter()
+                    .map(|(seq, at, kind, detail)| TimelineEntry {
+                        at,
+                        source: "audit",
+                        seq,
+                        kind,
+                        detail: detail.0,
+                    }),
+            )
+            .collect();
+        // Same millisecond: the timeline's own order first (it records the
+        // decision that led to the audited act).
+        all.sort_by_key(|e| (e.at, e.source != "timeline", e.seq));
+        Ok(all)
+    }
+
+    /// Whether an incident's timeline has an event of `kind`.
+    pub async fn has_event(&self, id: IncidentId, kind: &str) -> Result<bool, StoreError> {
+        let n: i64 = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "select count(*) from incident_events where incident_id = $1 and kind = $2",
+            )
+            .bind(id.0)
+            .bind(kind)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(n > 0)
+    }
+
+    /// Appends one event to an incident's timeline.
+    pub async fn add_event(
+        &self,
+        id: IncidentId,
+        kind: &str,
+        detail: &serde_json::Value,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            record_event!(conn, id.0, now, kind, detail);
+        });
+        Ok(())
     }
 
     /// Stores a diagnosis report and finishes its work row in one

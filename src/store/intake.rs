@@ -325,6 +325,24 @@ macro_rules! close_firing {
             .bind($now)
             .execute(&mut *$conn)
             .await?;
+            // Nobody is paged about a resolved incident.
+            let cancelled = sqlx::query(
+                "update escalation_timers set state = 'cancelled'
+                  where incident_id = $1 and state in ('pending', 'paused')",
+            )
+            .bind(id)
+            .execute(&mut *$conn)
+            .await?
+            .rows_affected();
+            if cancelled > 0 {
+                record_event!(
+                    $conn,
+                    id,
+                    $now,
+                    "escalation_cancelled",
+                    json!({ "timers": cancelled, "reason": "resolved" })
+                );
+            }
             sqlx::query(
                 "insert into work (kind, incident_id, due_at, created_at, updated_at)
                  select $3, id, $2, $2, $2 from incidents where id = $1 and report is not null",

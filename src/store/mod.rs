@@ -4,6 +4,7 @@
 //! [`transaction!`] and [`on_pool!`] macros expand one body per backend.
 
 mod chat;
+mod escalation;
 mod execution;
 mod incidents;
 mod intake;
@@ -22,8 +23,9 @@ use sqlx::{ConnectOptions, SqlSafeStr};
 pub use chat::{
     ApprovalView, Approver, ChatMessage, Decision, DecisionOutcome, DecisionView, NewApproval,
 };
+pub use escalation::{EscalationView, FiredTimer, TimerView};
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
-pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord};
+pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
 
@@ -197,6 +199,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "executor",
         include_str!("../../migrations/sqlite/0003_executor.sql"),
     ),
+    (
+        4,
+        "escalation",
+        include_str!("../../migrations/sqlite/0004_escalation.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -214,6 +221,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "executor",
         include_str!("../../migrations/postgres/0003_executor.sql"),
+    ),
+    (
+        4,
+        "escalation",
+        include_str!("../../migrations/postgres/0004_escalation.sql"),
     ),
 ];
 

@@ -19,6 +19,8 @@ pub enum WorkKind {
     Execute,
     /// Re-run the diagnosis after an action and judge its effect.
     Verify,
+    /// Post the pings of fired escalation timers in the incident's thread.
+    Escalate,
 }
 
 impl WorkKind {
@@ -29,6 +31,7 @@ impl WorkKind {
             Self::Notify => "notify",
             Self::Execute => "execute",
             Self::Verify => "verify",
+            Self::Escalate => "escalate",
         }
     }
 
@@ -39,6 +42,7 @@ impl WorkKind {
             "notify" => Some(Self::Notify),
             "execute" => Some(Self::Execute),
             "verify" => Some(Self::Verify),
+            "escalate" => Some(Self::Escalate),
             _ => None,
         }
     }
@@ -208,7 +212,7 @@ macro_rules! claim_sql {
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
                   and (lease_until is null or lease_until <= $3) and attempts < $5
-                  and (kind not in ('notify', 'execute', 'verify') or id = (
+                  and (kind not in ('notify', 'execute', 'verify', 'escalate') or id = (
                         select min(n.id) from work n
                          where n.incident_id = work.incident_id and n.kind = work.kind
                            and n.state = 'pending'

@@ -1,0 +1,751 @@
+//! Escalation state: per incident its policy and acknowledgement, and its
+//! timers as durable rows. A timer fires once: the scheduler claims due
+//! rows (`for update skip locked` on PostgreSQL, the single writer on
+//! SQLite), flips them to `fired` and queues the ping in the same
+//! transaction; a timer due while remedy was down fires at the next start,
+//! with its lag recorded. Resolve cancels, Ack pauses, Snooze moves.
+
+use serde::Serialize;
+use serde_json::json;
+use sqlx::types::Json;
+
+use super::chat::{Approver, DecisionOutcome, ENQUEUE_NOTIFY};
+use super::execution::audit;
+use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, transaction};
+use crate::domain::{IncidentId, Millis};
+use crate::escalation::PlannedTimer;
+
+/// An incident's escalation as the report, the API and the export show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EscalationView {
+    pub policy: String,
+    pub initial_role: String,
+    /// Who may acknowledge, snooze and silence.
+    pub roles: Vec<String>,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<Millis>,
+    pub snoozed_until: Option<Millis>,
+    pub timers: Vec<TimerView>,
+}
+
+impl EscalationView {
+    /// The next timer that will fire on its own, if any.
+    #[must_use]
+    pub fn next_due(&self) -> Option<&TimerView> {
+        self.timers
+            .iter()
+            .filter(|t| t.state == "pending" && t.due_at.is_some())
+            .min_by_key(|t| t.due_at)
+    }
+
+    /// The highest level pinged so far.
+    #[must_use]
+    pub fn reached(&self) -> Option<&TimerView> {
+        self.timers
+            .iter()
+            .filter(|t| t.state == "fired" && t.kind == "escalate")
+            .max_by_key(|t| (t.level, t.nth))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct TimerView {
+    pub id: i64,
+    pub incident_id: i64,
+    pub level: i64,
+    pub nth: i64,
+    pub kind: String,
+    pub role: Option<String>,
+    pub reason: String,
+    pub due_at: Option<Millis>,
+    pub state: String,
+    pub fired_at: Option<Millis>,
+    pub lag_ms: Option<i64>,
+    pub pinged_at: Option<Millis>,
+}
+
+/// A timer this scheduler just fired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct FiredTimer {
+    pub id: i64,
+    pub incident_id: i64,
+    pub level: i64,
+    pub nth: i64,
+    pub kind: String,
+    pub role: Option<String>,
+    pub reason: String,
+    pub due_at: Millis,
+    pub repeat_every: Option<i64>,
+    pub repeats_left: i64,
+}
+
+/// Claims due timers and marks them fired: `$1` now, `$2` how many.
+const FIRE_SQLITE: &str = "update escalation_timers
+    set state = 'fired', fired_at = $1, lag_ms = $1 - due_at
+  where id in (select id from escalation_timers
+                where state = 'pending' and due_at is not null and due_at <= $1
+                order by due_at, id limit $2)
+  returning id, incident_id, level, nth, kind, role, reason, due_at, repeat_every, repeats_left";
+
+const FIRE_POSTGRES: &str = "update escalation_timers t
+    set state = 'fired', fired_at = $1, lag_ms = $1 - t.due_at
+   from (select id from escalation_timers
+          where state = 'pending' and due_at is not null and due_at <= $1
+          order by due_at, id limit $2
+          for update skip locked) due
+  where t.id = due.id
+  returning t.id, t.incident_id, t.level, t.nth, t.kind, t.role, t.reason, t.due_at,
+            t.repeat_every, t.repeats_left";
+
+/// One timeline event per fired timer, from a JSON array: `$1` rows, `$2` now.
+const EVENTS_SQLITE: &str = "insert into incident_events (incident_id, at, kind, detail)
+  select value ->> 'incident_id', $2, value ->> 'event', value -> 'detail'
+    from json_each($1) order by key";
+
+const EVENTS_POSTGRES: &str = "insert into incident_events (incident_id, at, kind, detail)
+  select (e ->> 'incident_id')::bigint, $2, e ->> 'event', e -> 'detail'
+    from jsonb_array_elements($1::jsonb) with ordinality as r(e, n) order by n";
+
+/// The next re-ping of each fired timer that repeats: `$1` rows, `$2` now.
+const REPEATS_SQLITE: &str = "insert into escalation_timers (incident_id, level, nth, kind, role,
+      reason, due_at, repeat_every, repeats_left, created_at)
+  select value ->> 'incident_id', value ->> 'level', value ->> 'nth', value ->> 'kind',
+         value ->> 'role', value ->> 'reason', value ->> 'due_at', value ->> 'repeat_every',
+         value ->> 'repeats_left', $2
+    from json_each($1) where true
+  on conflict (incident_id, level, nth) do nothing";
+
+const REPEATS_POSTGRES: &str = "insert into escalation_timers (incident_id, level, nth, kind, role,
+      reason, due_at, repeat_every, repeats_left, created_at)
+  select incident_id, level, nth, kind, role, reason, due_at, repeat_every, repeats_left, $2
+    from jsonb_to_recordset($1::jsonb) as r(incident_id bigint, level bigint, nth bigint,
+         kind text, role text, reason text, due_at bigint, repeat_every bigint,
+         repeats_left bigint)
+  on conflict (incident_id, level, nth) do nothing";
+
+const TIMER_COLUMNS: &str = "id, incident_id, level, nth, kind, role, reason, due_at, state,
+    fired_at, lag_ms, pinged_at";
+
+impl Store {
+    /// Records an incident's policy and creates its timers, once (a retried
+    /// diagnosis finds them there). Nothing for an incident already
+    /// resolved. True when this call created them.
+    pub async fn schedule_escalation(
+        &self,
+        incident: IncidentId,
+        policy: &str,
+        initial_role: &str,
+        roles: &[String],
+        timers: &[PlannedTimer],
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let created = sqlx::query(
+                "insert into escalations (incident_id, policy, initial_role, roles, created_at)
+                 select id, $2, $3, $4, $5 from incidents where id = $1 and status = 'firing'
+                 on conflict (incident_id) do nothing",
+            )
+            .bind(incident.0)
+            .bind(policy)
+            .bind(initial_role)
+            .bind(Json(roles))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            if !created {
+                return Ok(false);
+            }
+            for t in timers {
+                sqlx::query(
+                    "insert into escalation_timers (incident_id, level, nth, kind, role, reason,
+                         due_at, repeat_every, repeats_left, created_at)
+                     values ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(incident.0)
+                .bind(t.level)
+                .bind(t.kind)
+                .bind(t.role.as_deref())
+                .bind(&t.reason)
+                .bind(t.due_at)
+                .bind(t.repeat_every_ms)
+                .bind(t.repeats)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            record_event!(
+                conn,
+                incident.0,
+                now,
+                "escalation_scheduled",
+                json!({
+                    "policy": policy,
+                    "initial": initial_role,
+                    "timers": timers.iter().map(|t| json!({
+                        "level": t.level, "kind": t.kind, "role": t.role,
+                        "due_at": t.due_at, "reason": t.reason,
+                    })).collect::<Vec<_>>(),
+                })
+            );
+            true
+        }))
+    }
+
+    /// How many incidents of the same alert (same fingerprint, or same
+    /// alert name) opened within `within_ms` before this one, this one
+    /// included.
+    pub async fn recurrences(
+        &self,
+        incident: IncidentId,
+        by_alertname: bool,
+        within_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = if by_alertname {
+            "select count(*) from incidents o join incidents i on i.id = $1
+              where o.alertname = i.alertname and o.opened_at >= i.opened_at - $2
+                and o.opened_at <= i.opened_at and o.id <= i.id"
+        } else {
+            "select count(*) from incidents o join incidents i on i.id = $1
+              where o.fingerprint = i.fingerprint and o.opened_at >= i.opened_at - $2
+                and o.opened_at <= i.opened_at and o.id <= i.id"
+        };
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_scalar(sql)
+                .bind(incident.0)
+                .bind(within_ms)
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    /// Moves escalation to the next level at once (a threshold, a
+    /// recurrence, an ineffective remediation): the lowest level not yet
+    /// fired becomes due now — even when acknowledged, since what was
+    /// measured is worse than what was acknowledged. Returns the level and
+    /// role, or None when every level has fired or the incident is closed.
+    pub async fn advance_escalation(
+        &self,
+        incident: IncidentId,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let next: Option<(i64, i64, Option<String>)> = sqlx::query_as(
+                "select t.id, t.level, t.role from escalation_timers t
+                   join incidents i on i.id = t.incident_id and i.status = 'firing'
+                  where t.incident_id = $1 and t.kind = 'escalate' and t.nth = 0
+                    and t.state in ('pending', 'paused')
+                  order by t.level limit 1",
+            )
+            .bind(incident.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some((timer, level, role)) = next else {
+                return Ok(None);
+            };
+            sqlx::query(
+                "update escalation_timers set state = 'pending', due_at = $2, reason = $3
+                  where id = $1 and state in ('pending', 'paused')",
+            )
+            .bind(timer)
+            .bind(now)
+            .bind(reason)
+            .execute(&mut *conn)
+            .await?;
+            record_event!(
+                conn,
+                incident.0,
+                now,
+                "escalation_triggered",
+                json!({ "level": level, "role": role, "reason": reason })
+            );
+            Some((level, role))
+        }))
+    }
+
+    /// Fires up to `limit` due timers, once each across replicas: marks
+    /// them fired, records `escalated` / `review_reminder` events, creates
+    /// the next re-ping of repeating timers, and queues `escalate` work
+    /// that posts the pings. Four statements per batch, whatever its size.
+    pub async fn fire_due_timers(
+        &self,
+        now: Millis,
+        limit: i64,
+        late_after_ms: i64,
+    ) -> Result<Vec<FiredTimer>, StoreError> {
+        let (fire, events, repeats) = match self {
+            Self::Sqlite(..) => (FIRE_SQLITE, EVENTS_SQLITE, REPEATS_SQLITE),
+            Self::Postgres(_) => (FIRE_POSTGRES, EVENTS_POSTGRES, REPEATS_POSTGRES),
+        };
+        Ok(transaction!(self, |conn| {
+            let mut fired: Vec<FiredTimer> = sqlx::query_as(fire)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            if fired.is_empty() {
+                return Ok(fired);
+            }
+            fired.sort_by_key(|t| (t.due_at, t.id));
+            let rows: Vec<serde_json::Value> = fired
+                .iter()
+                .map(|t| {
+                    let lag = now - t.due_at;
+                    json!({
+                        "incident_id": t.incident_id,
+                        "event": if t.kind == "review" { "review_reminder" } else { "escalated" },
+                        "detail": {
+                            "timer": t.id, "level": t.level, "nth": t.nth, "role": t.role,
+                            "reason": t.reason, "due_at": t.due_at, "lag_ms": lag,
+                            "late": lag > late_after_ms,
+                        },
+                    })
+                })
+                .collect();
+            sqlx::query(events)
+                .bind(Json(&rows))
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            let next: Vec<serde_json::Value> = fired
+                .iter()
+                .filter(|t| t.repeats_left > 0)
+                .filter_map(|t| {
+                    let every = t.repeat_every.filter(|e| *e > 0)?;
+                    let due = t.due_at.saturating_add(every);
+                    Some(json!({
+                        "incident_id": t.incident_id, "level": t.level, "nth": t.nth + 1,
+                        "kind": t.kind, "role": t.role,
+                        "reason": format!("still not acknowledged (re-ping {})", t.nth + 1),
+                        "due_at": if due > now { due } else { now.saturating_add(every) },
+                        "repeat_every": every, "repeats_left": t.repeats_left - 1,
+                    }))
+                })
+                .collect();
+            if !next.is_empty() {
+                sqlx::query(repeats)
+                    .bind(Json(&next))
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let mut incidents: Vec<i64> = fired.iter().map(|t| t.incident_id).collect();
+            incidents.sort_unstable();
+            incidents.dedup();
+            for incident in incidents {
+                sqlx::query(ENQUEUE_NOTIFY)
+                    .bind(incident)
+                    .bind(now)
+                    .bind(now)
+                    .bind(WorkKind::Escalate.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            fired
+        }))
+    }
+
+    /// When the next pending timer is due (the scheduler sleeps until then).
+    pub async fn next_timer_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "select min(due_at) from escalation_timers
+                  where state = 'pending' and due_at is not null",
+            )
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+
+    /// Pending timers, for `/metrics`.
+    pub async fn pending_timers(&self) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_scalar("select count(*) from escalation_timers where state = 'pending'")
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    /// Fired timers of an incident whose ping is not posted yet, in order.
+    pub async fn unposted_pings(&self, incident: IncidentId) -> Result<Vec<TimerView>, StoreError> {
+        let sql = format!(
+            "select {TIMER_COLUMNS} from escalation_timers
+              where incident_id = $1 and state = 'fired' and pinged_at is null
+              order by fired_at, level, nth"
+        );
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(incident.0)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Marks a ping posted (or skipped, with why, for a resolved incident).
+    pub async fn ping_posted(
+        &self,
+        timer: &TimerView,
+        skipped: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            let marked = sqlx::query(
+                "update escalation_timers set pinged_at = $2 where id = $1 and pinged_at is null",
+            )
+            .bind(timer.id)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if marked == 1 {
+                record_event!(
+                    conn,
+                    timer.incident_id,
+                    now,
+                    if skipped.is_some() {
+                        "ping_skipped"
+                    } else {
+                        "pinged"
+                    },
+                    json!({ "timer": timer.id, "level": timer.level, "nth": timer.nth,
+                            "role": timer.role, "skipped": skipped })
+                );
+                // The report shows how far escalation has gone.
+                enqueue_notify!(conn, timer.incident_id, now, now);
+            }
+        });
+        Ok(())
+    }
+
+    /// The incident's escalation and its timers.
+    pub async fn escalation(
+        &self,
+        incident: IncidentId,
+    ) -> Result<Option<EscalationView>, StoreError> {
+        type Row = (
+            String,
+            String,
+            Json<Vec<String>>,
+            Option<String>,
+            Option<Millis>,
+            Option<Millis>,
+        );
+        let sql = format!(
+            "select {TIMER_COLUMNS} from escalation_timers where incident_id = $1
+              order by level, nth"
+        );
+        let (row, timers): (Option<Row>, Vec<TimerView>) = on_pool!(self, |pool| {
+            let row = sqlx::query_as(
+                "select policy, initial_role, roles, acked_display, acked_at, snoozed_until
+                   from escalations where incident_id = $1",
+            )
+            .bind(incident.0)
+            .fetch_optional(pool)
+            .await?;
+            let timers = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(incident.0)
+                .fetch_all(pool)
+                .await?;
+            (row, timers)
+        });
+        Ok(row.map(|r| EscalationView {
+            policy: r.0,
+            initial_role: r.1,
+            roles: r.2.0,
+            acked_by: r.3,
+            acked_at: r.4,
+            snoozed_until: r.5,
+            timers,
+        }))
+    }
+
+    /// Acknowledges an incident: its pending timers pause (nothing more
+    /// escalates on time; a measured trigger still does). Refused for the
+    /// unauthorized and for a resolved incident; a second Ack is a repeat.
+    pub async fn acknowledge(
+        &self,
+        incident: IncidentId,
+        who: &Approver,
+        authorized: bool,
+        now: Millis,
+    ) -> Result<DecisionOutcome, StoreError> {
+        Ok(transaction!(self, |conn| {
+            'outcome: {
+                let state = control_state!(conn, self, incident);
+                let refusal = match &state {
+                    _ if !authorized => {
+                        Some("you are not a responder for this incident".to_owned())
+                    }
+                    None => Some("this incident has no escalation".to_owned()),
+                    Some((status, _)) if status != "firing" => {
+                        Some("the incident is resolved".to_owned())
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = refusal {
+                    record_event!(
+                        conn,
+                        incident.0,
+                        now,
+                        "ack_refused",
+                        json!({ "by": who.key, "display": who.display, "reason": reason })
+                    );
+                    // Not `return`: that would roll the event back.
+                    break 'outcome DecisionOutcome::Refused(reason);
+                }
+                if let Some((_, Some(_))) = state {
+                    break 'outcome DecisionOutcome::Recorded {
+                        state: "acknowledged".into(),
+                        approvals: 1,
+                        quorum: 1,
+                        repeat: true,
+                    };
+                }
+                sqlx::query(
+                    "update escalations set acked_by = $2, acked_display = $3, acked_at = $4
+                  where incident_id = $1 and acked_at is null",
+                )
+                .bind(incident.0)
+                .bind(&who.key)
+                .bind(&who.display)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                let paused = sqlx::query(
+                    "update escalation_timers set state = 'paused'
+                  where incident_id = $1 and state = 'pending'",
+                )
+                .bind(incident.0)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                record_event!(
+                    conn,
+                    incident.0,
+                    now,
+                    "acknowledged",
+                    json!({ "by": who.key, "display": who.display, "paused_timers": paused })
+                );
+                enqueue_notify!(conn, incident.0, now, now);
+                DecisionOutcome::Recorded {
+                    state: "acknowledged".into(),
+                    approvals: 1,
+                    quorum: 1,
+                    repeat: false,
+                }
+            }
+        }))
+    }
+
+    /// Snoozes an incident's escalation: the pending timers move so that
+    /// the next one is due `for_ms` from now (none fires earlier).
+    pub async fn snooze(
+        &self,
+        incident: IncidentId,
+        who: &Approver,
+        for_ms: i64,
+        authorized: bool,
+        now: Millis,
+    ) -> Result<DecisionOutcome, StoreError> {
+        Ok(transaction!(self, |conn| {
+            'outcome: {
+                let state = control_state!(conn, self, incident);
+                let next: Option<Millis> = sqlx::query_scalar(
+                    "select min(due_at) from escalation_timers
+                  where incident_id = $1 and state = 'pending' and due_at is not null",
+                )
+                .bind(incident.0)
+                .fetch_one(&mut *conn)
+                .await?;
+                let refusal = match (&state, next) {
+                    _ if !authorized => {
+                        Some("you are not a responder for this incident".to_owned())
+                    }
+                    (None, _) => Some("this incident has no escalation".to_owned()),
+                    (Some((status, _)), _) if status != "firing" => {
+                        Some("the incident is resolved".to_owned())
+                    }
+                    (Some((_, Some(by))), _) => Some(format!(
+                        "already acknowledged by {by}: nothing escalates on time"
+                    )),
+                    (_, None) => Some("no escalation is pending".to_owned()),
+                    _ => None,
+                };
+                if let Some(reason) = refusal {
+                    record_event!(
+                        conn,
+                        incident.0,
+                        now,
+                        "snooze_refused",
+                        json!({ "by": who.key, "display": who.display, "reason": reason })
+                    );
+                    break 'outcome DecisionOutcome::Refused(reason);
+                }
+                let until = now.saturating_add(for_ms);
+                let shift = next.map_or(0, |due| (until - due).max(0));
+                sqlx::query(
+                    "update escalation_timers set due_at = due_at + $2
+                  where incident_id = $1 and state = 'pending' and due_at is not null",
+                )
+                .bind(incident.0)
+                .bind(shift)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("update escalations set snoozed_until = $2 where incident_id = $1")
+                    .bind(incident.0)
+                    .bind(until)
+                    .execute(&mut *conn)
+                    .await?;
+                record_event!(
+                    conn,
+                    incident.0,
+                    now,
+                    "snoozed",
+                    json!({ "by": who.key, "display": who.display, "for_ms": for_ms,
+                        "until": until, "shifted_ms": shift })
+                );
+                enqueue_notify!(conn, incident.0, now, now);
+                DecisionOutcome::Recorded {
+                    state: "snoozed".into(),
+                    approvals: 1,
+                    quorum: 1,
+                    repeat: false,
+                }
+            }
+        }))
+    }
+
+    /// A Silence click: an approval request already approved by the
+    /// clicker, for the executor's built-in `silence` action (so it runs
+    /// under the same budgets, single flight and audit log). `key` names
+    /// the duration (`silence-1h`): the same length twice is one silence.
+    #[allow(clippy::too_many_arguments, reason = "one row's columns")]
+    pub async fn request_silence(
+        &self,
+        incident: IncidentId,
+        who: &Approver,
+        authorized: bool,
+        key: &str,
+        title: &str,
+        roles: &[String],
+        digest: &str,
+        now: Millis,
+    ) -> Result<DecisionOutcome, StoreError> {
+        Ok(transaction!(self, |conn| {
+            'outcome: {
+                let state = control_state!(conn, self, incident);
+                let refusal = match &state {
+                    _ if !authorized => {
+                        Some("you are not a responder for this incident".to_owned())
+                    }
+                    None => Some("this incident has no escalation".to_owned()),
+                    Some((status, _)) if status != "firing" => {
+                        Some("the incident is resolved".to_owned())
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = refusal {
+                    record_event!(
+                        conn,
+                        incident.0,
+                        now,
+                        "silence_refused",
+                        json!({ "by": who.key, "display": who.display, "reason": reason })
+                    );
+                    break 'outcome DecisionOutcome::Refused(reason);
+                }
+                let approval: Option<i64> = sqlx::query_scalar(
+                    "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
+                     quorum, digest, created_at, expires_at, state, decided_at)
+                 values ($1, -1, $2, 'silence', $3, 'safe', $4, 1, $5, $6, $6, 'approved', $6)
+                 on conflict (incident_id, key) do nothing
+                 returning id",
+                )
+                .bind(incident.0)
+                .bind(key)
+                .bind(title)
+                .bind(Json(roles))
+                .bind(digest)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(approval) = approval else {
+                    break 'outcome DecisionOutcome::Recorded {
+                        state: "approved".into(),
+                        approvals: 1,
+                        quorum: 1,
+                        repeat: true,
+                    };
+                };
+                sqlx::query(
+                    "insert into decisions (approval_id, approver, display, decision, at)
+                 values ($1, $2, $3, 'approve', $4)",
+                )
+                .bind(approval)
+                .bind(&who.key)
+                .bind(&who.display)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                audit!(
+                    conn,
+                    incident.0,
+                    Some(approval),
+                    now,
+                    "approved",
+                    json!({ "approvers": [who.key], "digest": digest, "control": "silence" })
+                );
+                record_event!(
+                    conn,
+                    incident.0,
+                    now,
+                    "silence_requested",
+                    json!({ "by": who.key, "display": who.display, "key": key,
+                        "approval_id": approval })
+                );
+                sqlx::query(
+                    "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                 values ($1, $2, $3, $3, $3)",
+                )
+                .bind(WorkKind::Execute.as_str())
+                .bind(incident.0)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                enqueue_notify!(conn, incident.0, now, now);
+                DecisionOutcome::Recorded {
+                    state: "approved".into(),
+                    approvals: 1,
+                    quorum: 1,
+                    repeat: false,
+                }
+            }
+        }))
+    }
+}
+
+/// The incident's status and who acknowledged it, `None` without an
+/// escalation; on PostgreSQL the escalation row is locked, so concurrent
+/// clicks on one incident queue.
+macro_rules! control_state {
+    ($conn:expr, $store:expr, $incident:expr) => {{
+        let sql = if matches!($store, Store::Postgres(_)) {
+            "select i.status, e.acked_display from escalations e
+               join incidents i on i.id = e.incident_id
+              where e.incident_id = $1 for update of e"
+        } else {
+            "select i.status, e.acked_display from escalations e
+               join incidents i on i.id = e.incident_id
+              where e.incident_id = $1"
+        };
+        let state: Option<(String, Option<String>)> = sqlx::query_as(sql)
+            .bind($incident.0)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        state
+    }};
+}
+
+use control_state;
