@@ -86,10 +86,29 @@ fn reports() -> Vec<(String, ChatReport)> {
                 })
                 .collect();
             let id = i64::try_from(i + 1).expect("small");
-            let chat = ChatReport::build(&incident(id, &case.labels), &report, &approvals, &[], "");
+            let chat = ChatReport::build(&incident(id, &case.labels), &report, &approvals, &[], "")
+                .with_escalation(Some(escalation()));
             (tests.playbook.clone(), chat)
         })
         .collect()
+}
+
+/// The escalation part every golden report shows: responder, next timer,
+/// and the Acknowledge / Snooze / Silence controls.
+fn escalation() -> remedy::chat::report::ReportEscalation {
+    remedy::chat::report::ReportEscalation {
+        responder: "On-Call Engineer".into(),
+        mentions: vec!["<@U0ONCALL>".into(), "<!subteam^S0ONCALL>".into()],
+        ping_users: vec!["1001".into()],
+        ping_roles: vec!["2001".into()],
+        acked_by: None,
+        escalated_to: None,
+        // 2026-11-27 03:15 UTC
+        next: Some(("escalates to Team Lead".into(), 1_795_749_300_000)),
+        snoozed_until: None,
+        snooze: vec![900, 3600],
+        silence: vec![3600, 14_400],
+    }
 }
 
 fn check_slack_limits(name: &str, body: &Value) {
@@ -141,11 +160,19 @@ fn check_discord_limits(name: &str, body: &Value) {
             assert!(b["label"].as_str().expect("label").chars().count() <= discord::MAX_LABEL);
         }
     }
-    assert_eq!(
-        body["allowed_mentions"]["parse"],
-        json!([]),
-        "{name}: pings"
+    // Nothing is parsed into a ping; only the initial responder's users
+    // and roles (from the settings) may be notified by a first post.
+    let allowed = &body["allowed_mentions"];
+    assert!(
+        allowed["parse"] == json!([]) || allowed.get("parse").is_none(),
+        "{name}: pings {allowed}"
     );
+    for (key, ids) in [("users", json!(["1001"])), ("roles", json!(["2001"]))] {
+        assert!(
+            allowed.get(key).is_none() || allowed[key] == ids,
+            "{name}: {key} {allowed}"
+        );
+    }
 }
 
 fn compare_golden(file: &str, actual: &Value) {
