@@ -796,9 +796,9 @@ public_key = "{public_key}"
         format!("{}/v1/alertmanager", self.url)
     }
 
-    /// The value of a counter summed over its label sets, from `/metrics`.
-    pub async fn metric_sum(&self, name: &str) -> f64 {
-        metric_sum(&format!("{}/metrics", self.url), name).await
+    /// A metric from its `/metrics`, summed over the matching label sets.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&format!("{}/metrics", self.url), name, labels).await
     }
 
     pub async fn status(&self, path: &str) -> u16 {
@@ -810,8 +810,9 @@ public_key = "{public_key}"
     }
 }
 
-/// Sums every sample of `name` (any labels) in a Prometheus text page.
-pub async fn metric_sum(url: &str, name: &str) -> f64 {
+/// Sums the samples of `name` carrying every one of `labels` (others may be
+/// there too) in a Prometheus text page; 0 when the page cannot be read.
+pub async fn metric_sum(url: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let Ok(reply) = http().get(url).send().await else {
         return 0.0;
     };
@@ -820,6 +821,11 @@ pub async fn metric_sum(url: &str, name: &str) -> f64 {
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -949,8 +955,9 @@ impl Alertmanager {
         self.amtool_add(alert, Some(&end)).await;
     }
 
-    pub async fn metric_sum(&self, name: &str) -> f64 {
-        metric_sum(&format!("{}/metrics", self.url), name).await
+    /// A metric from its `/metrics`, summed over the matching label sets.
+    pub async fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&format!("{}/metrics", self.url), name, labels).await
     }
 }
 
