@@ -145,7 +145,10 @@ async fn run(backend: &str, pending: i64) -> anyhow::Result<()> {
         None,
         [
             ("REMEDY__STORE__URL".to_owned(), url.clone()),
-            ("REMEDY__INTAKE__BEARER_TOKEN".to_owned(), "bench".to_owned()),
+            (
+                "REMEDY__INTAKE__BEARER_TOKEN".to_owned(),
+                "bench".to_owned(),
+            ),
             (
                 "REMEDY__PLAYBOOKS__DIR".to_owned(),
                 std::env::temp_dir().display().to_string(),

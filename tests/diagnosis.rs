@@ -576,3 +576,88 @@ async fn a_webhook_for_a_runbook_alert_gets_its_diagnosis_stored_with_the_incide
             .is_some_and(|s| s.starts_with("DatabasePoolExhaustionCritical: "))
     );
 }
+
+/// A target database whose owner puts `public` before `pg_catalog` and
+/// shadows `pg_stat_activity` and `pg_terminate_backend`: remedy's
+/// connections search the system catalogs first, so the diagnosis sees the
+/// real sessions and the shadow function never runs.
+#[tokio::test]
+async fn a_shadowing_search_path_cannot_stand_in_for_the_system_catalogs() {
+    let t = target(&[]).await;
+    let name = t.url.rsplit('/').next().expect("db").to_owned();
+    let mut owner = t.connect("setup").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create table public.shadow_calls (pid int);
+         create view public.pg_stat_activity as
+             select * from pg_catalog.pg_stat_activity where false;
+         create function public.pg_terminate_backend(p int) returns boolean
+             language sql as 'insert into public.shadow_calls values (p) returning true';
+         alter database {name} set search_path = public, pg_catalog;"
+    )))
+    .execute(&mut owner)
+    .await
+    .expect("shadow objects");
+    let mut t = t;
+    t.set_vars(
+        "DatabaseIdleInTransaction",
+        &[("idle_threshold", Value::from("1s"))],
+    );
+    let mut leak = t.connect("victim").await;
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut leak)
+        .await
+        .expect("begin");
+    let victim = pid(&mut leak).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseIdleInTransaction")])
+        .await;
+    assert!(
+        pids(&report, "idle_sessions", "pid").contains(&victim),
+        "the real pg_stat_activity was read: {:?}",
+        report.steps["idle_sessions"]
+    );
+    let pool = t.engine.diagnoser.target("main").expect("target");
+    let terminated: bool = sqlx::query_scalar("select pg_terminate_backend($1::int)")
+        .bind(victim)
+        .fetch_one(pool)
+        .await
+        .expect("terminate");
+    assert!(terminated);
+    let shadow_calls: i64 = sqlx::query_scalar("select count(*) from public.shadow_calls")
+        .fetch_one(&mut owner)
+        .await
+        .expect("count");
+    assert_eq!(shadow_calls, 0, "the shadow function never ran");
+}
+
+/// The target is the application's database: sessions of other databases on
+/// the same server are never listed, so never offered for termination.
+#[tokio::test]
+async fn sessions_of_other_databases_on_the_server_are_not_listed() {
+    let mut t = target(&[]).await;
+    t.set_vars(
+        "DatabaseIdleInTransaction",
+        &[("idle_threshold", Value::from("1s"))],
+    );
+    let other = common::fresh_store_url(Backend::Postgres).await;
+    let mut elsewhere = PgConnection::connect(&other).await.expect("connect");
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut elsewhere)
+        .await
+        .expect("begin");
+    let foreign = pid(&mut elsewhere).await;
+    let mut here = t.connect("victim").await;
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut here)
+        .await
+        .expect("begin");
+    let local = pid(&mut here).await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseIdleInTransaction")])
+        .await;
+    let listed = pids(&report, "idle_sessions", "pid");
+    assert!(listed.contains(&local), "{listed:?}");
+    assert!(!listed.contains(&foreign), "{listed:?}");
+}

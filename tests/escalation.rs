@@ -875,9 +875,16 @@ async fn the_exported_timeline_lists_every_recorded_event_in_order(backend: Back
         .map(|e| e["kind"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(kinds, recorded, "every recorded event, once, in order");
-    let times: Vec<&str> = timeline
+    let times: Vec<i128> = timeline
         .iter()
-        .map(|e| e["at"].as_str().unwrap_or_default())
+        .map(|e| {
+            time::OffsetDateTime::parse(
+                e["at"].as_str().unwrap_or_default(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .expect("rfc3339")
+            .unix_timestamp_nanos()
+        })
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert_eq!(exported.json["duration_seconds"], 30 * 60);

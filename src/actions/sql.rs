@@ -15,8 +15,8 @@ use crate::playbook::ActionInstance;
 /// Sessions never to cancel or terminate. `$1` pid, `$2` configured roles.
 const PROTECTED: &str = "select coalesce(r.rolsuper, false) or coalesce(r.rolreplication, false)
         or a.backend_type <> 'client backend' or a.application_name = 'remedy'
-        or a.pid = pg_backend_pid() or a.usename = any($2::text[])
-   from pg_stat_activity a left join pg_roles r on r.rolname = a.usename
+        or a.pid = pg_catalog.pg_backend_pid() or a.usename = any($2::text[])
+   from pg_catalog.pg_stat_activity a left join pg_catalog.pg_roles r on r.rolname = a.usename
   where a.pid = $1::int";
 
 fn args(params: &[String]) -> Result<sqlx::postgres::PgArguments, String> {

@@ -80,7 +80,16 @@ impl Diagnoser {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(target.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy_with(options.application_name("remedy"));
+                // The system catalogs first, whatever the database's own
+                // search_path says: a table or function named like
+                // pg_stat_activity or pg_terminate_backend in `public` can
+                // never stand in for the real one in a step, a
+                // precondition, the protection check or an action.
+                .connect_lazy_with(
+                    options
+                        .application_name("remedy")
+                        .options([("search_path", "pg_catalog, \"$user\", public")]),
+                );
             targets.insert(name.clone(), pool);
         }
         Ok(Self {

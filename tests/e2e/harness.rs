@@ -238,11 +238,10 @@ where
 // ---------------------------------------------------------------------------
 // PostgreSQL: per-test databases on the local server
 
-/// A fresh database on the local PostgreSQL for the `main` target. It gets
-/// a `public.pg_stat_activity` view limited to itself, first on its
-/// `search_path`: the shipped playbooks' SQL runs unchanged, but sessions
-/// of tests running in parallel on the same server (other databases) stay
-/// out of this test's reports.
+/// A fresh database on the local PostgreSQL for the `main` target. The
+/// shipped playbooks list (and act on) sessions of their target database
+/// only, so sessions of tests running in parallel on the same server
+/// (other databases) stay out of this test's reports.
 pub struct TargetDb {
     pub url: String,
     pub name: String,
@@ -257,17 +256,12 @@ impl TargetDb {
         db
     }
 
-    /// (Re)creates the scoping view, the search path and the app role.
+    /// (Re)creates the app role.
     pub async fn prepare(&self) {
         let mut conn = self.admin().await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "create or replace view public.pg_stat_activity as
-                 select * from pg_catalog.pg_stat_activity where datname = current_database();
-             alter database {name} set search_path = public, pg_catalog;
-             do $$ begin create role {APP_ROLE} login;
-                exception when duplicate_object or unique_violation then null; end $$;
-             grant select on public.pg_stat_activity to public;",
-            name = self.name
+            "do $$ begin create role {APP_ROLE} login;
+                exception when duplicate_object or unique_violation then null; end $$;"
         )))
         .execute(&mut conn)
         .await
