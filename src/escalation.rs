@@ -631,3 +631,67 @@ fn validate(
         review_after: row.review_after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(text: &str) -> Matrix {
+        let settings = crate::config::Settings::load_from(
+            None,
+            [(
+                "REMEDY__INTAKE__ALLOW_UNAUTHENTICATED".to_owned(),
+                "true".to_owned(),
+            )],
+        )
+        .expect("settings");
+        load_str(Path::new("m.yaml"), text, &settings).expect("valid")
+    }
+
+    #[test]
+    fn levels_follow_one_another_and_repeats_are_bounded() {
+        let m = matrix(
+            "roles: {a: A, b: B, c: C}
+default:
+  initial: a
+  escalate:
+    - {to: b, after: 15m, repeat: {every: 5m, times: 2}}
+    - {to: c, after: 30m}
+",
+        );
+        let plan = m.default.plan(1_000);
+        assert_eq!(plan.len(), 2);
+        assert_eq!((plan[0].level, plan[0].role.as_deref()), (1, Some("b")));
+        assert_eq!(plan[0].due_at, Some(1_000 + 15 * 60_000));
+        assert_eq!(
+            (plan[0].repeat_every_ms, plan[0].repeats),
+            (Some(300_000), 2)
+        );
+        assert_eq!((plan[1].level, plan[1].role.as_deref()), (2, Some("c")));
+        assert_eq!(plan[1].due_at, Some(1_000 + 30 * 60_000));
+        assert_eq!(m.default.roles(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn unbounded_repeats_are_refused() {
+        let settings = crate::config::Settings::load_from(
+            None,
+            [(
+                "REMEDY__INTAKE__ALLOW_UNAUTHENTICATED".to_owned(),
+                "true".to_owned(),
+            )],
+        )
+        .expect("settings");
+        let errors = load_str(
+            Path::new("m.yaml"),
+            "roles: {a: A}\ndefault:\n  initial: a\n  escalate: [{to: a, after: 1m, repeat: {every: 1m, times: 1000}}]\n",
+            &settings,
+        )
+        .expect_err("unbounded");
+        assert!(
+            errors[0].to_string().contains("default.escalate[0].repeat"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -28,6 +28,7 @@ on_both_stores!(
     snooze_postpones_the_next_ping,
     a_repeating_level_re_pings_until_acknowledged_and_stops_at_its_bound,
     a_restart_with_due_timers_fires_them_once_marked_late,
+    console_responders_ack_snooze_and_silence_through_the_api,
     a_recurring_alert_escalates_at_once,
     a_critical_incident_gets_a_summary_and_a_postmortem_checklist_when_it_resolves,
     the_exported_timeline_lists_every_recorded_event_in_order,
@@ -671,6 +672,15 @@ async fn a_restart_with_due_timers_fires_them_once_marked_late(backend: Backend)
     let detail: Value = serde_json::from_str(&late[0]).expect("json");
     assert_eq!(detail["late"], true);
     assert_eq!(detail["lag_ms"], 20 * MINUTE);
+    let metrics = s.app.get("/metrics", None).await;
+    let metrics = metrics.json.as_str().expect("text").to_owned();
+    for name in [
+        "remedy_escalations_fired_total{level=\"1\",kind=\"escalate\"}",
+        "remedy_escalation_lag_seconds_bucket",
+        "remedy_escalation_timers_pending",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 }
 
 async fn a_recurring_alert_escalates_at_once(backend: Backend) {
@@ -1230,5 +1240,63 @@ fn a_matrix_with_a_typo_fails_with_file_line_and_field() {
     assert!(
         shown.starts_with("escalation.yaml:6:") && shown.contains("policies[0].threshold"),
         "{shown}"
+    );
+}
+
+async fn console_responders_ack_snooze_and_silence_through_the_api(backend: Backend) {
+    let s = setup(backend, &dir_with(None), &[]).await;
+    let (id, _) = s
+        .open(
+            "DatabasePoolExhaustionCritical",
+            "critical",
+            "d9d9d9d9d9d9d9d9",
+            "2026-11-27T01:00:00Z",
+        )
+        .await;
+    let post = |verb: &str, body: Value| {
+        Request::post(format!("/v1/incidents/{id}/{verb}"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", common::API_TOKEN))
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
+    // `olga` is the on-call engineer's console user; `mallory` holds nothing.
+    let refused = send(&s.app.router, post("ack", json!({"as": "mallory"}))).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.json);
+    let bad = send(
+        &s.app.router,
+        post("snooze", json!({"as": "olga", "for": "soon"})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.json);
+    assert_eq!(bad.json["field"], "for");
+    let snoozed = send(
+        &s.app.router,
+        post("snooze", json!({"as": "olga", "for": "15m"})),
+    )
+    .await;
+    assert_eq!(snoozed.status, StatusCode::OK, "{}", snoozed.json);
+    let acked = send(&s.app.router, post("ack", json!({"as": "olga"}))).await;
+    assert_eq!(acked.status, StatusCode::OK, "{}", acked.json);
+    assert_eq!(acked.json["state"], "acknowledged");
+    assert_eq!(s.timer_states(id).await, ["escalate:1:0:paused"]);
+    let shown = s.app.api(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(shown["escalation"]["acked_by"], "olga");
+    assert_eq!(
+        shown["escalation"]["policy"],
+        "DatabasePoolExhaustionCritical"
+    );
+    // Once acknowledged there is nothing left to snooze.
+    let late = send(
+        &s.app.router,
+        post("snooze", json!({"as": "olga", "for": "1h"})),
+    )
+    .await;
+    assert_eq!(late.status, StatusCode::FORBIDDEN);
+    assert!(
+        late.json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already acknowledged")
     );
 }
