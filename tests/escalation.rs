@@ -1072,6 +1072,32 @@ async fn a_threshold_from_the_diagnosis_escalates_at_once() {
             .await
             .contains(&"escalation_triggered".to_owned())
     );
+    // The same measurement again (as after a re-diagnosis) moves nothing further.
+    let incident = s
+        .app
+        .store
+        .get_incident(remedy::domain::IncidentId(second))
+        .await
+        .expect("store")
+        .expect("incident");
+    let report: remedy::playbook::Report =
+        serde_json::from_value(incident.report.clone().expect("report").0).expect("report");
+    escalate::check_threshold(
+        &engine,
+        remedy::domain::IncidentId(second),
+        &incident,
+        &report,
+        now_millis(),
+    )
+    .await
+    .expect("check");
+    let triggers = s
+        .events(second)
+        .await
+        .into_iter()
+        .filter(|k| k == "escalation_triggered")
+        .count();
+    assert_eq!(triggers, 1);
     assert_eq!(
         escalate::fire_due(&engine, now_millis())
             .await

@@ -83,6 +83,7 @@ pub async fn check_threshold(
         .map(|p| p.vars.clone())
         .unwrap_or_default();
     match policy.threshold_met(report, &vars) {
+        Ok(true) if engine.store.triggered(id, "threshold:").await? => Ok(()),
         Ok(true) => {
             advance(
                 engine,

@@ -176,6 +176,24 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Whether escalation was already triggered for a reason starting with
+    /// `prefix` (`threshold:`): a condition that still holds moves
+    /// escalation once, not one level per check.
+    pub async fn triggered(&self, id: IncidentId, prefix: &str) -> Result<bool, StoreError> {
+        let n: i64 = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "select count(*) from incident_events
+                  where incident_id = $1 and kind = 'escalation_triggered'
+                    and substr(detail ->> 'reason', 1, length($2)) = $2",
+            )
+            .bind(id.0)
+            .bind(prefix)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(n > 0)
+    }
+
     /// Appends one event to an incident's timeline.
     pub async fn add_event(
         &self,
