@@ -7,7 +7,8 @@
 # JOBS=2 runs two targets at a time (default 1; the build is shared).
 #
 # Each target starts from a scratch corpus, fuzz/corpus/<target>/ (not
-# committed), seeded with fuzz/seeds/<target>/ and fuzz/regressions/<target>/.
+# committed), seeded with fuzz/seeds/<target>/ and fuzz/regressions/<target>/,
+# with the dictionary fuzz/dicts/<target>.dict when there is one.
 # Crashing inputs (crash-, oom-, timeout-, leak-) are copied into
 # fuzz/regressions/<target>/, which tests/fuzz_regressions.rs replays on
 # stable. Logs go to fuzz/logs/<target>.log. Exits 1 if any target failed.
@@ -45,9 +46,10 @@ run_one() {
     if [[ -d fuzz/regressions/$t ]] && compgen -G "fuzz/regressions/$t/*" >/dev/null; then
         cp fuzz/regressions/"$t"/* "$corpus"/
     fi
+    local opts=(-max_total_time="$secs" -timeout=10 -print_final_stats=1)
+    [[ -f fuzz/dicts/$t.dict ]] && opts+=(-dict="fuzz/dicts/$t.dict")
     local start=$SECONDS
-    cargo +nightly fuzz run "$t" "$corpus" -- \
-        -max_total_time="$secs" -timeout=10 -print_final_stats=1 >"$log" 2>&1
+    cargo +nightly fuzz run "$t" "$corpus" -- "${opts[@]}" >"$log" 2>&1
     local rc=$? found=()
     for f in "$artifacts"/crash-* "$artifacts"/oom-* "$artifacts"/timeout-* "$artifacts"/leak-*; do
         [[ -e $f ]] && found+=("$f")
