@@ -4,8 +4,8 @@
 //! `routeLabels`, `truncatedAlerts`) are accepted when present.
 
 use serde::Deserialize;
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 use crate::domain::{Alert, AlertStatus, Fingerprint, Labels, Notification};
 
@@ -164,7 +164,14 @@ fn to_alert(index: usize, wire: WireAlert) -> Result<Alert, InvalidPayload> {
 }
 
 fn parse_time(raw: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(raw, &Rfc3339).map_err(|e| format!("not an RFC 3339 time ({e})"))
+    let time =
+        OffsetDateTime::parse(raw, &Rfc3339).map_err(|e| format!("not an RFC 3339 time ({e})"))?;
+    // Alert times are stored in UTC (`alert_time_key`); a time such as
+    // 9999-12-31T23:59:59-01:00 has no UTC form within year 9999.
+    match time.checked_to_offset(UtcOffset::UTC) {
+        Some(_) => Ok(time),
+        None => Err("outside the supported range once converted to UTC".to_owned()),
+    }
 }
 
 #[cfg(test)]
