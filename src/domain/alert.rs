@@ -92,9 +92,10 @@ impl Alert {
 /// An alert's time as stored: RFC 3339 in UTC with full precision.
 #[must_use]
 pub fn alert_time_key(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    // The parser refuses times without a UTC form; this never panics anyway.
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .and_then(|utc| utc.format(&Rfc3339).ok())
+        .unwrap_or_else(|| t.unix_timestamp().to_string())
 }
 
 /// The identity of one delivery, the same on every HA peer and every retry:
