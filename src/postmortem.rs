@@ -227,9 +227,18 @@ fn describe(entry: &TimelineEntry) -> String {
             n("approvals"),
             n("quorum")
         ),
-        "decision_refused" | "ack_refused" | "snooze_refused" | "silence_refused" => {
-            format!("{} refused: {}", s("display"), s("reason"))
-        }
+        "decision_refused" => format!(
+            "{} of {} refused: {}",
+            s("decision"),
+            s("display"),
+            s("reason")
+        ),
+        "ack_refused" | "snooze_refused" | "silence_refused" => format!(
+            "{} by {} refused: {}",
+            entry.kind.trim_end_matches("_refused"),
+            s("display"),
+            s("reason")
+        ),
         "execution_started" => {
             let what = match (
                 d.get("statement").and_then(Value::as_str),
