@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Reproduces every figure of README's "Performance" section, in order:
 #   1. cargo build --release
-#   2. benches/intake.sh both        intake throughput and latency (wrk), RSS
+#   2. benches/intake.sh both        intake throughput and latency (wrk), RSS,
+#      then again with REMEDY__WORKER__ENABLED=false (an intake-only process)
 #   3. cargo bench --bench pipeline  alert -> Slack message, click -> executed, RSS
 #   4. cargo bench --bench diagnosis one full diagnosis (DatabasePoolExhaustionCritical)
 #   5. cargo bench --bench timers    escalation timer lag and memory, 10k vs 100k pending
 # then prints a summary of the figures and the machine's load before and
 # after (other work on the machine skews every figure: compare with care).
-# About 8 minutes on the 2-core development machine, most of it in
+# About 7 minutes on the 2-core development machine, most of it in
 # compiling and in the timer benchmark.
 #
 # Usage: benches/run.sh
@@ -18,7 +19,8 @@ cd "$(dirname "$0")/.."
 
 if ! command -v wrk >/dev/null; then
   if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >/dev/null 2>&1 ||
+      { echo "apt-get install wrk failed" >&2; exit 1; }
   else
     echo "wrk is needed: apt-get install wrk" >&2
     exit 1
@@ -38,6 +40,7 @@ step() {
 
 step cargo build --release
 step benches/intake.sh both
+step env REMEDY__WORKER__ENABLED=false benches/intake.sh both
 step cargo bench --bench pipeline
 step cargo bench --bench diagnosis
 step cargo bench --bench timers
@@ -46,7 +49,7 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 echo
 echo "================ summary ($(date -u +%F), $(nproc) cores, $(( $(date +%s) - started )) s) ================"
 echo "-- intake (benches/intake.sh both: wrk, 16 connections, 10 s, new fingerprint per request)"
-grep -E '^(== |requests/s|p50|requests:|idle RSS)' "$log" || true
+grep -E '^(### .*intake|== |requests/s|p50|requests:|idle RSS)' "$log" || true
 echo "-- pipeline (cargo bench --bench pipeline)"
 grep -E '^(sqlite|postgres) +(alert|quorum|remedy)' "$log" || true
 echo "-- diagnosis (cargo bench --bench diagnosis)"
