@@ -32,17 +32,30 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn fresh(backend: &str) -> anyhow::Result<String> {
+fn pg_admin() -> String {
+    std::env::var("REMEDY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn sqlite_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("remedy-bench")
+        .join(format!("{name}.db"))
+}
+
+/// A fresh store: its URL and its name (database or file stem).
+async fn fresh(backend: &str) -> anyhow::Result<(String, String)> {
     let name = format!("remedy_bench_timers_{}", uuid::Uuid::now_v7().simple());
-    Ok(match backend {
+    let url = match backend {
         "sqlite" => {
-            let dir = std::env::temp_dir().join("remedy-bench");
-            std::fs::create_dir_all(&dir)?;
-            format!("sqlite://{}", dir.join(format!("{name}.db")).display())
+            let file = sqlite_file(&name);
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            format!("sqlite://{}", file.display())
         }
         _ => {
-            let admin = std::env::var("REMEDY_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let admin = pg_admin();
             let mut conn = sqlx::PgConnection::connect(&admin).await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
                 .execute(&mut conn)
@@ -52,7 +65,26 @@ async fn fresh(backend: &str) -> anyhow::Result<String> {
                 admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
             )
         }
-    })
+    };
+    Ok((url, name))
+}
+
+/// Removes the store `fresh` made.
+async fn remove(backend: &str, name: &str) -> anyhow::Result<()> {
+    if backend == "sqlite" {
+        let file = sqlite_file(name);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&pg_admin()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "drop database {name} with (force)"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// `pending` incidents with one timer each: the first DUE fall due evenly
@@ -138,7 +170,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 async fn run(backend: &str, pending: i64) -> anyhow::Result<()> {
-    let url = fresh(backend).await?;
+    let (url, name) = fresh(backend).await?;
     let store = Store::connect(&url, &StoreOptions::default()).await?;
     store.migrate().await?;
     let settings = remedy::config::Settings::load_from(
@@ -201,7 +233,7 @@ async fn run(backend: &str, pending: i64) -> anyhow::Result<()> {
         seed_time.as_secs_f64()
     );
     store.close().await;
-    Ok(())
+    remove(backend, &name).await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
