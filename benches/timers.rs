@@ -71,6 +71,10 @@ async fn fresh(backend: &str) -> anyhow::Result<(String, String)> {
 
 /// Removes the store `fresh` made.
 async fn remove(backend: &str, name: &str) -> anyhow::Result<()> {
+    if std::env::var_os("REMEDY_BENCH_KEEP").is_some() {
+        println!("kept store: {name}");
+        return Ok(());
+    }
     if backend == "sqlite" {
         let file = sqlite_file(name);
         for suffix in ["", "-wal", "-shm"] {

@@ -237,6 +237,8 @@ pub(super) async fn run(
             "action executed"
         );
         metrics::counter!("remedy_executions_total", "outcome" => outcome.state).increment(1);
+        // The run's own end: later than the claim's clock by however long it took.
+        let finished = started.max(now_millis());
         engine
             .store
             .finish_execution(
@@ -247,11 +249,12 @@ pub(super) async fn run(
                 },
                 outcome.state,
                 &outcome.output,
-                now.max(now_millis()),
+                finished,
                 (builtin.is_none() && !settings.verify_after.is_zero()).then(|| {
-                    now + i64::try_from(settings.verify_after.as_millis()).unwrap_or(i64::MAX / 2)
+                    finished
+                        + i64::try_from(settings.verify_after.as_millis()).unwrap_or(i64::MAX / 2)
                 }),
-                now,
+                finished,
             )
             .await?;
         if matches!(outcome.state, "failed")
