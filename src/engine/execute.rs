@@ -254,7 +254,7 @@ pub(super) async fn run(
                     finished
                         + i64::try_from(settings.verify_after.as_millis()).unwrap_or(i64::MAX / 2)
                 }),
-                finished,
+                now,
             )
             .await?;
         if matches!(outcome.state, "failed")

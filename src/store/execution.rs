@@ -273,7 +273,7 @@ impl Store {
                 conn,
                 incident.0,
                 Some(approval),
-                now,
+                finished_at,
                 "execution_finished",
                 serde_json::json!({ "execution_id": execution, "outcome": state, "output": output })
             );
