@@ -474,26 +474,9 @@ impl Store {
         Ok(transaction!(self, |conn| {
             'outcome: {
                 let state = control_state!(conn, self, incident);
-                let refusal = match &state {
-                    _ if !authorized => {
-                        Some("you are not a responder for this incident".to_owned())
-                    }
-                    None => Some("this incident has no escalation".to_owned()),
-                    Some((status, _)) if status != "firing" => {
-                        Some("the incident is resolved".to_owned())
-                    }
-                    _ => None,
-                };
+                let refusal = refusal(&state, authorized);
                 if let Some(reason) = refusal {
-                    record_event!(
-                        conn,
-                        incident.0,
-                        now,
-                        "ack_refused",
-                        json!({ "by": who.key, "display": who.display, "reason": reason })
-                    );
-                    // Not `return`: that would roll the event back.
-                    break 'outcome DecisionOutcome::Refused(reason);
+                    refuse!('outcome, conn, incident, now, "ack_refused", who, reason);
                 }
                 if let Some((_, Some(_))) = state {
                     break 'outcome DecisionOutcome::Recorded {
@@ -559,29 +542,15 @@ impl Store {
                 .bind(incident.0)
                 .fetch_one(&mut *conn)
                 .await?;
-                let refusal = match (&state, next) {
-                    _ if !authorized => {
-                        Some("you are not a responder for this incident".to_owned())
-                    }
-                    (None, _) => Some("this incident has no escalation".to_owned()),
-                    (Some((status, _)), _) if status != "firing" => {
-                        Some("the incident is resolved".to_owned())
-                    }
+                let refusal = refusal(&state, authorized).or_else(|| match (&state, next) {
                     (Some((_, Some(by))), _) => Some(format!(
                         "already acknowledged by {by}: nothing escalates on time"
                     )),
                     (_, None) => Some("no escalation is pending".to_owned()),
                     _ => None,
-                };
+                });
                 if let Some(reason) = refusal {
-                    record_event!(
-                        conn,
-                        incident.0,
-                        now,
-                        "snooze_refused",
-                        json!({ "by": who.key, "display": who.display, "reason": reason })
-                    );
-                    break 'outcome DecisionOutcome::Refused(reason);
+                    refuse!('outcome, conn, incident, now, "snooze_refused", who, reason);
                 }
                 let until = now.saturating_add(for_ms);
                 let shift = next.map_or(0, |due| (until - due).max(0));
@@ -636,25 +605,8 @@ impl Store {
         Ok(transaction!(self, |conn| {
             'outcome: {
                 let state = control_state!(conn, self, incident);
-                let refusal = match &state {
-                    _ if !authorized => {
-                        Some("you are not a responder for this incident".to_owned())
-                    }
-                    None => Some("this incident has no escalation".to_owned()),
-                    Some((status, _)) if status != "firing" => {
-                        Some("the incident is resolved".to_owned())
-                    }
-                    _ => None,
-                };
-                if let Some(reason) = refusal {
-                    record_event!(
-                        conn,
-                        incident.0,
-                        now,
-                        "silence_refused",
-                        json!({ "by": who.key, "display": who.display, "reason": reason })
-                    );
-                    break 'outcome DecisionOutcome::Refused(reason);
+                if let Some(reason) = refusal(&state, authorized) {
+                    refuse!('outcome, conn, incident, now, "silence_refused", who, reason);
                 }
                 let approval: Option<i64> = sqlx::query_scalar(
                     "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
@@ -749,3 +701,31 @@ macro_rules! control_state {
 }
 
 use control_state;
+
+/// Records a refused control on the timeline and ends the `'outcome`
+/// block with it (not `return`: that would roll the event back).
+macro_rules! refuse {
+    ($outcome:lifetime, $conn:expr, $incident:expr, $now:expr, $kind:expr, $who:expr, $reason:expr) => {{
+        record_event!(
+            $conn,
+            $incident.0,
+            $now,
+            $kind,
+            json!({ "by": $who.key, "display": $who.display, "reason": $reason })
+        );
+        break $outcome DecisionOutcome::Refused($reason);
+    }};
+}
+
+use refuse;
+
+/// Why a control is refused whatever it is: the clicker holds none of the
+/// policy's roles, the incident has no escalation, or it is resolved.
+fn refusal(state: &Option<(String, Option<String>)>, authorized: bool) -> Option<String> {
+    match state {
+        _ if !authorized => Some("you are not a responder for this incident".to_owned()),
+        None => Some("this incident has no escalation".to_owned()),
+        Some((status, _)) if status != "firing" => Some("the incident is resolved".to_owned()),
+        _ => None,
+    }
+}
