@@ -1030,22 +1030,29 @@ async fn a_threshold_from_the_diagnosis_escalates_at_once() {
             all
         }
     };
+    // Fires the alert and lets the scaled engine diagnose it; its incident id.
+    let open_idle_incident = |fingerprint: &'static str| {
+        let (s, engine) = (&s, &engine);
+        async move {
+            let reply = s
+                .app
+                .post_webhook(notification(&[alert(
+                    "DatabaseIdleInTransaction",
+                    "warning",
+                    fingerprint,
+                    "2026-11-27T01:00:00Z",
+                    None,
+                )]))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            drain(engine, now_millis()).await;
+            common::scalar::<i64>(&s.app.store, "select max(id) from incidents").await
+        }
+    };
     // Two sessions: at the threshold, not over it.
     sessions.extend(open_idle(2).await);
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
-    let reply = s
-        .app
-        .post_webhook(notification(&[alert(
-            "DatabaseIdleInTransaction",
-            "warning",
-            "b9b9b9b9b9b9b9b1",
-            "2026-11-27T01:00:00Z",
-            None,
-        )]))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    drain(&engine, now_millis()).await;
-    let first: i64 = common::scalar(&s.app.store, "select max(id) from incidents").await;
+    let first = open_idle_incident("b9b9b9b9b9b9b9b1").await;
     assert!(
         !s.events(first)
             .await
@@ -1054,19 +1061,7 @@ async fn a_threshold_from_the_diagnosis_escalates_at_once() {
     // A third: over it.
     sessions.extend(open_idle(1).await);
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
-    let reply = s
-        .app
-        .post_webhook(notification(&[alert(
-            "DatabaseIdleInTransaction",
-            "warning",
-            "b9b9b9b9b9b9b9b2",
-            "2026-11-27T01:00:00Z",
-            None,
-        )]))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    drain(&engine, now_millis()).await;
-    let second: i64 = common::scalar(&s.app.store, "select max(id) from incidents").await;
+    let second = open_idle_incident("b9b9b9b9b9b9b9b2").await;
     assert!(
         s.events(second)
             .await
