@@ -8,6 +8,7 @@ mod escalation;
 mod execution;
 mod incidents;
 mod intake;
+mod periodic;
 mod work;
 
 use std::str::FromStr;
@@ -204,6 +205,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "escalation",
         include_str!("../../migrations/sqlite/0004_escalation.sql"),
     ),
+    (
+        7,
+        "periodic",
+        include_str!("../../migrations/sqlite/0007_periodic.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -226,6 +232,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "escalation",
         include_str!("../../migrations/postgres/0004_escalation.sql"),
+    ),
+    (
+        7,
+        "periodic",
+        include_str!("../../migrations/postgres/0007_periodic.sql"),
     ),
 ];
 
