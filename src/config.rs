@@ -343,6 +343,21 @@ pub struct IntakeSettings {
     pub max_body_bytes: usize,
     pub queue_capacity: usize,
     pub max_batch: usize,
+    /// More alerts in one notification get 400.
+    pub max_alerts_per_notification: usize,
+    /// A longer label or annotation value (or name, receiver, group key,
+    /// generator URL) gets 400.
+    pub max_value_bytes: usize,
+}
+
+impl IntakeSettings {
+    #[must_use]
+    pub fn limits(&self) -> crate::intake::Limits {
+        crate::intake::Limits {
+            max_alerts: self.max_alerts_per_notification,
+            max_value_bytes: self.max_value_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

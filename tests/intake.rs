@@ -18,6 +18,11 @@ on_both_stores!(
     bad_inputs_get_their_status_and_change_nothing,
     basic_auth_is_accepted,
     a_failing_store_answers_503_and_records_nothing,
+    an_earlier_starts_at_joins_the_open_incident_and_the_resolve_closes_it,
+    a_firing_copy_after_a_resolve_in_the_same_batch_opens_a_new_episode,
+    hostile_values_get_400_naming_the_field,
+    valid_notifications_commit_beside_hostile_ones,
+    a_notification_the_store_refuses_does_not_fail_its_batch,
 );
 
 fn statuses(incidents: &[Value]) -> Vec<(String, String)> {
@@ -60,17 +65,20 @@ async fn each_fixture_produces_the_expected_incidents(backend: Backend) {
     post_ok(&app, fixture("grouped_firing_3.json")).await;
     assert_eq!(app.incidents("status=firing").await.len(), 3);
 
-    // One of three resolved, but with a startsAt remedy never saw firing:
-    // recorded as its own, already resolved, episode. The other two repeat.
+    // One of three resolved, with a startsAt a second earlier than the
+    // firing copy's (Alertmanager kept the earliest of merged copies): it
+    // still closes that fingerprint's open incident. The other two repeat.
     let reply = post_ok(&app, fixture("grouped_mixed_2firing_1resolved.json")).await;
     assert_eq!(reply["incidents_opened"], 0);
-    assert_eq!(app.incidents("status=firing").await.len(), 3);
-    assert_eq!(app.incidents("").await.len(), 5);
+    assert_eq!(reply["incidents_resolved"], 1);
+    assert_eq!(app.incidents("status=firing").await.len(), 2);
+    assert_eq!(app.incidents("").await.len(), 4);
 
+    // The resolve repeated for the one already closed changes nothing.
     let reply = post_ok(&app, fixture("grouped_resolved_3.json")).await;
-    assert_eq!(reply["incidents_resolved"], 3);
+    assert_eq!(reply["incidents_resolved"], 2);
     assert!(app.incidents("status=firing").await.is_empty());
-    assert_eq!(app.incidents("status=resolved").await.len(), 5);
+    assert_eq!(app.incidents("status=resolved").await.len(), 4);
 
     let repeated = app
         .incidents("status=resolved")
@@ -451,4 +459,218 @@ async fn a_failing_store_answers_503_and_records_nothing(backend: Backend) {
             .expect("reopen");
     let incidents: i64 = common::scalar(&reopened, "select count(*) from incidents").await;
     assert_eq!(incidents, 0);
+}
+
+/// Prometheus HA pairs: the second replica's copy starts 35 s earlier, and
+/// Alertmanager's merged notification carries that earlier `startsAt`.
+async fn an_earlier_starts_at_joins_the_open_incident_and_the_resolve_closes_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let fp = "eeee000000000001";
+    let reply = post_ok(&app, firing(fp, "2026-11-26T10:00:35Z")).await;
+    assert_eq!(reply["incidents_opened"], 1);
+    let reply = post_ok(&app, firing(fp, "2026-11-26T10:00:00Z")).await;
+    assert_eq!(reply["incidents_opened"], 0);
+    let incidents = app.incidents("").await;
+    assert_eq!(incidents.len(), 1, "one incident for one episode");
+    assert_eq!(incidents[0]["starts_at"], "2026-11-26T10:00:00Z");
+    assert_eq!(incidents[0]["seen_count"], 2);
+    let moved: Vec<String> = common::column(
+        &app.store,
+        "select kind from incident_events where kind = 'starts_at_moved'",
+    )
+    .await;
+    assert_eq!(moved.len(), 1);
+    assert_eq!(app.count("work").await, 1, "one diagnosis queued");
+
+    // `amtool alert add --end`: the resolve's startsAt is its endsAt,
+    // earlier still than the firing copy's.
+    let reply = post_ok(
+        &app,
+        resolved(fp, "2026-11-26T09:59:00Z", "2026-11-26T09:59:00Z"),
+    )
+    .await;
+    assert_eq!(reply["incidents_resolved"], 1);
+    let incidents = app.incidents("").await;
+    assert_eq!(statuses(&incidents), vec![(fp.into(), "resolved".into())]);
+
+    // A late firing copy of that episode (starting no later than it ended)
+    // does not reopen it; one that starts after it ended is a new episode.
+    let reply = post_ok(&app, firing(fp, "2026-11-26T10:00:00Z")).await;
+    assert_eq!(reply["incidents_opened"], 0);
+    let reply = post_ok(&app, firing(fp, "2026-11-26T11:00:00Z")).await;
+    assert_eq!(reply["incidents_opened"], 1);
+    assert_eq!(app.incidents("status=firing").await.len(), 1);
+    assert_eq!(app.incidents("").await.len(), 2);
+}
+
+/// A resolve and the next episode's first firing copy can be committed in
+/// one batch: arrival order decides, so the new episode stays open.
+async fn a_firing_copy_after_a_resolve_in_the_same_batch_opens_a_new_episode(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let fp = "eeee000000000002";
+    post_ok(&app, firing(fp, "2026-11-26T10:00:00Z")).await;
+    let mut writer = app.store.intake_writer();
+    let resolve = remedy::intake::parse(
+        resolved(fp, "2026-11-26T10:00:00Z", "2026-11-26T10:05:00Z").as_bytes(),
+    )
+    .expect("resolve parses");
+    let again = remedy::intake::parse(firing(fp, "2026-11-26T11:00:00Z").as_bytes())
+        .expect("firing parses");
+    let outcomes = writer.record(&[&resolve, &again], 1_000).await;
+    let outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|o| o.expect("committed"))
+        .collect();
+    assert_eq!(outcomes[0].incidents_resolved, 1);
+    assert_eq!(outcomes[1].incidents_opened, 1);
+    let firing_now = app.incidents("status=firing").await;
+    assert_eq!(firing_now.len(), 1);
+    assert_eq!(firing_now[0]["starts_at"], "2026-11-26T11:00:00Z");
+    writer.release();
+}
+
+fn hostile(edit: impl Fn(&mut Value)) -> String {
+    let mut v: Value =
+        serde_json::from_str(&firing("ffff000000000001", "2026-11-26T10:00:00Z")).expect("json");
+    edit(&mut v);
+    v.to_string()
+}
+
+async fn hostile_values_get_400_naming_the_field(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("REMEDY__INTAKE__MAX_ALERTS_PER_NOTIFICATION", "3"),
+            ("REMEDY__INTAKE__MAX_VALUE_BYTES", "4096"),
+        ],
+    )
+    .await;
+    let cases: Vec<(String, &str)> = vec![
+        (
+            hostile(|v| v["alerts"][0]["labels"]["x"] = "a\u{0}b".into()),
+            "alerts[0].labels.x",
+        ),
+        (
+            hostile(|v| v["alerts"][0]["annotations"]["summary"] = "\u{0}".into()),
+            "alerts[0].annotations.summary",
+        ),
+        (hostile(|v| v["groupKey"] = "{}:\u{0}".into()), "groupKey"),
+        (
+            firing("ffff000000000001", "2026-11-26T10:00:00Z").replace(
+                "\"truncatedAlerts\":0",
+                "\"truncatedAlerts\":18446744073709551615",
+            ),
+            "truncatedAlerts",
+        ),
+        (
+            hostile(|v| v["alerts"][0]["labels"][""] = "x".into()),
+            "alerts[0].labels",
+        ),
+        (
+            hostile(|v| v["alerts"][0]["annotations"]["description"] = "y".repeat(4097).into()),
+            "alerts[0].annotations.description",
+        ),
+        (
+            hostile(|v| {
+                let one = v["alerts"][0].clone();
+                v["alerts"] = Value::Array(vec![one; 4]);
+            }),
+            "alerts",
+        ),
+    ];
+    for (body, field) in cases {
+        let reply = app.post_webhook(body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{field}: {}",
+            reply.json
+        );
+        assert_eq!(reply.json["field"], field, "{}", reply.json);
+    }
+    assert_eq!(app.count("incidents").await, 0);
+    assert_eq!(app.count("notifications").await, 0);
+}
+
+/// 40 valid notifications and 40 hostile ones at once: the hostile ones are
+/// refused at the edge and every valid one commits.
+async fn valid_notifications_commit_beside_hostile_ones(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut bodies = Vec::new();
+    for i in 0..40 {
+        bodies.push((
+            true,
+            firing(&format!("a1a1{i:012x}"), "2026-11-26T10:00:00Z"),
+        ));
+        let nul = hostile(|v| {
+            v["alerts"][0]["fingerprint"] = format!("b2b2{i:012x}").into();
+            v["alerts"][0]["labels"]["x"] = format!("{i}\u{0}").into();
+        });
+        let huge = hostile(|v| {
+            v["alerts"][0]["fingerprint"] = format!("c3c3{i:012x}").into();
+            v["truncatedAlerts"] = serde_json::json!(u64::MAX);
+        });
+        bodies.push((false, if i % 2 == 0 { nul } else { huge }));
+    }
+    let replies = futures_join_all(bodies.iter().map(|(_, b)| app.post_webhook(b.clone()))).await;
+    for ((valid, _), reply) in bodies.iter().zip(&replies) {
+        let expected = if *valid {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(reply.status, expected, "{}", reply.json);
+    }
+    assert_eq!(app.incidents("status=firing").await.len(), 40);
+}
+
+/// A notification that passes the edge but that the store refuses (a
+/// trigger stands in for any constraint) gets its own 400; the others
+/// committed in the same burst get 200.
+async fn a_notification_the_store_refuses_does_not_fail_its_batch(backend: Backend) {
+    let app = spawn_app(backend).await;
+    match backend {
+        Backend::Sqlite => {
+            common::execute(
+                &app.store,
+                "create trigger refuse_bad before insert on incidents
+                  when new.fingerprint = 'badbadbadbadbad0'
+                  begin select raise(abort, 'refused by test trigger'); end",
+            )
+            .await;
+        }
+        Backend::Postgres => {
+            common::execute(
+                &app.store,
+                "create function refuse_bad() returns trigger language plpgsql as $$
+                 begin
+                   if new.fingerprint = 'badbadbadbadbad0' then
+                     raise exception 'refused by test trigger' using errcode = '23514';
+                   end if;
+                   return new;
+                 end $$",
+            )
+            .await;
+            common::execute(
+                &app.store,
+                "create trigger refuse_bad before insert on incidents
+                  for each row execute function refuse_bad()",
+            )
+            .await;
+        }
+    }
+    let mut bodies: Vec<String> = (0..30)
+        .map(|i| firing(&format!("d4d4{i:012x}"), "2026-11-26T10:00:00Z"))
+        .collect();
+    bodies.insert(15, firing("badbadbadbadbad0", "2026-11-26T10:00:00Z"));
+    let replies = futures_join_all(bodies.iter().map(|b| app.post_webhook(b.clone()))).await;
+    let refused: Vec<usize> = replies
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status != StatusCode::OK)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(refused, vec![15], "only the refused one fails");
+    assert_eq!(replies[15].status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.incidents("status=firing").await.len(), 30);
 }

@@ -59,7 +59,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
             ApiError::Unavailable("request body could not be read")
         }
     })?;
-    let notification = intake::parse(&bytes)?;
+    let notification = intake::parse_with(&bytes, state.settings.intake.limits())?;
     let alerts = notification.alerts.len();
     for alert in &notification.alerts {
         metrics::counter!("remedy_alerts_received_total", "status" => alert.status.as_str())
@@ -73,6 +73,12 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
             SubmitError::Overloaded => ApiError::Unavailable("intake queue full"),
             SubmitError::Store(_) => ApiError::Unavailable("store could not commit"),
             SubmitError::Closed => ApiError::Unavailable("shutting down"),
+            // Past the edge's checks, yet the store said no: a 400, since a
+            // 503 would be retried for ever. The detail is in the log.
+            SubmitError::Refused(_) => ApiError::InvalidPayload(intake::InvalidPayload {
+                field: ".".into(),
+                message: "the store cannot hold this notification".into(),
+            }),
         })?;
     Ok(json!({
         "status": "accepted",

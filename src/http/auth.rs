@@ -110,6 +110,8 @@ mod tests {
             max_body_bytes: 1,
             queue_capacity: 1,
             max_batch: 1,
+            max_alerts_per_notification: 1,
+            max_value_bytes: 1,
         }
     }
 

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::domain::{Notification, now_millis};
-use crate::store::{BatchOutcome, Store};
+use crate::store::{BatchOutcome, RecordError, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -19,6 +19,9 @@ pub enum SubmitError {
     Store(String),
     #[error("intake is shutting down")]
     Closed,
+    /// The store refused this notification's data; it would never commit.
+    #[error("store refused the notification: {0}")]
+    Refused(String),
 }
 
 struct Pending {
@@ -84,25 +87,27 @@ async fn write_batches(
             break;
         }
         let notifications: Vec<&Notification> = batch.iter().map(|p| &p.notification).collect();
-        let result = writer.record(&notifications, now_millis()).await;
+        let results = writer.record(&notifications, now_millis()).await;
         metrics::histogram!("remedy_intake_batch_size").record(batch.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                if outcomes.iter().any(BatchOutcome::queued_work) {
-                    work_ready.notify_one();
+        if results
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(BatchOutcome::queued_work))
+        {
+            work_ready.notify_one();
+        }
+        for (pending, result) in batch.drain(..).zip(results) {
+            let answer = result.map_err(|error| match error {
+                RecordError::Unavailable(message) => {
+                    tracing::error!(%message, "notification not committed");
+                    SubmitError::Store(message)
                 }
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    // A caller that went away (client disconnected) needs no answer.
-                    let _ = pending.reply.send(Ok(outcome));
+                RecordError::Refused(message) => {
+                    tracing::warn!(%message, "notification refused by the store");
+                    SubmitError::Refused(message)
                 }
-            }
-            Err(error) => {
-                tracing::error!(%error, notifications = batch.len(), "intake batch not committed");
-                let message = error.to_string();
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(SubmitError::Store(message.clone())));
-                }
-            }
+            });
+            // A caller that went away (client disconnected) needs no answer.
+            let _ = pending.reply.send(answer);
         }
     }
 }

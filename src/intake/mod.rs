@@ -6,4 +6,4 @@ mod batcher;
 mod wire;
 
 pub use batcher::{Intake, SubmitError};
-pub use wire::{InvalidPayload, WebhookMessage, parse};
+pub use wire::{InvalidPayload, Limits, WebhookMessage, parse, parse_with};

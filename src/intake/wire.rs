@@ -62,8 +62,35 @@ pub struct InvalidPayload {
     pub message: String,
 }
 
-/// Parses and validates a webhook body into a [`Notification`].
+/// What one notification may hold. Anything beyond is refused with 400 at
+/// parse time, the same on both stores, instead of failing the commit (a
+/// 5xx that Alertmanager would retry for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `intake.max_alerts_per_notification`.
+    pub max_alerts: usize,
+    /// `intake.max_value_bytes`: any label or annotation value, and the
+    /// other stored strings (receiver, group key, generator URL).
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_alerts: 10_000,
+            max_value_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// Parses and validates a webhook body into a [`Notification`], with the
+/// default [`Limits`].
 pub fn parse(body: &[u8]) -> Result<Notification, InvalidPayload> {
+    parse_with(body, Limits::default())
+}
+
+/// Parses and validates a webhook body into a [`Notification`].
+pub fn parse_with(body: &[u8], limits: Limits) -> Result<Notification, InvalidPayload> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let message: WebhookMessage = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -87,7 +114,106 @@ pub fn parse(body: &[u8]) -> Result<Notification, InvalidPayload> {
             message: strip_position(&text),
         }
     })?;
+    check_storable(&message, limits)?;
     Notification::try_from(message)
+}
+
+/// Refuses what no store can hold or what exceeds the limits, naming the
+/// field: a NUL character (PostgreSQL text and jsonb cannot store it), an
+/// integer beyond a signed 64-bit column, an empty label name, too many
+/// alerts, a value over `max_value_bytes`.
+fn check_storable(message: &WebhookMessage, limits: Limits) -> Result<(), InvalidPayload> {
+    if message.alerts.len() > limits.max_alerts {
+        return Err(InvalidPayload {
+            field: "alerts".into(),
+            message: format!(
+                "{} alerts; at most {} per notification (intake.max_alerts_per_notification)",
+                message.alerts.len(),
+                limits.max_alerts
+            ),
+        });
+    }
+    if i64::try_from(message.truncated_alerts).is_err() {
+        return Err(InvalidPayload {
+            field: "truncatedAlerts".into(),
+            message: format!(
+                "{} does not fit a signed 64-bit integer",
+                message.truncated_alerts
+            ),
+        });
+    }
+    check_text("receiver", &message.receiver, limits)?;
+    check_text("groupKey", &message.group_key, limits)?;
+    for (i, alert) in message.alerts.iter().enumerate() {
+        check_labels(&format!("alerts[{i}].labels"), &alert.labels, limits)?;
+        check_labels(
+            &format!("alerts[{i}].annotations"),
+            &alert.annotations,
+            limits,
+        )?;
+        check_text(
+            &format!("alerts[{i}].generatorURL"),
+            &alert.generator_url,
+            limits,
+        )?;
+        check_text(&format!("alerts[{i}].startsAt"), &alert.starts_at, limits)?;
+        if let Some(ends_at) = &alert.ends_at {
+            check_text(&format!("alerts[{i}].endsAt"), ends_at, limits)?;
+        }
+        check_text(
+            &format!("alerts[{i}].fingerprint"),
+            &alert.fingerprint,
+            limits,
+        )?;
+    }
+    Ok(())
+}
+
+fn check_labels(field: &str, labels: &Labels, limits: Limits) -> Result<(), InvalidPayload> {
+    for (name, value) in labels {
+        if name.is_empty() {
+            return Err(InvalidPayload {
+                field: field.to_owned(),
+                message: "empty label name".into(),
+            });
+        }
+        // A name is shown in the path, so a hostile one is shown escaped.
+        let path = format!("{field}.{}", name.escape_debug());
+        if name.contains('\0') {
+            return Err(InvalidPayload {
+                field: path,
+                message: "NUL character in the label name".into(),
+            });
+        }
+        if name.len() > limits.max_value_bytes {
+            return Err(too_long(path, name.len(), limits));
+        }
+        check_text(&path, value, limits)?;
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, limits: Limits) -> Result<(), InvalidPayload> {
+    if value.contains('\0') {
+        return Err(InvalidPayload {
+            field: field.to_owned(),
+            message: "NUL character".into(),
+        });
+    }
+    if value.len() > limits.max_value_bytes {
+        return Err(too_long(field.to_owned(), value.len(), limits));
+    }
+    Ok(())
+}
+
+fn too_long(field: String, len: usize, limits: Limits) -> InvalidPayload {
+    InvalidPayload {
+        field,
+        message: format!(
+            "{len} bytes; at most {} (intake.max_value_bytes)",
+            limits.max_value_bytes
+        ),
+    }
 }
 
 /// serde names a missing field only in its message; join it to the path.
@@ -259,6 +385,52 @@ mod tests {
         assert_eq!(err.field, "alerts[0].labels");
         assert!(err.message.contains("line"), "{}", err.message);
         assert_eq!(parse(b"{").expect_err("eof").field, ".");
+    }
+
+    #[test]
+    fn what_a_store_cannot_hold_is_refused_naming_the_field() {
+        let nul_value = with(|v| v["alerts"][0]["labels"]["x"] = "a\u{0}b".into());
+        let err = parse(&nul_value).expect_err("NUL value");
+        assert_eq!(err.field, "alerts[0].labels.x");
+        assert_eq!(err.message, "NUL character");
+        let nul_name = with(|v| v["alerts"][0]["annotations"]["a\u{0}"] = "b".into());
+        assert_eq!(field_of_error(&nul_name), "alerts[0].annotations.a\\0");
+        let empty_name = with(|v| v["alerts"][0]["labels"][""] = "b".into());
+        assert_eq!(field_of_error(&empty_name), "alerts[0].labels");
+        let nul_receiver = with(|v| v["receiver"] = "re\u{0}".into());
+        assert_eq!(field_of_error(&nul_receiver), "receiver");
+        let huge = with(|v| v["truncatedAlerts"] = serde_json::json!(u64::MAX));
+        assert_eq!(field_of_error(&huge), "truncatedAlerts");
+    }
+
+    #[test]
+    fn limits_are_enforced_with_their_setting_named() {
+        let limits = Limits {
+            max_alerts: 1,
+            max_value_bytes: 1000,
+        };
+        let long = with(|v| v["alerts"][0]["annotations"]["summary"] = "x".repeat(1001).into());
+        let err = parse_with(&long, limits).expect_err("too long");
+        assert_eq!(err.field, "alerts[0].annotations.summary");
+        assert!(
+            err.message.contains("intake.max_value_bytes"),
+            "{}",
+            err.message
+        );
+        let two = with(|v| {
+            let first = v["alerts"][0].clone();
+            v["alerts"].as_array_mut().expect("array").push(first);
+        });
+        let err = parse_with(
+            &two,
+            Limits {
+                max_value_bytes: 1 << 20,
+                ..limits
+            },
+        )
+        .expect_err("too many");
+        assert_eq!(err.field, "alerts");
+        assert!(parse(&two).is_ok());
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! Writes a batch of webhook deliveries in one transaction (group commit):
-//! the delivery itself, one incident per firing episode, the incident's
-//! first timeline events and the work that follows from them.
+//! the delivery itself, one incident per episode, the incident's first
+//! timeline events and the work that follows from them.
+//!
+//! An episode is a fingerprint's open interval (protocols.md §1.5a): a
+//! firing copy of a fingerprint with an open incident belongs to it whatever
+//! its `startsAt` (the incident keeps the earliest); a resolve closes the
+//! fingerprint's open incident; a late firing copy of a resolved episode
+//! (its `startsAt` not after that episode's end) changes nothing; a firing
+//! copy that starts after the last episode ended opens a new one. The
+//! partial unique index `incidents_open_episode` keeps one open incident per
+//! fingerprint, also across replicas.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +20,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::types::Json;
+use time::OffsetDateTime;
 
-use super::{Store, StoreError, WorkKind, on_pool, record_event};
+use super::conn::Conn;
+use super::{Store, StoreError, WorkKind, on_pool};
 use crate::domain::{Alert, AlertStatus, Labels, Millis, Notification, alert_time_key};
 
 /// What one delivery changed.
@@ -31,96 +42,206 @@ impl BatchOutcome {
     }
 }
 
-/// SQLite: the whole batch in one multi-statement call (sqlx binds `$N` by
-/// position in every statement), so the writer hands the connection thread
-/// one message per batch instead of one per statement. `$1` deliveries,
-/// `$2` firing episodes, `$3` now, `$4` the work kind. An episode is new in
-/// this batch exactly when its count equals this batch's count `n`.
-/// `cross join` makes SQLite walk the batch and look rows up by index,
-/// instead of scanning the table.
-const SQLITE_BATCH: &str = "
-begin immediate;
+/// Why one notification was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The store is down, overloaded or failed the transaction: ask again
+    /// later (503, which Alertmanager retries).
+    #[error("store could not commit: {0}")]
+    Unavailable(String),
+    /// The store refused this notification's data (it passed the edge's
+    /// checks, yet a constraint or type said no): it would never commit, so
+    /// it is answered 400 rather than retried for ever.
+    #[error("the store cannot hold this notification: {0}")]
+    Refused(String),
+}
 
+impl StoreError {
+    /// Whether the failure is about the data sent, not the store's health:
+    /// a constraint, PostgreSQL's data-exception (22) and program-limit (54)
+    /// classes, SQLite's too-big and type-mismatch codes.
+    fn is_data_error(&self) -> bool {
+        use sqlx::error::ErrorKind;
+        let Self::Unavailable(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        if matches!(
+            e.kind(),
+            ErrorKind::UniqueViolation
+                | ErrorKind::ForeignKeyViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::CheckViolation
+        ) {
+            return true;
+        }
+        let code = e.code().unwrap_or_default();
+        if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some()
+        {
+            return code.starts_with("22") || code.starts_with("54");
+        }
+        // SQLite's primary result code is the extended code's low byte:
+        // too big, constraint (a trigger's RAISE too), type mismatch.
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+    }
+}
+
+/// The deliveries of a batch: inserted, or their count raised when seen
+/// before. Returns each key's total count. `$1` deliveries, `$2` now.
+const SQLITE_DELIVERIES: &str = "
 insert into notifications (key, receiver, group_key, status, alert_count, truncated_alerts,
     first_seen_at, last_seen_at, seen_count)
 select value ->> 'key', value ->> 'receiver', value ->> 'group_key', value ->> 'status',
-       value ->> 'alert_count', value ->> 'truncated_alerts', $3, $3, value ->> 'n'
+       value ->> 'alert_count', value ->> 'truncated_alerts', $2, $2, value ->> 'n'
   from json_each($1) where true
 on conflict (key) do update
    set seen_count = notifications.seen_count + excluded.seen_count,
-       last_seen_at = excluded.last_seen_at;
+       last_seen_at = excluded.last_seen_at
+returning key, seen_count";
 
-insert into incidents (fingerprint, starts_at, alertname, severity, status, labels, annotations,
-    generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
-select value ->> 'fingerprint', value ->> 'starts_at', value ->> 'alertname',
-       value ->> 'severity', 'firing', value -> 'labels', value -> 'annotations',
-       value ->> 'generator_url', value ->> 'receiver', value ->> 'group_key', $3, $3, value ->> 'n'
-  from json_each($2) where true
-on conflict (fingerprint, starts_at) do update
-   set seen_count = incidents.seen_count + excluded.seen_count,
-       last_seen_at = excluded.last_seen_at;
-
-with opened as (
-  select i.id, i.fingerprint, i.starts_at, i.receiver, i.group_key, i.annotations
-    from json_each($2) f
-    cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
-                          and i.starts_at = f.value ->> 'starts_at'
-   where i.seen_count = f.value ->> 'n'
-)
+/// SQLite, firing copies of fingerprints with an open incident: the event
+/// for a `startsAt` that moves earlier (unless another episode of the
+/// fingerprint already starts then), then the count and the earliest start.
+/// `$1` episodes, `$2` now. `cross join` makes SQLite walk the batch and
+/// look incidents up by index.
+const SQLITE_MOVED: &str = "
 insert into incident_events (incident_id, at, kind, detail)
-select id, $3, 'opened', json_object('starts_at', starts_at, 'receiver', receiver,
-       'group_key', group_key, 'summary', annotations ->> 'summary')
-  from opened order by id;
+select i.id, $2, 'starts_at_moved', json_object('from', i.starts_at, 'to', e.value ->> 'starts_at')
+  from json_each($1) e
+  cross join incidents i on i.fingerprint = e.value ->> 'fingerprint' and i.status = 'firing'
+ where e.value ->> 'starts_ms' < i.starts_ms
+   and not exists (select 1 from incidents o where o.fingerprint = i.fingerprint
+                      and o.starts_at = e.value ->> 'starts_at')
+ order by i.id";
 
-insert into work (kind, incident_id, due_at, created_at, updated_at)
-select $4, i.id, $3, $3, $3
-  from json_each($2) f
-  cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
-                        and i.starts_at = f.value ->> 'starts_at'
- where i.seen_count = f.value ->> 'n'
- order by i.id;
-
-select (select json_group_object(n.key, n.seen_count)
-          from json_each($1) j cross join notifications n on n.key = j.value ->> 'key'),
-       (select json_group_array(i.fingerprint || '@' || i.starts_at)
-          from json_each($2) f
+const SQLITE_BUMP_OPEN: &str = "
+update incidents
+   set seen_count = incidents.seen_count + e.n, last_seen_at = $2,
+       starts_at = case when e.moves then e.starts_at else incidents.starts_at end,
+       starts_ms = case when e.moves then e.starts_ms else incidents.starts_ms end
+  from (select i.id, f.value ->> 'starts_at' as starts_at, f.value ->> 'starts_ms' as starts_ms,
+               f.value ->> 'n' as n,
+               (f.value ->> 'starts_ms' < i.starts_ms and not exists (
+                   select 1 from incidents o where o.fingerprint = i.fingerprint
+                      and o.starts_at = f.value ->> 'starts_at')) as moves
+          from json_each($1) f
           cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
-                                and i.starts_at = f.value ->> 'starts_at'
-         where i.seen_count = f.value ->> 'n');
-";
+                                and i.status = 'firing') e
+ where incidents.id = e.id";
 
-/// PostgreSQL: the same batch as one statement with data-modifying CTEs, so
-/// one round trip commits it (atomic on its own).
+/// SQLite, late firing copies of an episode already resolved (the copy
+/// starts before that episode ended) when none is open: counted, not
+/// reopened. `$1` episodes, `$2` now.
+const SQLITE_LATE: &str = "
+update incidents
+   set seen_count = incidents.seen_count + e.n, last_seen_at = $2
+  from (select (select max(r.id) from incidents r
+                 where r.fingerprint = f.value ->> 'fingerprint' and r.status = 'resolved'
+                   and coalesce(r.ends_ms, r.resolved_at) >= f.value ->> 'starts_ms') as id,
+               f.value ->> 'n' as n
+          from json_each($1) f
+         where not exists (select 1 from incidents o
+                            where o.fingerprint = f.value ->> 'fingerprint'
+                              and o.status = 'firing')) e
+ where incidents.id = e.id";
+
+/// SQLite, new episodes: a fingerprint with no open incident and no
+/// episode that ended at or after this copy's start. `$1` episodes, `$2` now.
+const SQLITE_OPEN: &str = "
+insert into incidents (fingerprint, starts_at, starts_ms, alertname, severity, status, labels,
+    annotations, generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
+select e.value ->> 'fingerprint', e.value ->> 'starts_at', e.value ->> 'starts_ms',
+       e.value ->> 'alertname', e.value ->> 'severity', 'firing', e.value -> 'labels',
+       e.value -> 'annotations', e.value ->> 'generator_url', e.value ->> 'receiver',
+       e.value ->> 'group_key', $2, $2, e.value ->> 'n'
+  from json_each($1) e
+ where not exists (select 1 from incidents o
+                    where o.fingerprint = e.value ->> 'fingerprint'
+                      and (o.status = 'firing' or o.starts_at = e.value ->> 'starts_at'
+                           or coalesce(o.ends_ms, o.resolved_at) >= e.value ->> 'starts_ms'))
+ order by e.value ->> 'fingerprint'
+on conflict do nothing
+returning id, fingerprint";
+
+/// SQLite: the first event and the diagnosis of each opened incident.
+/// `$1` incident ids, `$2` now, `$3` the work kind.
+const SQLITE_OPENED: &str = "
+insert into incident_events (incident_id, at, kind, detail)
+select i.id, $2, 'opened', json_object('starts_at', i.starts_at, 'receiver', i.receiver,
+       'group_key', i.group_key, 'summary', i.annotations ->> 'summary')
+  from json_each($1) j cross join incidents i on i.id = j.value
+ order by i.id;
+insert into work (kind, incident_id, due_at, created_at, updated_at)
+select $3, j.value, $2, $2, $2 from json_each($1) j order by j.value;";
+
+/// PostgreSQL: a segment of the batch as one statement with data-modifying
+/// CTEs, so one round trip commits it (atomic on its own). Every CTE sees
+/// the statement's snapshot, so `open` is the open incidents before any
+/// change. A replica inserting the same new episode concurrently makes the
+/// insert wait on `incidents_open_episode` and then count the copy instead
+/// (`xmax = 0` tells an insert from that update). `$1` deliveries, `$2`
+/// episodes, `$3` now, `$4` the work kind.
 const POSTGRES_BATCH: &str = "
 with deliveries as (
   select * from jsonb_to_recordset($1::jsonb) as r(key text, receiver text, group_key text,
          status text, alert_count bigint, truncated_alerts bigint, n bigint)
 ), episodes as (
   select * from jsonb_to_recordset($2::jsonb) as r(fingerprint text, starts_at text,
-         alertname text, severity text, labels jsonb, annotations jsonb, generator_url text,
-         receiver text, group_key text, n bigint)
+         starts_ms bigint, alertname text, severity text, labels jsonb, annotations jsonb,
+         generator_url text, receiver text, group_key text, n bigint)
 ), seen as (
   insert into notifications (key, receiver, group_key, status, alert_count, truncated_alerts,
       first_seen_at, last_seen_at, seen_count)
   select key, receiver, group_key, status, alert_count, truncated_alerts, $3, $3, n from deliveries
+  order by key
   on conflict (key) do update
      set seen_count = notifications.seen_count + excluded.seen_count,
          last_seen_at = excluded.last_seen_at
   returning key, seen_count
-), upserted as (
-  insert into incidents (fingerprint, starts_at, alertname, severity, status, labels, annotations,
-      generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
-  select fingerprint, starts_at, alertname, severity, 'firing', labels, annotations,
-         generator_url, receiver, group_key, $3, $3, n from episodes
-  order by fingerprint, starts_at
-  on conflict (fingerprint, starts_at) do update
+), open as (
+  select i.id, i.fingerprint, i.starts_at, e.starts_at as new_starts_at,
+         e.starts_ms as new_starts_ms, e.n,
+         (e.starts_ms < i.starts_ms and not exists (
+             select 1 from incidents o where o.fingerprint = i.fingerprint
+                and o.starts_at = e.starts_at)) as moves
+    from incidents i join episodes e on e.fingerprint = i.fingerprint
+   where i.status = 'firing'
+), moved as (
+  insert into incident_events (incident_id, at, kind, detail)
+  select id, $3, 'starts_at_moved', jsonb_build_object('from', starts_at, 'to', new_starts_at)
+    from open where moves order by id
+), bumped as (
+  update incidents i
+     set seen_count = i.seen_count + o.n, last_seen_at = $3,
+         starts_at = case when o.moves then o.new_starts_at else i.starts_at end,
+         starts_ms = case when o.moves then o.new_starts_ms else i.starts_ms end
+    from open o where i.id = o.id and i.status = 'firing'
+), late as (
+  update incidents i
+     set seen_count = i.seen_count + e.n, last_seen_at = $3
+    from episodes e
+   where i.id = (select max(r.id) from incidents r
+                  where r.fingerprint = e.fingerprint and r.status = 'resolved'
+                    and coalesce(r.ends_ms, r.resolved_at) >= e.starts_ms)
+     and not exists (select 1 from open o where o.fingerprint = e.fingerprint)
+), inserted as (
+  insert into incidents (fingerprint, starts_at, starts_ms, alertname, severity, status, labels,
+      annotations, generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
+  select fingerprint, starts_at, starts_ms, alertname, severity, 'firing', labels, annotations,
+         generator_url, receiver, group_key, $3, $3, n
+    from episodes e
+   where not exists (select 1 from incidents o
+                      where o.fingerprint = e.fingerprint
+                        and (o.status = 'firing' or o.starts_at = e.starts_at
+                             or coalesce(o.ends_ms, o.resolved_at) >= e.starts_ms))
+   order by fingerprint
+  on conflict (fingerprint) where status = 'firing' do update
      set seen_count = incidents.seen_count + excluded.seen_count,
          last_seen_at = excluded.last_seen_at
-  returning id, fingerprint, starts_at, seen_count, receiver, group_key, annotations
+  returning id, fingerprint, starts_at, receiver, group_key, annotations, (xmax = 0) as fresh
 ), opened as (
-  select u.* from upserted u
-    join episodes e on e.fingerprint = u.fingerprint and e.starts_at = u.starts_at
-   where u.seen_count = e.n
+  select * from inserted where fresh
 ), events as (
   insert into incident_events (incident_id, at, kind, detail)
   select id, $3, 'opened', jsonb_build_object('starts_at', starts_at, 'receiver', receiver,
@@ -131,7 +252,7 @@ with deliveries as (
   select $4, id, $3, $3, $3 from opened order by id
 )
 select (select jsonb_object_agg(key, seen_count) from seen)::text,
-       (select jsonb_agg(fingerprint || '@' || starts_at) from opened)::text
+       (select jsonb_agg(fingerprint) from opened)::text
 ";
 
 /// The intake writer's hold on the store. On SQLite it keeps one connection
@@ -166,17 +287,44 @@ impl IntakeWriter {
         self.sqlite = None;
     }
 
-    /// Commits every notification of the batch, or none. New deliveries and
-    /// firing episodes are written by one call for the whole batch;
-    /// resolutions, rarer and order-sensitive, one by one after them.
+    /// Commits every notification of the batch in one transaction. When
+    /// that fails for one notification's data, each is committed on its own
+    /// instead, so the others still commit and only the bad one is refused;
+    /// when the store itself fails, every notification gets `Unavailable`.
     pub async fn record(
+        &mut self,
+        batch: &[&Notification],
+        now: Millis,
+    ) -> Vec<Result<BatchOutcome, RecordError>> {
+        match self.record_together(batch, now).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(error) if batch.len() > 1 && error.is_data_error() => {
+                tracing::warn!(%error, notifications = batch.len(), "batch refused; committing its notifications one by one");
+                let mut results = Vec::with_capacity(batch.len());
+                for notification in batch {
+                    results.push(match self.record_together(&[notification], now).await {
+                        Ok(mut outcome) => Ok(outcome.pop().unwrap_or_default()),
+                        Err(error) => Err(record_error(&error)),
+                    });
+                }
+                results
+            }
+            Err(error) => {
+                let error = record_error(&error);
+                batch.iter().map(|_| Err(error.clone())).collect()
+            }
+        }
+    }
+
+    /// Commits the notifications of `batch` together, or none of them.
+    async fn record_together(
         &mut self,
         batch: &[&Notification],
         now: Millis,
     ) -> Result<Vec<BatchOutcome>, StoreError> {
         let plan = BatchPlan::new(batch);
         let mut outcomes = vec![BatchOutcome::default(); batch.len()];
-        let (seen, opened) = match &self.store {
+        match &self.store {
             Store::Sqlite(pool, lock) => {
                 let _writing = lock.acquire_first().await;
                 let conn = match &mut self.sqlite {
@@ -190,77 +338,143 @@ impl IntakeWriter {
                         let _ = conn.detach().close().await;
                     }
                 }
-                result?
+                result?;
             }
             Store::Postgres(pool) => {
-                record_postgres(pool, &plan, batch, now, &mut outcomes).await?
+                record_postgres(pool, &plan, batch, now, &mut outcomes).await?;
             }
-        };
-        let seen: BTreeMap<String, i64> = parse_json(seen.as_deref())?;
-        for (key, total) in &seen {
-            plan.mark_duplicates(key, *total, &mut outcomes);
         }
-        let opened: Vec<String> = parse_json(opened.as_deref())?;
-        plan.credit_opened(&opened, &mut outcomes);
         Ok(outcomes)
     }
 }
 
-type BatchResult = (Option<String>, Option<String>);
+fn record_error(error: &StoreError) -> RecordError {
+    if error.is_data_error() {
+        RecordError::Refused(error.to_string())
+    } else {
+        RecordError::Unavailable(error.to_string())
+    }
+}
 
-/// One call to the connection thread for the batch (`BEGIN IMMEDIATE`
-/// included), one per resolution, one for `COMMIT`.
+/// SQLite: a few statements per segment on the writer's own connection,
+/// between `BEGIN IMMEDIATE` and `COMMIT`.
 async fn record_sqlite(
     conn: &mut SqliteConnection,
     plan: &BatchPlan<'_>,
     batch: &[&Notification],
     now: Millis,
     outcomes: &mut [BatchOutcome],
-) -> Result<BatchResult, StoreError> {
-    let rows: Vec<BatchResult> = sqlx::query_as(SQLITE_BATCH)
+) -> Result<(), StoreError> {
+    sqlx::raw_sql("begin immediate").execute(&mut *conn).await?;
+    let seen: Vec<(String, i64)> = sqlx::query_as(SQLITE_DELIVERIES)
         .bind(Json(&plan.notifications))
-        .bind(Json(&plan.firing))
         .bind(now)
-        .bind(WorkKind::Diagnose.as_str())
         .fetch_all(&mut *conn)
         .await?;
-    for &(index, alert) in &plan.resolved {
-        if conn.resolve(alert, batch[index], now).await? {
-            outcomes[index].incidents_resolved += 1;
+    for (key, total) in &seen {
+        plan.mark_duplicates(key, *total, outcomes);
+    }
+    for segment in &plan.segments {
+        if !segment.firing.is_empty() {
+            let firing: Vec<&FiringRow<'_>> = segment.firing.values().collect();
+            for statement in [SQLITE_MOVED, SQLITE_BUMP_OPEN, SQLITE_LATE] {
+                sqlx::query(statement)
+                    .bind(Json(&firing))
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let opened: Vec<(i64, String)> = sqlx::query_as(SQLITE_OPEN)
+                .bind(Json(&firing))
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            if !opened.is_empty() {
+                let ids: Vec<i64> = opened.iter().map(|(id, _)| *id).collect();
+                sqlx::query(SQLITE_OPENED)
+                    .bind(Json(&ids))
+                    .bind(now)
+                    .bind(WorkKind::Diagnose.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                segment.credit_opened(opened.iter().map(|(_, fp)| fp.as_str()), outcomes);
+            }
+        }
+        let mut tx = Conn::Sqlite(&mut *conn);
+        for &(index, alert) in &segment.resolved {
+            if resolve(&mut tx, alert, batch[index], now).await? {
+                outcomes[index].incidents_resolved += 1;
+            }
         }
     }
     sqlx::raw_sql("commit").execute(&mut *conn).await?;
-    rows.into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Corrupt("batch returned no result row".into()))
+    Ok(())
 }
 
-/// One round trip when the batch resolves nothing (the statement is atomic
-/// on its own), else a transaction around it and the resolutions.
+/// PostgreSQL: one statement per segment; in a transaction with the
+/// resolutions when the batch has any (else the statement is atomic alone).
 async fn record_postgres(
     pool: &PgPool,
     plan: &BatchPlan<'_>,
     batch: &[&Notification],
     now: Millis,
     outcomes: &mut [BatchOutcome],
-) -> Result<BatchResult, StoreError> {
-    let statement = sqlx::query_as(POSTGRES_BATCH)
-        .bind(Json(&plan.notifications))
-        .bind(Json(&plan.firing))
-        .bind(now)
-        .bind(WorkKind::Diagnose.as_str());
-    if plan.resolved.is_empty() {
-        return Ok(statement.fetch_one(pool).await?);
-    }
-    let mut tx = pool.begin().await?;
-    let row = statement.fetch_one(&mut *tx).await?;
-    for &(index, alert) in &plan.resolved {
-        if tx.resolve(alert, batch[index], now).await? {
-            outcomes[index].incidents_resolved += 1;
+) -> Result<(), StoreError> {
+    let simple = plan.segments.len() == 1 && plan.segments[0].resolved.is_empty();
+    let mut results = Vec::with_capacity(plan.segments.len());
+    if simple {
+        let firing: Vec<&FiringRow<'_>> = plan.segments[0].firing.values().collect();
+        results.push(
+            postgres_segment(&plan.notifications, &firing, now)
+                .fetch_one(pool)
+                .await?,
+        );
+    } else {
+        let mut tx = pool.begin().await?;
+        for (nth, segment) in plan.segments.iter().enumerate() {
+            let firing: Vec<&FiringRow<'_>> = segment.firing.values().collect();
+            let deliveries = if nth == 0 {
+                &plan.notifications[..]
+            } else {
+                &[]
+            };
+            results.push(
+                postgres_segment(deliveries, &firing, now)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            );
+            let mut conn = Conn::Postgres(&mut tx);
+            for &(index, alert) in &segment.resolved {
+                if resolve(&mut conn, alert, batch[index], now).await? {
+                    outcomes[index].incidents_resolved += 1;
+                }
+            }
         }
+        tx.commit().await?;
     }
-    tx.commit().await?;
-    Ok(row)
+    for (segment, (seen, opened)) in plan.segments.iter().zip(results) {
+        let seen: BTreeMap<String, i64> = parse_json(seen.as_deref())?;
+        for (key, total) in &seen {
+            plan.mark_duplicates(key, *total, outcomes);
+        }
+        let opened: Vec<String> = parse_json(opened.as_deref())?;
+        segment.credit_opened(opened.iter().map(String::as_str), outcomes);
+    }
+    Ok(())
+}
+
+type SegmentResult = (Option<String>, Option<String>);
+
+fn postgres_segment<'q>(
+    deliveries: &'q [NotificationRow<'_>],
+    firing: &'q [&FiringRow<'_>],
+    now: Millis,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, SegmentResult, sqlx::postgres::PgArguments> {
+    sqlx::query_as(POSTGRES_BATCH)
+        .bind(Json(deliveries))
+        .bind(Json(firing))
+        .bind(now)
+        .bind(WorkKind::Diagnose.as_str())
 }
 
 fn parse_json<T: serde::de::DeserializeOwned + Default>(
@@ -272,171 +486,215 @@ fn parse_json<T: serde::de::DeserializeOwned + Default>(
     )
 }
 
-/// Resolves one episode: closes it when firing (returns true), or records
-/// it as already resolved when remedy never saw it fire (it fired while
-/// remedy was down, or began and ended within `group_wait`).
-trait Resolve {
-    async fn resolve(
-        &mut self,
-        alert: &Alert,
-        notification: &Notification,
-        now: Millis,
-    ) -> Result<bool, sqlx::Error>;
+/// An alert time in milliseconds since the epoch, for comparing intervals.
+fn millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
 }
 
-/// Closes the episode when it is firing: marks it resolved, records the
-/// event and cancels its pending work. Evaluates to whether it closed it.
-macro_rules! close_firing {
-    ($conn:expr, $alert:expr, $ends_at:expr, $now:expr, $seen:expr) => {{
-        let closed: Option<i64> = sqlx::query_scalar(
+/// Closes the fingerprint's open incident (returns true), or counts a
+/// repeat of a resolved episode, or records an episode remedy never saw
+/// firing (it fired while remedy was down, or began and ended within
+/// `group_wait`) as already resolved.
+///
+/// The open incident is closed whatever the resolve's `startsAt` (a merged
+/// copy's may be earlier), unless the resolve ended before the open
+/// incident began and matches an episode already resolved: then it is a
+/// late repeat of that episode, and the open one is a new episode.
+pub(super) async fn resolve(
+    conn: &mut Conn<'_>,
+    alert: &Alert,
+    notification: &Notification,
+    now: Millis,
+) -> Result<bool, sqlx::Error> {
+    let starts_ms = millis(alert.starts_at);
+    let ends_at = alert.ends_at.map(alert_time_key);
+    let ends_ms = alert.ends_at.map_or(now, millis).max(starts_ms);
+    let fingerprint = alert.fingerprint.as_str();
+    let closed: Option<(i64,)> = conn
+        .fetch_optional(
             "update incidents
-                set status = 'resolved', resolved_at = $3, ends_at = $4,
-                    seen_count = seen_count + $5, last_seen_at = $3
-              where fingerprint = $1 and starts_at = $2 and status = 'firing'
+                set status = 'resolved', resolved_at = $2, ends_at = $3,
+                    ends_ms = case when $4 > starts_ms then $4 else starts_ms end,
+                    seen_count = seen_count + 1, last_seen_at = $2
+              where fingerprint = $1 and status = 'firing'
+                and not ($4 < starts_ms and exists (
+                      select 1 from incidents r
+                       where r.fingerprint = $1 and r.status = 'resolved'
+                         and r.starts_ms <= $4 and coalesce(r.ends_ms, r.resolved_at) >= $5))
               returning id",
+            &[
+                fingerprint.into(),
+                now.into(),
+                ends_at.as_deref().into(),
+                ends_ms.into(),
+                starts_ms.into(),
+            ],
         )
-        .bind($alert.fingerprint.as_str())
-        .bind($alert.starts_at_key())
-        .bind($now)
-        .bind($ends_at.as_deref())
-        .bind($seen)
-        .fetch_optional(&mut *$conn)
         .await?;
-        if let Some(id) = closed {
-            record_event!($conn, id, $now, "resolved", json!({ "ends_at": $ends_at }));
-            // A resolved incident never triggers anything more (a message
-            // update in flight finishes; the one queued below follows it).
-            sqlx::query(
-                "update work set state = 'cancelled', lease_owner = null,
-                        lease_until = null, updated_at = $2
-                  where incident_id = $1 and state = 'pending'
-                    and not (kind = 'notify' and lease_owner is not null)",
+    if let Some((id,)) = closed {
+        close_incident(conn, id, now, "resolved", json!({ "ends_at": ends_at })).await?;
+        return Ok(true);
+    }
+    let repeat: Option<(i64,)> = conn
+        .fetch_optional(
+            "update incidents set seen_count = seen_count + 1, last_seen_at = $2
+              where id = (select max(r.id) from incidents r
+                           where r.fingerprint = $1 and r.status = 'resolved'
+                             and r.starts_ms <= $3 and coalesce(r.ends_ms, r.resolved_at) >= $4)
+              returning id",
+            &[
+                fingerprint.into(),
+                now.into(),
+                ends_ms.into(),
+                starts_ms.into(),
+            ],
+        )
+        .await?;
+    if repeat.is_some() {
+        return Ok(false);
+    }
+    let starts_at = alert.starts_at_key();
+    let (id, seen, status): (i64, i64, String) = conn
+        .fetch_one(
+            "insert into incidents (fingerprint, starts_at, starts_ms, ends_at, ends_ms, alertname,
+                severity, status, labels, annotations, generator_url, receiver,
+                group_key, opened_at, last_seen_at, seen_count, resolved_at)
+             values ($1, $2, $3, $4, $5, $6, $7, 'resolved', $8, $9, $10, $11, $12, $13, $13, 1, $13)
+             on conflict (fingerprint, starts_at) do update
+                set seen_count = incidents.seen_count + 1,
+                    last_seen_at = excluded.last_seen_at
+             returning id, seen_count, status",
+            &[
+                fingerprint.into(),
+                starts_at.as_str().into(),
+                starts_ms.into(),
+                ends_at.as_deref().into(),
+                ends_ms.into(),
+                alert.alertname().into(),
+                alert.severity().into(),
+                json!(alert.labels).into(),
+                json!(alert.annotations).into(),
+                alert.generator_url.as_str().into(),
+                notification.receiver.as_str().into(),
+                notification.group_key.as_str().into(),
+                now.into(),
+            ],
+        )
+        .await?;
+    // On PostgreSQL another replica may have been inserting this very
+    // episode, firing, while the update above ran: the upsert then waited
+    // for it and found it firing, so it is closed now.
+    if status == "firing" {
+        let closed = conn
+            .execute(
+                "update incidents set status = 'resolved', resolved_at = $2, ends_at = $3,
+                        ends_ms = $4
+                  where id = $1 and status = 'firing'",
+                &[
+                    id.into(),
+                    now.into(),
+                    ends_at.as_deref().into(),
+                    ends_ms.into(),
+                ],
             )
-            .bind(id)
-            .bind($now)
-            .execute(&mut *$conn)
             .await?;
-            // Its requests die with it, and a posted report shows it resolved.
-            sqlx::query(
-                "update approvals set state = 'expired', decided_at = $2
-                  where incident_id = $1 and state = 'pending'",
-            )
-            .bind(id)
-            .bind($now)
-            .execute(&mut *$conn)
-            .await?;
-            // Nobody is paged about a resolved incident.
-            let cancelled = sqlx::query(
-                "update escalation_timers set state = 'cancelled'
-                  where incident_id = $1 and state in ('pending', 'paused')",
-            )
-            .bind(id)
-            .execute(&mut *$conn)
-            .await?
-            .rows_affected();
-            if cancelled > 0 {
-                record_event!(
-                    $conn,
-                    id,
-                    $now,
-                    "escalation_cancelled",
-                    json!({ "timers": cancelled, "reason": "resolved" })
-                );
-            }
-            sqlx::query(
-                "insert into work (kind, incident_id, due_at, created_at, updated_at)
-                 select $3, id, $2, $2, $2 from incidents where id = $1 and report is not null",
-            )
-            .bind(id)
-            .bind($now)
-            .bind(WorkKind::Notify.as_str())
-            .execute(&mut *$conn)
-            .await?;
+        if closed == 1 {
+            close_incident(conn, id, now, "resolved", json!({ "ends_at": ends_at })).await?;
+            return Ok(true);
         }
-        closed.is_some()
-    }};
+    }
+    if seen == 1 {
+        conn.record_event(
+            id,
+            now,
+            "resolved_unseen",
+            json!({
+                "ends_at": ends_at,
+                "note": "resolved notification for an episode remedy never saw firing"
+            }),
+        )
+        .await?;
+    }
+    Ok(false)
 }
 
-macro_rules! impl_resolve {
-    ($conn:ty) => {
-        impl Resolve for $conn {
-        async fn resolve(
-            &mut self,
-            alert: &Alert,
-            notification: &Notification,
-            now: Millis,
-        ) -> Result<bool, sqlx::Error> {
-            let conn = self;
-            let ends_at = alert.ends_at.map(alert_time_key);
-            if close_firing!(conn, alert, ends_at, now, 1_i64) {
-                return Ok(true);
-            }
-            let (id, seen): (i64, i64) = sqlx::query_as(
-                "insert into incidents (fingerprint, starts_at, ends_at, alertname,
-                    severity, status, labels, annotations, generator_url, receiver,
-                    group_key, opened_at, last_seen_at, seen_count, resolved_at)
-                 values ($1, $2, $3, $4, $5, 'resolved', $6, $7, $8, $9, $10, $11, $11, 1, $11)
-                 on conflict (fingerprint, starts_at) do update
-                    set seen_count = incidents.seen_count + 1,
-                        last_seen_at = excluded.last_seen_at
-                 returning id, seen_count",
-            )
-            .bind(alert.fingerprint.as_str())
-            .bind(alert.starts_at_key())
-            .bind(ends_at.as_deref())
-            .bind(alert.alertname())
-            .bind(alert.severity())
-            .bind(Json(&alert.labels))
-            .bind(Json(&alert.annotations))
-            .bind(&alert.generator_url)
-            .bind(&notification.receiver)
-            .bind(&notification.group_key)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await?;
-            // On PostgreSQL another replica may have been inserting the
-            // firing episode while the update above ran: the upsert then
-            // waited for it and found a firing row, which must be closed.
-            if seen > 1 && close_firing!(conn, alert, ends_at, now, 0_i64) {
-                return Ok(true);
-            }
-            if seen == 1 {
-                record_event!(
-                    conn,
-                    id,
-                    now,
-                    "resolved_unseen",
-                    json!({
-                        "ends_at": ends_at,
-                        "note": "resolved notification for an episode remedy never saw firing"
-                    })
-                );
-            }
-            Ok(false)
-        }
-        }
-    };
+/// What closing an incident does, once its row says `resolved`: records
+/// why (`kind`: `resolved`, `resolved_by_reconciliation`), cancels its
+/// pending work (a message update in flight finishes; the one queued here
+/// follows it), expires its requests (their buttons say so), cancels its
+/// timers (nobody is paged about a resolved incident) and queues the update
+/// of its message when one was posted.
+pub(super) async fn close_incident(
+    conn: &mut Conn<'_>,
+    id: i64,
+    now: Millis,
+    kind: &str,
+    detail: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    conn.record_event(id, now, kind, detail).await?;
+    conn.execute(
+        "update work set state = 'cancelled', lease_owner = null,
+                lease_until = null, updated_at = $2
+          where incident_id = $1 and state = 'pending'
+            and not (kind = 'notify' and lease_owner is not null)",
+        &[id.into(), now.into()],
+    )
+    .await?;
+    conn.execute(
+        "update approvals set state = 'expired', decided_at = $2
+          where incident_id = $1 and state = 'pending'",
+        &[id.into(), now.into()],
+    )
+    .await?;
+    let cancelled = conn
+        .execute(
+            "update escalation_timers set state = 'cancelled'
+              where incident_id = $1 and state in ('pending', 'paused')",
+            &[id.into()],
+        )
+        .await?;
+    if cancelled > 0 {
+        conn.record_event(
+            id,
+            now,
+            "escalation_cancelled",
+            json!({ "timers": cancelled, "reason": kind }),
+        )
+        .await?;
+    }
+    conn.execute(
+        "insert into work (kind, incident_id, due_at, created_at, updated_at)
+         select $3, id, $2, $2, $2 from incidents where id = $1 and report is not null",
+        &[id.into(), now.into(), WorkKind::Notify.as_str().into()],
+    )
+    .await?;
+    Ok(())
 }
 
-impl_resolve!(sqlx::SqliteConnection);
-impl_resolve!(sqlx::PgConnection);
-
-/// A batch aggregated for bulk statements: repeats of one delivery or one
-/// episode become a single row with a count `n`, since one statement may not
-/// touch a row twice.
+/// A batch aggregated for bulk statements: repeats of one delivery become a
+/// single row with a count `n`, and the firing copies of one fingerprint
+/// too (with the earliest `startsAt`), since one statement may not touch a
+/// row twice. Resolutions run one by one after their segment's firing
+/// copies; a firing copy that follows a resolve of its fingerprint starts a
+/// new segment, so arrival order is kept where it matters.
 struct BatchPlan<'a> {
     notifications: Vec<NotificationRow<'a>>,
-    /// Sorted by episode, so concurrent replicas lock rows in one order.
-    firing: Vec<FiringRow<'a>>,
-    /// (index of the notification, alert), in arrival order.
-    resolved: Vec<(usize, &'a Alert)>,
+    segments: Vec<Segment<'a>>,
     /// Batch indexes of each delivery key, in arrival order.
     deliveries: BTreeMap<&'a str, Vec<usize>>,
-    /// Batch index of the first notification that carried each episode.
-    episodes: BTreeMap<(&'a str, String), usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Default)]
+struct Segment<'a> {
+    /// By fingerprint, so concurrent replicas lock rows in one order.
+    firing: BTreeMap<&'a str, FiringRow<'a>>,
+    /// (index of the notification, alert), in arrival order.
+    resolved: Vec<(usize, &'a Alert)>,
+    /// Batch index of the first notification that carried each fingerprint.
+    first: BTreeMap<&'a str, usize>,
+}
+
+#[derive(Clone, Serialize)]
 struct NotificationRow<'a> {
     key: &'a str,
     receiver: &'a str,
@@ -451,6 +709,7 @@ struct NotificationRow<'a> {
 struct FiringRow<'a> {
     fingerprint: &'a str,
     starts_at: String,
+    starts_ms: i64,
     alertname: &'a str,
     severity: &'a str,
     labels: &'a Labels,
@@ -464,25 +723,41 @@ struct FiringRow<'a> {
 impl<'a> BatchPlan<'a> {
     fn new(batch: &[&'a Notification]) -> Self {
         let mut deliveries: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        let mut firing: BTreeMap<(&str, String), FiringRow<'a>> = BTreeMap::new();
-        let mut episodes = BTreeMap::new();
-        let mut resolved = Vec::new();
+        let mut segments = vec![Segment::default()];
         for (index, notification) in batch.iter().enumerate() {
             deliveries
                 .entry(notification.key.as_str())
                 .or_default()
                 .push(index);
             for alert in &notification.alerts {
+                let fingerprint = alert.fingerprint.as_str();
+                let mut segment = segments.last_mut().expect("at least one segment");
                 match alert.status {
                     AlertStatus::Firing => {
-                        let key = (alert.fingerprint.as_str(), alert.starts_at_key());
-                        episodes.entry(key.clone()).or_insert(index);
-                        firing
-                            .entry(key)
-                            .and_modify(|row| row.n += 1)
+                        if segment
+                            .resolved
+                            .iter()
+                            .any(|(_, a)| a.fingerprint.as_str() == fingerprint)
+                        {
+                            segments.push(Segment::default());
+                            segment = segments.last_mut().expect("just pushed");
+                        }
+                        segment.first.entry(fingerprint).or_insert(index);
+                        let starts_ms = millis(alert.starts_at);
+                        segment
+                            .firing
+                            .entry(fingerprint)
+                            .and_modify(|row| {
+                                row.n += 1;
+                                if starts_ms < row.starts_ms {
+                                    row.starts_ms = starts_ms;
+                                    row.starts_at = alert.starts_at_key();
+                                }
+                            })
                             .or_insert_with(|| FiringRow {
-                                fingerprint: alert.fingerprint.as_str(),
+                                fingerprint,
                                 starts_at: alert.starts_at_key(),
+                                starts_ms,
                                 alertname: alert.alertname(),
                                 severity: alert.severity(),
                                 labels: &alert.labels,
@@ -493,7 +768,7 @@ impl<'a> BatchPlan<'a> {
                                 n: 1,
                             });
                     }
-                    AlertStatus::Resolved => resolved.push((index, alert)),
+                    AlertStatus::Resolved => segment.resolved.push((index, alert)),
                 }
             }
         }
@@ -514,10 +789,8 @@ impl<'a> BatchPlan<'a> {
             .collect();
         Self {
             notifications,
-            firing: firing.into_values().collect(),
-            resolved,
+            segments,
             deliveries,
-            episodes,
         }
     }
 
@@ -532,15 +805,18 @@ impl<'a> BatchPlan<'a> {
             outcomes[index].duplicate = seen_before || nth > 0;
         }
     }
+}
 
-    /// Credits each episode this batch opened (`fingerprint@startsAt`) to
-    /// the first notification that carried it.
-    fn credit_opened(&self, opened: &[String], outcomes: &mut [BatchOutcome]) {
-        for episode in opened {
-            let Some((fingerprint, starts_at)) = episode.split_once('@') else {
-                continue;
-            };
-            if let Some(&index) = self.episodes.get(&(fingerprint, starts_at.to_owned())) {
+impl<'a> Segment<'a> {
+    /// Credits each episode this segment opened (by fingerprint) to the
+    /// first notification that carried it.
+    fn credit_opened<'f>(
+        &self,
+        opened: impl Iterator<Item = &'f str>,
+        outcomes: &mut [BatchOutcome],
+    ) {
+        for fingerprint in opened {
+            if let Some(&index) = self.first.get(fingerprint) {
                 outcomes[index].incidents_opened += 1;
             }
         }

@@ -4,6 +4,7 @@
 //! [`transaction!`] and [`on_pool!`] macros expand one body per backend.
 
 mod chat;
+mod conn;
 mod escalation;
 mod execution;
 mod incidents;
@@ -27,7 +28,7 @@ pub use chat::{
 pub use escalation::{EscalationView, FiredTimer, TimerView};
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
-pub use intake::{BatchOutcome, IntakeWriter};
+pub use intake::{BatchOutcome, IntakeWriter, RecordError};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
@@ -206,6 +207,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_escalation.sql"),
     ),
     (
+        5,
+        "episodes",
+        include_str!("../../migrations/sqlite/0005_episodes.sql"),
+    ),
+    (
         7,
         "periodic",
         include_str!("../../migrations/sqlite/0007_periodic.sql"),
@@ -232,6 +238,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "escalation",
         include_str!("../../migrations/postgres/0004_escalation.sql"),
+    ),
+    (
+        5,
+        "episodes",
+        include_str!("../../migrations/postgres/0005_episodes.sql"),
     ),
     (
         7,
