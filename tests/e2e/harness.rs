@@ -683,6 +683,8 @@ pub const WEBHOOK_TOKEN: &str = "e2e-webhook-token";
 pub struct Remedy {
     pub proc: Proc,
     pub url: String,
+    /// Its read API's bearer token.
+    pub api_token: String,
 }
 
 impl Remedy {
@@ -783,7 +785,26 @@ public_key = "{public_key}"
         Self {
             proc,
             url: format!("http://127.0.0.1:{port}"),
+            api_token,
         }
+    }
+
+    /// `GET /v1/incidents?{query}` through its API, whatever its store.
+    pub async fn incidents(&self, query: &str) -> Vec<Value> {
+        let reply: Value = http()
+            .get(format!("{}/v1/incidents?{query}", self.url))
+            .bearer_auth(&self.api_token)
+            .send()
+            .await
+            .expect("incident list answers")
+            .json()
+            .await
+            .expect("incident list is JSON");
+        reply["incidents"]
+            .as_array()
+            .or_else(|| reply.as_array())
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn webhook_url(&self) -> String {
@@ -934,6 +955,55 @@ impl Alertmanager {
             out.status.success(),
             "amtool alert add: {}{}",
             String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Posts the alert to `/api/v2/alerts` as one Prometheus replica does,
+    /// with its own `startsAt` (and `endsAt` once it resolved).
+    pub async fn post_as_prometheus(&self, alert: &Alert, ends_at: Option<&str>) {
+        let labels: serde_json::Map<String, Value> = alert
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut body = serde_json::json!({
+            "labels": labels,
+            "annotations": {"summary": "raised by the e2e test"},
+            "startsAt": alert.starts_at,
+            "generatorURL": "http://prometheus.e2e/graph",
+        });
+        if let Some(end) = ends_at {
+            body["endsAt"] = Value::String(end.to_owned());
+        }
+        let reply = http()
+            .post(format!("{}/api/v2/alerts", self.url))
+            .json(&serde_json::json!([body]))
+            .send()
+            .await
+            .expect("Alertmanager answers");
+        assert!(
+            reply.status().is_success(),
+            "POST /api/v2/alerts: {}",
+            reply.status()
+        );
+    }
+
+    /// The usual manual resolve: `amtool alert add LABELS --end=NOW`, with
+    /// no `--start` (Alertmanager then takes `endsAt` as `startsAt`).
+    pub async fn resolve_by_hand(&self, alert: &Alert) {
+        let end = rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
+        let out = tokio::process::Command::new(AMTOOL)
+            .arg(format!("--alertmanager.url={}", self.url))
+            .args(["alert", "add"])
+            .args(alert.labels.iter().map(|(k, v)| format!("{k}={v}")))
+            .arg(format!("--end={end}"))
+            .output()
+            .await
+            .expect("amtool runs");
+        assert!(
+            out.status.success(),
+            "amtool alert add --end: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
