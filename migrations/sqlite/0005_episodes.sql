@@ -10,9 +10,9 @@ alter table incidents add column starts_ms integer;
 alter table incidents add column ends_ms integer;
 
 update incidents
-   set starts_ms = cast(round(unixepoch(starts_at, 'subsec') * 1000) as integer),
+   set starts_ms = cast(round((julianday(starts_at) - 2440587.5) * 86400000) as integer),
        ends_ms = case when ends_at is null then null
-                      else cast(round(unixepoch(ends_at, 'subsec') * 1000) as integer) end;
+                      else cast(round((julianday(ends_at) - 2440587.5) * 86400000) as integer) end;
 
 -- Stores written before this migration may hold several firing incidents of
 -- one fingerprint (the first copy's and the merged copy's). The oldest one
@@ -26,21 +26,21 @@ select i.id, (select min(o.id) from incidents o
                 where o.fingerprint = i.fingerprint and o.status = 'firing' and o.id < i.id);
 
 insert into incident_events (incident_id, at, kind, detail)
-select id, cast(unixepoch('subsec') * 1000 as integer), 'superseded',
+select id, cast(round((julianday('now') - 2440587.5) * 86400000) as integer), 'superseded',
        json_object('by', kept, 'reason', 'a second firing incident of one fingerprint (migration 0005)')
   from superseded;
 
 update work set state = 'cancelled', lease_owner = null, lease_until = null,
-       updated_at = cast(unixepoch('subsec') * 1000 as integer)
+       updated_at = cast(round((julianday('now') - 2440587.5) * 86400000) as integer)
  where state = 'pending' and incident_id in (select id from superseded);
 
 update escalation_timers set state = 'cancelled'
  where state in ('pending', 'paused') and incident_id in (select id from superseded);
 
-update approvals set state = 'expired', decided_at = cast(unixepoch('subsec') * 1000 as integer)
+update approvals set state = 'expired', decided_at = cast(round((julianday('now') - 2440587.5) * 86400000) as integer)
  where state = 'pending' and incident_id in (select id from superseded);
 
-update incidents set status = 'resolved', resolved_at = cast(unixepoch('subsec') * 1000 as integer)
+update incidents set status = 'resolved', resolved_at = cast(round((julianday('now') - 2440587.5) * 86400000) as integer)
  where id in (select id from superseded);
 
 drop table superseded;
