@@ -10,7 +10,35 @@ use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres};
 
+use super::{Store, StoreError};
 use crate::domain::Millis;
+
+impl Store {
+    /// Runs `body` in one transaction on either backend: `Ok` commits,
+    /// `Err` (from `?` anywhere inside) rolls back. SQLite begins
+    /// `IMMEDIATE`, behind the process's write lock, so writers queue
+    /// instead of failing when a reader upgrades.
+    pub(crate) async fn in_transaction<T>(
+        &self,
+        body: impl AsyncFnOnce(&mut Conn<'_>) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Self::Sqlite(pool, lock) => {
+                let _writing = lock.acquire().await;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let out = body(&mut Conn::Sqlite(&mut tx)).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let out = body(&mut Conn::Postgres(&mut tx)).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+        }
+    }
+}
 
 /// The connection of the caller's transaction.
 pub enum Conn<'a> {
@@ -152,6 +180,56 @@ impl Conn<'_> {
         self.fetch_optional(sql, args)
             .await?
             .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Queues a `notify` (the incident's chat message brought up to date)
+    /// due at `due`; see `chat::ENQUEUE_NOTIFY`.
+    pub async fn enqueue_notify(
+        &mut self,
+        incident: i64,
+        due: Millis,
+        now: Millis,
+    ) -> Result<(), sqlx::Error> {
+        self.execute(
+            super::chat::ENQUEUE_NOTIFY,
+            &[
+                incident.into(),
+                due.into(),
+                now.into(),
+                super::WorkKind::Notify.as_str().into(),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Appends one entry to the audit log.
+    pub async fn audit(
+        &mut self,
+        incident: i64,
+        approval: Option<i64>,
+        now: Millis,
+        event: &str,
+        detail: Value,
+    ) -> Result<(), sqlx::Error> {
+        self.execute(
+            "insert into audit_log (at, incident_id, approval_id, event, detail)
+             values ($1, $2, $3, $4, $5)",
+            &[
+                now.into(),
+                incident.into(),
+                approval.into(),
+                event.into(),
+                detail.into(),
+            ],
+        )
+        .await
+        .map(drop)
     }
 
     /// Appends one event to an incident's timeline.

@@ -7,10 +7,11 @@
 
 use serde::Serialize;
 use serde_json::json;
+
+use super::conn::Conn;
 use sqlx::types::Json;
 
 use super::chat::{Approver, DecisionOutcome, ENQUEUE_NOTIFY};
-use super::execution::audit;
 use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, transaction};
 use crate::domain::{IncidentId, Millis};
 use crate::escalation::PlannedTimer;
@@ -471,55 +472,53 @@ impl Store {
         authorized: bool,
         now: Millis,
     ) -> Result<DecisionOutcome, StoreError> {
-        Ok(transaction!(self, |conn| {
-            'outcome: {
-                let state = control_state!(conn, self, incident);
-                let refusal = refusal(&state, authorized);
-                if let Some(reason) = refusal {
-                    refuse!('outcome, conn, incident, now, "ack_refused", who, reason);
-                }
-                if let Some((_, Some(_))) = state {
-                    break 'outcome DecisionOutcome::Recorded {
-                        state: "acknowledged".into(),
-                        approvals: 1,
-                        quorum: 1,
-                        repeat: true,
-                    };
-                }
-                sqlx::query(
-                    "update escalations set acked_by = $2, acked_display = $3, acked_at = $4
-                  where incident_id = $1 and acked_at is null",
-                )
-                .bind(incident.0)
-                .bind(&who.key)
-                .bind(&who.display)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                let paused = sqlx::query(
-                    "update escalation_timers set state = 'paused'
-                  where incident_id = $1 and state = 'pending'",
-                )
-                .bind(incident.0)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                record_event!(
-                    conn,
-                    incident.0,
-                    now,
-                    "acknowledged",
-                    json!({ "by": who.key, "display": who.display, "paused_timers": paused })
-                );
-                enqueue_notify!(conn, incident.0, now, now);
-                DecisionOutcome::Recorded {
+        self.in_transaction(async |conn| {
+            let state = control_state(conn, incident).await?;
+            if let Some(reason) = refusal(&state, authorized) {
+                return refuse(conn, incident, now, "ack_refused", who, reason).await;
+            }
+            if let Some((_, Some(_))) = state {
+                return Ok(DecisionOutcome::Recorded {
                     state: "acknowledged".into(),
                     approvals: 1,
                     quorum: 1,
-                    repeat: false,
-                }
+                    repeat: true,
+                });
             }
-        }))
+            conn.execute(
+                "update escalations set acked_by = $2, acked_display = $3, acked_at = $4
+                  where incident_id = $1 and acked_at is null",
+                &[
+                    incident.0.into(),
+                    who.key.as_str().into(),
+                    who.display.as_str().into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+            let paused = conn
+                .execute(
+                    "update escalation_timers set state = 'paused'
+                      where incident_id = $1 and state = 'pending'",
+                    &[incident.0.into()],
+                )
+                .await?;
+            conn.record_event(
+                incident.0,
+                now,
+                "acknowledged",
+                json!({ "by": who.key, "display": who.display, "paused_timers": paused }),
+            )
+            .await?;
+            conn.enqueue_notify(incident.0, now, now).await?;
+            Ok(DecisionOutcome::Recorded {
+                state: "acknowledged".into(),
+                approvals: 1,
+                quorum: 1,
+                repeat: false,
+            })
+        })
+        .await
     }
 
     /// Snoozes an incident's escalation: the pending timers move so that
@@ -532,58 +531,55 @@ impl Store {
         authorized: bool,
         now: Millis,
     ) -> Result<DecisionOutcome, StoreError> {
-        Ok(transaction!(self, |conn| {
-            'outcome: {
-                let state = control_state!(conn, self, incident);
-                let next: Option<Millis> = sqlx::query_scalar(
+        self.in_transaction(async |conn| {
+            let state = control_state(conn, incident).await?;
+            let (next,): (Option<Millis>,) = conn
+                .fetch_one(
                     "select min(due_at) from escalation_timers
-                  where incident_id = $1 and state = 'pending' and due_at is not null",
+                      where incident_id = $1 and state = 'pending' and due_at is not null",
+                    &[incident.0.into()],
                 )
-                .bind(incident.0)
-                .fetch_one(&mut *conn)
                 .await?;
-                let refusal = refusal(&state, authorized).or_else(|| match (&state, next) {
-                    (Some((_, Some(by))), _) => Some(format!(
-                        "already acknowledged by {by}: nothing escalates on time"
-                    )),
-                    (_, None) => Some("no escalation is pending".to_owned()),
-                    _ => None,
-                });
-                if let Some(reason) = refusal {
-                    refuse!('outcome, conn, incident, now, "snooze_refused", who, reason);
-                }
-                let until = now.saturating_add(for_ms);
-                let shift = next.map_or(0, |due| (until - due).max(0));
-                sqlx::query(
-                    "update escalation_timers set due_at = due_at + $2
-                  where incident_id = $1 and state = 'pending' and due_at is not null",
-                )
-                .bind(incident.0)
-                .bind(shift)
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query("update escalations set snoozed_until = $2 where incident_id = $1")
-                    .bind(incident.0)
-                    .bind(until)
-                    .execute(&mut *conn)
-                    .await?;
-                record_event!(
-                    conn,
-                    incident.0,
-                    now,
-                    "snoozed",
-                    json!({ "by": who.key, "display": who.display, "for_ms": for_ms,
-                        "until": until, "shifted_ms": shift })
-                );
-                enqueue_notify!(conn, incident.0, now, now);
-                DecisionOutcome::Recorded {
-                    state: "snoozed".into(),
-                    approvals: 1,
-                    quorum: 1,
-                    repeat: false,
-                }
+            let refusal = refusal(&state, authorized).or_else(|| match (&state, next) {
+                (Some((_, Some(by))), _) => Some(format!(
+                    "already acknowledged by {by}: nothing escalates on time"
+                )),
+                (_, None) => Some("no escalation is pending".to_owned()),
+                _ => None,
+            });
+            if let Some(reason) = refusal {
+                return refuse(conn, incident, now, "snooze_refused", who, reason).await;
             }
-        }))
+            let until = now.saturating_add(for_ms);
+            let shift = next.map_or(0, |due| (until - due).max(0));
+            conn.execute(
+                "update escalation_timers set due_at = due_at + $2
+                  where incident_id = $1 and state = 'pending' and due_at is not null",
+                &[incident.0.into(), shift.into()],
+            )
+            .await?;
+            conn.execute(
+                "update escalations set snoozed_until = $2 where incident_id = $1",
+                &[incident.0.into(), until.into()],
+            )
+            .await?;
+            conn.record_event(
+                incident.0,
+                now,
+                "snoozed",
+                json!({ "by": who.key, "display": who.display, "for_ms": for_ms,
+                    "until": until, "shifted_ms": shift }),
+            )
+            .await?;
+            conn.enqueue_notify(incident.0, now, now).await?;
+            Ok(DecisionOutcome::Recorded {
+                state: "snoozed".into(),
+                approvals: 1,
+                quorum: 1,
+                repeat: false,
+            })
+        })
+        .await
     }
 
     /// A Silence click: an approval request already approved by the
@@ -602,122 +598,123 @@ impl Store {
         digest: &str,
         now: Millis,
     ) -> Result<DecisionOutcome, StoreError> {
-        Ok(transaction!(self, |conn| {
-            'outcome: {
-                let state = control_state!(conn, self, incident);
-                if let Some(reason) = refusal(&state, authorized) {
-                    refuse!('outcome, conn, incident, now, "silence_refused", who, reason);
-                }
-                let approval: Option<i64> = sqlx::query_scalar(
+        self.in_transaction(async |conn| {
+            let state = control_state(conn, incident).await?;
+            if let Some(reason) = refusal(&state, authorized) {
+                return refuse(conn, incident, now, "silence_refused", who, reason).await;
+            }
+            let approval: Option<(i64,)> = conn
+                .fetch_optional(
                     "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
-                     quorum, digest, created_at, expires_at, state, decided_at)
-                 values ($1, -1, $2, 'silence', $3, 'safe', $4, 1, $5, $6, $6, 'approved', $6)
-                 on conflict (incident_id, key) do nothing
-                 returning id",
+                         quorum, digest, created_at, expires_at, state, decided_at)
+                     values ($1, -1, $2, 'silence', $3, 'safe', $4, 1, $5, $6, $6, 'approved', $6)
+                     on conflict (incident_id, key) do nothing
+                     returning id",
+                    &[
+                        incident.0.into(),
+                        key.into(),
+                        title.into(),
+                        json!(roles).into(),
+                        digest.into(),
+                        now.into(),
+                    ],
                 )
-                .bind(incident.0)
-                .bind(key)
-                .bind(title)
-                .bind(Json(roles))
-                .bind(digest)
-                .bind(now)
-                .fetch_optional(&mut *conn)
                 .await?;
-                let Some(approval) = approval else {
-                    break 'outcome DecisionOutcome::Recorded {
-                        state: "approved".into(),
-                        approvals: 1,
-                        quorum: 1,
-                        repeat: true,
-                    };
-                };
-                sqlx::query(
-                    "insert into decisions (approval_id, approver, display, decision, at)
-                 values ($1, $2, $3, 'approve', $4)",
-                )
-                .bind(approval)
-                .bind(&who.key)
-                .bind(&who.display)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                audit!(
-                    conn,
-                    incident.0,
-                    Some(approval),
-                    now,
-                    "approved",
-                    json!({ "approvers": [who.key], "digest": digest, "control": "silence" })
-                );
-                record_event!(
-                    conn,
-                    incident.0,
-                    now,
-                    "silence_requested",
-                    json!({ "by": who.key, "display": who.display, "key": key,
-                        "approval_id": approval })
-                );
-                sqlx::query(
-                    "insert into work (kind, incident_id, due_at, created_at, updated_at)
-                 values ($1, $2, $3, $3, $3)",
-                )
-                .bind(WorkKind::Execute.as_str())
-                .bind(incident.0)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                enqueue_notify!(conn, incident.0, now, now);
-                DecisionOutcome::Recorded {
+            let Some((approval,)) = approval else {
+                return Ok(DecisionOutcome::Recorded {
                     state: "approved".into(),
                     approvals: 1,
                     quorum: 1,
-                    repeat: false,
-                }
-            }
-        }))
+                    repeat: true,
+                });
+            };
+            conn.execute(
+                "insert into decisions (approval_id, approver, display, decision, at)
+                 values ($1, $2, $3, 'approve', $4)",
+                &[
+                    approval.into(),
+                    who.key.as_str().into(),
+                    who.display.as_str().into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+            conn.audit(
+                incident.0,
+                Some(approval),
+                now,
+                "approved",
+                json!({ "approvers": [who.key], "digest": digest, "control": "silence" }),
+            )
+            .await?;
+            conn.record_event(
+                incident.0,
+                now,
+                "silence_requested",
+                json!({ "by": who.key, "display": who.display, "key": key,
+                    "approval_id": approval }),
+            )
+            .await?;
+            conn.execute(
+                "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                 values ($1, $2, $3, $3, $3)",
+                &[
+                    WorkKind::Execute.as_str().into(),
+                    incident.0.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+            conn.enqueue_notify(incident.0, now, now).await?;
+            Ok(DecisionOutcome::Recorded {
+                state: "approved".into(),
+                approvals: 1,
+                quorum: 1,
+                repeat: false,
+            })
+        })
+        .await
     }
 }
 
 /// The incident's status and who acknowledged it, `None` without an
 /// escalation; on PostgreSQL the escalation row is locked, so concurrent
 /// clicks on one incident queue.
-macro_rules! control_state {
-    ($conn:expr, $store:expr, $incident:expr) => {{
-        let sql = if matches!($store, Store::Postgres(_)) {
-            "select i.status, e.acked_display from escalations e
-               join incidents i on i.id = e.incident_id
-              where e.incident_id = $1 for update of e"
-        } else {
-            "select i.status, e.acked_display from escalations e
-               join incidents i on i.id = e.incident_id
-              where e.incident_id = $1"
-        };
-        let state: Option<(String, Option<String>)> = sqlx::query_as(sql)
-            .bind($incident.0)
-            .fetch_optional(&mut *$conn)
-            .await?;
-        state
-    }};
+async fn control_state(
+    conn: &mut Conn<'_>,
+    incident: IncidentId,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    let sql = if conn.is_postgres() {
+        "select i.status, e.acked_display from escalations e
+           join incidents i on i.id = e.incident_id
+          where e.incident_id = $1 for update of e"
+    } else {
+        "select i.status, e.acked_display from escalations e
+           join incidents i on i.id = e.incident_id
+          where e.incident_id = $1"
+    };
+    conn.fetch_optional(sql, &[incident.0.into()]).await
 }
 
-use control_state;
-
-/// Records a refused control on the timeline and ends the `'outcome`
-/// block with it (not `return`: that would roll the event back).
-macro_rules! refuse {
-    ($outcome:lifetime, $conn:expr, $incident:expr, $now:expr, $kind:expr, $who:expr, $reason:expr) => {{
-        record_event!(
-            $conn,
-            $incident.0,
-            $now,
-            $kind,
-            json!({ "by": $who.key, "display": $who.display, "reason": $reason })
-        );
-        break $outcome DecisionOutcome::Refused($reason);
-    }};
+/// Records a refused control on the timeline; the caller returns the
+/// refusal, which commits the record.
+async fn refuse(
+    conn: &mut Conn<'_>,
+    incident: IncidentId,
+    now: Millis,
+    kind: &str,
+    who: &Approver,
+    reason: String,
+) -> Result<DecisionOutcome, sqlx::Error> {
+    conn.record_event(
+        incident.0,
+        now,
+        kind,
+        json!({ "by": who.key, "display": who.display, "reason": reason }),
+    )
+    .await?;
+    Ok(DecisionOutcome::Refused(reason))
 }
-
-use refuse;
 
 /// Why a control is refused whatever it is: the clicker holds none of the
 /// policy's roles, the incident has no escalation, or it is resolved.
