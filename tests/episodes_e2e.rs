@@ -9,6 +9,7 @@
 
 mod common;
 #[path = "e2e/harness.rs"]
+#[allow(dead_code, reason = "the harness serves several end-to-end test files")]
 mod harness;
 
 use std::time::Duration;
