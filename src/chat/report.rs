@@ -50,6 +50,9 @@ pub struct ReportEscalation {
     /// The next timer: whom it pings (or "review reminder") and when.
     pub next: Option<(String, Millis)>,
     pub snoozed_until: Option<Millis>,
+    /// Alertmanager reports the alert silenced (escalation is held back):
+    /// `Some(None)` when the silence's end is unknown.
+    pub silenced: Option<Option<Millis>>,
     /// Button lengths, in seconds.
     pub snooze: Vec<u64>,
     pub silence: Vec<u64>,
@@ -86,6 +89,12 @@ impl ReportEscalation {
                 escape(by)
             };
             line.push_str(&format!(" · acknowledged by {by}"));
+        } else if let Some(until) = self.silenced {
+            line.push_str(" · silenced in Alertmanager");
+            if let Some(until) = until {
+                line.push_str(&format!(" until {}", clock(until)));
+            }
+            line.push_str(": escalation paused");
         } else if let Some((whom, due)) = &self.next {
             line.push_str(&format!(
                 " · {} at {} unless resolved or acknowledged",
