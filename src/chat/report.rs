@@ -364,3 +364,47 @@ pub fn risk_name(risk: Risk) -> &'static str {
         Risk::Destructive => "destructive",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ReportEscalation;
+
+    fn escalation() -> ReportEscalation {
+        ReportEscalation {
+            responder: "On-Call Engineer".into(),
+            // 2026-11-27 03:15 UTC
+            next: Some(("escalates to Team Lead".into(), 1_795_749_300_000)),
+            ..ReportEscalation::default()
+        }
+    }
+
+    #[test]
+    fn a_silenced_alert_says_so_instead_of_the_next_escalation() {
+        let plain = escalation().line(str::to_owned);
+        assert!(
+            plain.contains("escalates to Team Lead at 2026-11-27 03:15 UTC"),
+            "{plain}"
+        );
+
+        let until = ReportEscalation {
+            silenced: Some(Some(1_795_752_900_000)),
+            ..escalation()
+        }
+        .line(str::to_owned);
+        assert_eq!(
+            until,
+            "Responder: On-Call Engineer · silenced in Alertmanager until 2026-11-27 04:15 UTC: \
+             escalation paused"
+        );
+
+        let unknown = ReportEscalation {
+            silenced: Some(None),
+            ..escalation()
+        }
+        .line(str::to_owned);
+        assert!(
+            unknown.ends_with("silenced in Alertmanager: escalation paused"),
+            "{unknown}"
+        );
+    }
+}
