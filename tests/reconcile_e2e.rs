@@ -219,4 +219,55 @@ async fn a_resolve_that_never_arrives_is_found_by_reconciliation_unless_a_peer_i
             .await,
         1.0
     );
+
+    // The alert still firing is silenced in Alertmanager: its incident
+    // stays open and its escalation is held until the silence's end, as
+    // Alertmanager's own API (alert status, then the silence) tells.
+    let out = tokio::process::Command::new(harness::AMTOOL)
+        .arg(format!("--alertmanager.url={}", am.url))
+        .args(["silence", "add", "instance=db-stays", "--duration=1h"])
+        .args(["--comment=maintenance", "--author=e2e"])
+        .output()
+        .await
+        .expect("amtool runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let silence = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let ends_at: Value = http()
+        .get(format!("{}/api/v2/silence/{silence}", am.url))
+        .send()
+        .await
+        .expect("alertmanager answers")
+        .json()
+        .await
+        .expect("silence");
+    let ends_at = OffsetDateTime::parse(ends_at["endsAt"].as_str().expect("endsAt"), &Rfc3339)
+        .expect("RFC 3339");
+    let until: i64 = wait_for("escalation held by the silence", WAIT, || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "select silenced_until from escalations where incident_id = $1",
+        )
+        .bind(stays_id)
+        .fetch_one(&store.pool)
+        .await
+        .expect("escalation")
+    })
+    .await;
+    assert_eq!(
+        i128::from(until),
+        ends_at.unix_timestamp_nanos() / 1_000_000
+    );
+    let held: Vec<Option<i64>> = sqlx::query_scalar(
+        "select due_at from escalation_timers where incident_id = $1 and state = 'pending'
+          order by level, nth",
+    )
+    .bind(stays_id)
+    .fetch_all(&store.pool)
+    .await
+    .expect("timers");
+    assert_eq!(held.first().copied().flatten(), Some(until), "{held:?}");
+    assert_eq!(status(&store, stays_id).await, "firing");
 }

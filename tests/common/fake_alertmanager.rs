@@ -14,10 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// An alert's `status`: state, silencedBy, inhibitedBy.
+type Status = (String, Vec<String>, Vec<String>);
+
 #[derive(Default)]
 struct FakeState {
-    /// fingerprint → (state, silencedBy, inhibitedBy)
-    alerts: Mutex<BTreeMap<String, (String, Vec<String>, Vec<String>)>>,
+    /// fingerprint → status
+    alerts: Mutex<BTreeMap<String, Status>>,
     /// silence id → endsAt (RFC 3339), active
     silences: Mutex<BTreeMap<String, String>>,
     fail_with: Mutex<Option<StatusCode>>,
