@@ -21,6 +21,7 @@ const GRACE: i64 = 10 * MINUTE;
 on_both_stores!(
     an_absent_alert_closes_after_the_grace_and_not_before,
     an_alert_seen_again_starts_its_grace_over,
+    a_later_episode_in_alertmanager_closes_the_earlier_incident,
     a_peer_that_cannot_be_asked_means_nothing_closes,
     a_silenced_alert_stays_open_and_escalates_only_after_the_silence,
     a_silence_that_ends_early_gives_the_timers_their_own_due_times_back,
@@ -203,6 +204,34 @@ async fn an_alert_seen_again_starts_its_grace_over(backend: Backend) {
     assert_eq!(status(&app, id).await, "firing");
     let outcome = run(&app, t0 + 6 * MINUTE + GRACE).await;
     assert_eq!(outcome.closed.len(), 1);
+}
+
+async fn a_later_episode_in_alertmanager_closes_the_earlier_incident(backend: Backend) {
+    let am = FakeAlertmanager::start().await;
+    let app = setup(backend, &[&am.url], &[]).await;
+    // Both opened with startsAt 01:00:00 (the webhook's, full precision).
+    let (ended, t0) = open(&app, "0000000000000f01").await;
+    let (merged, _) = open(&app, "0000000000000f02").await;
+    // The first ended while remedy was away and fired again at 02:00; the
+    // second's startsAt moved earlier (a merge): the same episode.
+    am.active_since("0000000000000f01", "2026-11-27T02:00:00.000Z");
+    am.active_since("0000000000000f02", "2026-11-27T00:59:25.000Z");
+    run(&app, t0).await;
+    let outcome = run(&app, t0 + GRACE).await;
+    assert_eq!(
+        outcome.closed.iter().map(|i| i.0).collect::<Vec<_>>(),
+        [ended]
+    );
+    assert_eq!(status(&app, merged).await, "firing");
+    let reason: String = common::scalar(
+        &app.store,
+        &format!(
+            "select detail ->> 'reason' from incident_events
+              where incident_id = {ended} and kind = 'resolved_by_reconciliation'"
+        ),
+    )
+    .await;
+    assert_eq!(reason, "a later episode is firing");
 }
 
 async fn a_peer_that_cannot_be_asked_means_nothing_closes(backend: Backend) {

@@ -83,8 +83,12 @@ impl Reconciler {
 /// One alert of `GET /api/v2/alerts` (`gettableAlert` in Alertmanager's
 /// `api/v2/openapi.yaml`): only the fields reconciliation reads.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GettableAlert {
     pub fingerprint: String,
+    /// Millisecond precision here (the webhook carries nanoseconds).
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: time::OffsetDateTime,
     pub status: AlertStatus,
 }
 
@@ -146,6 +150,22 @@ struct Seen {
     silences: BTreeSet<String>,
     /// A peer that listed it, to ask about its silences.
     peer: usize,
+    /// The earliest `startsAt` any peer has for it.
+    starts_at: Millis,
+}
+
+/// Whether the alert Alertmanager lists is the incident's episode. Merges
+/// only ever move an alert's `startsAt` earlier (protocols.md 1.5a), so a
+/// listed `startsAt` later than the incident's means its episode ended and
+/// a new one began (remedy missed the resolve, and maybe the new firing):
+/// the incident's alert is gone all the same. Compared in milliseconds,
+/// the API's precision; an unreadable time counts as the same episode.
+fn same_episode(listed_starts_at: Millis, incident_starts_at: &str) -> bool {
+    time::OffsetDateTime::parse(
+        incident_starts_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_or(true, |t| listed_starts_at <= to_millis(t))
 }
 
 /// One pass: asks every peer, then (only when all answered) updates what
@@ -177,9 +197,14 @@ pub async fn step(engine: &Engine, now: Millis) -> Result<RunOutcome, StoreError
         match answer {
             Ok(list) => {
                 for alert in list {
-                    let seen = alerts.entry(alert.fingerprint).or_default();
+                    let starts_at = to_millis(alert.starts_at);
+                    let seen = alerts.entry(alert.fingerprint).or_insert_with(|| Seen {
+                        starts_at,
+                        ..Seen::default()
+                    });
                     seen.peers += 1;
                     seen.peer = index;
+                    seen.starts_at = seen.starts_at.min(starts_at);
                     if alert.status.state == "suppressed" && !alert.status.silenced_by.is_empty() {
                         seen.silenced_on += 1;
                         seen.silences.extend(alert.status.silenced_by);
@@ -202,13 +227,17 @@ pub async fn step(engine: &Engine, now: Millis) -> Result<RunOutcome, StoreError
     let mut silence_ends: BTreeMap<String, Option<Millis>> = BTreeMap::new();
     for candidate in engine.store.reconcile_candidates().await? {
         let id = IncidentId(candidate.id);
-        let Some(seen) = alerts.get(&candidate.fingerprint) else {
+        let listed = alerts.get(&candidate.fingerprint);
+        let current = listed.filter(|seen| same_episode(seen.starts_at, &candidate.starts_at));
+        let Some(seen) = current else {
             let since = candidate.absent_since.unwrap_or(now);
             if now - since >= grace {
                 let detail = json!({
                     "absent_since": crate::domain::format_millis(since),
                     "grace_ms": grace,
                     "peers": reconciler.urls.len(),
+                    "reason": if listed.is_some() { "a later episode is firing" }
+                              else { "no peer has the alert" },
                 });
                 if engine
                     .store
@@ -329,4 +358,24 @@ pub(super) async fn run(
         .store
         .complete_periodic(work, WorkKind::Reconcile, next, now)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_episode;
+
+    // 2026-11-27T01:00:00Z
+    const ONE: i64 = 1_795_741_200_000;
+
+    #[test]
+    fn a_listed_alert_is_the_same_episode_unless_it_started_later() {
+        let incident = "2026-11-27T01:00:00.000123456Z";
+        assert!(same_episode(ONE, incident), "the API's millisecond copy");
+        assert!(
+            same_episode(ONE - 35_000, incident),
+            "a merge moved it earlier"
+        );
+        assert!(!same_episode(ONE + 1, incident), "a new episode");
+        assert!(same_episode(ONE + 1, "not a time"));
+    }
 }

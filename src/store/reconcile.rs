@@ -16,6 +16,8 @@ use crate::domain::{IncidentId, Millis, format_millis};
 pub struct ReconcileCandidate {
     pub id: i64,
     pub fingerprint: String,
+    /// The episode's `startsAt` (RFC 3339, as the webhook carried it).
+    pub starts_at: String,
     /// When a complete run first found its alert missing from every peer.
     pub absent_since: Option<Millis>,
     /// Set while its escalation is held back by a silence.
@@ -45,7 +47,7 @@ impl Store {
     pub async fn reconcile_candidates(&self) -> Result<Vec<ReconcileCandidate>, StoreError> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(
-                "select i.id, i.fingerprint, a.since as absent_since, e.silenced_at,
+                "select i.id, i.fingerprint, i.starts_at, a.since as absent_since, e.silenced_at,
                         e.silenced_until, e.silenced_by
                    from incidents i
                    left join incident_absences a on a.incident_id = i.id

@@ -14,8 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-/// An alert's `status`: state, silencedBy, inhibitedBy.
-type Status = (String, Vec<String>, Vec<String>);
+/// An alert's `status` (state, silencedBy, inhibitedBy) and `startsAt`.
+type Status = (String, Vec<String>, Vec<String>, String);
+
+/// The `startsAt` alerts get unless a test says otherwise (the API's
+/// millisecond precision).
+pub const STARTS_AT: &str = "2026-11-27T01:00:00.000Z";
 
 #[derive(Default)]
 struct FakeState {
@@ -64,11 +68,24 @@ impl FakeAlertmanager {
         self.set(fingerprint, "suppressed", &[], &[by]);
     }
 
+    /// The alert is active with this `startsAt`.
+    pub fn active_since(&self, fingerprint: &str, starts_at: &str) {
+        self.set(fingerprint, "active", &[], &[]);
+        if let Some(alert) = self.state.alerts.lock().expect("lock").get_mut(fingerprint) {
+            starts_at.clone_into(&mut alert.3);
+        }
+    }
+
     fn set(&self, fingerprint: &str, state: &str, silenced: &[&str], inhibited: &[&str]) {
         let owned = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
         self.state.alerts.lock().expect("lock").insert(
             fingerprint.to_owned(),
-            (state.to_owned(), owned(silenced), owned(inhibited)),
+            (
+                state.to_owned(),
+                owned(silenced),
+                owned(inhibited),
+                STARTS_AT.to_owned(),
+            ),
         );
     }
 
@@ -122,13 +139,13 @@ async fn alerts(
         .lock()
         .expect("lock")
         .iter()
-        .map(|(fingerprint, (st, silenced, inhibited))| {
+        .map(|(fingerprint, (st, silenced, inhibited, starts_at))| {
             json!({
                 "annotations": {"summary": "s"},
                 "endsAt": "2099-01-01T00:00:00.000Z",
                 "fingerprint": fingerprint,
                 "receivers": [{"name": "remedy"}],
-                "startsAt": "2026-11-27T01:00:00.000Z",
+                "startsAt": starts_at,
                 "status": {"inhibitedBy": inhibited, "silencedBy": silenced, "state": st},
                 "updatedAt": "2026-11-27T01:00:00.000Z",
                 "generatorURL": "http://prometheus/graph",
