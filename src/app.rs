@@ -90,6 +90,29 @@ impl App {
         ))
     }
 
+    /// Makes sure reconciliation's periodic run is pending (due at `now`
+    /// when this adds it) when reconciliation is on; every replica calls it
+    /// at start-up and the store keeps one pending run.
+    pub async fn schedule_reconcile(&self, now: crate::domain::Millis) -> anyhow::Result<()> {
+        if !self.engine.reconciler.enabled {
+            return Ok(());
+        }
+        self.state
+            .store
+            .schedule_periodic(crate::store::WorkKind::Reconcile, now, now)
+            .await
+            .context("scheduling reconciliation")?;
+        let peers: Vec<String> = self
+            .engine
+            .reconciler
+            .urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect();
+        tracing::info!(?peers, "reconciliation with Alertmanager on");
+        Ok(())
+    }
+
     /// Drops this handle's intake sender and waits for the writer to commit
     /// what is queued.
     pub async fn drain(self) -> Store {
@@ -129,6 +152,10 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
         matrix: Arc::new(load_matrix(settings)?),
         escalation: Arc::new(settings.escalation.clone()),
         timers_ready: Arc::new(Notify::new()),
+        reconciler: Arc::new(engine::reconcile::Reconciler::from_settings(
+            settings,
+            crate::net::client(),
+        )),
     })
 }
 
@@ -189,6 +216,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let grace = settings.server.shutdown_grace;
     let app = App::build(settings).await?;
     tracing::info!(store = app.state.store.backend(), %listen, "remedy starting");
+    app.schedule_reconcile(crate::domain::now_millis()).await?;
 
     let shutdown = CancellationToken::new();
     let worker = app

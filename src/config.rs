@@ -73,6 +73,7 @@ pub struct Settings {
     #[serde(default)]
     pub approvers: BTreeMap<String, RoleMembers>,
     pub escalation: EscalationSettings,
+    pub reconcile: ReconcileSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +98,72 @@ pub struct EscalationSettings {
 pub struct AlertmanagerSettings {
     /// Base URL of the Alertmanager API for `silence` actions.
     pub url: String,
+    /// Every peer of an HA cluster, for reconciliation (each is asked for
+    /// its alerts). Unset: `[url]`. From the environment, comma-separated.
+    #[serde(default, deserialize_with = "strings_or_comma_separated")]
+    pub urls: Vec<String>,
+    /// `Authorization: Bearer` for the API, as Alertmanager's own
+    /// `http_config.authorization` (a reverse proxy in front of it).
+    #[serde(default)]
+    pub bearer_token: Secret,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// `Authorization: Basic`, as `http_config.basic_auth`.
+    #[serde(default)]
+    pub basic_auth: BasicAuthSettings,
+}
+
+/// How remedy authenticates to Alertmanager's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertmanagerAuth {
+    None,
+    Bearer(Secret),
+    Basic { username: String, password: Secret },
+}
+
+impl AlertmanagerSettings {
+    /// The configured credential, if any (validated: at most one kind).
+    #[must_use]
+    pub fn auth(&self) -> AlertmanagerAuth {
+        if !self.bearer_token.is_empty() {
+            AlertmanagerAuth::Bearer(self.bearer_token.clone())
+        } else if !self.basic_auth.username.is_empty() {
+            AlertmanagerAuth::Basic {
+                username: self.basic_auth.username.clone(),
+                password: self.basic_auth.password.clone(),
+            }
+        } else {
+            AlertmanagerAuth::None
+        }
+    }
+}
+
+/// Reconciliation: a periodic comparison of the firing incidents with
+/// Alertmanager's alerts, closing incidents whose resolve never came.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Unset: on when any Alertmanager URL is configured.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Time between runs (one run at a time across replicas).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long an alert must have been missing from every peer before its
+    /// incident is closed.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Settings {
+    /// Whether reconciliation runs: `reconcile.enabled`, or by default
+    /// whenever an Alertmanager URL is configured.
+    #[must_use]
+    pub fn reconcile_enabled(&self) -> bool {
+        self.reconcile
+            .enabled
+            .unwrap_or(!self.alertmanager.urls.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +462,15 @@ pub struct WorkerSettings {
     pub max_attempts: i64,
 }
 
+fn strings_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    Ok(list_or_comma_separated(d)?
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
+}
+
 fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<PathBuf>, D::Error> {
@@ -489,6 +565,9 @@ impl Settings {
         let mut settings: Self = builder.build()?.try_deserialize()?;
         settings.read_secret_files()?;
         settings.executor.alertmanager_url = settings.alertmanager.url.clone();
+        if settings.alertmanager.urls.is_empty() && !settings.alertmanager.url.is_empty() {
+            settings.alertmanager.urls = vec![settings.alertmanager.url.clone()];
+        }
         settings.validate()?;
         if intake {
             settings.validate_intake()?;
@@ -532,6 +611,16 @@ impl Settings {
             self.chat.discord.bot_token_file.as_deref(),
             "chat.discord.bot_token_file",
         )?;
+        read_into(
+            &mut self.alertmanager.bearer_token,
+            self.alertmanager.bearer_token_file.as_deref(),
+            "alertmanager.bearer_token_file",
+        )?;
+        read_into(
+            &mut self.alertmanager.basic_auth.password,
+            self.alertmanager.basic_auth.password_file.as_deref(),
+            "alertmanager.basic_auth.password_file",
+        )?;
         for target in self.targets.values_mut() {
             read_into(
                 &mut target.url,
@@ -573,6 +662,7 @@ impl Settings {
             )));
         }
         self.validate_chat()?;
+        self.validate_alertmanager()?;
         if self.store.url.is_empty() {
             return Err(ConfigError::Invalid("store.url: must not be empty".into()));
         }
@@ -593,6 +683,34 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "worker: batch and max_attempts must be positive".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_alertmanager(&self) -> Result<(), ConfigError> {
+        let am = &self.alertmanager;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if am.basic_auth.username.is_empty() != am.basic_auth.password.is_empty() {
+            return invalid("alertmanager.basic_auth: set both username and password, or neither");
+        }
+        if !am.bearer_token.is_empty() && !am.basic_auth.username.is_empty() {
+            return invalid("alertmanager: set bearer_token or basic_auth, not both");
+        }
+        if let Some(url) = am
+            .urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "alertmanager.urls: `{}` is not an http(s) URL",
+                crate::store::redact_url(url)
+            )));
+        }
+        if self.reconcile.enabled == Some(true) && am.urls.is_empty() {
+            return invalid("reconcile.enabled: set alertmanager.url or alertmanager.urls");
+        }
+        if self.reconcile.interval.is_zero() {
+            return invalid("reconcile.interval must be positive");
         }
         Ok(())
     }
@@ -745,6 +863,81 @@ mod tests {
             s.targets["main"].url.expose(),
             "postgres://remedy:pw@db.internal/app"
         );
+    }
+
+    #[test]
+    fn alertmanager_urls_default_to_the_silence_url_and_enable_reconciliation() {
+        let s = Settings::load_from(None, env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t")]))
+            .expect("loads");
+        assert_eq!(s.alertmanager.urls, vec![s.alertmanager.url.clone()]);
+        assert!(s.reconcile_enabled());
+        assert_eq!(s.reconcile.grace, Duration::from_secs(600));
+        assert_eq!(s.reconcile.interval, Duration::from_secs(60));
+        assert_eq!(s.alertmanager.auth(), AlertmanagerAuth::None);
+
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__ALERTMANAGER__URL", ""),
+            ]),
+        )
+        .expect("loads");
+        assert!(s.alertmanager.urls.is_empty());
+        assert!(!s.reconcile_enabled());
+    }
+
+    #[test]
+    fn alertmanager_peers_and_credentials_come_from_the_environment() {
+        let dir = std::env::temp_dir().join(format!("remedy-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("am-password");
+        std::fs::write(&file, "am-s3cret\n").expect("write");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                (
+                    "REMEDY__ALERTMANAGER__URLS",
+                    "http://am-0:9093, http://am-1:9093",
+                ),
+                ("REMEDY__ALERTMANAGER__BASIC_AUTH__USERNAME", "remedy"),
+                (
+                    "REMEDY__ALERTMANAGER__BASIC_AUTH__PASSWORD_FILE",
+                    file.to_str().expect("utf-8"),
+                ),
+                ("REMEDY__RECONCILE__ENABLED", "false"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(
+            s.alertmanager.urls,
+            ["http://am-0:9093", "http://am-1:9093"]
+        );
+        assert_eq!(
+            s.alertmanager.auth(),
+            AlertmanagerAuth::Basic {
+                username: "remedy".into(),
+                password: Secret::new("am-s3cret"),
+            }
+        );
+        assert!(!s.reconcile_enabled());
+        assert!(!format!("{s:?}").contains("am-s3cret"));
+    }
+
+    #[test]
+    fn alertmanager_credentials_of_both_kinds_are_refused() {
+        let err = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__ALERTMANAGER__BEARER_TOKEN", "b"),
+                ("REMEDY__ALERTMANAGER__BASIC_AUTH__USERNAME", "u"),
+                ("REMEDY__ALERTMANAGER__BASIC_AUTH__PASSWORD", "p"),
+            ]),
+        )
+        .expect_err("both");
+        assert!(err.to_string().contains("not both"), "{err}");
     }
 
     #[test]

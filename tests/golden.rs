@@ -106,6 +106,7 @@ fn escalation() -> remedy::chat::report::ReportEscalation {
         // 2026-11-27 03:15 UTC
         next: Some(("escalates to Team Lead".into(), 1_795_749_300_000)),
         snoozed_until: None,
+        silenced: None,
         snooze: vec![900, 3600],
         silence: vec![3600, 14_400],
     }

@@ -50,6 +50,9 @@ pub struct ReportEscalation {
     /// The next timer: whom it pings (or "review reminder") and when.
     pub next: Option<(String, Millis)>,
     pub snoozed_until: Option<Millis>,
+    /// Alertmanager reports the alert silenced (escalation is held back):
+    /// `Some(None)` when the silence's end is unknown.
+    pub silenced: Option<Option<Millis>>,
     /// Button lengths, in seconds.
     pub snooze: Vec<u64>,
     pub silence: Vec<u64>,
@@ -86,6 +89,12 @@ impl ReportEscalation {
                 escape(by)
             };
             line.push_str(&format!(" · acknowledged by {by}"));
+        } else if let Some(until) = self.silenced {
+            line.push_str(" · silenced in Alertmanager");
+            if let Some(until) = until {
+                line.push_str(&format!(" until {}", clock(until)));
+            }
+            line.push_str(": escalation paused");
         } else if let Some((whom, due)) = &self.next {
             line.push_str(&format!(
                 " · {} at {} unless resolved or acknowledged",
@@ -353,5 +362,49 @@ pub fn risk_name(risk: Risk) -> &'static str {
         Risk::Safe => "safe",
         Risk::Disruptive => "disruptive",
         Risk::Destructive => "destructive",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReportEscalation;
+
+    fn escalation() -> ReportEscalation {
+        ReportEscalation {
+            responder: "On-Call Engineer".into(),
+            // 2026-11-27 03:15 UTC
+            next: Some(("escalates to Team Lead".into(), 1_795_749_300_000)),
+            ..ReportEscalation::default()
+        }
+    }
+
+    #[test]
+    fn a_silenced_alert_says_so_instead_of_the_next_escalation() {
+        let plain = escalation().line(str::to_owned);
+        assert!(
+            plain.contains("escalates to Team Lead at 2026-11-27 03:15 UTC"),
+            "{plain}"
+        );
+
+        let until = ReportEscalation {
+            silenced: Some(Some(1_795_752_900_000)),
+            ..escalation()
+        }
+        .line(str::to_owned);
+        assert_eq!(
+            until,
+            "Responder: On-Call Engineer · silenced in Alertmanager until 2026-11-27 04:15 UTC: \
+             escalation paused"
+        );
+
+        let unknown = ReportEscalation {
+            silenced: Some(None),
+            ..escalation()
+        }
+        .line(str::to_owned);
+        assert!(
+            unknown.ends_with("silenced in Alertmanager: escalation paused"),
+            "{unknown}"
+        );
     }
 }

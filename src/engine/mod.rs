@@ -7,6 +7,7 @@ pub mod diagnose;
 pub mod escalate;
 pub mod execute;
 pub mod notify;
+pub mod reconcile;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ pub struct Engine {
     pub escalation: Arc<crate::config::EscalationSettings>,
     /// Wakes the timer scheduler when a trigger made a timer due now.
     pub timers_ready: Arc<Notify>,
+    /// Reconciliation with Alertmanager's API.
+    pub reconciler: Arc<reconcile::Reconciler>,
 }
 
 /// How the worker leases and retries.
@@ -188,6 +191,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Execute => execute::run(engine, work, now).await,
         WorkKind::Verify => verify::run(engine, work, now).await,
         WorkKind::Escalate => escalate::run(engine, work, now).await,
+        WorkKind::Reconcile => reconcile::run(engine, work, now).await,
     }
 }
 

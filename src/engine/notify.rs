@@ -88,6 +88,10 @@ async fn report_escalation(
             t.due_at.map(|due| (whom, due))
         }),
         snoozed_until: view.as_ref().and_then(|v| v.snoozed_until),
+        silenced: view
+            .as_ref()
+            .filter(|v| v.silenced)
+            .map(|v| v.silenced_until),
         snooze: seconds(&matrix.snooze),
         silence: seconds(&matrix.silence),
     }))

@@ -26,6 +26,11 @@ pub struct EscalationView {
     pub acked_by: Option<String>,
     pub acked_at: Option<Millis>,
     pub snoozed_until: Option<Millis>,
+    /// Alertmanager reports the alert silenced (reconciliation): pending
+    /// timers are held back until the silence ends.
+    pub silenced: bool,
+    /// When the silence ends, when known.
+    pub silenced_until: Option<Millis>,
     pub timers: Vec<TimerView>,
 }
 
@@ -432,6 +437,8 @@ impl Store {
             Option<String>,
             Option<Millis>,
             Option<Millis>,
+            Option<Millis>,
+            Option<Millis>,
         );
         let sql = format!(
             "select {TIMER_COLUMNS} from escalation_timers where incident_id = $1
@@ -439,7 +446,8 @@ impl Store {
         );
         let (row, timers): (Option<Row>, Vec<TimerView>) = on_pool!(self, |pool| {
             let row = sqlx::query_as(
-                "select policy, initial_role, roles, acked_display, acked_at, snoozed_until
+                "select policy, initial_role, roles, acked_display, acked_at, snoozed_until,
+                        silenced_at, silenced_until
                    from escalations where incident_id = $1",
             )
             .bind(incident.0)
@@ -458,6 +466,8 @@ impl Store {
             acked_by: r.3,
             acked_at: r.4,
             snoozed_until: r.5,
+            silenced: r.6.is_some(),
+            silenced_until: r.7,
             timers,
         }))
     }

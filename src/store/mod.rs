@@ -10,6 +10,7 @@ mod execution;
 mod incidents;
 mod intake;
 mod periodic;
+mod reconcile;
 mod work;
 
 use std::str::FromStr;
@@ -29,6 +30,7 @@ pub use escalation::{EscalationView, FiredTimer, TimerView};
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};
+pub use reconcile::{ReconcileCandidate, SilenceState};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
@@ -216,6 +218,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "periodic",
         include_str!("../../migrations/sqlite/0007_periodic.sql"),
     ),
+    (
+        9,
+        "reconcile",
+        include_str!("../../migrations/sqlite/0009_reconcile.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -248,6 +255,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "periodic",
         include_str!("../../migrations/postgres/0007_periodic.sql"),
+    ),
+    (
+        9,
+        "reconcile",
+        include_str!("../../migrations/postgres/0009_reconcile.sql"),
     ),
 ];
 

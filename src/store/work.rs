@@ -21,6 +21,9 @@ pub enum WorkKind {
     Verify,
     /// Post the pings of fired escalation timers in the incident's thread.
     Escalate,
+    /// Periodic, without incident: compare the firing incidents with
+    /// Alertmanager's alerts and close those whose alert is gone.
+    Reconcile,
 }
 
 impl WorkKind {
@@ -32,6 +35,7 @@ impl WorkKind {
             Self::Execute => "execute",
             Self::Verify => "verify",
             Self::Escalate => "escalate",
+            Self::Reconcile => "reconcile",
         }
     }
 
@@ -43,6 +47,7 @@ impl WorkKind {
             "execute" => Some(Self::Execute),
             "verify" => Some(Self::Verify),
             "escalate" => Some(Self::Escalate),
+            "reconcile" => Some(Self::Reconcile),
             _ => None,
         }
     }
