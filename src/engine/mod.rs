@@ -7,6 +7,7 @@ pub mod diagnose;
 pub mod escalate;
 pub mod execute;
 pub mod notify;
+pub mod retention;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ pub struct Engine {
     pub escalation: Arc<crate::config::EscalationSettings>,
     /// Wakes the timer scheduler when a trigger made a timer due now.
     pub timers_ready: Arc<Notify>,
+    /// The retention windows (`retention` work).
+    pub retention: Arc<crate::config::RetentionSettings>,
 }
 
 /// How the worker leases and retries.
@@ -188,6 +191,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Execute => execute::run(engine, work, now).await,
         WorkKind::Verify => verify::run(engine, work, now).await,
         WorkKind::Escalate => escalate::run(engine, work, now).await,
+        WorkKind::Retention => retention::run(engine, work, now).await,
     }
 }
 

@@ -21,6 +21,8 @@ pub enum WorkKind {
     Verify,
     /// Post the pings of fired escalation timers in the incident's thread.
     Escalate,
+    /// Delete what is past its retention window (periodic, no incident).
+    Retention,
 }
 
 impl WorkKind {
@@ -32,6 +34,7 @@ impl WorkKind {
             Self::Execute => "execute",
             Self::Verify => "verify",
             Self::Escalate => "escalate",
+            Self::Retention => "retention",
         }
     }
 
@@ -43,6 +46,7 @@ impl WorkKind {
             "execute" => Some(Self::Execute),
             "verify" => Some(Self::Verify),
             "escalate" => Some(Self::Escalate),
+            "retention" => Some(Self::Retention),
             _ => None,
         }
     }
