@@ -97,7 +97,7 @@ pub struct RetentionSettings {
     /// How often the retention job runs (one replica at a time).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Rows deleted per transaction.
+    /// Rows deleted per transaction (1 to 10000).
     pub batch: i64,
     /// Finished work rows (`done`, `failed`, `cancelled`), by last update.
     #[serde(with = "humantime_serde")]
@@ -613,9 +613,11 @@ impl Settings {
                 "escalation: batch and tick must be positive".into(),
             ));
         }
-        if self.retention.batch <= 0 || self.retention.interval.is_zero() {
+        // A batch of incidents is bound as one parameter each: stay well
+        // under SQLite's and PostgreSQL's limits on parameters.
+        if !(1..=10_000).contains(&self.retention.batch) || self.retention.interval.is_zero() {
             return Err(ConfigError::Invalid(
-                "retention: batch and interval must be positive".into(),
+                "retention: batch must be 1 to 10000 and interval positive".into(),
             ));
         }
         if self.metrics.upkeep_interval.is_zero() {
