@@ -12,10 +12,16 @@
 # Targets: RSS at the end within 10 % of RSS after the first minute, in
 # every run; store sizes level off.
 #
+# PostgreSQL gives the space of deleted rows back through autovacuum. When
+# the server runs with autovacuum = off (the development server does, for
+# test speed), the script runs a plain VACUUM on each PostgreSQL run's
+# database every minute instead, as autovacuum would, and says so.
+#
 # Usage: benches/soak.sh [sqlite|postgres|both] (default both)
 # Env: SOAK_SECONDS (600), SOAK_BIN (a built binary; default: build --release), SOAK_RATE requests/s per run (100),
 #      SOAK_SCRAPE seconds between scrapes in the scraped runs (15),
-#      SOAK_OUT folder for the samples (a temporary folder).
+#      SOAK_OUT folder for the samples (a temporary folder),
+#      SOAK_PORT first port (19195; one port per run).
 # Needs: python3, sqlite3, psql; PostgreSQL on 127.0.0.1:5432 with trust
 # auth (REMEDY_TEST_POSTGRES names another).
 set -euo pipefail
@@ -67,6 +73,12 @@ incidents() {
   esac
 }
 
+vacuum=
+if [[ $which != sqlite && $(psql "$pg_admin" -Atc "show autovacuum") == off ]]; then
+  vacuum=60
+  echo "soak: autovacuum is off on this server: VACUUM every ${vacuum}s on the PostgreSQL runs' databases"
+fi
+
 # run NAME URL PORT SCRAPE: serve, drive, sample; writes $out/NAME.tsv.
 run() {
   local name=$1 url=$2 port=$3 every=$4
@@ -81,6 +93,9 @@ run() {
   local start=$SECONDS
   while kill -0 "$load" 2>/dev/null; do
     sleep 10
+    if [[ -n $vacuum && $url != sqlite://* && $(( (SECONDS - start) % vacuum )) -lt 10 ]]; then
+      psql "$url" -qc "vacuum" >/dev/null 2>&1 || true
+    fi
     printf '%s\t%s\t%s\t%s\n' $(( SECONDS - start )) \
       "$(awk '/VmRSS/ {print $2}' "/proc/$server/status")" \
       "$(store_size "$name" "$url")" "$(incidents "$name" "$url")" >>"$out/$name.tsv"
@@ -108,7 +123,7 @@ summary() {
 }
 
 names=()
-port=19195
+port=${SOAK_PORT:-19195}
 for store in sqlite postgres; do
   [[ $which == both || $which == "$store" ]] || continue
   for mode in none scraped; do
