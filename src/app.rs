@@ -113,6 +113,26 @@ impl App {
         Ok(())
     }
 
+    /// Metrics upkeep on its own clock, scraped or not (see
+    /// [`telemetry::Upkeep`]).
+    pub fn spawn_metrics_upkeep(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let upkeep = telemetry::Upkeep::new(
+            self.state.metrics.clone(),
+            self.state.store.clone(),
+            &self.state.settings.metrics,
+        );
+        tokio::spawn(upkeep.run(shutdown))
+    }
+
+    /// Makes sure the periodic jobs (retention) have their pending row; every
+    /// replica calls it at start-up and one row is kept.
+    pub async fn schedule_periodic(&self) -> anyhow::Result<()> {
+        engine::retention::schedule(&self.state.store, crate::domain::now_millis())
+            .await
+            .context("scheduling the retention job")?;
+        Ok(())
+    }
+
     /// Drops this handle's intake sender and waits for the writer to commit
     /// what is queued.
     pub async fn drain(self) -> Store {
@@ -156,6 +176,7 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
             settings,
             crate::net::client(),
         )),
+        retention: Arc::new(settings.retention.clone()),
     })
 }
 
@@ -218,7 +239,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(store = app.state.store.backend(), %listen, "remedy starting");
     app.schedule_reconcile(crate::domain::now_millis()).await?;
 
+    app.schedule_periodic().await?;
     let shutdown = CancellationToken::new();
+    let upkeep = app.spawn_metrics_upkeep(shutdown.child_token());
     let worker = app
         .state
         .settings
@@ -257,6 +280,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             && let Err(error) = scheduler.await
         {
             tracing::error!(%error, "escalation scheduler ended abnormally");
+        }
+        if let Err(error) = upkeep.await {
+            tracing::error!(%error, "metrics upkeep ended abnormally");
         }
         store.close().await;
     };

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `incidents list|show`. Each command
+//! The command line: `serve`, `check`, `incidents list|show|keep`, `audit`. Each command
 //! loads the layered settings, then calls into the library.
 
 use std::path::PathBuf;
@@ -74,6 +74,8 @@ enum Command {
     /// The append-only audit log (approvals, executions, outcomes), newest
     /// first, as JSON lines, read from the store.
     Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
         /// Only this incident's entries.
         #[arg(long)]
         incident: Option<IncidentId>,
@@ -89,6 +91,21 @@ enum Command {
     Incidents {
         #[command(subcommand)]
         command: IncidentsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Every entry written since a time, oldest first, as JSON lines: the
+    /// archive to take before `retention.audit` deletes them.
+    Export {
+        /// An RFC 3339 time (`2026-01-01T00:00:00Z`) or a duration back
+        /// from now (`400d`).
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -158,6 +175,13 @@ enum IncidentsCommand {
     },
     /// Show one incident with its timeline, as JSON.
     Show { id: IncidentId },
+    /// Keep a resolved incident past `retention.incidents` (a postmortem in
+    /// progress); `--release` lets retention take it again.
+    Keep {
+        id: IncidentId,
+        #[arg(long)]
+        release: bool,
+    },
     /// Write the incident's record — every recorded event in order, what
     /// ran, who approved, escalations — as a postmortem draft.
     Export {
@@ -214,7 +238,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Simulate { file, json } => simulate(settings, &file, json).await?,
             Command::Incidents { command } => incidents(&settings, command).await?,
-            Command::Audit { incident, limit } => {
+            Command::Audit {
+                command: Some(AuditCommand::Export { since, output }),
+                ..
+            } => audit_export(&settings, &since, output.as_deref()).await?,
+            Command::Audit {
+                command: None,
+                incident,
+                limit,
+            } => {
                 let store = app::connect_store(&settings).await?;
                 for entry in store.audit_log(incident, limit).await? {
                     println!("{}", serde_json::to_string(&entry)?);
@@ -431,6 +463,53 @@ async fn simulate(settings: Settings, file: &std::path::Path, json: bool) -> any
     Ok(())
 }
 
+/// `remedy audit export --since TIME`: pages through the audit log oldest
+/// first, one JSON object a line.
+async fn audit_export(
+    settings: &Settings,
+    since: &str,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let since = parse_since(since, crate::domain::now_millis())?;
+    let store = app::connect_store(settings).await?;
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut after = 0;
+    let mut written = 0_u64;
+    loop {
+        let page = store.audit_since(since, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for entry in &page {
+            serde_json::to_writer(&mut out, entry)?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+    }
+    out.flush()?;
+    store.close().await;
+    eprintln!("{written} audit entries since {}", format_millis(since));
+    Ok(())
+}
+
+/// An RFC 3339 time, or a duration back from `now` (`30d`).
+fn parse_since(text: &str, now: crate::domain::Millis) -> anyhow::Result<crate::domain::Millis> {
+    if let Ok(at) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(crate::domain::to_millis(at));
+    }
+    let ago = humantime::parse_duration(text).with_context(|| {
+        format!("--since `{text}`: expected an RFC 3339 time or a duration such as 30d")
+    })?;
+    Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
+}
+
 async fn incidents(settings: &Settings, command: IncidentsCommand) -> anyhow::Result<()> {
     let store = app::connect_store(settings).await?;
     match command {
@@ -475,6 +554,19 @@ async fn incidents(settings: &Settings, command: IncidentsCommand) -> anyhow::Re
             let timeline = store.incident_events(id).await?;
             let out = serde_json::json!({ "incident": incident, "timeline": timeline });
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        IncidentsCommand::Keep { id, release } => {
+            if !store
+                .set_incident_keep(id, !release, crate::domain::now_millis())
+                .await?
+            {
+                anyhow::bail!("no incident {id}");
+            }
+            if release {
+                println!("incident {id} released: retention.incidents applies to it again");
+            } else {
+                println!("incident {id} kept: retention will not delete it");
+            }
         }
         IncidentsCommand::Export { id, format, output } => {
             let matrix = app::load_matrix(settings)?;

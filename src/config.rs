@@ -74,6 +74,45 @@ pub struct Settings {
     pub approvers: BTreeMap<String, RoleMembers>,
     pub escalation: EscalationSettings,
     pub reconcile: ReconcileSettings,
+    pub metrics: MetricsSettings,
+    pub retention: RetentionSettings,
+}
+
+/// In-process metrics upkeep and the store gauges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// The recorder's upkeep (histogram samples folded into buckets) runs
+    /// this often whether or not anyone scrapes `/metrics`.
+    #[serde(with = "humantime_serde")]
+    pub upkeep_interval: Duration,
+    /// `remedy_store_rows{table}` is read from the store at most this often.
+    #[serde(with = "humantime_serde")]
+    pub store_refresh: Duration,
+}
+
+/// How long finished rows are kept; `0s` keeps them for ever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How often the retention job runs (one replica at a time).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per transaction (1 to 10000).
+    pub batch: i64,
+    /// Finished work rows (`done`, `failed`, `cancelled`), by last update.
+    #[serde(with = "humantime_serde")]
+    pub work: Duration,
+    /// Delivery records (`notifications`), by last delivery.
+    #[serde(with = "humantime_serde")]
+    pub deliveries: Duration,
+    /// Resolved incidents and everything that belongs to them, by
+    /// resolve time; incidents marked `keep` stay.
+    #[serde(with = "humantime_serde")]
+    pub incidents: Duration,
+    /// The audit log, by entry time.
+    #[serde(with = "humantime_serde")]
+    pub audit: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -677,6 +716,18 @@ impl Settings {
         if self.escalation.batch <= 0 || self.escalation.tick.is_zero() {
             return Err(ConfigError::Invalid(
                 "escalation: batch and tick must be positive".into(),
+            ));
+        }
+        // A batch of incidents is bound as one parameter each: stay well
+        // under SQLite's and PostgreSQL's limits on parameters.
+        if !(1..=10_000).contains(&self.retention.batch) || self.retention.interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "retention: batch must be 1 to 10000 and interval positive".into(),
+            ));
+        }
+        if self.metrics.upkeep_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "metrics.upkeep_interval must be positive".into(),
             ));
         }
         if self.worker.batch <= 0 || self.worker.max_attempts <= 0 {

@@ -104,6 +104,74 @@ async fn incidents_list_and_show_read_the_store() {
 }
 
 #[tokio::test]
+async fn incidents_keep_marks_an_incident_and_audit_export_archives_since_a_time() {
+    let app = common::spawn_app(common::Backend::Sqlite).await;
+    app.post_webhook(common::fixture("firing_single.json"))
+        .await;
+    let run = |args: &[&str]| {
+        remedy()
+            .args(args)
+            .env("REMEDY__STORE__URL", &app.store_url)
+            .output()
+            .expect("runs")
+    };
+    let kept = run(&["incidents", "keep", "1"]);
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    assert_eq!(
+        app.store
+            .incident_kept(remedy::domain::IncidentId(1))
+            .await
+            .expect("read"),
+        Some(true)
+    );
+    let released = run(&["incidents", "keep", "1", "--release"]);
+    assert!(released.status.success());
+    assert_eq!(
+        app.store
+            .incident_kept(remedy::domain::IncidentId(1))
+            .await
+            .expect("read"),
+        Some(false)
+    );
+    assert_eq!(run(&["incidents", "keep", "99"]).status.code(), Some(1));
+
+    for (at, event) in [(1_000_i64, "ancient"), (1_900_000_000_000, "recent")] {
+        common::execute(
+            &app.store,
+            &format!(
+                "insert into audit_log (at, incident_id, approval_id, event, detail)
+                 values ({at}, 1, null, '{event}', '{{}}')"
+            ),
+        )
+        .await;
+    }
+    let export = run(&["audit", "export", "--since", "2000-01-01T00:00:00Z"]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["event"], "recent");
+    let all = run(&["audit", "export", "--since", "100000d"]);
+    assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 2);
+    assert_eq!(
+        run(&["audit", "export", "--since", "yesterday"])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[tokio::test]
 async fn sigterm_finishes_and_exits_cleanly() {
     let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")

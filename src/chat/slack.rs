@@ -255,8 +255,57 @@ pub struct SlackClient {
     http: reqwest::Client,
     api_url: String,
     token: String,
-    group_ttl: Duration,
-    groups: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    groups: Mutex<GroupCache>,
+}
+
+/// User-group membership read from Slack, trusted for `ttl`. Bounded: the
+/// groups asked about come from the settings, but entries past their time
+/// are swept on every insert and the oldest goes when [`GroupCache::CAP`]
+/// groups are held, so nothing here grows with traffic.
+#[derive(Debug)]
+struct GroupCache {
+    ttl: Duration,
+    entries: HashMap<String, (Instant, Vec<String>)>,
+}
+
+impl GroupCache {
+    const CAP: usize = 256;
+
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, group: &str, now: Instant) -> Option<&[String]> {
+        self.entries
+            .get(group)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
+            .map(|(_, members)| members.as_slice())
+    }
+
+    fn insert(&mut self, group: &str, members: Vec<String>, now: Instant) {
+        let ttl = self.ttl;
+        self.entries
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+        if self.entries.len() >= Self::CAP
+            && !self.entries.contains_key(group)
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(g, _)| g.clone())
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(group.to_owned(), (now, members));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
 }
 
 /// Errors after which retrying cannot help.
@@ -289,8 +338,7 @@ impl SlackClient {
             http,
             api_url: api_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            group_ttl,
-            groups: Mutex::new(HashMap::new()),
+            groups: Mutex::new(GroupCache::new(group_ttl)),
         }
     }
 
@@ -390,10 +438,8 @@ impl SlackClient {
 
     /// Members of a user group, cached for the configured time.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, ChatError> {
-        if let Some((at, members)) = self.groups.lock().await.get(group)
-            && at.elapsed() < self.group_ttl
-        {
-            return Ok(members.clone());
+        if let Some(members) = self.groups.lock().await.get(group, Instant::now()) {
+            return Ok(members.to_vec());
         }
         let reply = self
             .call("usergroups.users.list", &json!({"usergroup": group}))
@@ -409,7 +455,7 @@ impl SlackClient {
         self.groups
             .lock()
             .await
-            .insert(group.to_owned(), (Instant::now(), members.clone()));
+            .insert(group, members.clone(), Instant::now());
         Ok(members)
     }
 
@@ -486,4 +532,41 @@ pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
     mac.update(b":");
     mac.update(body);
     format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::GroupCache;
+
+    #[test]
+    fn group_cache_forgets_members_after_its_ttl_and_sweeps_them() {
+        let start = Instant::now();
+        let mut cache = GroupCache::new(Duration::from_secs(60));
+        cache.insert("S1", vec!["U1".into()], start);
+        assert_eq!(cache.get("S1", start), Some(&["U1".to_owned()][..]));
+        let later = start + Duration::from_secs(61);
+        assert_eq!(cache.get("S1", later), None);
+        cache.insert("S2", vec![], later);
+        assert_eq!(cache.len(), 1, "the expired group was swept");
+    }
+
+    #[test]
+    fn group_cache_never_holds_more_than_its_cap() {
+        let start = Instant::now();
+        let mut cache = GroupCache::new(Duration::from_secs(3600));
+        for i in 0..GroupCache::CAP + 50 {
+            let at = start + Duration::from_millis(u64::try_from(i).expect("small"));
+            cache.insert(&format!("S{i}"), vec![], at);
+        }
+        assert_eq!(cache.len(), GroupCache::CAP);
+        let end = start + Duration::from_secs(1);
+        assert!(cache.get("S0", end).is_none(), "the oldest went first");
+        assert!(
+            cache
+                .get(&format!("S{}", GroupCache::CAP + 49), end)
+                .is_some()
+        );
+    }
 }

@@ -8,6 +8,7 @@ pub mod escalate;
 pub mod execute;
 pub mod notify;
 pub mod reconcile;
+pub mod retention;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub struct Engine {
     pub timers_ready: Arc<Notify>,
     /// Reconciliation with Alertmanager's API.
     pub reconciler: Arc<reconcile::Reconciler>,
+    /// The retention windows (`retention` work).
+    pub retention: Arc<crate::config::RetentionSettings>,
 }
 
 /// How the worker leases and retries.
@@ -192,6 +195,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Verify => verify::run(engine, work, now).await,
         WorkKind::Escalate => escalate::run(engine, work, now).await,
         WorkKind::Reconcile => reconcile::run(engine, work, now).await,
+        WorkKind::Retention => retention::run(engine, work, now).await,
     }
 }
 

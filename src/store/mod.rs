@@ -11,6 +11,7 @@ mod incidents;
 mod intake;
 mod periodic;
 mod reconcile;
+mod retention;
 mod work;
 
 use std::str::FromStr;
@@ -19,9 +20,10 @@ use std::time::Duration;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, SqlSafeStr};
+use sqlx::{ConnectOptions, Connection, SqlSafeStr};
 
 pub use chat::{
     ApprovalView, Approver, ChatMessage, Decision, DecisionOutcome, DecisionView, NewApproval,
@@ -31,6 +33,7 @@ pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionV
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};
 pub use reconcile::{ReconcileCandidate, SilenceState};
+pub use retention::{Expiring, INCIDENT_CHILDREN, STORE_TABLES};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
@@ -223,6 +226,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "reconcile",
         include_str!("../../migrations/sqlite/0009_reconcile.sql"),
     ),
+    (
+        10,
+        "retention",
+        include_str!("../../migrations/sqlite/0010_retention.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -261,6 +269,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "reconcile",
         include_str!("../../migrations/postgres/0009_reconcile.sql"),
     ),
+    (
+        10,
+        "retention",
+        include_str!("../../migrations/postgres/0010_retention.sql"),
+    ),
 ];
 
 fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
@@ -290,6 +303,10 @@ impl Store {
                 let memory = url.contains(":memory:") || url.contains("mode=memory");
                 let connect = SqliteConnectOptions::from_str(url)?
                     .create_if_missing(true)
+                    // Before the first table is created, so a new file frees
+                    // deleted pages on `incremental_vacuum`; an older file is
+                    // converted once by `migrate`.
+                    .auto_vacuum(SqliteAutoVacuum::Incremental)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(if options.sqlite_synchronous_full {
                         SqliteSynchronous::Full
@@ -303,6 +320,9 @@ impl Store {
                     .pragma("cache_size", "-16384")
                     .pragma("temp_store", "memory")
                     .disable_statement_logging();
+                if !memory {
+                    enable_incremental_vacuum(&connect).await?;
+                }
                 let pool = SqlitePoolOptions::new()
                     // One connection is one database for `:memory:`.
                     .max_connections(if memory {
@@ -367,6 +387,31 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, |pool| { pool.close().await });
     }
+}
+
+/// Converts a SQLite file created without `auto_vacuum = incremental` (by
+/// a remedy older than migration 0010) so that retention can give deleted
+/// pages back to the file system. The setting only takes effect through a
+/// `VACUUM`, which rewrites the whole file and cannot run inside a
+/// migration's transaction, so it runs here, once per file, on a connection
+/// of its own before the pool opens (pooled connections opened earlier
+/// would not see the change). It needs free disk space about the size of
+/// the file; a new file gets the setting before its first table instead.
+async fn enable_incremental_vacuum(options: &SqliteConnectOptions) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mut conn = options.connect().await?;
+    let mode: i64 = sqlx::query_scalar("pragma auto_vacuum")
+        .fetch_one(&mut conn)
+        .await?;
+    if mode != INCREMENTAL {
+        tracing::info!("converting the SQLite file to auto_vacuum = incremental (one VACUUM)");
+        sqlx::query("pragma auto_vacuum = incremental")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("vacuum").execute(&mut conn).await?;
+    }
+    conn.close().await?;
+    Ok(())
 }
 
 /// Redacts the passwords of a database or HTTP URL so it can be logged:

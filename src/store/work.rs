@@ -24,6 +24,8 @@ pub enum WorkKind {
     /// Periodic, without incident: compare the firing incidents with
     /// Alertmanager's alerts and close those whose alert is gone.
     Reconcile,
+    /// Delete what is past its retention window (periodic, no incident).
+    Retention,
 }
 
 impl WorkKind {
@@ -36,6 +38,7 @@ impl WorkKind {
             Self::Verify => "verify",
             Self::Escalate => "escalate",
             Self::Reconcile => "reconcile",
+            Self::Retention => "retention",
         }
     }
 
@@ -48,6 +51,7 @@ impl WorkKind {
             "verify" => Some(Self::Verify),
             "escalate" => Some(Self::Escalate),
             "reconcile" => Some(Self::Reconcile),
+            "retention" => Some(Self::Retention),
             _ => None,
         }
     }

@@ -1,0 +1,13 @@
+-- Retention: incidents kept past `retention.incidents` (postmortems in
+-- progress), and the indexes the retention job's batched deletes walk.
+-- SQLite's `auto_vacuum = incremental` cannot be set here: on a file that
+-- already has tables it only takes effect after a VACUUM, which cannot run
+-- inside the migration's transaction; `Store::migrate` does both once.
+
+alter table incidents add column keep integer not null default 0;
+
+create index incidents_resolved_idx on incidents (resolved_at) where status = 'resolved';
+create index work_finished_idx on work (updated_at) where state <> 'pending';
+create index notifications_last_seen_idx on notifications (last_seen_at);
+create index audit_log_at_idx on audit_log (at);
+create index executions_incident_idx on executions (incident_id);

@@ -1,0 +1,285 @@
+//! Retention's SQL: deleting rows past their window in small batches, each
+//! its own transaction so no lock is held for long, giving SQLite's freed
+//! pages back to the file system, and the row counts `/metrics` shows. The
+//! caller (`engine::retention`) chooses the cut-offs; nothing here reads the
+//! clock.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{AuditEntry, Store, StoreError, on_pool, record_event, transaction};
+use crate::domain::{IncidentId, Millis};
+
+/// Everything that belongs to an incident, children before their parents:
+/// each table with the condition that selects the rows of the incidents
+/// being deleted (`{ids}` stands for their id list). A new table that
+/// references `incidents` (or one of these tables) adds one line here; a
+/// missing line makes the incident's delete fail on its foreign key, so
+/// retention never leaves orphans behind. The audit log is not here: it is
+/// kept on its own clock (`retention.audit`).
+pub const INCIDENT_CHILDREN: &[(&str, &str)] = &[
+    (
+        "decisions",
+        "approval_id in (select id from approvals where incident_id in {ids})",
+    ),
+    ("executions", "incident_id in {ids}"),
+    ("approvals", "incident_id in {ids}"),
+    ("chat_messages", "incident_id in {ids}"),
+    ("escalation_timers", "incident_id in {ids}"),
+    ("escalations", "incident_id in {ids}"),
+    ("incident_events", "incident_id in {ids}"),
+    ("incident_absences", "incident_id in {ids}"),
+    ("work", "incident_id in {ids}"),
+];
+
+/// The tables `remedy_store_rows{table}` counts.
+pub const STORE_TABLES: &[&str] = &[
+    "notifications",
+    "incidents",
+    "incident_events",
+    "incident_absences",
+    "work",
+    "approvals",
+    "decisions",
+    "chat_messages",
+    "executions",
+    "audit_log",
+    "escalations",
+    "escalation_timers",
+    "action_suspensions",
+];
+
+/// Resolved incidents past the window, oldest first, never one marked
+/// `keep`: `$1` the cut-off, `$2` how many. `$lock` ends the statement
+/// (PostgreSQL: skip rows another transaction holds, e.g. one marking an
+/// incident `keep` right now).
+macro_rules! expired_incidents {
+    ($lock:literal) => {
+        concat!(
+            "select id from incidents
+              where status = 'resolved' and resolved_at < $1 and not keep
+              order by resolved_at, id limit $2 ",
+            $lock
+        )
+    };
+}
+
+/// Finished work rows (`done`, `failed`, `cancelled`) last updated before
+/// `$1`, at most `$2`.
+const DELETE_FINISHED_WORK: &str = "delete from work where id in (
+    select id from work where state <> 'pending' and updated_at < $1
+     order by updated_at limit $2)";
+
+/// Delivery records (duplicate counting) last seen before `$1`, at most `$2`.
+const DELETE_DELIVERIES: &str = "delete from notifications where key in (
+    select key from notifications where last_seen_at < $1
+     order by last_seen_at limit $2)";
+
+/// Audit entries written before `$1`, at most `$2`.
+const DELETE_AUDIT: &str = "delete from audit_log where id in (
+    select id from audit_log where at < $1 order by at limit $2)";
+
+/// Rows that expire on their own, independently of any incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiring {
+    /// Finished work rows, by last update (`retention.work`).
+    FinishedWork,
+    /// Delivery records, by last delivery (`retention.deliveries`).
+    Deliveries,
+    /// The audit log, by entry time (`retention.audit`).
+    Audit,
+}
+
+impl Expiring {
+    #[must_use]
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::FinishedWork => "work",
+            Self::Deliveries => "notifications",
+            Self::Audit => "audit_log",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Self::FinishedWork => DELETE_FINISHED_WORK,
+            Self::Deliveries => DELETE_DELIVERIES,
+            Self::Audit => DELETE_AUDIT,
+        }
+    }
+}
+
+impl Store {
+    /// Deletes up to `batch` resolved incidents whose resolve is older than
+    /// `before` (never one marked `keep`), with everything that belongs to
+    /// them, in one transaction. Returns the rows deleted per table
+    /// (`incidents` last); empty when nothing was due.
+    pub async fn delete_resolved_incidents(
+        &self,
+        before: Millis,
+        batch: i64,
+    ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let select = match self {
+            Self::Sqlite(..) => expired_incidents!(""),
+            Self::Postgres(_) => expired_incidents!("for update skip locked"),
+        };
+        Ok(transaction!(self, |conn| {
+            let ids: Vec<i64> = sqlx::query_scalar(select)
+                .bind(before)
+                .bind(batch)
+                .fetch_all(&mut *conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let placeholders = (1..=ids.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let list = format!("({placeholders})");
+            let mut deleted = Vec::with_capacity(INCIDENT_CHILDREN.len() + 1);
+            let parent = ("incidents", "id in {ids}");
+            for &(table, condition) in INCIDENT_CHILDREN.iter().chain([&parent]) {
+                let sql = format!(
+                    "delete from {table} where {}",
+                    condition.replace("{ids}", &list)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for id in &ids {
+                    query = query.bind(*id);
+                }
+                deleted.push((table, query.execute(&mut *conn).await?.rows_affected()));
+            }
+            deleted
+        }))
+    }
+
+    /// Deletes up to `batch` rows of one kind that are older than `before`,
+    /// in one transaction. Returns how many.
+    pub async fn delete_expired(
+        &self,
+        what: Expiring,
+        before: Millis,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(transaction!(self, |conn| {
+            sqlx::query(what.sql())
+                .bind(before)
+                .bind(batch)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// SQLite: gives the pages freed by deletions back to the file system
+    /// (`incremental_vacuum`, a slice at a time so intake is never held up
+    /// for long) and truncates the WAL. Returns the pages freed. PostgreSQL:
+    /// nothing to do, autovacuum reuses the space (returns 0).
+    pub async fn reclaim_space(&self) -> Result<u64, StoreError> {
+        /// Pages freed per write transaction (4 MiB of 4 KiB pages).
+        const SLICE: i64 = 1024;
+        let Self::Sqlite(pool, lock) = self else {
+            return Ok(0);
+        };
+        let mut freed = 0_u64;
+        let mut last_free = i64::MAX;
+        loop {
+            let _writing = lock.acquire().await;
+            let mut conn = pool.acquire().await?;
+            let free: i64 = sqlx::query_scalar("pragma freelist_count")
+                .fetch_one(&mut *conn)
+                .await?;
+            // Stops when nothing is left, or when a pass freed nothing (a
+            // file whose auto_vacuum is off, where the pragma is a no-op).
+            if free == 0 || free >= last_free {
+                break;
+            }
+            last_free = free;
+            sqlx::query(AssertSqlSafe(format!("pragma incremental_vacuum({SLICE})")))
+                .execute(&mut *conn)
+                .await?;
+            freed += u64::try_from(free.min(SLICE)).unwrap_or(0);
+        }
+        let _writing = lock.acquire().await;
+        sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(pool)
+            .await?;
+        Ok(freed)
+    }
+
+    /// Rows per table in [`STORE_TABLES`], for `/metrics`.
+    pub async fn table_rows(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let mut out = Vec::with_capacity(STORE_TABLES.len());
+        for &table in STORE_TABLES {
+            let sql = AssertSqlSafe(format!("select count(*) from {table}"));
+            let rows: i64 = on_pool!(self, |pool| {
+                sqlx::query_scalar(sql).fetch_one(pool).await?
+            });
+            out.push((table, rows));
+        }
+        Ok(out)
+    }
+
+    /// Marks an incident kept past `retention.incidents` (a postmortem in
+    /// progress), or lets retention take it again; the change is recorded
+    /// on its timeline. Returns false when there is no such incident.
+    pub async fn set_incident_keep(
+        &self,
+        id: IncidentId,
+        keep: bool,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let found = sqlx::query("update incidents set keep = $2 where id = $1")
+                .bind(id.0)
+                .bind(keep)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                == 1;
+            if found {
+                record_event!(
+                    conn,
+                    id.0,
+                    now,
+                    if keep { "kept" } else { "unkept" },
+                    serde_json::json!({ "keep": keep })
+                );
+            }
+            found
+        }))
+    }
+
+    /// Whether an incident is marked `keep`; `None` when there is none.
+    pub async fn incident_kept(&self, id: IncidentId) -> Result<Option<bool>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query("select keep from incidents where id = $1")
+                .bind(id.0)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get::<bool, _>("keep"))
+                .transpose()?
+        }))
+    }
+
+    /// Audit entries written at or after `since`, oldest first, after entry
+    /// `after_id` (pages for `remedy audit export`).
+    pub async fn audit_since(
+        &self,
+        since: Millis,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select id, at, incident_id, approval_id, event, detail from audit_log
+                  where at >= $1 and id > $2 order by id limit $3",
+            )
+            .bind(since)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+}
