@@ -27,7 +27,7 @@ pub use escalation::{EscalationView, FiredTimer, TimerView};
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter};
-pub use work::{ClaimedWork, QueueStats, WorkKind};
+pub use work::{ClaimedWork, Lane, QueueStats, TargetSlot, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
 /// transaction (retry later, answer 503), or the data is not what this
@@ -204,6 +204,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "escalation",
         include_str!("../../migrations/sqlite/0004_escalation.sql"),
     ),
+    (
+        8,
+        "lanes",
+        include_str!("../../migrations/sqlite/0008_lanes.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -226,6 +231,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "escalation",
         include_str!("../../migrations/postgres/0004_escalation.sql"),
+    ),
+    (
+        8,
+        "lanes",
+        include_str!("../../migrations/postgres/0008_lanes.sql"),
     ),
 ];
 
