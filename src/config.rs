@@ -146,11 +146,22 @@ pub struct RateLimits {
     pub per_target: Option<RateLimit>,
 }
 
-/// At most `max` runs per `window`.
+/// At most `max` runs per `window` (for chat pacing: `max` at once, then
+/// evenly spread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub max: u32,
     pub window: Duration,
+}
+
+impl RateLimit {
+    /// As a `governor` quota: `max` at once, one more every `window / max`.
+    /// `None` for a zero window (no pace).
+    #[must_use]
+    pub fn quota(self) -> Option<governor::Quota> {
+        let burst = std::num::NonZeroU32::new(self.max)?;
+        governor::Quota::with_period(self.window / self.max).map(|q| q.allow_burst(burst))
+    }
 }
 
 impl<'de> Deserialize<'de> for RateLimit {
@@ -226,6 +237,10 @@ pub struct SlackSettings {
     /// How long user-group membership read from Slack is trusted.
     #[serde(with = "humantime_serde")]
     pub group_cache_ttl: Duration,
+    /// `chat.postMessage` per channel, at most N at once.
+    pub post_rate: RateLimit,
+    /// `chat.update` for the workspace, at most N at once.
+    pub update_rate: RateLimit,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -266,7 +266,8 @@ async fn finish(
             if let Some(wait) = error.wait() {
                 // Told to wait (429, pacing, a budget, a busy target): not
                 // a failed attempt.
-                let until = after.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                let until =
+                    after.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                 tracing::debug!(work = work.id, %kind, %error, "work deferred");
                 metrics::counter!("remedy_work_total", "kind" => kind, "result" => "deferred")
                     .increment(1);
