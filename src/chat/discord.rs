@@ -488,3 +488,40 @@ pub fn verify(
         .verify(signature, timestamp, body)
         .map_err(|()| SignatureError::Mismatch)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::bucket_empty_for;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn an_empty_bucket_holds_its_route_until_it_resets() {
+        let empty = headers(&[
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset-after", "1.25"),
+        ]);
+        assert_eq!(bucket_empty_for(&empty), Some(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn a_bucket_with_room_or_without_headers_holds_nothing() {
+        let room = headers(&[
+            ("x-ratelimit-remaining", "3"),
+            ("x-ratelimit-reset-after", "4.5"),
+        ]);
+        assert_eq!(bucket_empty_for(&room), None);
+        assert_eq!(bucket_empty_for(&HeaderMap::new()), None);
+    }
+}

@@ -44,7 +44,11 @@ async fn report_outcomes(
             crate::chat::text::cut(output, 1500)
         );
         engine.chat.reply(channel, message, &text).await?;
-        if let Err(error) = engine.store.execution_reported(execution.id, now).await {
+        if let Err(error) = engine
+            .store
+            .execution_reported(execution.id, execution.verification.as_deref(), now)
+            .await
+        {
             // Posted but not marked: it may be posted again.
             tracing::warn!(%error, execution = execution.id, "outcome posted but not marked");
         }
