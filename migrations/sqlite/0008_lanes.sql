@@ -1,10 +1,13 @@
 -- Work lanes and target protection (issue 12, "Storms").
 --
--- `target`: the database a `diagnose` / `verify` row runs its diagnosis
--- against, recorded by the worker when it takes one of the target's
--- diagnosis slots; a row counts against the target's
--- `max_concurrent_diagnoses` while it holds a lease.
+-- `target`: the database whose diagnosis slot a `diagnose` / `verify` row
+-- took in its current claim (each claim clears it); it counts against the
+-- target's `max_concurrent_diagnoses` while it holds its lease.
+-- `waits_for`, `target_limit`: a row given back because its target was at
+-- its limit; claims pass it over while the target still is.
 alter table work add column target text;
+alter table work add column waits_for text;
+alter table work add column target_limit bigint;
 
 create index work_target_leased_idx on work (target) where lease_owner is not null;
 

@@ -294,7 +294,7 @@ impl Store {
                     .await?;
             }
             let taken = sqlx::query(
-                "update work set target = $3
+                "update work set target = $3, waits_for = null, target_limit = null
                   where id = $1 and lease_owner = $2 and state = 'pending'
                     and (select count(*) from work o
                           where o.target = $3 and o.id <> $1 and o.state = 'pending'
@@ -312,14 +312,19 @@ impl Store {
             if taken {
                 TargetSlot::Taken
             } else {
-                let held: i64 = sqlx::query_scalar(
-                    "select count(*) from work
+                // Recorded on the waiting row too, so claims pass it over
+                // while its target stays at the limit.
+                let held = sqlx::query(
+                    "update work set waits_for = $3, target_limit = $4
                       where id = $1 and lease_owner = $2 and state = 'pending'",
                 )
                 .bind(work.id)
                 .bind(&work.owner)
-                .fetch_one(&mut *conn)
-                .await?;
+                .bind(target)
+                .bind(bound)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
                 if held == 1 {
                     TargetSlot::Full
                 } else {
@@ -386,19 +391,28 @@ macro_rules! lane {
 /// (most urgent) first, then the oldest due. An incident's `notify` rows
 /// run one at a time, oldest first, so an older render never lands after a
 /// newer one; its `execute` and `verify` rows too, so one action never runs
-/// (or is judged) in two workers at once. `$lock` ends the row selection
-/// (PostgreSQL: `for update skip locked`).
+/// (or is judged) in two workers at once. A claim clears `target`: a row
+/// counts against a target only once it took a slot in this claim. A row that waits for its target
+/// (`waits_for`, `target_limit`, recorded by [`Store::take_target_slot`]) is
+/// passed over while the target's leased rows are at the limit, so a
+/// backlog of diagnoses for one database is not claimed and given back
+/// again and again. `$lock` ends the row selection (PostgreSQL: `for update
+/// skip locked`).
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
             "update work set lease_owner = $1, lease_until = $2,
-        attempts = attempts + 1, updated_at = $3
+        attempts = attempts + 1, updated_at = $3, target = null
   where id in (select id from work
                 where state = 'pending' and due_at <= $3
                   and (lease_until is null or lease_until <= $3) and attempts < $5
                   and ",
             lane!(),
             " between $6 and $7
+                  and (waits_for is null or lease_owner is not null
+                       or (select count(*) from work t
+                            where t.target = work.waits_for and t.lease_owner is not null
+                              and t.lease_until > $3) < target_limit)
                   and (kind not in ('notify', 'execute', 'verify', 'escalate') or id = (
                         select min(n.id) from work n
                          where n.incident_id = work.incident_id and n.kind = work.kind
