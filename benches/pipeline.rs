@@ -388,6 +388,11 @@ slack_users = ["U0CTO"]
                 .env("REMEDY__API__TOKEN", API_TOKEN)
                 .env("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN)
                 .env("REMEDY__CHAT__SLACK__SIGNING_SECRET", SLACK_SECRET)
+                // The runs post one after the other into one channel: at
+                // Slack's pace (1 a second) the figures would measure the
+                // pace, not the pipeline.
+                .env("REMEDY__CHAT__SLACK__POST_RATE", "100000/1s")
+                .env("REMEDY__CHAT__SLACK__UPDATE_RATE", "100000/1s")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)

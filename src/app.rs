@@ -72,6 +72,8 @@ impl App {
             batch: worker.batch,
             max_attempts: worker.max_attempts,
             poll_interval: worker.poll_interval,
+            slots: usize::try_from(worker.slots).unwrap_or(usize::MAX),
+            urgent_slots: usize::try_from(worker.urgent_slots).unwrap_or(usize::MAX),
         };
         tokio::spawn(engine::run(
             self.engine.clone(),

@@ -252,11 +252,22 @@ pub struct RateLimits {
     pub per_target: Option<RateLimit>,
 }
 
-/// At most `max` runs per `window`.
+/// At most `max` runs per `window` (for chat pacing: `max` at once, then
+/// evenly spread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub max: u32,
     pub window: Duration,
+}
+
+impl RateLimit {
+    /// As a `governor` quota: `max` at once, one more every `window / max`.
+    /// `None` for a zero window (no pace).
+    #[must_use]
+    pub fn quota(self) -> Option<governor::Quota> {
+        let burst = std::num::NonZeroU32::new(self.max)?;
+        governor::Quota::with_period(self.window / self.max).map(|q| q.allow_burst(burst))
+    }
 }
 
 impl<'de> Deserialize<'de> for RateLimit {
@@ -300,6 +311,10 @@ pub struct ChatSettings {
     /// Where people reach remedy's API, for the "full report" link.
     #[serde(default)]
     pub public_url: String,
+    /// The longest a post waits for its channel's pace; a longer wait gives
+    /// the work back to the queue, due when the channel has room.
+    #[serde(with = "humantime_serde")]
+    pub pace_wait: Duration,
     pub slack: SlackSettings,
     pub discord: DiscordSettings,
 }
@@ -328,6 +343,10 @@ pub struct SlackSettings {
     /// How long user-group membership read from Slack is trusted.
     #[serde(with = "humantime_serde")]
     pub group_cache_ttl: Duration,
+    /// `chat.postMessage` per channel, at most N at once.
+    pub post_rate: RateLimit,
+    /// `chat.update` for the workspace, at most N at once.
+    pub update_rate: RateLimit,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,10 +399,18 @@ pub struct TargetSettings {
     pub url_file: Option<PathBuf>,
     #[serde(default = "default_target_connections")]
     pub max_connections: u32,
+    /// Diagnoses (and verifications) running against this database at
+    /// once, across replicas; the others wait in the queue.
+    #[serde(default = "default_target_diagnoses")]
+    pub max_concurrent_diagnoses: u32,
 }
 
 fn default_target_connections() -> u32 {
     4
+}
+
+fn default_target_diagnoses() -> u32 {
+    2
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -499,6 +526,11 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     pub batch: i64,
     pub max_attempts: i64,
+    /// Pieces of `diagnose` and `verify` work handled at once.
+    pub slots: u32,
+    /// Pieces of `execute`, `escalate` and `notify` work handled at once,
+    /// on top of `slots`: slow diagnoses can never take them.
+    pub urgent_slots: u32,
 }
 
 fn strings_or_comma_separated<'de, D: serde::Deserializer<'de>>(
@@ -730,10 +762,23 @@ impl Settings {
                 "metrics.upkeep_interval must be positive".into(),
             ));
         }
-        if self.worker.batch <= 0 || self.worker.max_attempts <= 0 {
+        if self.worker.batch <= 0
+            || self.worker.max_attempts <= 0
+            || self.worker.slots == 0
+            || self.worker.urgent_slots == 0
+        {
             return Err(ConfigError::Invalid(
-                "worker: batch and max_attempts must be positive".into(),
+                "worker: batch, max_attempts, slots and urgent_slots must be positive".into(),
             ));
+        }
+        if let Some((name, _)) = self
+            .targets
+            .iter()
+            .find(|(_, t)| t.max_concurrent_diagnoses == 0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "targets.{name}.max_concurrent_diagnoses must be positive"
+            )));
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::fake_chat::{DISCORD_TOKEN, FakeChat, SLACK_TOKEN, Scripted};
+use common::fake_chat::{DISCORD_TOKEN, FakeChat, SLACK_TOKEN, Scripted, UNPACED};
 use common::{Backend, Reply, TestApp, send};
 use ed25519_dalek::{Signer, SigningKey};
 use remedy::domain::now_millis;
@@ -102,6 +102,10 @@ async fn chat_app(backend: Backend, platform: &str) -> (TestApp, FakeChat) {
             ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
             ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
             ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
+            // Unpaced: these tests are about what is posted, not how fast
+            // (tests/pacing.rs is).
+            ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
+            ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
             ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
             ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
             ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::fake_chat::{FakeChat, SLACK_TOKEN};
+use common::fake_chat::{FakeChat, SLACK_TOKEN, UNPACED};
 use common::{Backend, Reply, TestApp, send};
 use remedy::app::App;
 use remedy::domain::now_millis;
@@ -107,6 +107,10 @@ async fn setup(backend: Backend, playbooks: &Path, extra: &[(&str, &str)]) -> Es
         ),
         ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
         ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
+        // Unpaced: these tests are about what is posted, not how fast
+        // (tests/pacing.rs is).
+        ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
+        ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
         ("REMEDY__COMMANDS__ALLOW", "/bin/echo"),
     ]
     .iter()

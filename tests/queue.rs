@@ -14,6 +14,8 @@ on_both_stores!(
     a_released_lease_is_taken_over_at_once,
     failing_work_is_retried_with_backoff_then_given_up,
     work_whose_worker_keeps_dying_is_given_up_after_the_last_attempt,
+    urgent_kinds_are_claimed_before_older_diagnoses,
+    a_deferred_row_keeps_its_place_and_spends_no_attempt,
 );
 
 fn worker(name: &str) -> WorkerSettings {
@@ -266,5 +268,89 @@ async fn work_whose_worker_keeps_dying_is_given_up_after_the_last_attempt(backen
     assert!(
         error.contains("lease of the last allowed attempt expired"),
         "{error}"
+    );
+}
+
+async fn urgent_kinds_are_claimed_before_older_diagnoses(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = open_one(&app).await;
+    let now = now_millis();
+    // The diagnosis has waited a minute; urgent work came after it.
+    common::execute(
+        &app.store,
+        &format!(
+            "update work set due_at = {} where kind = 'diagnose'",
+            now - 60_000
+        ),
+    )
+    .await;
+    for (kind, age) in [("notify", 1_000), ("escalate", 2_000), ("execute", 3_000)] {
+        common::execute(
+            &app.store,
+            &format!(
+                "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                 values ('{kind}', {id}, {due}, {now}, {now})",
+                due = now - age
+            ),
+        )
+        .await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let claimed = app
+            .store
+            .claim_work("one-at-a-time", now, 60_000, 1, 5)
+            .await
+            .expect("claim");
+        order.extend(claimed.into_iter().map(|c| c.kind));
+    }
+    // Urgent kinds first, each lane oldest first.
+    assert_eq!(order, ["execute", "escalate", "notify", "diagnose"]);
+}
+
+async fn a_deferred_row_keeps_its_place_and_spends_no_attempt(backend: Backend) {
+    let app = spawn_app(backend).await;
+    open_one(&app).await;
+    let now = now_millis();
+    let claimed = app
+        .store
+        .claim_work("w", now, 60_000, 1, 5)
+        .await
+        .expect("claim");
+    assert_eq!(claimed[0].attempts, 1);
+    assert!(
+        app.store
+            .defer_work(&claimed[0], "told to wait", now, now + 5_000)
+            .await
+            .expect("defer")
+    );
+    let (attempts, due): (i64, i64) = (
+        common::scalar(&app.store, "select attempts from work").await,
+        common::scalar(&app.store, "select due_at from work").await,
+    );
+    assert_eq!(attempts, 0, "the wait gave the attempt back");
+    assert!(due <= now, "still due: its place in the queue is kept");
+    // Held back until the wait is over, then claimed again.
+    let early = app.store.claim_work("w", now + 4_000, 60_000, 1, 5).await;
+    assert!(early.expect("claim").is_empty());
+    let again = app
+        .store
+        .claim_work("w", now + 5_000, 60_000, 1, 5)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    // The first claim's lease token no longer finishes the row.
+    assert!(
+        !app.store
+            .complete_work(&claimed[0], now + 5_001)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        app.store
+            .complete_work(&again[0], now + 5_001)
+            .await
+            .expect("complete")
     );
 }

@@ -1,10 +1,13 @@
 //! Discord: the report as a message with action rows of buttons, built
 //! with serenity's builders and sent through remedy's own HTTP client (the
 //! lean option: no second TLS stack, 429 `retry_after` honoured by the
-//! work queue), and the Ed25519 check of interaction requests.
+//! work queue), paced by the limits Discord announces in its headers, and
+//! the Ed25519 check of interaction requests.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use governor::Quota;
 use serde_json::{Value, json};
 use serenity::all::ButtonStyle;
 use serenity::builder::{
@@ -12,6 +15,7 @@ use serenity::builder::{
 };
 use serenity::interactions_endpoint::Verifier;
 
+use super::pace::Pacer;
 use super::report::{ChatReport, ReportAction, risk_name, severity_mark};
 use super::text::{code, cut, discord_escape};
 use super::{ChatError, retry_after_header};
@@ -267,15 +271,31 @@ pub struct DiscordClient {
     http: reqwest::Client,
     api_url: String,
     token: String,
+    /// Per route (method and channel): the waits Discord announces in its
+    /// `X-RateLimit-*` headers (it asks clients not to hard-code per-route
+    /// limits). A 429 itself is waited out in the work queue.
+    routes: Pacer,
+    /// The documented global limit, 50 requests a second per bot.
+    global: Pacer,
 }
+
+/// The key of the bot-wide limit in `global`.
+const GLOBAL: &str = "global";
+
+const GLOBAL_PER_SECOND: NonZeroU32 = match NonZeroU32::new(50) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 
 impl DiscordClient {
     #[must_use]
-    pub fn new(http: reqwest::Client, api_url: &str, token: &str) -> Self {
+    pub fn new(http: reqwest::Client, api_url: &str, token: &str, pace_wait: Duration) -> Self {
         Self {
             http,
             api_url: api_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            routes: Pacer::new(None, pace_wait),
+            global: Pacer::new(Some(Quota::per_second(GLOBAL_PER_SECOND)), pace_wait),
         }
     }
 
@@ -285,6 +305,13 @@ impl DiscordClient {
         path: &str,
         body: &Value,
     ) -> Result<Value, ChatError> {
+        // Buckets are per route and major parameter: `/channels/{id}`.
+        let route = format!(
+            "{method} {}",
+            path.split('/').take(3).collect::<Vec<_>>().join("/")
+        );
+        self.routes.ready(&route).await?;
+        self.global.ready(GLOBAL).await?;
         let response = self
             .http
             .request(method, format!("{}{path}", self.api_url))
@@ -303,6 +330,13 @@ impl DiscordClient {
             .map_err(|e| ChatError::Transient(format!("discord: {}", e.without_url())))?;
         let status = response.status();
         let header_wait = retry_after_header(response.headers());
+        if let Some(wait) = bucket_empty_for(response.headers()) {
+            self.routes.hold(&route, wait);
+        }
+        let global = response
+            .headers()
+            .get("x-ratelimit-global")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let reply: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(reply);
@@ -310,9 +344,13 @@ impl DiscordClient {
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             let wait = reply["retry_after"]
                 .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(Duration::from_secs_f64)
                 .or(header_wait)
                 .unwrap_or(Duration::from_secs(1));
+            if global || reply["global"] == true {
+                tracing::warn!(?wait, "discord: global rate limit reached");
+            }
             return Err(ChatError::RetryAfter(wait));
         }
         let detail = format!(
@@ -414,6 +452,18 @@ impl DiscordClient {
     }
 }
 
+/// How long a route's bucket stays empty, when its last response said it
+/// is (`X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After` seconds).
+fn bucket_empty_for(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let header = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    if header("x-ratelimit-remaining")? > 0.0 {
+        return None;
+    }
+    header("x-ratelimit-reset-after")
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+}
+
 /// Verifies an interaction: Ed25519 over `timestamp ‖ body` with the
 /// application's key, and a timestamp within five minutes of `now`.
 pub fn verify(
@@ -437,4 +487,41 @@ pub fn verify(
     verifier
         .verify(signature, timestamp, body)
         .map_err(|()| SignatureError::Mismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::bucket_empty_for;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn an_empty_bucket_holds_its_route_until_it_resets() {
+        let empty = headers(&[
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset-after", "1.25"),
+        ]);
+        assert_eq!(bucket_empty_for(&empty), Some(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn a_bucket_with_room_or_without_headers_holds_nothing() {
+        let room = headers(&[
+            ("x-ratelimit-remaining", "3"),
+            ("x-ratelimit-reset-after", "4.5"),
+        ]);
+        assert_eq!(bucket_empty_for(&room), None);
+        assert_eq!(bucket_empty_for(&HeaderMap::new()), None);
+    }
 }

@@ -2,6 +2,7 @@
 //! the console, with Approve / Reject per action; who may decide what.
 
 pub mod discord;
+pub mod pace;
 pub mod report;
 pub mod slack;
 pub mod text;
@@ -23,6 +24,10 @@ pub enum ChatError {
     /// Rate limited: try again after this long.
     #[error("rate limited; retry after {0:?}")]
     RetryAfter(Duration),
+    /// Not sent: the channel's pace (`chat.pace_wait`) leaves no room for
+    /// this long.
+    #[error("paced; the channel has room in {0:?}")]
+    Paced(Duration),
     /// Network, 5xx, or a transient API error: retry with backoff.
     #[error("{0}")]
     Transient(String),
@@ -193,16 +198,12 @@ impl Chat {
         let chat = &settings.chat;
         let client = match chat.platform {
             ChatPlatform::Console => ChatClient::Console,
-            ChatPlatform::Slack => ChatClient::Slack(slack::SlackClient::new(
-                http,
-                &chat.slack.api_url,
-                chat.slack.bot_token.expose(),
-                chat.slack.group_cache_ttl,
-            )),
+            ChatPlatform::Slack => ChatClient::Slack(slack::SlackClient::new(http, chat)),
             ChatPlatform::Discord => ChatClient::Discord(discord::DiscordClient::new(
                 http,
                 &chat.discord.api_url,
                 chat.discord.bot_token.expose(),
+                chat.pace_wait,
             )),
         };
         let discord_verifier = if chat.discord.public_key.is_empty() {

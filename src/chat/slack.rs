@@ -17,6 +17,7 @@ use super::text::{code, cut, slack_escape};
 fn slack_code(text: &str) -> String {
     slack_escape(&code(text))
 }
+use super::pace::Pacer;
 use super::{ChatError, retry_after_header};
 use crate::playbook::model::Risk;
 
@@ -256,6 +257,12 @@ pub struct SlackClient {
     api_url: String,
     token: String,
     groups: Mutex<GroupCache>,
+    /// `chat.postMessage` per channel (`chat.slack.post_rate`: Slack's
+    /// "one message per second per channel"; its "short bursts" are not
+    /// counted on).
+    posts: Pacer,
+    /// `chat.update` for the workspace (`chat.slack.update_rate`: Tier 3).
+    updates: Pacer,
 }
 
 /// User-group membership read from Slack, trusted for `ttl`. Bounded: the
@@ -333,16 +340,36 @@ const PERMANENT: &[&str] = &[
 
 impl SlackClient {
     #[must_use]
-    pub fn new(http: reqwest::Client, api_url: &str, token: &str, group_ttl: Duration) -> Self {
+    pub fn new(http: reqwest::Client, chat: &crate::config::ChatSettings) -> Self {
+        let slack = &chat.slack;
         Self {
             http,
-            api_url: api_url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            groups: Mutex::new(GroupCache::new(group_ttl)),
+            api_url: slack.api_url.trim_end_matches('/').to_owned(),
+            token: slack.bot_token.expose().to_owned(),
+            groups: Mutex::new(GroupCache::new(slack.group_cache_ttl)),
+            posts: Pacer::new(slack.post_rate.quota(), chat.pace_wait),
+            updates: Pacer::new(slack.update_rate.quota(), chat.pace_wait),
+        }
+    }
+
+    /// The pace a method keeps, and its key: posts per channel, updates
+    /// for the workspace; other methods are not paced.
+    fn pace(&self, method: &str, body: &Value) -> Option<(&Pacer, String)> {
+        match method {
+            "chat.postMessage" => Some((
+                &self.posts,
+                body["channel"].as_str().unwrap_or_default().to_owned(),
+            )),
+            "chat.update" => Some((&self.updates, method.to_owned())),
+            _ => None,
         }
     }
 
     async fn call(&self, method: &str, body: &Value) -> Result<Value, ChatError> {
+        let pace = self.pace(method, body);
+        if let Some((pacer, key)) = &pace {
+            pacer.ready(key).await?;
+        }
         let response = self
             .http
             .post(format!("{}/{method}", self.api_url))

@@ -60,6 +60,8 @@ pub enum StepError {
 #[derive(Debug)]
 pub struct Diagnoser {
     targets: std::collections::BTreeMap<String, sqlx::PgPool>,
+    /// `targets.NAME.max_concurrent_diagnoses`.
+    bounds: std::collections::BTreeMap<String, u32>,
     prometheus_url: String,
     allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
     client: reqwest::Client,
@@ -71,7 +73,9 @@ impl Diagnoser {
     /// not remedy's start.
     pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
         let mut targets = std::collections::BTreeMap::new();
+        let mut bounds = std::collections::BTreeMap::new();
         for (name, target) in &settings.targets {
+            bounds.insert(name.clone(), target.max_concurrent_diagnoses);
             let options: sqlx::postgres::PgConnectOptions = target
                 .url
                 .expose()
@@ -94,6 +98,7 @@ impl Diagnoser {
         }
         Ok(Self {
             targets,
+            bounds,
             prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
             allowed_programs: settings.commands.allow.iter().cloned().collect(),
             client: crate::net::client(),
@@ -105,6 +110,12 @@ impl Diagnoser {
     #[must_use]
     pub fn target(&self, name: &str) -> Option<&sqlx::PgPool> {
         self.targets.get(name)
+    }
+
+    /// How many diagnoses may run against a configured target at once.
+    #[must_use]
+    pub fn diagnosis_bound(&self, name: &str) -> Option<u32> {
+        self.bounds.get(name).copied()
     }
 
     /// Whether `program` is in `commands.allow`.

@@ -1,12 +1,15 @@
 //! Diagnosis of a newly opened incident: find the matching playbook, run
 //! its steps, evaluate findings, actions and suggestions, and store the
 //! report with the incident, fenced by the work's lease. An alert that no
-//! playbook matches gets a report that says so, with its labels.
+//! playbook matches gets a report that says so, with its labels. A
+//! diagnosis runs only while its target database has fewer than
+//! `max_concurrent_diagnoses` running; otherwise it waits in the queue.
 
 use super::{Engine, WorkError};
 use crate::domain::Millis;
+use crate::playbook::evaluate::PlannedStep;
 use crate::playbook::{self, ActionInstance, AlertContext, Report};
-use crate::store::{ClaimedWork, IncidentRecord, NewApproval};
+use crate::store::{ClaimedWork, IncidentRecord, NewApproval, TargetSlot};
 
 pub(super) async fn run(
     engine: &Engine,
@@ -14,9 +17,14 @@ pub(super) async fn run(
     now: Millis,
 ) -> Result<bool, WorkError> {
     let (id, incident) = super::incident_of(engine, work).await?;
-    // The timers first: a diagnosis that fails must not cost the page.
+    // The timers first: a diagnosis that fails, or waits for its target,
+    // must not cost the page.
     super::escalate::schedule(engine, id, &incident, now).await?;
-    let report = diagnose(engine, &alert_context(&incident)).await;
+    let alert = alert_context(&incident);
+    if !hold_target(engine, work, &alert, now).await? {
+        return Ok(false);
+    }
+    let report = diagnose(engine, &alert).await;
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;
     let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
     let mut approvals = approval_requests(&report, now.saturating_add(ttl));
@@ -31,6 +39,54 @@ pub(super) async fn run(
         super::escalate::check_threshold(engine, id, &incident, &report, now).await?;
     }
     Ok(stored)
+}
+
+/// Counts this row against its diagnosis's target (see
+/// [`Store::take_target_slot`](crate::store::Store::take_target_slot)).
+/// `TargetBusy` when the target already runs its bound of diagnoses: the
+/// row goes back to the queue, as a row, without spending an attempt.
+/// False when the lease is lost. A diagnosis with no `sql` step, or on a
+/// target not in the settings (its steps fail), is not held back.
+pub(super) async fn hold_target(
+    engine: &Engine,
+    work: &ClaimedWork,
+    alert: &AlertContext,
+    now: Millis,
+) -> Result<bool, WorkError> {
+    let Some(target) = diagnosis_target(engine, alert) else {
+        return Ok(true);
+    };
+    let Some(bound) = engine.diagnoser.diagnosis_bound(&target) else {
+        return Ok(true);
+    };
+    match engine
+        .store
+        .take_target_slot(work, &target, i64::from(bound), now)
+        .await?
+    {
+        TargetSlot::Taken => Ok(true),
+        TargetSlot::Full => {
+            metrics::counter!("remedy_diagnoses_waiting_total", "target" => target.clone())
+                .increment(1);
+            Err(WorkError::TargetBusy(target))
+        }
+        TargetSlot::LeaseLost => Ok(false),
+    }
+}
+
+/// The database a diagnosis runs against: the target of its playbook's
+/// first `sql` step (the playbook's `target` unless the step names
+/// another). One per diagnosis: a playbook whose steps query several
+/// targets is counted against the first only.
+#[must_use]
+pub fn diagnosis_target(engine: &Engine, alert: &AlertContext) -> Option<String> {
+    let playbook = playbook::find(&engine.playbooks, &alert.labels)?;
+    playbook::evaluate::plan(playbook, alert, &engine.probes)
+        .into_iter()
+        .find_map(|(_, step)| match step {
+            Ok(PlannedStep::Sql { target, .. }) => Some(target),
+            _ => None,
+        })
 }
 
 /// One approval request per action the report offers, keyed `id` (or

@@ -281,7 +281,9 @@ pub(super) async fn run(
                 engine.store.chat_failed(id, platform, &error, now).await?;
                 engine.store.ping_posted(&timer, Some(&error), now).await?;
             }
-            Err(ChatError::RetryAfter(wait)) => return Err(WorkError::RetryAfter(wait)),
+            Err(ChatError::RetryAfter(wait) | ChatError::Paced(wait)) => {
+                return Err(WorkError::RetryAfter(wait));
+            }
             Err(ChatError::Transient(error)) => return Err(WorkError::Chat(error)),
         }
     }

@@ -1,6 +1,7 @@
 //! `notify` work: render the incident's current state (report, requests,
 //! decisions, resolved or not) and post it, or update the message already
-//! posted. Rate limits wait exactly as asked; outages retry with backoff;
+//! posted. Rate limits and the channel's pace wait exactly as asked,
+//! in the queue and without spending an attempt; outages retry with backoff;
 //! permanent errors are recorded on the incident and counted, not retried.
 
 use super::{Engine, WorkError};
@@ -43,7 +44,11 @@ async fn report_outcomes(
             crate::chat::text::cut(output, 1500)
         );
         engine.chat.reply(channel, message, &text).await?;
-        if let Err(error) = engine.store.execution_reported(execution.id, now).await {
+        if let Err(error) = engine
+            .store
+            .execution_reported(execution.id, execution.verification.as_deref(), now)
+            .await
+        {
             // Posted but not marked: it may be posted again.
             tracing::warn!(%error, execution = execution.id, "outcome posted but not marked");
         }
@@ -240,6 +245,10 @@ pub(super) async fn run(
         Err(ChatError::RetryAfter(wait)) => {
             metrics::counter!("remedy_chat_errors_total", "platform" => platform, "kind" => "rate_limited")
                 .increment(1);
+            Err(WorkError::RetryAfter(wait))
+        }
+        Err(ChatError::Paced(wait)) => {
+            metrics::counter!("remedy_chat_paced_total", "platform" => platform).increment(1);
             Err(WorkError::RetryAfter(wait))
         }
         Err(ChatError::Transient(error)) => {

@@ -33,7 +33,12 @@ pub(super) async fn run(
         None => Report::default(),
     };
     let after = if incident.status == "firing" {
-        Some(diagnose(engine, &alert_context(&incident)).await)
+        // The re-diagnosis loads the target like any diagnosis.
+        let alert = alert_context(&incident);
+        if !super::diagnose::hold_target(engine, work, &alert, now).await? {
+            return Ok(false);
+        }
+        Some(diagnose(engine, &alert).await)
     } else {
         None
     };

@@ -482,14 +482,26 @@ impl Store {
         }))
     }
 
-    /// Marks an execution's outcome as posted in the thread.
-    pub async fn execution_reported(&self, execution: i64, now: Millis) -> Result<(), StoreError> {
+    /// Marks an execution's outcome as posted in the thread, as it was
+    /// posted: with `verification` (none yet, or the verdict). A verdict
+    /// recorded while the post was on its way (a paced post can take a
+    /// while) leaves the execution unreported, so the verdict is posted too.
+    pub async fn execution_reported(
+        &self,
+        execution: i64,
+        verification: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         transaction!(self, |conn| {
-            sqlx::query("update executions set reported_at = $2 where id = $1")
-                .bind(execution)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "update executions set reported_at = $2
+                  where id = $1 and coalesce(verification, '') = coalesce($3, '')",
+            )
+            .bind(execution)
+            .bind(now)
+            .bind(verification)
+            .execute(&mut *conn)
+            .await?;
         });
         Ok(())
     }

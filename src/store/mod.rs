@@ -34,7 +34,7 @@ pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};
 pub use reconcile::{ReconcileCandidate, SilenceState};
 pub use retention::{Expiring, INCIDENT_CHILDREN, STORE_TABLES};
-pub use work::{ClaimedWork, QueueStats, WorkKind};
+pub use work::{ClaimedWork, Lane, QueueStats, TargetSlot, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
 /// transaction (retry later, answer 503), or the data is not what this
@@ -222,6 +222,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_periodic.sql"),
     ),
     (
+        8,
+        "lanes",
+        include_str!("../../migrations/sqlite/0008_lanes.sql"),
+    ),
+    (
         9,
         "reconcile",
         include_str!("../../migrations/sqlite/0009_reconcile.sql"),
@@ -263,6 +268,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "periodic",
         include_str!("../../migrations/postgres/0007_periodic.sql"),
+    ),
+    (
+        8,
+        "lanes",
+        include_str!("../../migrations/postgres/0008_lanes.sql"),
     ),
     (
         9,

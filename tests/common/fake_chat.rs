@@ -4,7 +4,7 @@
 //! with `Retry-After`, Discord's 429 body), can be scripted to fail, and
 //! records every request.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,8 @@ use axum::routing::{patch, post};
 use serde_json::{Value, json};
 
 pub const SLACK_TOKEN: &str = "xoxb-test-token";
+/// A Slack pace (`chat.slack.post_rate`, `.update_rate`) no test reaches.
+pub const UNPACED: &str = "100000/1s";
 pub const DISCORD_TOKEN: &str = "discord-test-token";
 
 #[derive(Debug, Clone)]
@@ -47,8 +49,13 @@ struct FakeState {
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Scripted>>,
     next_id: AtomicU64,
+    limited: std::sync::atomic::AtomicUsize,
     /// Slack user group → members.
     groups: Mutex<Vec<(String, Vec<String>)>>,
+    /// Slack's "one message per second per channel", when enforced: the
+    /// least gap between two accepted `chat.postMessage` in a channel, and
+    /// when each channel last accepted one.
+    pace: Mutex<Option<(std::time::Duration, HashMap<String, std::time::Instant>)>>,
 }
 
 #[derive(Clone)]
@@ -86,6 +93,18 @@ impl FakeChat {
             .lock()
             .expect("fake chat lock")
             .extend(answers);
+    }
+
+    /// Answers `chat.postMessage` with 429 (`Retry-After: 1`) when it
+    /// comes less than `min_gap` after the last one accepted in the same
+    /// channel, as Slack does past one message a second per channel.
+    pub fn enforce_post_pace(&self, min_gap: std::time::Duration) {
+        *self.state.pace.lock().expect("fake chat lock") = Some((min_gap, HashMap::new()));
+    }
+
+    /// Slack calls answered 429 so far.
+    pub fn rate_limited(&self) -> usize {
+        self.state.limited.load(Ordering::SeqCst)
     }
 
     pub fn set_group(&self, group: &str, members: &[&str]) {
@@ -182,6 +201,7 @@ async fn slack_api(
             return StatusCode::from_u16(code).expect("status").into_response();
         }
         Some(Scripted::SlackRateLimited(secs)) => {
+            state.limited.fetch_add(1, Ordering::SeqCst);
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 [("retry-after", secs.to_string())],
@@ -193,6 +213,25 @@ async fn slack_api(
             return Json(json!({"ok": false, "error": code})).into_response();
         }
         _ => {}
+    }
+    if method == "chat.postMessage"
+        && let Some((min_gap, last)) = state.pace.lock().expect("fake chat lock").as_mut()
+    {
+        let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+        let now = std::time::Instant::now();
+        if last
+            .get(&channel)
+            .is_some_and(|at| now.duration_since(*at) < *min_gap)
+        {
+            state.limited.fetch_add(1, Ordering::SeqCst);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                Json(json!({"ok": false, "error": "ratelimited"})),
+            )
+                .into_response();
+        }
+        last.insert(channel, now);
     }
     match method.as_str() {
         "chat.postMessage" | "chat.update" => {
