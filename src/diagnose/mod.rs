@@ -62,6 +62,9 @@ pub struct Diagnoser {
     targets: std::collections::BTreeMap<String, sqlx::PgPool>,
     prometheus_url: String,
     allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
+    /// `commands.env` with remedy's values, read once at start-up: the
+    /// whole environment of every child process.
+    child_env: Vec<(String, std::ffi::OsString)>,
     client: reqwest::Client,
     deadline: Duration,
 }
@@ -96,6 +99,7 @@ impl Diagnoser {
             targets,
             prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
             allowed_programs: settings.commands.allow.iter().cloned().collect(),
+            child_env: settings.commands.child_env(),
             client: crate::net::client(),
             deadline: settings.playbooks.deadline,
         })
@@ -111,6 +115,12 @@ impl Diagnoser {
     #[must_use]
     pub fn allows(&self, program: &std::path::Path) -> bool {
         self.allowed_programs.contains(program)
+    }
+
+    /// The environment of every child process (`commands.env`).
+    #[must_use]
+    pub fn child_env(&self) -> &[(String, std::ffi::OsString)] {
+        &self.child_env
     }
 
     /// Runs every step; a step that fails or times out is reported as such
@@ -195,7 +205,16 @@ impl Diagnoser {
                     .map(regex::Regex::new)
                     .transpose()
                     .map_err(|e| StepError::Failed(format!("bad pattern: {e}")))?;
-                command::run(&path, &args, pattern.as_ref(), timeout, 1 << 20, max_lines).await
+                command::run(
+                    &path,
+                    &args,
+                    &self.child_env,
+                    pattern.as_ref(),
+                    timeout,
+                    1 << 20,
+                    max_lines,
+                )
+                .await
             }
         }
     }
