@@ -930,6 +930,28 @@ async fn an_http_action_sends_its_body_and_checks_the_expected_status() {
 }
 
 #[tokio::test]
+async fn an_http_actions_oversize_answer_is_read_only_up_to_max_output_bytes() {
+    let (url, _seen) = recording_server(
+        "/api/cache/flush",
+        StatusCode::ACCEPTED,
+        json!("x".repeat(4 << 20)),
+    )
+    .await;
+    let playbook = format!(
+        "{PLAYBOOK}  - id: flush\n    title: Flush the PMS cache\n    kind: http\n    risk: safe\n    approvers: [oncall]\n    quorum: 1\n    method: POST\n    url: \"{{{{ probes.pms }}}}/api/cache/flush\"\n    expect_status: 202\n"
+    );
+    let s = setup_with(&playbook, &[("REMEDY__PROBES__PMS", url.as_str())]).await;
+    let id = s.open("x").await;
+    s.decide(id, "flush", "alice").await;
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    let output = execution["output"].as_str().unwrap_or_default();
+    assert!(output.contains("body cut at 8192 bytes"), "{output}");
+    assert!(output.len() < 4096, "{}", output.len());
+}
+
+#[tokio::test]
 async fn a_terminate_statement_the_protection_check_cannot_see_is_refused() {
     let playbook = PLAYBOOK.replacen(
         "statement: select pg_terminate_backend($1::int)",
