@@ -844,3 +844,117 @@ actions:
         report.errors
     );
 }
+
+#[tokio::test]
+async fn a_blocker_calling_itself_remedy_is_listed_and_terminated_while_remedys_own_sessions_are_not()
+ {
+    let t = target(&[]).await;
+    let role = app_role(&t).await;
+    let mut setup = t.connect("setup").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create table accounts (id int primary key, balance int); insert into accounts values (1, 10), (2, 20);
+         grant all on accounts to {role}"
+    )))
+    .execute(&mut setup)
+    .await
+    .expect("table");
+    // The impostor: an application session that names itself remedy.
+    let mut impostor = t.connect_as(role, "remedy").await;
+    sqlx::raw_sql("begin; update accounts set balance = 11 where id = 1")
+        .execute(&mut impostor)
+        .await
+        .expect("lock");
+    let impostor_pid = pid(&mut impostor).await;
+    // One of remedy's own pooled sessions blocks too.
+    let pool = t.engine.diagnoser.target("main").expect("main").clone();
+    let mut own = pool.acquire().await.expect("pooled connection");
+    sqlx::raw_sql("begin; update accounts set balance = 21 where id = 2")
+        .execute(&mut *own)
+        .await
+        .expect("lock");
+    let (own_pid, own_start): (i32, String) = sqlx::query_as(
+        "select pid, backend_start::text from pg_stat_activity where pid = pg_backend_pid()",
+    )
+    .fetch_one(&mut *own)
+    .await
+    .expect("own backend");
+    let mut waiters = Vec::new();
+    for id in [1, 2] {
+        let mut waiter = t.connect_as(role, &format!("waiter-{id}")).await;
+        waiters.push(tokio::spawn(async move {
+            let _ = sqlx::query("update accounts set balance = 0 where id = $1")
+                .bind(id)
+                .execute(&mut waiter)
+                .await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseLongRunningQueries")])
+        .await;
+    assert_eq!(
+        pids(&report, "blockers", "blocking_pid"),
+        [impostor_pid],
+        "{:?}",
+        report.steps["blockers"]
+    );
+    let terminate = report
+        .actions
+        .iter()
+        .find(|a| a.id == "terminate_blocker")
+        .expect("the impostor is offered")
+        .clone();
+    assert_eq!(terminate.params, [impostor_pid.to_string()]);
+
+    let labels = remedy::domain::Labels::default();
+    let context = remedy::actions::Context {
+        incident: 0,
+        labels: &labels,
+        approvers: vec!["console:alice".into(), "console:bob".into()],
+        alertmanager_url: None,
+        http: &t.engine.http,
+        timeout: Duration::from_secs(5),
+        max_output_bytes: 8192,
+    };
+    // remedy's own session, even when an action names it, is refused.
+    let mut aimed_at_own = terminate.clone();
+    aimed_at_own.params = vec![own_pid.to_string()];
+    if let Some(pre) = aimed_at_own.precondition.as_mut() {
+        pre.params = vec![own_pid.to_string(), own_start.clone()];
+    }
+    let refused = remedy::actions::run(
+        &t.engine.diagnoser,
+        &t.engine.executor,
+        &aimed_at_own,
+        &context,
+    )
+    .await;
+    assert_eq!(refused.state, "refused", "{refused:?}");
+    assert!(
+        sqlx::query("select 1").execute(&mut *own).await.is_ok(),
+        "own session alive"
+    );
+
+    let done = remedy::actions::run(
+        &t.engine.diagnoser,
+        &t.engine.executor,
+        &terminate,
+        &context,
+    )
+    .await;
+    assert_eq!(done.state, "done", "{done:?}");
+    let mut admin = t.connect("checker").await;
+    let alive: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where pid = $1")
+        .bind(i32::try_from(impostor_pid).expect("pid"))
+        .fetch_one(&mut admin)
+        .await
+        .expect("count");
+    assert_eq!(alive, 0, "the impostor was terminated");
+    sqlx::raw_sql("rollback")
+        .execute(&mut *own)
+        .await
+        .expect("release");
+    for waiter in waiters {
+        waiter.await.expect("waiter ends");
+    }
+}

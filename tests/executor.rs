@@ -856,18 +856,56 @@ async fn an_automatic_safe_action_runs_only_when_policy_allows_it() {
 }
 
 #[tokio::test]
-async fn remedys_own_connections_are_never_terminated() {
-    // A playbook that (wrongly) matches remedy's own application name.
+async fn remedys_own_pooled_connections_are_never_terminated() {
+    // A playbook that (wrongly) lists remedy's own sessions: the executor
+    // still refuses them, knowing them by the backends its pool holds.
     let playbook = PLAYBOOK.replacen("\"{{ labels.app_prefix }}\"", "\"remedy\"", 1);
     let s = setup_with(&playbook, &[]).await;
-    let (_own, own) = s.leak(false, "remedy").await;
+    let pool = s
+        .app
+        .app
+        .engine
+        .diagnoser
+        .target("main")
+        .expect("main target")
+        .clone();
+    let mut own = pool.acquire().await.expect("a pooled connection");
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut *own)
+        .await
+        .expect("begin");
+    let own_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *own)
+        .await
+        .expect("pid");
     let id = s.open("x").await;
     let reply = s.decide(id, "terminate", "alice").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
     s.drain().await;
-    assert!(s.alive(own).await);
+    assert!(s.alive(own_pid).await);
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "refused", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("remedy's own"),
+        "{execution}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_calling_itself_remedy_is_not_protected_by_the_name() {
+    let playbook = PLAYBOOK.replacen("\"{{ labels.app_prefix }}\"", "\"remedy\"", 1);
+    let s = setup_with(&playbook, &[]).await;
+    let (_impostor, impostor) = s.leak(false, "remedy").await;
+    let id = s.open("x").await;
+    let reply = s.decide(id, "terminate", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    assert!(!s.alive(impostor).await);
 }
 
 #[tokio::test]

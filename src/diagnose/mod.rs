@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod http;
+pub mod own;
 pub mod promql;
 pub mod sql;
 
@@ -60,6 +61,8 @@ pub enum StepError {
 #[derive(Debug)]
 pub struct Diagnoser {
     targets: std::collections::BTreeMap<String, sqlx::PgPool>,
+    /// Per target, the backends its pool holds (remedy's own sessions).
+    own: std::collections::BTreeMap<String, own::OwnSessions>,
     prometheus_url: String,
     allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
     /// `commands.env` with remedy's values, read once at start-up: the
@@ -74,15 +77,29 @@ impl Diagnoser {
     /// not remedy's start.
     pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
         let mut targets = std::collections::BTreeMap::new();
+        let mut own = std::collections::BTreeMap::new();
         for (name, target) in &settings.targets {
             let options: sqlx::postgres::PgConnectOptions = target
                 .url
                 .expose()
                 .parse()
                 .map_err(|e| format!("targets.{name}.url: {e}"))?;
+            // remedy's own sessions are these backends, not whoever sets
+            // application_name = 'remedy' (kept below for people reading
+            // pg_stat_activity, never trusted).
+            let sessions = own::OwnSessions::default();
+            let recorder = sessions.clone();
+            let limit = usize::try_from(target.max_connections)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(4)
+                .max(16);
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(target.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .after_connect(move |conn, _meta| {
+                    let recorder = recorder.clone();
+                    Box::pin(async move { recorder.record(conn, limit).await })
+                })
                 // The system catalogs first, whatever the database's own
                 // search_path says: a table or function named like
                 // pg_stat_activity or pg_terminate_backend in `public` can
@@ -94,9 +111,11 @@ impl Diagnoser {
                         .options([("search_path", "pg_catalog, \"$user\", public")]),
                 );
             targets.insert(name.clone(), pool);
+            own.insert(name.clone(), sessions);
         }
         Ok(Self {
             targets,
+            own,
             prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
             allowed_programs: settings.commands.allow.iter().cloned().collect(),
             child_env: settings.commands.child_env(),
@@ -109,6 +128,12 @@ impl Diagnoser {
     #[must_use]
     pub fn target(&self, name: &str) -> Option<&sqlx::PgPool> {
         self.targets.get(name)
+    }
+
+    /// remedy's own sessions on a configured target.
+    #[must_use]
+    pub fn own_sessions(&self, name: &str) -> Option<&own::OwnSessions> {
+        self.own.get(name)
     }
 
     /// Whether `program` is in `commands.allow`.
@@ -171,7 +196,8 @@ impl Diagnoser {
                     .targets
                     .get(&target)
                     .ok_or_else(|| StepError::Failed(format!("unknown target `{target}`")))?;
-                sql::query(pool, &query, &params, timeout, max_rows).await
+                let own = self.own.get(&target).cloned().unwrap_or_default();
+                sql::query(pool, &own, &query, &params, timeout, max_rows).await
             }
             PlannedStep::Promql { query, timeout } => {
                 if self.prometheus_url.is_empty() {

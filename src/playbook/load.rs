@@ -460,6 +460,25 @@ impl Validator<'_> {
                     "only `risk: safe` actions may be automatic",
                 );
             }
+            if action.kind == ActionKind::Sql
+                && action
+                    .statement
+                    .as_deref()
+                    .is_some_and(super::signals_backends)
+            {
+                // The executor's cancel/terminate re-checks this value in the
+                // same statement: a recycled pid is never signalled.
+                let pinned = action.precondition.as_ref().is_some_and(|pre| {
+                    super::pinned_backend_start(&pre.query).is_some_and(|n| n <= pre.params.len())
+                });
+                if !pinned {
+                    self.error(
+                        at,
+                        field("precondition"),
+                        "an action that cancels or terminates a backend needs a precondition that pins it: `backend_start = $N::timestamptz` with its value in `params`",
+                    );
+                }
+            }
             if let Some(pre) = &action.precondition {
                 if pre.query.contains("{{") {
                     self.error(
