@@ -138,7 +138,7 @@ mod tests {
             .send()
             .await
             .expect_err("refused");
-        let text = format!("{:?}", err);
+        let text = format!("{err:?}");
         assert!(text.contains("another origin"), "{text}");
     }
 

@@ -246,9 +246,9 @@ impl Validator<'_> {
 
     /// An argv template; `allow_dash` only where a template could put a
     /// dash first.
-    fn arg(&mut self, at: Location, field: String, arg: &ArgSpec) {
+    fn arg(&mut self, at: Location, field: &str, arg: &ArgSpec) {
         let source = arg.source();
-        self.template(at, field.clone(), source);
+        self.template(at, field.to_owned(), source);
         if arg.allow_dash() && (!source.contains("{{") || source.trim_start().starts_with('-')) {
             self.error(
                 at,
@@ -352,7 +352,7 @@ impl Validator<'_> {
                 } => {
                     self.program(at, format!("steps[{i}].program"), program);
                     for (j, a) in args.iter().enumerate() {
-                        self.arg(at, format!("steps[{i}].args[{j}]"), a);
+                        self.arg(at, &format!("steps[{i}].args[{j}]"), a);
                     }
                     if let Some(Err(e)) = pattern.as_deref().map(Regex::new) {
                         self.error(at, format!("steps[{i}].pattern"), format!("bad regex: {e}"));
@@ -409,7 +409,7 @@ impl Validator<'_> {
                 self.template(at, format!("actions[{i}].params[{j}]"), p);
             }
             for (j, a) in action.args.iter().enumerate() {
-                self.arg(at, format!("actions[{i}].args[{j}]"), a);
+                self.arg(at, &format!("actions[{i}].args[{j}]"), a);
             }
             let field = |name: &str| format!("actions[{i}].{name}");
             match action.kind {
