@@ -219,7 +219,8 @@ pub struct ExecutorSettings {
     /// `command` actions are killed after this.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// Output kept from a `command` action.
+    /// Output kept from a `command` action; bytes of an `http` action's
+    /// response body read.
     pub max_output_bytes: usize,
     /// Database roles whose sessions are never cancelled or terminated (on
     /// top of superusers, replication roles and remedy's own connections).
@@ -430,6 +431,29 @@ pub struct CommandSettings {
     /// `REMEDY__COMMANDS__ALLOW=/usr/bin/docker,/usr/bin/systemctl`.
     #[serde(default, deserialize_with = "list_or_comma_separated")]
     pub allow: Vec<PathBuf>,
+    /// Names of the environment variables a child process keeps, with
+    /// remedy's own values; every other variable (`REMEDY__*` secrets
+    /// first) is cleared. `REMEDY__COMMANDS__ENV=PATH,LANG,HOME,TZ`.
+    #[serde(
+        default = "default_child_env",
+        deserialize_with = "strings_or_comma_separated"
+    )]
+    pub env: Vec<String>,
+}
+
+fn default_child_env() -> Vec<String> {
+    ["PATH", "LANG", "HOME"].map(str::to_owned).to_vec()
+}
+
+impl CommandSettings {
+    /// The allow-listed variables with remedy's values, read once.
+    #[must_use]
+    pub fn child_env(&self) -> Vec<(String, std::ffi::OsString)> {
+        self.env
+            .iter()
+            .filter_map(|name| std::env::var_os(name).map(|value| (name.clone(), value)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

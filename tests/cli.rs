@@ -228,3 +228,56 @@ async fn sigterm_finishes_and_exits_cleanly() {
     );
     assert!(output.1.contains("remedy stopped"), "{}", output.1);
 }
+
+#[test]
+fn a_command_step_sees_only_the_allow_listed_environment_never_remedys_secrets() {
+    let dir = std::env::temp_dir().join(format!("remedy-env-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("playbooks")).expect("dir");
+    std::fs::write(
+        dir.join("playbooks/env.yaml"),
+        r#"
+name: Env
+match: ['alertname="DatabasePoolExhaustionCritical"']
+steps:
+  - {id: env, kind: command, program: /usr/bin/env}
+findings:
+  - {severity: info, text: "environment", evidence: env}
+"#,
+    )
+    .expect("write playbook");
+    let out = remedy()
+        .args(["simulate", "--json"])
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/firing_single.json"),
+        )
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "very-secret-token")
+        .env("REMEDY__API__TOKEN", "another-secret")
+        .env("REMEDY__PLAYBOOKS__DIR", dir.join("playbooks"))
+        .env("REMEDY__COMMANDS__ALLOW", "/usr/bin/env")
+        .env("REMEDY__COMMANDS__ENV", "PATH,REMEDY_TEST_VISIBLE")
+        .env("REMEDY_TEST_VISIBLE", "yes")
+        .env("REMEDY_TEST_HIDDEN", "no")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut names: Vec<String> = reports[0]["steps"]["env"]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["line"].as_str())
+        .map(|line| line.split('=').next().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["PATH", "REMEDY_TEST_VISIBLE"], "{reports}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("very-secret-token") && !text.contains("another-secret"),
+        "{text}"
+    );
+}

@@ -661,3 +661,300 @@ async fn sessions_of_other_databases_on_the_server_are_not_listed() {
     assert!(listed.contains(&local), "{listed:?}");
     assert!(!listed.contains(&foreign), "{listed:?}");
 }
+
+/// A local HTTP server; every request's path and query is recorded.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn step_error(report: &Report, step: &str) -> String {
+    let out = &report.steps[step];
+    assert!(!out.ok, "{step} should have failed: {out:?}");
+    out.error.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_probe_redirecting_to_another_host_is_refused_not_followed() {
+    use axum::http::{StatusCode, header};
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let elsewhere = serve(axum::Router::new().route(
+        "/latest/meta-data",
+        axum::routing::get(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { "instance secrets" }
+        }),
+    ))
+    .await;
+    let location = format!("{elsewhere}/latest/meta-data");
+    let probe = serve(axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let location = location.clone();
+            async move { (StatusCode::FOUND, [(header::LOCATION, location)]) }
+        }),
+    ))
+    .await;
+    let dir = custom_playbook(
+        r#"
+name: Redirect
+match: ['alertname="Redirect"']
+steps:
+  - {id: probe, kind: http, url: "{{ probes.pms }}/health"}
+"#,
+    );
+    let t = target(&[
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__PROBES__PMS", probe.as_str()),
+    ])
+    .await;
+    let report = t.diagnose(&[("alertname", "Redirect")]).await;
+    let error = step_error(&report, "probe");
+    assert!(error.contains("another origin"), "{error}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_label_cannot_change_an_http_steps_host_or_path() {
+    let paths = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = paths.clone();
+    let probe = serve(axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        seen.lock().expect("lock").push(uri.to_string());
+        async { "ok" }
+    }))
+    .await;
+    let dir = custom_playbook(
+        r#"
+name: Pinned
+match: ['alertname="Pinned"']
+steps:
+  - {id: encoded, kind: http, url: "{{ probes.pms }}/api/{{ labels.item }}/status?q={{ labels.item }}"}
+  - {id: suffix, kind: http, url: "{{ probes.pms }}{{ labels.item }}/status"}
+  - {id: dots, kind: http, url: "{{ probes.pms }}/api/{{ labels.dots }}/admin"}
+"#,
+    );
+    let t = target(&[
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__PROBES__PMS", probe.as_str()),
+    ])
+    .await;
+    let item = "@169.254.169.254/../../admin?x=1#";
+    let report = t
+        .diagnose(&[("alertname", "Pinned"), ("item", item), ("dots", "..")])
+        .await;
+    assert!(report.steps["encoded"].ok, "{:?}", report.steps["encoded"]);
+    let encoded = "%40169.254.169.254%2F..%2F..%2Fadmin%3Fx%3D1%23";
+    assert_eq!(
+        *paths.lock().expect("lock"),
+        [format!("/api/{encoded}/status?q={encoded}")],
+        "only the encoded request reached the probe"
+    );
+    let suffix = step_error(&report, "suffix");
+    assert!(
+        suffix.contains("not a URL") || suffix.contains("differs"),
+        "{suffix}"
+    );
+    let dots = step_error(&report, "dots");
+    assert!(dots.contains("would change the URL's path"), "{dots}");
+}
+
+#[tokio::test]
+async fn an_oversize_probe_answer_is_cut_at_the_cap() {
+    let probe = serve(axum::Router::new().route(
+        "/huge",
+        axum::routing::get(|| async { "x".repeat(8 << 20) }),
+    ))
+    .await;
+    let dir = custom_playbook(
+        r#"
+name: Huge
+match: ['alertname="Huge"']
+steps:
+  - {id: probe, kind: http, url: "{{ probes.pms }}/huge"}
+"#,
+    );
+    let t = target(&[
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__PROBES__PMS", probe.as_str()),
+    ])
+    .await;
+    let report = t.diagnose(&[("alertname", "Huge")]).await;
+    assert!(report.steps["probe"].ok, "{:?}", report.steps["probe"]);
+    let body = report.steps["probe"].rows[0]["body"]
+        .as_str()
+        .expect("body")
+        .len();
+    assert_eq!(body, 512);
+}
+
+#[tokio::test]
+async fn a_dash_leading_label_argument_is_refused_unless_marked_allow_dash() {
+    let dir = custom_playbook(
+        r#"
+name: Dash
+match: ['alertname="Dash"']
+steps:
+  - {id: plain, kind: command, program: /bin/echo, args: [restart, "{{ labels.service }}"]}
+  - {id: marked, kind: command, program: /bin/echo, args: [restart, {arg: "{{ labels.service }}", allow_dash: true}]}
+  - {id: literal, kind: command, program: /bin/echo, args: ["--tail={{ labels.lines }}"]}
+actions:
+  - id: restart
+    title: Restart {{ labels.service }}
+    kind: command
+    risk: disruptive
+    program: /bin/echo
+    args: [compose, restart, "{{ labels.service }}"]
+"#,
+    );
+    let t = target(&[
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__COMMANDS__ALLOW", "/bin/echo"),
+    ])
+    .await;
+    let report = t
+        .diagnose(&[
+            ("alertname", "Dash"),
+            ("service", "--no-deps"),
+            ("lines", "5"),
+        ])
+        .await;
+    let plain = step_error(&report, "plain");
+    assert!(
+        plain.contains(
+            "argument 1 `{{ labels.service }}` renders to `--no-deps`, which starts with `-`"
+        ),
+        "{plain}"
+    );
+    assert_eq!(report.steps["marked"].rows[0]["line"], "restart --no-deps");
+    assert_eq!(report.steps["literal"].rows[0]["line"], "--tail=5");
+    assert!(report.actions.is_empty(), "{:?}", report.actions);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("action `restart`") && e.contains("starts with `-`")),
+        "{:?}",
+        report.errors
+    );
+}
+
+#[tokio::test]
+async fn a_blocker_calling_itself_remedy_is_listed_and_terminated_while_remedys_own_sessions_are_not()
+ {
+    let t = target(&[]).await;
+    let role = app_role(&t).await;
+    let mut setup = t.connect("setup").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create table accounts (id int primary key, balance int); insert into accounts values (1, 10), (2, 20);
+         grant all on accounts to {role}"
+    )))
+    .execute(&mut setup)
+    .await
+    .expect("table");
+    // The impostor: an application session that names itself remedy.
+    let mut impostor = t.connect_as(role, "remedy").await;
+    sqlx::raw_sql("begin; update accounts set balance = 11 where id = 1")
+        .execute(&mut impostor)
+        .await
+        .expect("lock");
+    let impostor_pid = pid(&mut impostor).await;
+    // One of remedy's own pooled sessions blocks too.
+    let pool = t.engine.diagnoser.target("main").expect("main").clone();
+    let mut own = pool.acquire().await.expect("pooled connection");
+    sqlx::raw_sql("begin; update accounts set balance = 21 where id = 2")
+        .execute(&mut *own)
+        .await
+        .expect("lock");
+    let (own_pid, own_start): (i32, String) = sqlx::query_as(
+        "select pid, backend_start::text from pg_stat_activity where pid = pg_backend_pid()",
+    )
+    .fetch_one(&mut *own)
+    .await
+    .expect("own backend");
+    let mut waiters = Vec::new();
+    for id in [1, 2] {
+        let mut waiter = t.connect_as(role, &format!("waiter-{id}")).await;
+        waiters.push(tokio::spawn(async move {
+            let _ = sqlx::query("update accounts set balance = 0 where id = $1")
+                .bind(id)
+                .execute(&mut waiter)
+                .await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = t
+        .diagnose(&[("alertname", "DatabaseLongRunningQueries")])
+        .await;
+    assert_eq!(
+        pids(&report, "blockers", "blocking_pid"),
+        [impostor_pid],
+        "{:?}",
+        report.steps["blockers"]
+    );
+    let terminate = report
+        .actions
+        .iter()
+        .find(|a| a.id == "terminate_blocker")
+        .expect("the impostor is offered")
+        .clone();
+    assert_eq!(terminate.params, [impostor_pid.to_string()]);
+
+    let labels = remedy::domain::Labels::default();
+    let context = remedy::actions::Context {
+        incident: 0,
+        labels: &labels,
+        approvers: vec!["console:alice".into(), "console:bob".into()],
+        alertmanager_url: None,
+        http: &t.engine.http,
+        timeout: Duration::from_secs(5),
+        max_output_bytes: 8192,
+    };
+    // remedy's own session, even when an action names it, is refused.
+    let mut aimed_at_own = terminate.clone();
+    aimed_at_own.params = vec![own_pid.to_string()];
+    if let Some(pre) = aimed_at_own.precondition.as_mut() {
+        pre.params = vec![own_pid.to_string(), own_start.clone()];
+    }
+    let refused = remedy::actions::run(
+        &t.engine.diagnoser,
+        &t.engine.executor,
+        &aimed_at_own,
+        &context,
+    )
+    .await;
+    assert_eq!(refused.state, "refused", "{refused:?}");
+    assert!(
+        sqlx::query("select 1").execute(&mut *own).await.is_ok(),
+        "own session alive"
+    );
+
+    let done = remedy::actions::run(
+        &t.engine.diagnoser,
+        &t.engine.executor,
+        &terminate,
+        &context,
+    )
+    .await;
+    assert_eq!(done.state, "done", "{done:?}");
+    let mut admin = t.connect("checker").await;
+    let alive: i64 = sqlx::query_scalar("select count(*) from pg_stat_activity where pid = $1")
+        .bind(i32::try_from(impostor_pid).expect("pid"))
+        .fetch_one(&mut admin)
+        .await
+        .expect("count");
+    assert_eq!(alive, 0, "the impostor was terminated");
+    sqlx::raw_sql("rollback")
+        .execute(&mut *own)
+        .await
+        .expect("release");
+    for waiter in waiters {
+        waiter.await.expect("waiter ends");
+    }
+}

@@ -856,18 +856,56 @@ async fn an_automatic_safe_action_runs_only_when_policy_allows_it() {
 }
 
 #[tokio::test]
-async fn remedys_own_connections_are_never_terminated() {
-    // A playbook that (wrongly) matches remedy's own application name.
+async fn remedys_own_pooled_connections_are_never_terminated() {
+    // A playbook that (wrongly) lists remedy's own sessions: the executor
+    // still refuses them, knowing them by the backends its pool holds.
     let playbook = PLAYBOOK.replacen("\"{{ labels.app_prefix }}\"", "\"remedy\"", 1);
     let s = setup_with(&playbook, &[]).await;
-    let (_own, own) = s.leak(false, "remedy").await;
+    let pool = s
+        .app
+        .app
+        .engine
+        .diagnoser
+        .target("main")
+        .expect("main target")
+        .clone();
+    let mut own = pool.acquire().await.expect("a pooled connection");
+    sqlx::raw_sql("begin; select 1")
+        .execute(&mut *own)
+        .await
+        .expect("begin");
+    let own_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *own)
+        .await
+        .expect("pid");
     let id = s.open("x").await;
     let reply = s.decide(id, "terminate", "alice").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
     s.drain().await;
-    assert!(s.alive(own).await);
+    assert!(s.alive(own_pid).await);
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "refused", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("remedy's own"),
+        "{execution}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_calling_itself_remedy_is_not_protected_by_the_name() {
+    let playbook = PLAYBOOK.replacen("\"{{ labels.app_prefix }}\"", "\"remedy\"", 1);
+    let s = setup_with(&playbook, &[]).await;
+    let (_impostor, impostor) = s.leak(false, "remedy").await;
+    let id = s.open("x").await;
+    let reply = s.decide(id, "terminate", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    assert!(!s.alive(impostor).await);
 }
 
 #[tokio::test]
@@ -927,6 +965,28 @@ async fn an_http_action_sends_its_body_and_checks_the_expected_status() {
     assert_eq!(seen[0].0, "application/json");
     let body: Value = serde_json::from_str(&seen[0].1).expect("json body");
     assert_eq!(body, json!({"reason": "pool \"full\""}));
+}
+
+#[tokio::test]
+async fn an_http_actions_oversize_answer_is_read_only_up_to_max_output_bytes() {
+    let (url, _seen) = recording_server(
+        "/api/cache/flush",
+        StatusCode::ACCEPTED,
+        json!("x".repeat(4 << 20)),
+    )
+    .await;
+    let playbook = format!(
+        "{PLAYBOOK}  - id: flush\n    title: Flush the PMS cache\n    kind: http\n    risk: safe\n    approvers: [oncall]\n    quorum: 1\n    method: POST\n    url: \"{{{{ probes.pms }}}}/api/cache/flush\"\n    expect_status: 202\n"
+    );
+    let s = setup_with(&playbook, &[("REMEDY__PROBES__PMS", url.as_str())]).await;
+    let id = s.open("x").await;
+    s.decide(id, "flush", "alice").await;
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    let output = execution["output"].as_str().unwrap_or_default();
+    assert!(output.contains("body cut at 8192 bytes"), "{output}");
+    assert!(output.len() < 4096, "{}", output.len());
 }
 
 #[tokio::test]

@@ -211,6 +211,57 @@ fn check_names_file_line_column_and_field_of_each_mistake() {
     );
 }
 
+#[test]
+fn check_refuses_a_terminate_without_a_precondition_that_pins_backend_start() {
+    let terminate = "actions:\n  - id: kill\n    title: k\n    kind: sql\n    risk: destructive\n    statement: select pg_terminate_backend($1::int)\n    params: [\"{{ labels.pid }}\"]\n";
+    assert_reports(
+        &format!("{HEAD}{terminate}"),
+        5,
+        5,
+        "actions[0].precondition",
+        "needs a precondition that pins it: `backend_start = $N::timestamptz`",
+    );
+    // A precondition on the pid alone does not pin the backend either.
+    assert_reports(
+        &format!(
+            "{HEAD}{}    precondition: {{query: \"select 1 from pg_stat_activity where pid = $1::int\", params: [\"{{{{ labels.pid }}}}\"]}}\n",
+            terminate.replace("terminate", "cancel")
+        ),
+        5,
+        5,
+        "actions[0].precondition",
+        "needs a precondition that pins it",
+    );
+    // Pinned: only the unrelated mistake (quorum 0) is reported.
+    let (_, out) = check_one(&format!(
+        "{HEAD}{terminate}    quorum: 0\n    precondition: {{query: \"select 1 from pg_stat_activity where pid = $1::int and backend_start = $2::timestamptz\", params: [\"{{{{ labels.pid }}}}\", \"{{{{ labels.started }}}}\"]}}\n"
+    ));
+    assert!(out.contains("actions[0].quorum"), "{out}");
+    assert!(!out.contains("actions[0].precondition"), "{out}");
+}
+
+#[test]
+fn check_refuses_an_http_url_whose_host_a_template_writes_and_a_needless_allow_dash() {
+    assert_reports(
+        &format!(
+            "{HEAD}steps:\n  - {{id: a, kind: http, url: \"http://{{{{ labels.instance }}}}/health\"}}\n"
+        ),
+        5,
+        5,
+        "steps[0].url",
+        "must come from `{{ probes.NAME }}`",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}steps:\n  - {{id: a, kind: command, program: /usr/bin/docker, args: [{{arg: logs, allow_dash: true}}]}}\n"
+        ),
+        5,
+        5,
+        "steps[0].args[0].allow_dash",
+        "only for an argument whose template inserts a value at its start",
+    );
+}
+
 #[tokio::test]
 async fn simulate_prints_the_real_read_only_diagnosis_of_a_payload() {
     let target = common::fresh_store_url(common::Backend::Postgres).await;

@@ -1,6 +1,6 @@
 //! `command` actions: an allow-listed program with its argv (values from
-//! alerts are single argv elements, never parsed by a shell), a timeout and
-//! an output cap.
+//! alerts are single argv elements, never parsed by a shell), a cleared
+//! environment plus `commands.env`, a timeout and an output cap.
 
 use std::path::Path;
 
@@ -29,6 +29,7 @@ pub async fn run(
     match crate::diagnose::command::run(
         program,
         &action.args,
+        diagnoser.child_env(),
         None,
         settings.command_timeout,
         settings.max_output_bytes,

@@ -27,15 +27,26 @@ pub async fn run(action: &ActionInstance, context: &Context<'_>) -> Outcome {
             .body(body.clone());
     }
     match request.send().await {
-        Ok(r) => {
+        Ok(mut r) => {
             let status = r.status();
             let ok = action
                 .expect_status
                 .map_or(status.is_success(), |want| status.as_u16() == want);
-            let text = r.text().await.unwrap_or_default();
-            let output = format!("HTTP {status}\n{}", crate::chat::text::cut(&text, 2000));
+            // At most the cap is read, never the whole body.
+            let capped = crate::net::read_capped(&mut r, context.max_output_bytes).await;
+            let text = String::from_utf8_lossy(&capped.body);
+            let mut output = format!("HTTP {status}\n{}", crate::chat::text::cut(&text, 2000));
+            if capped.cut {
+                output.push_str(&format!(
+                    "\n(body cut at {} bytes, executor.max_output_bytes)",
+                    context.max_output_bytes
+                ));
+            }
             Outcome::new(if ok { "done" } else { "failed" }, output)
         }
-        Err(e) => Outcome::new("failed", e.without_url().to_string()),
+        Err(e) => Outcome::new(
+            "failed",
+            crate::diagnose::http::error_chain(&e.without_url()),
+        ),
     }
 }

@@ -63,6 +63,9 @@ pub struct Context<'a> {
     pub http: &'a reqwest::Client,
     /// Whole-request limit of `http` and `silence` actions.
     pub timeout: std::time::Duration,
+    /// Bytes of an `http` action's response body read, at most
+    /// (`executor.max_output_bytes`).
+    pub max_output_bytes: usize,
 }
 
 /// Runs `action` (or, in dry-run, says what would run).

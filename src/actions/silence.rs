@@ -61,8 +61,11 @@ pub async fn run(action: &ActionInstance, context: &Context<'_>) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::new("failed", format!("alertmanager: {}", e.without_url())),
     };
+    let mut response = response;
     let status = response.status();
-    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    // Alertmanager answers `{"silenceID": …}`; anything longer is not read.
+    let capped = crate::net::read_capped(&mut response, 64 * 1024).await;
+    let reply: Value = serde_json::from_slice(&capped.body).unwrap_or(Value::Null);
     if status.is_success() {
         Outcome::new(
             "done",

@@ -1,6 +1,7 @@
 //! The `command` step: runs one allow-listed program directly (argv only,
-//! never through a shell), stdin closed, stdout and stderr captured up to a
-//! byte cap. Running at all is success, whatever the exit code; the rows are
+//! never through a shell), stdin closed, with a cleared environment plus
+//! the `commands.env` allow-list (so remedy's `REMEDY__*` secrets never
+//! reach it), stdout and stderr captured up to a byte cap. Running at all is success, whatever the exit code; the rows are
 //! the output lines that match the step's pattern.
 
 use std::path::Path;
@@ -17,7 +18,7 @@ use super::{StepError, StepOutput};
 /// Runs `program` with `args` and reports its output.
 ///
 /// Arguments are passed as they are: no shell sees them, so `$(…)`, `;` or
-/// globs are plain text. At most `max_output_bytes` of output are kept,
+/// globs are plain text. The child's environment is exactly `env`. At most `max_output_bytes` of output are kept,
 /// stdout first, then stderr in what room is left; both streams are still
 /// drained to the end so the child never blocks on a full pipe.
 ///
@@ -34,6 +35,7 @@ use super::{StepError, StepOutput};
 pub async fn run(
     program: &Path,
     args: &[String],
+    env: &[(String, std::ffi::OsString)],
     pattern: Option<&Regex>,
     timeout: Duration,
     max_output_bytes: usize,
@@ -42,6 +44,8 @@ pub async fn run(
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -148,6 +152,7 @@ mod tests {
         let out = run(
             Path::new("/bin/echo"),
             &strings(&["hello", "world"]),
+            &[],
             None,
             SECS_5,
             1024,
@@ -176,6 +181,7 @@ mod tests {
         let out = run(
             Path::new("/usr/bin/printf"),
             &strings(&["a\nQueuePool limit\nb\n"]),
+            &[],
             Some(&re),
             SECS_5,
             1024,
@@ -193,6 +199,7 @@ mod tests {
         let out = run(
             Path::new("/usr/bin/printf"),
             &strings(&["1\n2\n3\n4\n5\n"]),
+            &[],
             None,
             SECS_5,
             1024,
@@ -211,6 +218,7 @@ mod tests {
         let out = run(
             Path::new("/usr/bin/printf"),
             &strings(&["%s%s", &big, &big]),
+            &[],
             None,
             SECS_5,
             10,
@@ -227,6 +235,7 @@ mod tests {
         let out = run(
             Path::new("/bin/ls"),
             &strings(&["/nonexistent-remedy-test-path"]),
+            &[],
             None,
             SECS_5,
             1024,
@@ -251,6 +260,7 @@ mod tests {
         let err = run(
             Path::new("/bin/sleep"),
             &strings(&["5"]),
+            &[],
             None,
             timeout,
             1024,
@@ -265,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn missing_program_is_failed() {
         let program = PathBuf::from("/nonexistent/remedy-no-such-program");
-        let err = run(&program, &[], None, SECS_5, 1024, 10)
+        let err = run(&program, &[], &[], None, SECS_5, 1024, 10)
             .await
             .expect_err("cannot start");
         let StepError::Failed(text) = err else {
@@ -278,6 +288,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_environment_is_only_the_given_one() {
+        let env = vec![("LANG".to_owned(), std::ffi::OsString::from("C.UTF-8"))];
+        let out = run(Path::new("/usr/bin/env"), &[], &env, None, SECS_5, 1024, 10)
+            .await
+            .expect("env runs");
+        assert_eq!(lines(&out), ["LANG=C.UTF-8"]);
+    }
+
+    #[tokio::test]
     async fn arguments_are_not_shell_interpreted() {
         let marker = format!("/tmp/remedy-pwned-{}", uuid::Uuid::now_v7().simple());
         let substitution = format!("$(touch {marker})");
@@ -286,7 +305,7 @@ mod tests {
             "; rm -rf /".to_owned(),
             "`id`".to_owned(),
         ];
-        let out = run(Path::new("/bin/echo"), &args, None, SECS_5, 1024, 10)
+        let out = run(Path::new("/bin/echo"), &args, &[], None, SECS_5, 1024, 10)
             .await
             .expect("echo runs");
         assert_eq!(lines(&out), [format!("{substitution} ; rm -rf / `id`")]);

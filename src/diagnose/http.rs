@@ -14,8 +14,9 @@ use super::{StepError, StepOutput};
 /// On any HTTP answer `ok` is true, `value` is the status code and `rows`
 /// holds one row `{status, expected, healthy, body}` where `healthy` is
 /// `status == expect_status` and `body` is the first `body_cap` bytes as
-/// lossy UTF-8 (a character cut by the cap is dropped). Redirects are
-/// followed as the client is configured to.
+/// lossy UTF-8 (a character cut by the cap is dropped); the rest of the
+/// body is never read. Redirects are followed only within the origin
+/// ([`crate::net::client`]); one to another origin fails the step.
 ///
 /// # Errors
 /// [`StepError::Failed`] for a method that is not a valid HTTP token or a
@@ -65,22 +66,12 @@ async fn send(
         .map_err(|e| StepError::Failed(error_chain(&e.without_url())))?;
     let status = response.status().as_u16();
 
-    let mut body = Vec::new();
-    while body.len() < body_cap {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = body_cap - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // The status was observed; a body cut short does not undo it.
-                tracing::debug!(error = %error_chain(&e), "http probe: body read failed");
-                break;
-            }
-        }
+    let capped = crate::net::read_capped(&mut response, body_cap).await;
+    if let Some(e) = &capped.error {
+        // The status was observed; a body cut short does not undo it.
+        tracing::debug!(error = %error_chain(e), "http probe: body read failed");
     }
-    Ok((status, lossy_prefix(&body)))
+    Ok((status, lossy_prefix(&capped.body)))
 }
 
 /// `bytes` as lossy UTF-8, minus a trailing character the cap cut in half.
@@ -94,7 +85,7 @@ fn lossy_prefix(bytes: &[u8]) -> String {
 
 /// An error and its sources, joined with `: ` (reqwest's own text alone
 /// hides the cause, e.g. "connection refused").
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod http;
+pub mod own;
 pub mod promql;
 pub mod sql;
 
@@ -62,8 +63,13 @@ pub struct Diagnoser {
     targets: std::collections::BTreeMap<String, sqlx::PgPool>,
     /// `targets.NAME.max_concurrent_diagnoses`.
     bounds: std::collections::BTreeMap<String, u32>,
+    /// Per target, the backends its pool holds (remedy's own sessions).
+    own: std::collections::BTreeMap<String, own::OwnSessions>,
     prometheus_url: String,
     allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
+    /// `commands.env` with remedy's values, read once at start-up: the
+    /// whole environment of every child process.
+    child_env: Vec<(String, std::ffi::OsString)>,
     client: reqwest::Client,
     deadline: Duration,
 }
@@ -74,6 +80,7 @@ impl Diagnoser {
     pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
         let mut targets = std::collections::BTreeMap::new();
         let mut bounds = std::collections::BTreeMap::new();
+        let mut own = std::collections::BTreeMap::new();
         for (name, target) in &settings.targets {
             bounds.insert(name.clone(), target.max_concurrent_diagnoses);
             let options: sqlx::postgres::PgConnectOptions = target
@@ -81,9 +88,22 @@ impl Diagnoser {
                 .expose()
                 .parse()
                 .map_err(|e| format!("targets.{name}.url: {e}"))?;
+            // remedy's own sessions are these backends, not whoever sets
+            // application_name = 'remedy' (kept below for people reading
+            // pg_stat_activity, never trusted).
+            let sessions = own::OwnSessions::default();
+            let recorder = sessions.clone();
+            let limit = usize::try_from(target.max_connections)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(4)
+                .max(16);
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(target.max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .after_connect(move |conn, _meta| {
+                    let recorder = recorder.clone();
+                    Box::pin(async move { recorder.record(conn, limit).await })
+                })
                 // The system catalogs first, whatever the database's own
                 // search_path says: a table or function named like
                 // pg_stat_activity or pg_terminate_backend in `public` can
@@ -95,12 +115,15 @@ impl Diagnoser {
                         .options([("search_path", "pg_catalog, \"$user\", public")]),
                 );
             targets.insert(name.clone(), pool);
+            own.insert(name.clone(), sessions);
         }
         Ok(Self {
             targets,
             bounds,
+            own,
             prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
             allowed_programs: settings.commands.allow.iter().cloned().collect(),
+            child_env: settings.commands.child_env(),
             client: crate::net::client(),
             deadline: settings.playbooks.deadline,
         })
@@ -118,10 +141,22 @@ impl Diagnoser {
         self.bounds.get(name).copied()
     }
 
+    /// remedy's own sessions on a configured target.
+    #[must_use]
+    pub fn own_sessions(&self, name: &str) -> Option<&own::OwnSessions> {
+        self.own.get(name)
+    }
+
     /// Whether `program` is in `commands.allow`.
     #[must_use]
     pub fn allows(&self, program: &std::path::Path) -> bool {
         self.allowed_programs.contains(program)
+    }
+
+    /// The environment of every child process (`commands.env`).
+    #[must_use]
+    pub fn child_env(&self) -> &[(String, std::ffi::OsString)] {
+        &self.child_env
     }
 
     /// Runs every step; a step that fails or times out is reported as such
@@ -172,7 +207,8 @@ impl Diagnoser {
                     .targets
                     .get(&target)
                     .ok_or_else(|| StepError::Failed(format!("unknown target `{target}`")))?;
-                sql::query(pool, &query, &params, timeout, max_rows).await
+                let own = self.own.get(&target).cloned().unwrap_or_default();
+                sql::query(pool, &own, &query, &params, timeout, max_rows).await
             }
             PlannedStep::Promql { query, timeout } => {
                 if self.prometheus_url.is_empty() {
@@ -206,7 +242,16 @@ impl Diagnoser {
                     .map(regex::Regex::new)
                     .transpose()
                     .map_err(|e| StepError::Failed(format!("bad pattern: {e}")))?;
-                command::run(&path, &args, pattern.as_ref(), timeout, 1 << 20, max_lines).await
+                command::run(
+                    &path,
+                    &args,
+                    &self.child_env,
+                    pattern.as_ref(),
+                    timeout,
+                    1 << 20,
+                    max_lines,
+                )
+                .await
             }
         }
     }

@@ -2,6 +2,9 @@
 //! READ ONLY transaction with `statement_timeout`, values from the alert
 //! bound as `$1`, `$2`… text parameters. Rows come back as JSON objects
 //! (`row_to_json`), so every PostgreSQL type reads naturally in templates.
+//! The transaction's `remedy.own_pids` setting lists the pids of remedy's
+//! own live sessions on the target (see [`super::own`]), so playbooks can
+//! leave them out: `a.pid <> all(current_setting('remedy.own_pids')::int[])`.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,7 @@ use super::{StepError, StepOutput};
 /// data) with `params` bound, keeping at most `max_rows` rows.
 pub async fn query(
     pool: &PgPool,
+    own: &super::own::OwnSessions,
     query: &str,
     params: &[String],
     timeout: Duration,
@@ -26,6 +30,18 @@ pub async fn query(
         sqlx::raw_sql(AssertSqlSafe(format!(
             "set transaction read only; set local statement_timeout = {timeout_ms}"
         )))
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let (pids, micros) = own.snapshot();
+        sqlx::query(AssertSqlSafe(format!(
+            "select pg_catalog.set_config('remedy.own_pids', coalesce(
+                 (select array_agg(a.pid order by a.pid) from pg_catalog.pg_stat_activity a
+                   where {}), '{{}}')::text, true)",
+            super::own::is_own(1)
+        )))
+        .bind(pids)
+        .bind(micros)
         .execute(&mut *tx)
         .await
         .map_err(failed)?;

@@ -210,6 +210,7 @@ pub(super) async fn run(
                     alertmanager_url: Some(settings.alertmanager_url.as_str()),
                     http: &engine.http,
                     timeout: settings.statement_timeout,
+                    max_output_bytes: settings.max_output_bytes,
                 };
                 let playbook_dry_run = report.playbook.as_deref().is_some_and(|name| {
                     engine

@@ -294,7 +294,7 @@ pub fn plan(
                         ..
                     } => PlannedStep::Http {
                         method: method.clone(),
-                        url: render(&env, url, &ctx)?,
+                        url: template::render_url(url, &base, probes)?,
                         expect_status: *expect_status,
                         timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
                     },
@@ -309,7 +309,8 @@ pub fn plan(
                         program: program.clone(),
                         args: args
                             .iter()
-                            .map(|a| render(&env, a, &ctx))
+                            .enumerate()
+                            .map(|(j, a)| a.render(j, &env, &ctx))
                             .collect::<Result<_, _>>()?,
                         pattern: pattern.clone(),
                         timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
@@ -410,12 +411,24 @@ pub fn evaluate(
                     statement: a.statement.clone(),
                     params: all(&a.params)?,
                     program: a.program.clone(),
-                    args: all(&a.args)?,
+                    args: a
+                        .args
+                        .iter()
+                        .enumerate()
+                        .map(|(j, arg)| arg.render(j, &env, &ctx))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("action `{}`: {e}", a.id))?,
                     method: a.method.clone(),
                     url: a
                         .url
                         .as_deref()
-                        .map(|u| render(&env, u, &ctx))
+                        .map(|u| {
+                            let mut data = base.clone();
+                            if let (Some(map), Some(row)) = (data.as_object_mut(), &row) {
+                                map.insert("row".to_owned(), row.clone());
+                            }
+                            template::render_url(u, &data, probes)
+                        })
                         .transpose()?,
                     body: a
                         .body

@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::Playbook;
 use super::matcher::{Matcher, parse_matchers};
-use super::model::{ActionKind, PlaybookFile, StepSpec};
+use super::model::{ActionKind, ArgSpec, PlaybookFile, StepSpec};
 use super::template;
 use crate::config::Settings;
 
@@ -244,6 +244,28 @@ impl Validator<'_> {
         }
     }
 
+    /// An argv template; `allow_dash` only where a template could put a
+    /// dash first.
+    fn arg(&mut self, at: Location, field: &str, arg: &ArgSpec) {
+        let source = arg.source();
+        self.template(at, field.to_owned(), source);
+        if arg.allow_dash() && (!source.contains("{{") || source.trim_start().starts_with('-')) {
+            self.error(
+                at,
+                format!("{field}.allow_dash"),
+                "only for an argument whose template inserts a value at its start",
+            );
+        }
+    }
+
+    /// An http URL's scheme, host and port come from a probe or the
+    /// playbook's own text, never from an alert.
+    fn url_base(&mut self, at: Location, field: String, url: &str) {
+        if let Err(e) = template::url_base(url) {
+            self.error(at, field, e);
+        }
+    }
+
     fn program(&mut self, at: Location, field: String, program: &str) {
         if !self.refs.programs.contains(Path::new(program)) {
             self.error(at, field, format!("`{program}` is not in commands.allow"));
@@ -313,6 +335,7 @@ impl Validator<'_> {
                 StepSpec::Http { url, method, .. } => {
                     self.template(at, format!("steps[{i}].url"), url);
                     self.probes(at, &format!("steps[{i}].url"), url);
+                    self.url_base(at, format!("steps[{i}].url"), url);
                     if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
                         self.error(
                             at,
@@ -329,7 +352,7 @@ impl Validator<'_> {
                 } => {
                     self.program(at, format!("steps[{i}].program"), program);
                     for (j, a) in args.iter().enumerate() {
-                        self.template(at, format!("steps[{i}].args[{j}]"), a);
+                        self.arg(at, &format!("steps[{i}].args[{j}]"), a);
                     }
                     if let Some(Err(e)) = pattern.as_deref().map(Regex::new) {
                         self.error(at, format!("steps[{i}].pattern"), format!("bad regex: {e}"));
@@ -385,8 +408,8 @@ impl Validator<'_> {
             for (j, p) in action.params.iter().enumerate() {
                 self.template(at, format!("actions[{i}].params[{j}]"), p);
             }
-            for (j, p) in action.args.iter().enumerate() {
-                self.template(at, format!("actions[{i}].args[{j}]"), p);
+            for (j, a) in action.args.iter().enumerate() {
+                self.arg(at, &format!("actions[{i}].args[{j}]"), a);
             }
             let field = |name: &str| format!("actions[{i}].{name}");
             match action.kind {
@@ -414,7 +437,11 @@ impl Validator<'_> {
                 ActionKind::Http => {
                     match &action.url {
                         None => self.error(at, field("url"), "an http action needs a url"),
-                        Some(u) => self.template(at, field("url"), u),
+                        Some(u) => {
+                            self.template(at, field("url"), u);
+                            self.probes(at, &field("url"), u);
+                            self.url_base(at, field("url"), u);
+                        }
                     }
                     if let Some(b) = &action.body {
                         self.template(at, field("body"), b);
@@ -432,6 +459,25 @@ impl Validator<'_> {
                     field("automatic"),
                     "only `risk: safe` actions may be automatic",
                 );
+            }
+            if action.kind == ActionKind::Sql
+                && action
+                    .statement
+                    .as_deref()
+                    .is_some_and(super::signals_backends)
+            {
+                // The executor's cancel/terminate re-checks this value in the
+                // same statement: a recycled pid is never signalled.
+                let pinned = action.precondition.as_ref().is_some_and(|pre| {
+                    super::pinned_backend_start(&pre.query).is_some_and(|n| n <= pre.params.len())
+                });
+                if !pinned {
+                    self.error(
+                        at,
+                        field("precondition"),
+                        "an action that cancels or terminates a backend needs a precondition that pins it: `backend_start = $N::timestamptz` with its value in `params`",
+                    );
+                }
             }
             if let Some(pre) = &action.precondition {
                 if pre.query.contains("{{") {

@@ -60,3 +60,20 @@ pub(crate) fn expand_vars(vars: &std::collections::BTreeMap<String, Value>) -> M
     }
     out
 }
+
+/// The parameter number `N` of a precondition's `backend_start = $N`: the
+/// one that pins the backend a cancel or terminate may touch.
+#[must_use]
+pub fn pinned_backend_start(query: &str) -> Option<usize> {
+    static PIN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)\bbackend_start\s*=\s*\$([1-9][0-9]*)").expect("valid regex")
+    });
+    PIN.captures(query).and_then(|c| c[1].parse().ok())
+}
+
+/// Whether a statement cancels or terminates backends.
+#[must_use]
+pub fn signals_backends(statement: &str) -> bool {
+    let lowered = statement.to_ascii_lowercase();
+    lowered.contains("pg_terminate_backend") || lowered.contains("pg_cancel_backend")
+}

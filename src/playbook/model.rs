@@ -81,7 +81,7 @@ pub enum StepSpec {
         id: String,
         program: String,
         #[serde(default)]
-        args: Vec<String>,
+        args: Vec<ArgSpec>,
         /// Keep only output lines matching this regex.
         #[serde(default)]
         pattern: Option<String>,
@@ -111,6 +111,67 @@ impl StepSpec {
             Self::Http { .. } => "http",
             Self::Command { .. } => "command",
         }
+    }
+}
+
+/// One argv element of a `command` step or action: a template, or
+/// `{arg: TEMPLATE, allow_dash: true}` for an argument whose rendered value
+/// may start with `-`. Without the mark, an argument whose template does not
+/// itself start with `-` but renders to a value that does (`service:
+/// "--no-deps"` in a label) is refused: a value from an alert never becomes
+/// an option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ArgSpec {
+    Plain(String),
+    Marked(MarkedArg),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkedArg {
+    pub arg: String,
+    #[serde(default)]
+    pub allow_dash: bool,
+}
+
+impl ArgSpec {
+    /// The argument's template.
+    #[must_use]
+    pub fn source(&self) -> &str {
+        match self {
+            Self::Plain(source) | Self::Marked(MarkedArg { arg: source, .. }) => source,
+        }
+    }
+
+    /// Whether a rendered value may start with `-` although the template
+    /// does not.
+    #[must_use]
+    pub fn allow_dash(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            Self::Marked(marked) => marked.allow_dash,
+        }
+    }
+
+    /// Renders the argument, refusing a dash the template did not write.
+    ///
+    /// # Errors
+    /// The template's error, or the refusal naming argument `index`.
+    pub fn render(
+        &self,
+        index: usize,
+        env: &minijinja::Environment<'_>,
+        ctx: &minijinja::Value,
+    ) -> Result<String, String> {
+        let source = self.source();
+        let value = super::template::render(env, source, ctx)?;
+        if value.starts_with('-') && !source.trim_start().starts_with('-') && !self.allow_dash() {
+            return Err(format!(
+                "argument {index} `{source}` renders to `{value}`, which starts with `-` and would be read as an option; refused (mark it `allow_dash: true` if that is intended)"
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -196,7 +257,7 @@ pub struct ActionSpec {
     #[serde(default)]
     pub program: Option<String>,
     #[serde(default)]
-    pub args: Vec<String>,
+    pub args: Vec<ArgSpec>,
     /// http: method and URL.
     #[serde(default)]
     pub method: Option<String>,
