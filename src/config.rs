@@ -72,6 +72,11 @@ pub struct Settings {
     /// The escalation matrix's responder roles are looked up here too.
     #[serde(default)]
     pub approvers: BTreeMap<String, RoleMembers>,
+    /// The people who decide, by name: their chat identities and their
+    /// personal API token (the only credential that can decide through
+    /// the API or the CLI).
+    #[serde(default)]
+    pub people: BTreeMap<String, PersonSettings>,
     pub escalation: EscalationSettings,
     pub reconcile: ReconcileSettings,
 }
@@ -304,10 +309,39 @@ pub struct DiscordSettings {
     pub public_key: String,
 }
 
-/// Who holds one approver role, per platform.
+/// One person: the identities that are theirs on each platform, and
+/// their personal API token (stored as a SHA-256 digest once loaded).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonSettings {
+    /// Slack user ID (`U0123ABC`).
+    #[serde(default)]
+    pub slack: Option<String>,
+    /// Discord user ID (a snowflake).
+    #[serde(default)]
+    pub discord: Option<String>,
+    /// Mattermost user ID (read, not used yet).
+    #[serde(default)]
+    pub mattermost: Option<String>,
+    /// Console name (legacy `console_users` lists); default: the person's name.
+    #[serde(default)]
+    pub console: Option<String>,
+    /// Personal API token (`REMEDY__PEOPLE__NAME__API_TOKEN`); prefer the file.
+    #[serde(default)]
+    pub api_token: Secret,
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// Who holds one approver role: people by name, and (kept from before
+/// `[people]`) platform identities, Slack user groups and Discord roles.
+/// An identity that belongs to a person counts as that person.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleMembers {
+    /// Names from `[people]`.
+    #[serde(default)]
+    pub people: Vec<String>,
     #[serde(default)]
     pub slack_users: Vec<String>,
     #[serde(default)]
@@ -316,7 +350,8 @@ pub struct RoleMembers {
     pub discord_users: Vec<String>,
     #[serde(default)]
     pub discord_roles: Vec<String>,
-    /// Names accepted from `remedy approve --as NAME` (behind the API token).
+    /// Console names of people (`[people.NAME] console`, default NAME);
+    /// they decide with their personal token.
     #[serde(default)]
     pub console_users: Vec<String>,
 }
@@ -441,7 +476,8 @@ pub struct BasicAuthSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
-    /// Bearer token for `/v1/incidents`. Empty disables the API.
+    /// Read-only bearer token: the GET routes of `/v1/incidents` and
+    /// `/v1/audit`. Deciding and acting need a person's `api_token`.
     #[serde(default)]
     pub token: Secret,
     #[serde(default)]
@@ -621,6 +657,13 @@ impl Settings {
             self.alertmanager.basic_auth.password_file.as_deref(),
             "alertmanager.basic_auth.password_file",
         )?;
+        for person in self.people.values_mut() {
+            read_into(
+                &mut person.api_token,
+                person.api_token_file.as_deref(),
+                "people.*.api_token_file",
+            )?;
+        }
         for target in self.targets.values_mut() {
             read_into(
                 &mut target.url,
@@ -644,6 +687,8 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        crate::approvals::Directory::new(&self.people, &self.approvers)
+            .map_err(ConfigError::Invalid)?;
         let basic = &self.intake.basic_auth;
         if basic.username.is_empty() != basic.password.is_empty() {
             return Err(ConfigError::Invalid(

@@ -223,6 +223,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "reconcile",
         include_str!("../../migrations/sqlite/0009_reconcile.sql"),
     ),
+    (
+        11,
+        "people",
+        include_str!("../../migrations/sqlite/0011_people.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -260,6 +265,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "reconcile",
         include_str!("../../migrations/postgres/0009_reconcile.sql"),
+    ),
+    (
+        11,
+        "people",
+        include_str!("../../migrations/postgres/0011_people.sql"),
     ),
 ];
 
