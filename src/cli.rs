@@ -493,7 +493,7 @@ async fn incidents(settings: &Settings, command: IncidentsCommand) -> anyhow::Re
                     println!(
                         "{:>6}  {:<9}  {:<9}  {:<20}  {:<34}  {}",
                         i.id,
-                        i.status,
+                        i.status.as_str(),
                         i.severity,
                         format_millis(i.opened_at).get(..19).unwrap_or_default(),
                         i.alertname,

@@ -3,79 +3,9 @@
 //! decisions of distinct people add up to a quorum.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
+pub use crate::domain::{ApprovalState, Decision};
 use crate::domain::{IncidentStatus, Millis};
-
-/// What a person asks for when clicking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Approve,
-    Reject,
-}
-
-impl Decision {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Approve => "approve",
-            Self::Reject => "reject",
-        }
-    }
-}
-
-impl FromStr for Decision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "approve" => Ok(Self::Approve),
-            "reject" => Ok(Self::Reject),
-            other => Err(format!("unknown decision {other:?}")),
-        }
-    }
-}
-
-/// An approval request's state, as `approvals_state_check` lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApprovalState {
-    Pending,
-    Approved,
-    Rejected,
-    Expired,
-    Superseded,
-    Executed,
-}
-
-impl ApprovalState {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Approved => "approved",
-            Self::Rejected => "rejected",
-            Self::Expired => "expired",
-            Self::Superseded => "superseded",
-            Self::Executed => "executed",
-        }
-    }
-}
-
-impl FromStr for ApprovalState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "pending" => Ok(Self::Pending),
-            "approved" => Ok(Self::Approved),
-            "rejected" => Ok(Self::Rejected),
-            "expired" => Ok(Self::Expired),
-            "superseded" => Ok(Self::Superseded),
-            "executed" => Ok(Self::Executed),
-            other => Err(format!("unknown approval state {other:?}")),
-        }
-    }
-}
 
 /// Why a decision or a control is refused. The [`code`](Self::code) is what
 /// refusals are recorded once by (per approval or incident, per person).
@@ -446,20 +376,5 @@ mod tests {
             snooze_refusal(false, firing, None, Some(5)),
             Some(Refusal::NotResponder)
         );
-    }
-
-    #[test]
-    fn states_round_trip_through_their_schema_names() {
-        for s in [
-            ApprovalState::Pending,
-            ApprovalState::Approved,
-            ApprovalState::Rejected,
-            ApprovalState::Expired,
-            ApprovalState::Superseded,
-            ApprovalState::Executed,
-        ] {
-            assert_eq!(s.as_str().parse::<ApprovalState>(), Ok(s));
-        }
-        assert!("done".parse::<ApprovalState>().is_err());
     }
 }

@@ -41,7 +41,7 @@ pub struct ApprovalView {
     pub roles: Vec<String>,
     pub quorum: i64,
     pub digest: String,
-    pub state: String,
+    pub state: ApprovalState,
     pub expires_at: Millis,
     pub decisions: Vec<DecisionView>,
 }
@@ -52,7 +52,7 @@ impl ApprovalView {
     pub fn approvals(&self) -> usize {
         self.decisions
             .iter()
-            .filter(|d| d.decision == "approve")
+            .filter(|d| d.decision == Decision::Approve)
             .count()
     }
 }
@@ -61,7 +61,7 @@ impl ApprovalView {
 pub struct DecisionView {
     pub approver: String,
     pub display: String,
-    pub decision: String,
+    pub decision: Decision,
     pub at: Millis,
 }
 
@@ -137,9 +137,18 @@ impl Store {
             .await?;
             (rows, decisions)
         });
-        Ok(rows
-            .into_iter()
-            .map(|r| ApprovalView {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut shown = Vec::new();
+            for d in decisions.iter().filter(|d| d.0 == r.0) {
+                shown.push(DecisionView {
+                    approver: d.1.clone(),
+                    display: d.2.clone(),
+                    decision: d.3.parse().map_err(decode)?,
+                    at: d.4,
+                });
+            }
+            out.push(ApprovalView {
                 id: r.0,
                 seq: r.1,
                 key: r.2,
@@ -149,20 +158,12 @@ impl Store {
                 roles: r.6.0,
                 quorum: r.7,
                 digest: r.8,
-                state: r.9,
+                state: r.9.parse().map_err(decode)?,
                 expires_at: r.10,
-                decisions: decisions
-                    .iter()
-                    .filter(|d| d.0 == r.0)
-                    .map(|d| DecisionView {
-                        approver: d.1.clone(),
-                        display: d.2.clone(),
-                        decision: d.3.clone(),
-                        at: d.4,
-                    })
-                    .collect(),
-            })
-            .collect())
+                decisions: shown,
+            });
+        }
+        Ok(out)
     }
 
     /// The approval request behind a button, for authorization.

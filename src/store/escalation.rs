@@ -14,7 +14,7 @@ use sqlx::types::Json;
 use super::chat::{Approver, DecisionOutcome, ENQUEUE_NOTIFY, refuse_once};
 use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, transaction};
 use crate::approvals::{self, Refusal};
-use crate::domain::{IncidentId, IncidentStatus, Millis};
+use crate::domain::{IncidentId, IncidentStatus, Millis, TimerKind, TimerState};
 use crate::escalation::PlannedTimer;
 
 /// An incident's escalation as the report, the API and the export show it.
@@ -41,7 +41,7 @@ impl EscalationView {
     pub fn next_due(&self) -> Option<&TimerView> {
         self.timers
             .iter()
-            .filter(|t| t.state == "pending" && t.due_at.is_some())
+            .filter(|t| t.state == TimerState::Pending && t.due_at.is_some())
             .min_by_key(|t| t.due_at)
     }
 
@@ -50,7 +50,7 @@ impl EscalationView {
     pub fn reached(&self) -> Option<&TimerView> {
         self.timers
             .iter()
-            .filter(|t| t.state == "fired" && t.kind == "escalate")
+            .filter(|t| t.state == TimerState::Fired && t.kind == TimerKind::Escalate)
             .max_by_key(|t| (t.level, t.nth))
     }
 }
@@ -61,11 +61,13 @@ pub struct TimerView {
     pub incident_id: i64,
     pub level: i64,
     pub nth: i64,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TimerKind,
     pub role: Option<String>,
     pub reason: String,
     pub due_at: Option<Millis>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: TimerState,
     pub fired_at: Option<Millis>,
     pub lag_ms: Option<i64>,
     pub pinged_at: Option<Millis>,
@@ -78,7 +80,8 @@ pub struct FiredTimer {
     pub incident_id: i64,
     pub level: i64,
     pub nth: i64,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TimerKind,
     pub role: Option<String>,
     pub reason: String,
     pub due_at: Millis,
@@ -302,7 +305,10 @@ impl Store {
                     let lag = now - t.due_at;
                     json!({
                         "incident_id": t.incident_id,
-                        "event": if t.kind == "review" { "review_reminder" } else { "escalated" },
+                        "event": match t.kind {
+                            TimerKind::Review => "review_reminder",
+                            TimerKind::Escalate => "escalated",
+                        },
                         "detail": {
                             "timer": t.id, "level": t.level, "nth": t.nth, "role": t.role,
                             "reason": t.reason, "due_at": t.due_at, "lag_ms": lag,
