@@ -687,8 +687,13 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::approvals::Directory::new(&self.people, &self.approvers)
+        let people = crate::approvals::Directory::new(&self.people, &self.approvers)
             .map_err(ConfigError::Invalid)?;
+        if let Some(person) = people.authenticate(self.api.token.expose()) {
+            return Err(ConfigError::Invalid(format!(
+                "people.{person}.api_token: the same token as api.token, which is read-only"
+            )));
+        }
         let basic = &self.intake.basic_auth;
         if basic.username.is_empty() != basic.password.is_empty() {
             return Err(ConfigError::Invalid(
@@ -885,6 +890,45 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(s.intake.bearer_token.expose(), "from-file");
+    }
+
+    #[test]
+    fn people_tokens_come_from_files_and_roles_name_known_people() {
+        let dir = std::env::temp_dir().join(format!("remedy-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let token = dir.join("olga");
+        std::fs::write(&token, "olga-token\n").expect("write");
+        let file = dir.join("remedy.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[people.olga]\nslack = \"U1\"\napi_token_file = {:?}\n\
+                 [approvers.oncall]\npeople = [\"olga\"]\n",
+                token.display().to_string()
+            ),
+        )
+        .expect("write");
+        let s = Settings::load_from(Some(&file), env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t")]))
+            .expect("loads");
+        assert_eq!(s.people["olga"].api_token.expose(), "olga-token");
+        assert!(!format!("{s:?}").contains("olga-token"));
+
+        std::fs::write(&file, "[approvers.oncall]\npeople = [\"nobody\"]\n").expect("write");
+        let err = Settings::load_from(Some(&file), env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t")]))
+            .expect_err("unknown person");
+        assert!(err.to_string().contains("nobody"), "{err}");
+
+        // The read-only token cannot double as someone's personal token.
+        std::fs::write(&file, "[people.olga]\napi_token = \"shared\"\n").expect("write");
+        let err = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__API__TOKEN", "shared"),
+            ]),
+        )
+        .expect_err("shared token");
+        assert!(err.to_string().contains("read-only"), "{err}");
     }
 
     #[test]
