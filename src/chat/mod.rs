@@ -390,19 +390,20 @@ pub fn console_text(report: &ChatReport) -> String {
             let commands: Vec<String> = controls
                 .iter()
                 .map(|c| match c {
-                    Control::Ack => format!("remedy ack {} --as NAME", report.incident_id),
+                    Control::Ack => format!("remedy ack {}", report.incident_id),
                     Control::Snooze(s) => format!(
-                        "remedy snooze {} {} --as NAME",
+                        "remedy snooze {} {}",
                         report.incident_id,
                         crate::escalation::human(Duration::from_secs(*s))
                     ),
                     Control::Silence(s) => format!(
-                        "remedy silence {} {} --as NAME",
+                        "remedy silence {} {}",
                         report.incident_id,
                         crate::escalation::human(Duration::from_secs(*s))
                     ),
                 })
                 .collect();
+            // The CLI acts as the person whose token REMEDY_TOKEN holds.
             let _ = writeln!(out, "    {}", commands.join("   |   "));
         }
     }
@@ -440,7 +441,7 @@ pub fn console_text(report: &ChatReport) -> String {
         if a.open() && !report.resolved {
             let _ = writeln!(
                 out,
-                "    remedy approve {} {} --as NAME   |   remedy reject {} {} --as NAME",
+                "    remedy approve {} {}   |   remedy reject {} {}",
                 report.incident_id, a.key, report.incident_id, a.key
             );
         }
