@@ -23,9 +23,6 @@ pub enum Refusal {
     NoEscalation,
     AlreadyAcknowledged(String),
     NothingPending,
-    /// A control whose arguments are not offered (a snooze length the
-    /// matrix does not list): the message says what is.
-    Invalid(String),
 }
 
 impl Refusal {
@@ -44,7 +41,6 @@ impl Refusal {
             Self::NoEscalation => "no_escalation",
             Self::AlreadyAcknowledged(_) => "already_acknowledged",
             Self::NothingPending => "nothing_pending",
-            Self::Invalid(_) => "invalid",
         }
     }
 
@@ -72,7 +68,6 @@ impl Refusal {
                 format!("already acknowledged by {by}: nothing escalates on time")
             }
             Self::NothingPending => "no escalation is pending".into(),
-            Self::Invalid(message) => message.clone(),
         }
     }
 }
