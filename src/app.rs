@@ -233,7 +233,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     if settings.api.token.is_empty() {
-        tracing::warn!("api.token is not set: the incidents API refuses every request");
+        tracing::warn!(
+            "api.token is not set: only personal tokens ([people.NAME]) can read the incidents API"
+        );
     }
     let listen = settings.server.listen;
     let grace = settings.server.shutdown_grace;

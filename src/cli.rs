@@ -58,12 +58,12 @@ enum Command {
         json: bool,
     },
     /// Approve an action of an incident through the running service's API
-    /// (needs api.token; NAME must be a console user of an approver role).
+    /// as the person whose token you hold (REMEDY_TOKEN or --token-file).
     Approve(DecisionArgs),
     /// Reject an action of an incident (as `approve`).
     Reject(DecisionArgs),
     /// Acknowledge an incident: its escalation timers pause (through the
-    /// running service's API; NAME must hold a role its policy names).
+    /// running service's API, as the person whose token you hold).
     Ack(ControlArgs),
     /// Postpone an incident's escalation by one of the matrix's snooze
     /// lengths (`15m`, `1h`).
@@ -124,21 +124,52 @@ struct DecisionArgs {
     /// The action's key as the report shows it (`restart_service`,
     /// `terminate_leaks#2`).
     action: String,
-    /// Who decides: a console user listed in an approver role.
-    #[arg(long = "as", value_name = "NAME", env = "REMEDY_APPROVER")]
-    approver: String,
+    #[command(flatten)]
+    credential: Credential,
     /// The service's base URL; default: http:// + server.listen.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
+}
+
+/// Your personal API token (`[people.NAME] api_token_file` on the server):
+/// it names who decides. The shared `api.token` is read-only.
+#[derive(Debug, clap::Args)]
+struct Credential {
+    /// The token itself (prefer `--token-file`: env vars leak less than argv).
+    #[arg(
+        long = "token",
+        env = "REMEDY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// A file holding your token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Credential {
+    fn read(&self) -> anyhow::Result<String> {
+        let token = match (&self.token, &self.token_file) {
+            (_, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("reading --token-file {}", file.display()))?,
+            (Some(token), None) => token.clone(),
+            (None, None) => {
+                anyhow::bail!("a personal token is required: set REMEDY_TOKEN or pass --token-file")
+            }
+        };
+        let token = token.trim().to_owned();
+        anyhow::ensure!(!token.is_empty(), "the personal token is empty");
+        Ok(token)
+    }
 }
 
 #[derive(Debug, clap::Args)]
 struct ControlArgs {
     /// Incident number.
     incident: IncidentId,
-    /// Who acts: a console user listed in a responder role.
-    #[arg(long = "as", value_name = "NAME", env = "REMEDY_APPROVER")]
-    who: String,
+    #[command(flatten)]
+    credential: Credential,
     /// The service's base URL; default: http:// + server.listen.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
@@ -302,10 +333,12 @@ async fn decide(
         args.incident,
         form_urlencoded::byte_serialize(args.action.as_bytes()).collect::<String>()
     );
+    let token = args.credential.read()?;
     let response = crate::net::client()
         .post(&url)
-        .bearer_auth(settings.api.token.expose())
-        .json(&serde_json::json!({ "as": args.approver }))
+        .bearer_auth(token)
+        .header("x-remedy-channel", "console")
+        .json(&serde_json::json!({}))
         .send()
         .await
         .with_context(|| format!("reaching remedy at {base}"))?;
@@ -336,13 +369,15 @@ async fn control(
         base.trim_end_matches('/'),
         args.incident
     );
-    let mut body = serde_json::json!({ "as": args.who });
+    let token = args.credential.read()?;
+    let mut body = serde_json::json!({});
     if let Some(length) = length {
         body["for"] = length.into();
     }
     let response = crate::net::client()
         .post(&url)
-        .bearer_auth(settings.api.token.expose())
+        .bearer_auth(token)
+        .header("x-remedy-channel", "console")
         .json(&body)
         .send()
         .await
@@ -537,7 +572,7 @@ async fn incidents(settings: &Settings, command: IncidentsCommand) -> anyhow::Re
                     println!(
                         "{:>6}  {:<9}  {:<9}  {:<20}  {:<34}  {}",
                         i.id,
-                        i.status,
+                        i.status.as_str(),
                         i.severity,
                         format_millis(i.opened_at).get(..19).unwrap_or_default(),
                         i.alertname,

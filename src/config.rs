@@ -72,6 +72,11 @@ pub struct Settings {
     /// The escalation matrix's responder roles are looked up here too.
     #[serde(default)]
     pub approvers: BTreeMap<String, RoleMembers>,
+    /// The people who decide, by name: their chat identities and their
+    /// personal API token (the only credential that can decide through
+    /// the API or the CLI).
+    #[serde(default)]
+    pub people: BTreeMap<String, PersonSettings>,
     pub escalation: EscalationSettings,
     pub reconcile: ReconcileSettings,
     pub metrics: MetricsSettings,
@@ -363,10 +368,39 @@ pub struct DiscordSettings {
     pub public_key: String,
 }
 
-/// Who holds one approver role, per platform.
+/// One person: the identities that are theirs on each platform, and
+/// their personal API token (stored as a SHA-256 digest once loaded).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonSettings {
+    /// Slack user ID (`U0123ABC`).
+    #[serde(default)]
+    pub slack: Option<String>,
+    /// Discord user ID (a snowflake).
+    #[serde(default)]
+    pub discord: Option<String>,
+    /// Mattermost user ID (read, not used yet).
+    #[serde(default)]
+    pub mattermost: Option<String>,
+    /// Console name (legacy `console_users` lists); default: the person's name.
+    #[serde(default)]
+    pub console: Option<String>,
+    /// Personal API token (`REMEDY__PEOPLE__NAME__API_TOKEN`); prefer the file.
+    #[serde(default)]
+    pub api_token: Secret,
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// Who holds one approver role: people by name, and (kept from before
+/// `[people]`) platform identities, Slack user groups and Discord roles.
+/// An identity that belongs to a person counts as that person.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleMembers {
+    /// Names from `[people]`.
+    #[serde(default)]
+    pub people: Vec<String>,
     #[serde(default)]
     pub slack_users: Vec<String>,
     #[serde(default)]
@@ -375,7 +409,8 @@ pub struct RoleMembers {
     pub discord_users: Vec<String>,
     #[serde(default)]
     pub discord_roles: Vec<String>,
-    /// Names accepted from `remedy approve --as NAME` (behind the API token).
+    /// Console names of people (`[people.NAME] console`, default NAME);
+    /// they decide with their personal token.
     #[serde(default)]
     pub console_users: Vec<String>,
 }
@@ -531,7 +566,8 @@ pub struct BasicAuthSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
-    /// Bearer token for `/v1/incidents`. Empty disables the API.
+    /// Read-only bearer token: the GET routes of `/v1/incidents` and
+    /// `/v1/audit`. Deciding and acting need a person's `api_token`.
     #[serde(default)]
     pub token: Secret,
     #[serde(default)]
@@ -716,6 +752,13 @@ impl Settings {
             self.alertmanager.basic_auth.password_file.as_deref(),
             "alertmanager.basic_auth.password_file",
         )?;
+        for person in self.people.values_mut() {
+            read_into(
+                &mut person.api_token,
+                person.api_token_file.as_deref(),
+                "people.*.api_token_file",
+            )?;
+        }
         for target in self.targets.values_mut() {
             read_into(
                 &mut target.url,
@@ -739,6 +782,13 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let people = crate::approvals::Directory::new(&self.people, &self.approvers)
+            .map_err(ConfigError::Invalid)?;
+        if let Some(person) = people.authenticate(self.api.token.expose()) {
+            return Err(ConfigError::Invalid(format!(
+                "people.{person}.api_token: the same token as api.token, which is read-only"
+            )));
+        }
         let basic = &self.intake.basic_auth;
         if basic.username.is_empty() != basic.password.is_empty() {
             return Err(ConfigError::Invalid(
@@ -960,6 +1010,45 @@ mod tests {
         )
         .expect("loads");
         assert_eq!(s.intake.bearer_token.expose(), "from-file");
+    }
+
+    #[test]
+    fn people_tokens_come_from_files_and_roles_name_known_people() {
+        let dir = std::env::temp_dir().join(format!("remedy-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let token = dir.join("olga");
+        std::fs::write(&token, "olga-token\n").expect("write");
+        let file = dir.join("remedy.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[people.olga]\nslack = \"U1\"\napi_token_file = {:?}\n\
+                 [approvers.oncall]\npeople = [\"olga\"]\n",
+                token.display().to_string()
+            ),
+        )
+        .expect("write");
+        let s = Settings::load_from(Some(&file), env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t")]))
+            .expect("loads");
+        assert_eq!(s.people["olga"].api_token.expose(), "olga-token");
+        assert!(!format!("{s:?}").contains("olga-token"));
+
+        std::fs::write(&file, "[approvers.oncall]\npeople = [\"nobody\"]\n").expect("write");
+        let err = Settings::load_from(Some(&file), env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t")]))
+            .expect_err("unknown person");
+        assert!(err.to_string().contains("nobody"), "{err}");
+
+        // The read-only token cannot double as someone's personal token.
+        std::fs::write(&file, "[people.olga]\napi_token = \"shared\"\n").expect("write");
+        let err = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__API__TOKEN", "shared"),
+            ]),
+        )
+        .expect_err("shared token");
+        assert!(err.to_string().contains("read-only"), "{err}");
     }
 
     #[test]

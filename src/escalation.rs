@@ -346,10 +346,12 @@ impl Matrix {
                 }
             }
         }
+        let roles = crate::approvals::Directory::new(&settings.people, &settings.approvers)
+            .map(|d| d.expanded_roles())
+            .unwrap_or_else(|_| settings.approvers.clone());
         used.into_iter()
             .filter(|role| {
-                settings
-                    .approvers
+                roles
                     .get(*role)
                     .is_none_or(|m| mentions(m, settings.chat.platform).is_empty())
             })

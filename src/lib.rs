@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod app;
+pub mod approvals;
 pub mod chat;
 pub mod cli;
 pub mod config;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::{IncidentId, Millis, format_millis};
+use crate::domain::{Decision, IncidentId, IncidentStatus, Millis, TimerState, format_millis};
 use crate::escalation::{Matrix, human};
 use crate::store::{
     ApprovalView, EscalationView, ExecutionView, IncidentRecord, Store, StoreError, TimelineEntry,
@@ -80,7 +80,7 @@ impl Record {
                     .map(|a| {
                         a.decisions
                             .iter()
-                            .filter(|d| d.decision == "approve")
+                            .filter(|d| d.decision == Decision::Approve)
                             .map(|d| d.display.as_str())
                             .collect()
                     })
@@ -105,7 +105,7 @@ impl Record {
             .map(|e| {
                 e.timers
                     .iter()
-                    .filter(|t| t.state == "fired")
+                    .filter(|t| t.state == TimerState::Fired)
                     .map(|t| {
                         let whom = t.role.as_deref().map_or("review reminder".to_owned(), |r| {
                             format!("pinged {}", matrix.role_name(r))
@@ -141,7 +141,8 @@ fn checklist(resolved: Millis) -> Vec<String> {
 #[must_use]
 pub fn wants_summary(record: &Record, matrix: &Matrix) -> Option<bool> {
     let severity = record.incident.severity.to_lowercase();
-    if record.incident.status != "resolved" || !matrix.summary_for.contains(&severity) {
+    if record.incident.status != IncidentStatus::Resolved || !matrix.summary_for.contains(&severity)
+    {
         return None;
     }
     Some(
@@ -309,7 +310,7 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
     let (start, end) = record.span();
     let mut out = format!("# Incident #{}: {} ({})\n\n", i.id, i.alertname, i.severity);
     let _ = writeln!(out, "| | |\n|---|---|");
-    let _ = writeln!(out, "| Status | {} |", i.status);
+    let _ = writeln!(out, "| Status | {} |", i.status.as_str());
     let _ = writeln!(out, "| Started | {} |", format_millis(start));
     let _ = writeln!(
         out,

@@ -23,6 +23,10 @@ on_both_stores!(
     a_hundred_concurrent_clicks_by_one_approver_record_one_decision,
     two_distinct_approvers_satisfy_a_two_approver_action_and_one_does_not,
     a_resolved_incident_updates_its_message_and_refuses_clicks,
+    impersonation_through_the_api_is_refused_with_403_and_nothing_recorded,
+    the_shared_api_token_reads_but_cannot_decide_or_act,
+    one_persons_slack_click_and_console_approval_count_once_toward_a_quorum,
+    a_non_approver_clicking_twenty_times_leaves_one_refusal_record,
 );
 
 const PLAYBOOK: &str = r#"
@@ -54,6 +58,19 @@ suggestions:
 "#;
 
 const APPROVERS: &str = r#"
+# alice is one person on Slack, Discord and the console; the others decide
+# through the console with their personal tokens.
+[people.alice]
+slack = "U0ALICE"
+discord = "1001"
+api_token = "alice-token"
+[people.bob]
+api_token = "bob-token"
+[people.lead]
+api_token = "lead-token"
+[people.mallory]
+api_token = "mallory-token"
+
 [approvers.oncall]
 slack_users = ["U0ALICE", "U0BOB"]
 slack_groups = ["S0DBA"]
@@ -297,7 +314,7 @@ async fn a_slack_report_holds_evidence_and_buttons_and_shows_who_approved(backen
     assert_eq!(reply.status, StatusCode::OK);
     let restart = approval(&app, id, "restart_service").await;
     assert_eq!(restart["state"], "approved");
-    assert_eq!(restart["decisions"][0]["approver"], "slack:U0ALICE");
+    assert_eq!(restart["decisions"][0]["approver"], "person:alice");
 
     drain(&app, now_millis()).await;
     // Updated after the decision (and again after the dry-run execution,
@@ -309,7 +326,7 @@ async fn a_slack_report_holds_evidence_and_buttons_and_shows_who_approved(backen
     assert_eq!(update["ts"], "1764000000.000001");
     assert_eq!(update["channel"], "C0CRIT");
     let text = update.to_string();
-    assert!(text.contains("approved by <@U0ALICE> (1 of 1)"), "{text}");
+    assert!(text.contains("approved by alice (1 of 1)"), "{text}");
     // The decided action lost its buttons; the open one kept them.
     assert!(!text.contains("Approve restart_service"), "{text}");
     assert!(text.contains("Approve terminate_all"), "{text}");
@@ -411,7 +428,7 @@ async fn two_distinct_approvers_satisfy_a_two_approver_action_and_one_does_not(b
         .iter()
         .filter_map(|d| d["approver"].as_str())
         .collect();
-    assert_eq!(who, ["slack:U0ALICE", "slack:U0GROUPIE"]);
+    assert_eq!(who, ["person:alice", "slack:U0GROUPIE"]);
     drain(&app, now_millis()).await;
     let last = fake
         .calls("/chat.update")
@@ -810,7 +827,7 @@ async fn console_decisions_go_through_the_api_with_the_token() {
     )
     .await;
     let id = open(&app, "warning", "x").await;
-    let decide = |who: &str, token: Option<&str>| {
+    let decide = |token: Option<&str>| {
         let mut request = Request::post(format!(
             "/v1/incidents/{id}/actions/restart_service/approve"
         ))
@@ -818,15 +835,19 @@ async fn console_decisions_go_through_the_api_with_the_token() {
         if let Some(t) = token {
             request = request.header("authorization", format!("Bearer {t}"));
         }
-        request
-            .body(Body::from(json!({"as": who}).to_string()))
-            .expect("request")
+        request.body(Body::from("{}")).expect("request")
     };
     assert_eq!(
-        send(&app.router, decide("alice", None)).await.status,
+        send(&app.router, decide(None)).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let refused = send(&app.router, decide("mallory", Some(common::API_TOKEN))).await;
+    assert_eq!(
+        send(&app.router, decide(Some("guessed-token")))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let refused = send(&app.router, decide(Some("mallory-token"))).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(
         refused.json["message"]
@@ -834,10 +855,11 @@ async fn console_decisions_go_through_the_api_with_the_token() {
             .unwrap_or_default()
             .contains("not among the approvers")
     );
-    let ok = send(&app.router, decide("alice", Some(common::API_TOKEN))).await;
+    let ok = send(&app.router, decide(Some("alice-token"))).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.json);
     assert_eq!(ok.json["state"], "approved");
-    let again = send(&app.router, decide("bob", Some(common::API_TOKEN))).await;
+    assert_eq!(ok.json["person"], "alice");
+    let again = send(&app.router, decide(Some("bob-token"))).await;
     assert_eq!(again.status, StatusCode::FORBIDDEN);
     assert!(
         again.json["message"]
@@ -849,7 +871,7 @@ async fn console_decisions_go_through_the_api_with_the_token() {
     let terminate = |verb: &str| {
         Request::post(format!("/v1/incidents/{id}/actions/terminate_all/{verb}"))
             .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", common::API_TOKEN))
+            .header("authorization", "Bearer alice-token")
             .body(Body::from(json!({"as": "alice"}).to_string()))
             .expect("request")
     };
@@ -867,6 +889,163 @@ async fn console_decisions_go_through_the_api_with_the_token() {
     );
 }
 
+fn api_post(path: &str, token: &str, body: &Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    common::scalar(&app.store, sql).await
+}
+
+/// Finding 1: a token holder names someone else in `as`.
+async fn impersonation_through_the_api_is_refused_with_403_and_nothing_recorded(backend: Backend) {
+    let (app, _fake) = chat_app(backend, "slack").await;
+    let id = open(&app, "warning", "x").await;
+    let events_before = count(&app, "select count(*) from incident_events").await;
+    let path = format!("/v1/incidents/{id}/actions/restart_service/approve");
+    for token in ["mallory-token", "bob-token"] {
+        let reply = send(&app.router, api_post(&path, token, &json!({"as": "alice"}))).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.json);
+        assert!(
+            reply.json["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("may only name yourself"),
+            "{}",
+            reply.json
+        );
+    }
+    let ack = format!("/v1/incidents/{id}/ack");
+    let reply = send(
+        &app.router,
+        api_post(&ack, "mallory-token", &json!({"as": "alice"})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(count(&app, "select count(*) from decisions").await, 0);
+    assert_eq!(count(&app, "select count(*) from refusals").await, 0);
+    assert_eq!(
+        count(&app, "select count(*) from incident_events").await,
+        events_before,
+        "nothing recorded"
+    );
+    assert_eq!(
+        approval(&app, id, "restart_service").await["state"],
+        "pending"
+    );
+}
+
+/// `api.token` is read-only: it lists incidents but cannot decide or act.
+async fn the_shared_api_token_reads_but_cannot_decide_or_act(backend: Backend) {
+    let (app, _fake) = chat_app(backend, "slack").await;
+    let id = open(&app, "warning", "x").await;
+    let read = app
+        .get(&format!("/v1/incidents/{id}"), Some(common::API_TOKEN))
+        .await;
+    assert_eq!(read.status, StatusCode::OK);
+    // A person's token reads too.
+    let read = app.get("/v1/incidents", Some("bob-token")).await;
+    assert_eq!(read.status, StatusCode::OK);
+    for (path, body) in [
+        (
+            format!("/v1/incidents/{id}/actions/restart_service/approve"),
+            json!({"as": "alice"}),
+        ),
+        (
+            format!("/v1/incidents/{id}/actions/restart_service/reject"),
+            json!({}),
+        ),
+        (format!("/v1/incidents/{id}/ack"), json!({"as": "alice"})),
+        (format!("/v1/incidents/{id}/snooze"), json!({"for": "15m"})),
+        (format!("/v1/incidents/{id}/silence"), json!({"for": "1h"})),
+    ] {
+        let reply = send(&app.router, api_post(&path, common::API_TOKEN, &body)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            reply.json
+        );
+        assert!(
+            reply.json["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("read-only"),
+            "{}",
+            reply.json
+        );
+    }
+    assert_eq!(count(&app, "select count(*) from decisions").await, 0);
+}
+
+/// Finding 1: one engineer cannot satisfy a two-person rule alone.
+async fn one_persons_slack_click_and_console_approval_count_once_toward_a_quorum(backend: Backend) {
+    let (app, fake) = chat_app(backend, "slack").await;
+    let id = open(&app, "warning", "x").await;
+    let value = slack_value(&fake.calls("/chat.postMessage")[0].body, "terminate_all");
+    slack_click(&app, &fake, "U0ALICE", "approve", &value).await;
+    let path = format!("/v1/incidents/{id}/actions/terminate_all/approve");
+    let console = send(&app.router, api_post(&path, "alice-token", &json!({}))).await;
+    assert_eq!(console.status, StatusCode::OK, "{}", console.json);
+    assert_eq!(console.json["approvals"], 1, "{}", console.json);
+    assert_eq!(console.json["quorum"], 2);
+    assert_eq!(console.json["repeat"], true);
+    assert_eq!(
+        approval(&app, id, "terminate_all").await["state"],
+        "pending"
+    );
+    // A second person makes it two of two.
+    let bob = send(&app.router, api_post(&path, "bob-token", &json!({}))).await;
+    assert_eq!(bob.status, StatusCode::OK, "{}", bob.json);
+    assert_eq!(bob.json["approvals"], 2);
+    assert_eq!(bob.json["state"], "approved");
+    // The audit names each person and the channel they used.
+    let audit: Vec<String> = common::column(
+        &app.store,
+        "select cast(detail as text) from audit_log where event = 'approved'",
+    )
+    .await;
+    assert_eq!(audit.len(), 1);
+    let detail: Value = serde_json::from_str(&audit[0]).expect("json");
+    assert_eq!(detail["approvers"], json!(["person:alice", "person:bob"]));
+    assert_eq!(detail["decisions"][0]["channel"], "slack");
+    assert_eq!(detail["decisions"][1]["channel"], "api");
+}
+
+/// Finding 4: refusals are recorded once per person, approval and reason.
+async fn a_non_approver_clicking_twenty_times_leaves_one_refusal_record(backend: Backend) {
+    let (app, fake) = chat_app(backend, "slack").await;
+    let id = open(&app, "warning", "x").await;
+    let value = slack_value(&fake.calls("/chat.postMessage")[0].body, "restart_service");
+    for _ in 0..20 {
+        let reply = slack_click(&app, &fake, "U0MALLORY", "approve", &value).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let path = format!("/v1/incidents/{id}/actions/restart_service/approve");
+    for _ in 0..20 {
+        let reply = send(&app.router, api_post(&path, "mallory-token", &json!({}))).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from incident_events where kind = 'decision_refused'"
+        )
+        .await,
+        2,
+        "one per clicker: slack:U0MALLORY and person:mallory"
+    );
+    assert_eq!(count(&app, "select count(*) from refusals").await, 2);
+    assert_eq!(
+        approval(&app, id, "restart_service").await["state"],
+        "pending"
+    );
+}
+
 #[tokio::test]
 async fn an_expired_request_is_refused_with_the_reason() {
     let (app, _fake) = chat_app(Backend::Sqlite, "slack").await;
@@ -877,10 +1056,7 @@ async fn an_expired_request_is_refused_with_the_reason() {
         .decide(
             restart["id"].as_i64().expect("id"),
             restart["digest"].as_str().expect("digest"),
-            &remedy::store::Approver {
-                key: "slack:U0ALICE".into(),
-                display: "<@U0ALICE>".into(),
-            },
+            &remedy::approvals::Directory::default().slack("U0ALICE"),
             remedy::store::Decision::Approve,
             true,
             now_millis() + 16 * 60_000,
@@ -897,10 +1073,7 @@ async fn an_expired_request_is_refused_with_the_reason() {
         .decide(
             restart["id"].as_i64().expect("id"),
             "0000000000000000",
-            &remedy::store::Approver {
-                key: "slack:U0BOB".into(),
-                display: "<@U0BOB>".into(),
-            },
+            &remedy::approvals::Directory::default().slack("U0BOB"),
             remedy::store::Decision::Approve,
             true,
             now_millis(),

@@ -281,3 +281,118 @@ findings:
         "{text}"
     );
 }
+
+/// `remedy ack` against `remedy serve` acts as the person whose token it
+/// reads (REMEDY_TOKEN or --token-file); without one it does nothing, and
+/// the shared read-only `api.token` cannot act.
+#[tokio::test]
+async fn the_cli_acts_with_a_personal_token_and_never_without_one() {
+    let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let dir = std::env::temp_dir().join(format!("remedy-cli-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("remedy.toml");
+    std::fs::write(
+        &config,
+        "[people.olga]\napi_token_file = \"olga.token\"\n\
+         [people.mallory]\napi_token = \"mallory-token\"\n\
+         [approvers.on-call-engineer]\npeople = [\"olga\"]\n"
+            .replace("olga.token", &dir.join("olga.token").display().to_string()),
+    )
+    .expect("config");
+    std::fs::write(dir.join("olga.token"), "olga-token\n").expect("token");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = remedy()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("REMEDY__INTAKE__BEARER_TOKEN", common::WEBHOOK_TOKEN)
+        .env("REMEDY__API__TOKEN", common::API_TOKEN)
+        .env("REMEDY__STORE__URL", &store_url)
+        .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("REMEDY__PLAYBOOKS__DEADLINE", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let client = remedy::net::client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = client
+        .post(format!("{url}/v1/alertmanager"))
+        .bearer_auth(common::WEBHOOK_TOKEN)
+        .header("content-type", "application/json")
+        .body(common::fixture("firing_single.json"))
+        .send()
+        .await
+        .expect("answered");
+    assert!(accepted.status().is_success());
+    let ack = |token: Option<&str>, file: Option<&std::path::Path>| {
+        let mut cmd = remedy();
+        cmd.args(["ack", "1", "--url", &url])
+            .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+            .env_remove("REMEDY_TOKEN");
+        if let Some(t) = token {
+            cmd.env("REMEDY_TOKEN", t);
+        }
+        if let Some(f) = file {
+            cmd.arg("--token-file").arg(f);
+        }
+        cmd.output().expect("runs")
+    };
+    let none = ack(None, None);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("REMEDY_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+    let shared = ack(Some(common::API_TOKEN), None);
+    assert_eq!(shared.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&shared.stdout).contains("read-only"));
+    assert_eq!(ack(Some("mallory-token"), None).status.code(), Some(1));
+    // Olga holds the on-call role: once the escalation exists, her ack lands.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ack(None, Some(&dir.join("olga.token")));
+        if out.status.success() {
+            let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            assert_eq!(body["state"], "acknowledged", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown: serde_json::Value = client
+        .get(format!("{url}/v1/incidents/1"))
+        .bearer_auth(common::API_TOKEN)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    let acked = shown["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .find(|e| e["kind"] == "acknowledged")
+        .expect("acknowledged event")
+        .clone();
+    assert_eq!(acked["detail"]["person"], "olga", "{acked}");
+    assert_eq!(acked["detail"]["channel"], "console", "{acked}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}

@@ -76,6 +76,15 @@ actions:
 "#;
 
 const APPROVERS: &str = r#"
+[people.alice]
+api_token = "alice-token"
+[people.bob]
+api_token = "bob-token"
+[people.dana]
+api_token = "dana-token"
+[people.tim]
+api_token = "tim-token"
+
 [approvers.oncall]
 console_users = ["alice", "bob"]
 
@@ -194,8 +203,8 @@ impl Setup {
     async fn decide(&self, id: i64, key: &str, who: &str) -> Reply {
         let request = Request::post(format!("/v1/incidents/{id}/actions/{key}/approve"))
             .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", common::API_TOKEN))
-            .body(Body::from(json!({"as": who}).to_string()))
+            .header("authorization", format!("Bearer {who}-token"))
+            .body(Body::from(json!({}).to_string()))
             .expect("request");
         send(&self.app.router, request).await
     }
@@ -288,7 +297,7 @@ async fn approving_terminate_ends_exactly_the_backend_shown() {
     assert_eq!(started["params"], json!([victim.to_string()]));
     assert_eq!(
         audit["audit"][2]["detail"]["approvers"],
-        json!(["console:alice"])
+        json!(["person:alice"])
     );
 }
 
@@ -337,8 +346,8 @@ async fn fifty_concurrent_approvals_execute_the_action_once() {
         clicks.push(tokio::spawn(async move {
             let request = Request::post(format!("/v1/incidents/{id}/actions/terminate/approve"))
                 .header("content-type", "application/json")
-                .header("authorization", format!("Bearer {}", common::API_TOKEN))
-                .body(Body::from(json!({"as": who}).to_string()))
+                .header("authorization", format!("Bearer {who}-token"))
+                .body(Body::from(json!({}).to_string()))
                 .expect("request");
             send(&router, request).await.status
         }));
@@ -587,7 +596,7 @@ async fn the_silence_action_sends_the_exact_v2_body() {
             {"name": "note", "value": "x", "isRegex": false, "isEqual": true},
         ])
     );
-    assert_eq!(body["createdBy"], "console:alice");
+    assert_eq!(body["createdBy"], "person:alice");
     assert!(
         body["comment"]
             .as_str()

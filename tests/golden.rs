@@ -22,7 +22,7 @@ fn root() -> PathBuf {
 fn incident(id: i64, labels: &remedy::domain::Labels) -> IncidentRecord {
     IncidentRecord {
         id,
-        status: "firing".into(),
+        status: remedy::domain::IncidentStatus::Firing,
         alertname: labels.get("alertname").cloned().unwrap_or_default(),
         severity: labels.get("severity").cloned().unwrap_or_default(),
         fingerprint: "0123456789abcdef".into(),
@@ -80,7 +80,7 @@ fn reports() -> Vec<(String, ChatReport)> {
                     roles: a.roles,
                     quorum: a.quorum,
                     digest: a.digest,
-                    state: "pending".into(),
+                    state: remedy::domain::ApprovalState::Pending,
                     expires_at: 0,
                     decisions: Vec::new(),
                 })

@@ -14,6 +14,7 @@ use serenity::interactions_endpoint::Verifier;
 
 pub use report::ChatReport;
 
+use crate::approvals::{Actor, Directory};
 use crate::config::{ChatPlatform, RoleMembers, Settings};
 use crate::domain::Labels;
 use crate::playbook::matcher::{Matcher, matches_all, parse_matchers};
@@ -139,37 +140,6 @@ pub enum ChatClient {
     Discord(discord::DiscordClient),
 }
 
-/// A person acting on a button or through the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    Slack { user: String },
-    Discord { user: String, roles: Vec<String> },
-    Console { name: String },
-}
-
-impl Identity {
-    /// The key decisions are counted by: one per person and platform.
-    #[must_use]
-    pub fn key(&self) -> String {
-        match self {
-            Self::Slack { user } => format!("slack:{user}"),
-            Self::Discord { user, .. } => format!("discord:{user}"),
-            Self::Console { name } => format!("console:{name}"),
-        }
-    }
-
-    /// How the message names them: a mention that the platform renders
-    /// (never pings: messages carry no allowed mentions) or the name.
-    #[must_use]
-    pub fn display(&self) -> String {
-        match self {
-            Self::Slack { user } => format!("<@{user}>"),
-            Self::Discord { user, .. } => format!("<@{user}>"),
-            Self::Console { name } => name.clone(),
-        }
-    }
-}
-
 /// Chat as the engine and the HTTP handlers use it.
 pub struct Chat {
     pub client: ChatClient,
@@ -177,6 +147,8 @@ pub struct Chat {
     default_channel: String,
     routes: Vec<(Vec<Matcher>, String)>,
     approvers: BTreeMap<String, RoleMembers>,
+    /// People, their identities and tokens, and the roles they hold.
+    pub directory: Directory,
     pub approval_ttl: Duration,
     pub public_url: String,
     pub slack_signing_secret: String,
@@ -215,6 +187,7 @@ impl Chat {
                 .ok_or("chat.discord.public_key: 64 hex digits expected")?;
             Some(Verifier::try_new(bytes).map_err(|_| "chat.discord.public_key: not a valid key")?)
         };
+        let directory = Directory::new(&settings.people, &settings.approvers)?;
         let mut routes = Vec::new();
         for (i, route) in chat.routes.iter().enumerate() {
             let mut all = Vec::new();
@@ -228,7 +201,8 @@ impl Chat {
             platform: chat.platform,
             default_channel: chat.default_channel.clone(),
             routes,
-            approvers: settings.approvers.clone(),
+            approvers: directory.expanded_roles(),
+            directory,
             approval_ttl: chat.approval_ttl,
             public_url: chat.public_url.clone(),
             slack_signing_secret: chat.slack.signing_secret.expose().to_owned(),
@@ -254,47 +228,28 @@ impl Chat {
             .map_or_else(|| self.default_channel.clone(), |(_, c)| c.clone())
     }
 
-    /// Whether `who` holds one of `roles`. Slack user groups are read from
-    /// Slack (cached); a lookup failure refuses rather than guesses.
-    pub async fn authorized(&self, who: &Identity, roles: &[String]) -> bool {
-        for role in roles {
-            let Some(members) = self.approvers.get(role) else {
-                continue;
-            };
-            let holds = match who {
-                Identity::Slack { user } => {
-                    if members.slack_users.contains(user) {
-                        true
-                    } else if let ChatClient::Slack(client) = &self.client {
-                        let mut found = false;
-                        for group in &members.slack_groups {
-                            match client.group_members(group).await {
-                                Ok(users) if users.contains(user) => {
-                                    found = true;
-                                    break;
-                                }
-                                Ok(_) => {}
-                                Err(error) => {
-                                    tracing::warn!(%group, %error, "slack user group lookup failed");
-                                }
-                            }
-                        }
-                        found
-                    } else {
-                        false
-                    }
+    /// Whether `actor` holds one of `roles` ([`Directory::holds`]). Slack
+    /// user groups are read from Slack (cached) for the actor's Slack user,
+    /// only when nothing else grants the role; a lookup failure refuses
+    /// rather than guesses.
+    pub async fn authorized(&self, actor: &Actor, roles: &[String]) -> bool {
+        if self.directory.holds(actor, roles, &[]) {
+            return true;
+        }
+        let (ChatClient::Slack(client), Some(user)) = (&self.client, &actor.slack_user) else {
+            return false;
+        };
+        let mut in_groups = Vec::new();
+        for group in self.directory.slack_groups(roles) {
+            match client.group_members(&group).await {
+                Ok(users) if users.contains(user) => in_groups.push(group),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%group, %error, "slack user group lookup failed");
                 }
-                Identity::Discord { user, roles } => {
-                    members.discord_users.contains(user)
-                        || roles.iter().any(|r| members.discord_roles.contains(r))
-                }
-                Identity::Console { name } => members.console_users.contains(name),
-            };
-            if holds {
-                return true;
             }
         }
-        false
+        self.directory.holds(actor, roles, &in_groups)
     }
 
     /// Posts a new report; returns the message identity.
@@ -389,9 +344,11 @@ impl Chat {
 /// for `remedy check` and the start-up log.
 #[must_use]
 pub fn unheld_roles(settings: &Settings, playbooks: &[crate::playbook::Playbook]) -> Vec<String> {
+    let roles = Directory::new(&settings.people, &settings.approvers)
+        .map(|d| d.expanded_roles())
+        .unwrap_or_else(|_| settings.approvers.clone());
     let held = |role: &str| {
-        settings
-            .approvers
+        roles
             .get(role)
             .is_some_and(|m| match settings.chat.platform {
                 ChatPlatform::Console => !m.console_users.is_empty(),
@@ -434,19 +391,20 @@ pub fn console_text(report: &ChatReport) -> String {
             let commands: Vec<String> = controls
                 .iter()
                 .map(|c| match c {
-                    Control::Ack => format!("remedy ack {} --as NAME", report.incident_id),
+                    Control::Ack => format!("remedy ack {}", report.incident_id),
                     Control::Snooze(s) => format!(
-                        "remedy snooze {} {} --as NAME",
+                        "remedy snooze {} {}",
                         report.incident_id,
                         crate::escalation::human(Duration::from_secs(*s))
                     ),
                     Control::Silence(s) => format!(
-                        "remedy silence {} {} --as NAME",
+                        "remedy silence {} {}",
                         report.incident_id,
                         crate::escalation::human(Duration::from_secs(*s))
                     ),
                 })
                 .collect();
+            // The CLI acts as the person whose token REMEDY_TOKEN holds.
             let _ = writeln!(out, "    {}", commands.join("   |   "));
         }
     }
@@ -484,7 +442,7 @@ pub fn console_text(report: &ChatReport) -> String {
         if a.open() && !report.resolved {
             let _ = writeln!(
                 out,
-                "    remedy approve {} {} --as NAME   |   remedy reject {} {} --as NAME",
+                "    remedy approve {} {}   |   remedy reject {} {}",
                 report.incident_id, a.key, report.incident_id, a.key
             );
         }

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::domain::Millis;
+use crate::domain::{ApprovalState, Decision, IncidentStatus, Millis};
 use crate::playbook::model::{Risk, Severity};
 use crate::playbook::{Report, Suggestion};
 use crate::store::{ApprovalView, ExecutionView, IncidentRecord};
@@ -139,16 +139,42 @@ pub struct ReportAction {
     pub quorum: i64,
     /// The digest prefix the buttons carry.
     pub digest: String,
-    pub state: String,
+    pub state: ActionState,
     pub approved_by: Vec<String>,
     pub rejected_by: Vec<String>,
+}
+
+/// Where an action stands as the report shows it: its approval request's
+/// state until an execution exists, then the execution's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionState {
+    Approval(ApprovalState),
+    Running,
+    /// Finished, with the execution's outcome (`succeeded`, `dry_run`, …).
+    Executed(String),
+}
+
+impl std::fmt::Display for ActionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Approval(state) => f.write_str(state.as_str()),
+            Self::Running => f.write_str("running"),
+            Self::Executed(outcome) => write!(f, "executed ({outcome})"),
+        }
+    }
+}
+
+impl Serialize for ActionState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl ReportAction {
     /// Buttons are shown only while a decision can still be taken.
     #[must_use]
     pub fn open(&self) -> bool {
-        self.state == "pending"
+        self.state == ActionState::Approval(ApprovalState::Pending)
     }
 
     /// "approved by a, b (2 of 2)", "pending (0 of 2)", "rejected by c".
@@ -177,8 +203,10 @@ impl ReportAction {
 
     fn status_with(&self, names: impl Fn(&[String]) -> String) -> String {
         let progress = format!("{} of {}", self.approved_by.len(), self.quorum);
-        match self.state.as_str() {
-            "rejected" => format!("rejected by {}", names(&self.rejected_by)),
+        match &self.state {
+            ActionState::Approval(ApprovalState::Rejected) => {
+                format!("rejected by {}", names(&self.rejected_by))
+            }
             _ if self.approved_by.is_empty() => format!("{} ({progress})", self.state),
             state => format!(
                 "{state}: approved by {} ({progress})",
@@ -245,7 +273,7 @@ impl ChatReport {
         let actions = approvals
             .iter()
             .map(|a| {
-                let by = |d: &str| {
+                let by = |d: Decision| {
                     a.decisions
                         .iter()
                         .filter(|x| x.decision == d)
@@ -265,18 +293,18 @@ impl ChatReport {
                     quorum: a.quorum,
                     digest: a.digest.chars().take(DIGEST_PREFIX).collect(),
                     // An execution's outcome replaces "approved".
-                    state: executions
-                        .iter()
-                        .find(|e| e.approval_id == a.id)
-                        .map_or_else(
-                            || a.state.clone(),
-                            |e| match e.state.as_str() {
-                                "running" => "running".to_owned(),
-                                outcome => format!("executed ({outcome})"),
-                            },
-                        ),
-                    approved_by: by("approve"),
-                    rejected_by: by("reject"),
+                    state: executions.iter().find(|e| e.approval_id == a.id).map_or(
+                        ActionState::Approval(a.state),
+                        |e| {
+                            // Execution outcomes are an open set (no CHECK).
+                            match e.state.as_str() {
+                                "running" => ActionState::Running,
+                                outcome => ActionState::Executed(outcome.to_owned()),
+                            }
+                        },
+                    ),
+                    approved_by: by(Decision::Approve),
+                    rejected_by: by(Decision::Reject),
                 }
             })
             .collect();
@@ -293,7 +321,7 @@ impl ChatReport {
             incident_id: incident.id,
             alertname: incident.alertname.clone(),
             severity: incident.severity.clone(),
-            resolved: incident.status == "resolved",
+            resolved: incident.status == IncidentStatus::Resolved,
             summary: report.summary.clone(),
             labels,
             findings,

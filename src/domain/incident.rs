@@ -41,6 +41,14 @@ impl IncidentStatus {
     }
 }
 
+impl TryFrom<String> for IncidentStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 impl FromStr for IncidentStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

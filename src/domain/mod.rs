@@ -4,11 +4,13 @@
 
 mod alert;
 mod incident;
+mod states;
 
 pub use alert::{
     Alert, AlertStatus, Fingerprint, Labels, Notification, NotificationKey, alert_time_key,
 };
 pub use incident::{IncidentId, IncidentStatus};
+pub use states::{ApprovalState, Decision, TimerKind, TimerState, WorkState};
 
 /// Milliseconds since the Unix epoch. Every stored time but an alert's own
 /// `startsAt` is kept in this unit, so both stores compare times as integers.

@@ -151,7 +151,7 @@ pub fn alert_context(incident: &IncidentRecord) -> AlertContext {
     AlertContext {
         labels: incident.labels.0.clone(),
         annotations: incident.annotations.0.clone(),
-        status: incident.status.clone(),
+        status: incident.status.as_str().to_owned(),
         fingerprint: incident.fingerprint.clone(),
         starts_at: incident.starts_at.clone(),
     }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, WorkError};
 use crate::chat::ChatError;
-use crate::domain::{IncidentId, Millis, now_millis};
+use crate::domain::{IncidentId, IncidentStatus, Millis, TimerKind, now_millis};
 use crate::escalation::{RecurringBy, human};
 use crate::playbook::Report;
 use crate::store::{ClaimedWork, IncidentRecord, StoreError, TimerView};
@@ -153,7 +153,7 @@ pub async fn fire_due(engine: &Engine, now: Millis) -> Result<usize, StoreError>
         for timer in &fired {
             let lag = (now - timer.due_at).max(0);
             let level = timer.level.to_string();
-            metrics::counter!("remedy_escalations_fired_total", "level" => level, "kind" => timer.kind.clone())
+            metrics::counter!("remedy_escalations_fired_total", "level" => level, "kind" => timer.kind.as_str())
                 .increment(1);
             #[allow(clippy::cast_precision_loss, reason = "a lag in seconds")]
             metrics::histogram!("remedy_escalation_lag_seconds").record(lag as f64 / 1000.0);
@@ -203,8 +203,8 @@ pub async fn run_scheduler(engine: Engine, work_ready: Arc<Notify>, shutdown: Ca
 /// What a ping says.
 fn ping_text(engine: &Engine, incident: &IncidentRecord, timer: &TimerView, now: Millis) -> String {
     let matrix = &engine.matrix;
-    let mut text = match (timer.kind.as_str(), timer.nth) {
-        ("review", _) => {
+    let mut text = match (timer.kind, timer.nth) {
+        (TimerKind::Review, _) => {
             let policy = matrix.policy_for(&incident.labels.0);
             format!(
                 "📋 Review reminder for {}: {} (incident #{}) is {}. Not urgent; nobody is paged.",
@@ -214,14 +214,14 @@ fn ping_text(engine: &Engine, incident: &IncidentRecord, timer: &TimerView, now:
                 timer.reason
             )
         }
-        (_, 0) => format!(
+        (TimerKind::Escalate, 0) => format!(
             "⏫ Escalation to {}: {} (incident #{}), {}. Acknowledge on the report to stop further escalation.",
             matrix.role_name(timer.role.as_deref().unwrap_or_default()),
             incident.alertname,
             incident.id,
             timer.reason
         ),
-        (_, nth) => format!(
+        (TimerKind::Escalate, nth) => format!(
             "⏫ Reminder {nth} for {}: {} (incident #{}) is still not acknowledged.",
             matrix.role_name(timer.role.as_deref().unwrap_or_default()),
             incident.alertname,
@@ -257,7 +257,7 @@ pub(super) async fn run(
     let thread = message.and_then(|m| m.message_id);
     let platform = engine.chat.platform();
     for timer in pings {
-        if incident.status != "firing" {
+        if incident.status != IncidentStatus::Firing {
             engine
                 .store
                 .ping_posted(&timer, Some("resolved before the ping was posted"), now)

@@ -6,7 +6,7 @@
 use super::{Engine, WorkError};
 use crate::actions::{self, Outcome};
 use crate::config::{ExecutorSettings, RateLimit};
-use crate::domain::{Millis, now_millis};
+use crate::domain::{Decision, IncidentStatus, Millis, now_millis};
 use crate::engine::diagnose::action_digest;
 use crate::playbook::ActionInstance;
 use crate::playbook::Report;
@@ -183,7 +183,7 @@ pub(super) async fn run(
                 state: "refused",
                 output: "the approved action is not in the incident's report".into(),
             },
-            Some(_) if incident.status != "firing" => Outcome {
+            Some(_) if incident.status != IncidentStatus::Firing => Outcome {
                 state: "refused",
                 output: "the incident is resolved; nothing runs".into(),
             },
@@ -198,7 +198,7 @@ pub(super) async fn run(
                     .map(|a| {
                         a.decisions
                             .iter()
-                            .filter(|d| d.decision == "approve")
+                            .filter(|d| d.decision == Decision::Approve)
                             .map(|d| d.approver.clone())
                             .collect()
                     })

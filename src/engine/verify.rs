@@ -7,7 +7,7 @@
 
 use super::diagnose::{action_digest, alert_context, diagnose};
 use super::{Engine, WorkError};
-use crate::domain::Millis;
+use crate::domain::{IncidentStatus, Millis};
 use crate::playbook::Report;
 use crate::playbook::model::Severity;
 use crate::store::{ClaimedWork, ExecutionRef};
@@ -32,7 +32,7 @@ pub(super) async fn run(
         }
         None => Report::default(),
     };
-    let after = if incident.status == "firing" {
+    let after = if incident.status == IncidentStatus::Firing {
         // The re-diagnosis loads the target like any diagnosis.
         let alert = alert_context(&incident);
         if !super::diagnose::hold_target(engine, work, &alert, now).await? {

@@ -1,5 +1,6 @@
 //! `GET /v1/incidents` and `GET /v1/incidents/{id}`: read-only JSON for
-//! people and tools, behind `api.token` (separate from webhook credentials).
+//! people and tools, behind `api.token` (read-only, separate from webhook
+//! credentials) or a person's own token.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -33,12 +34,43 @@ fn integer(field: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
+/// The read routes: `api.token` (read-only) or any person's token.
 pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if bearer_matches(headers, state.settings.api.token.expose()) {
+    if bearer_matches(headers, state.settings.api.token.expose())
+        || bearer(headers).is_some_and(|t| state.chat.directory.authenticate(t).is_some())
+    {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
+}
+
+/// The routes that decide or act: a person's own token, and the person is
+/// who the token names. `api.token` is read-only: 403.
+pub(super) fn authenticate_person(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    if let Some(person) = bearer(headers).and_then(|t| state.chat.directory.authenticate(t)) {
+        return Ok(person.to_owned());
+    }
+    if bearer_matches(headers, state.settings.api.token.expose()) {
+        return Err(ApiError::Forbidden(
+            "api.token is read-only; decide with your personal token ([people.NAME] api_token_file)"
+                .into(),
+        ));
+    }
+    Err(ApiError::Unauthorized)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 pub(super) fn unavailable(error: &StoreError) -> ApiError {

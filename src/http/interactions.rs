@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::incidents::{authorize, unavailable};
+use super::incidents::{authenticate_person, unavailable};
 use super::{ApiError, AppState};
-use crate::chat::{ChatClient, Control, Identity, discord, slack};
+use crate::approvals::{Actor, Channel};
+use crate::chat::{ChatClient, Control, discord, slack};
 use crate::domain::{IncidentId, now_millis};
-use crate::store::{Approver, Decision, DecisionOutcome, StoreError};
+use crate::store::{Decision, DecisionOutcome, StoreError};
 
 /// How long a click's reply may wait for the decision to be recorded;
 /// beyond it the reply acknowledges and the work finishes on its own.
@@ -46,29 +47,20 @@ fn refused_signature(error: &slack::SignatureError) -> Response {
 /// Authorizes and records one click.
 async fn decide(
     state: &AppState,
-    who: &Identity,
+    who: &Actor,
     approval_id: i64,
     digest: &str,
     decision: Decision,
 ) -> Result<DecisionOutcome, StoreError> {
     let Some((_, roles)) = state.store.approval(approval_id).await? else {
-        return Ok(DecisionOutcome::Refused("unknown approval request".into()));
+        return Ok(DecisionOutcome::Refused(
+            crate::approvals::Refusal::UnknownApproval.message(),
+        ));
     };
     let authorized = state.chat.authorized(who, &roles).await;
-    let approver = Approver {
-        key: who.key(),
-        display: who.display(),
-    };
     let outcome = state
         .store
-        .decide(
-            approval_id,
-            digest,
-            &approver,
-            decision,
-            authorized,
-            now_millis(),
-        )
+        .decide(approval_id, digest, who, decision, authorized, now_millis())
         .await?;
     let result = match &outcome {
         DecisionOutcome::Recorded { repeat: true, .. } => "repeat",
@@ -87,7 +79,7 @@ async fn decide(
 /// the roles the incident's escalation policy names.
 async fn control(
     state: &AppState,
-    who: &Identity,
+    who: &Actor,
     incident: IncidentId,
     control: Control,
 ) -> Result<DecisionOutcome, StoreError> {
@@ -99,10 +91,7 @@ async fn control(
         .map(|e| e.roles)
         .unwrap_or_default();
     let authorized = state.chat.authorized(who, &roles).await;
-    let approver = Approver {
-        key: who.key(),
-        display: who.display(),
-    };
+    let approver = who;
     let offered = |list: &[Duration], seconds: u64| list.iter().any(|d| d.as_secs() == seconds);
     let lengths = |list: &[Duration]| {
         list.iter()
@@ -115,7 +104,7 @@ async fn control(
             "ack",
             state
                 .store
-                .acknowledge(incident, &approver, authorized, now)
+                .acknowledge(incident, approver, authorized, now)
                 .await?,
         ),
         Control::Snooze(seconds) if !offered(&state.matrix.snooze, seconds) => (
@@ -131,7 +120,7 @@ async fn control(
                 .store
                 .snooze(
                     incident,
-                    &approver,
+                    approver,
                     i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
                     authorized,
                     now,
@@ -156,7 +145,7 @@ async fn control(
                         .store
                         .request_silence(
                             incident,
-                            &approver,
+                            approver,
                             authorized,
                             &key,
                             &action.title,
@@ -240,9 +229,7 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
     if payload.kind != "block_actions" {
         return StatusCode::OK.into_response();
     }
-    let who = Identity::Slack {
-        user: payload.user.id.clone(),
-    };
+    let who = state.chat.directory.slack(&payload.user.id);
     let task = tokio::spawn(async move {
         for action in &payload.actions {
             let outcome = if let Some(c) = Control::parse_slack(&action.action_id) {
@@ -377,7 +364,7 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         (None, Some(u)) => (u.id, Vec::new()),
         (None, None) => return bad_request("member", "no member or user in the interaction"),
     };
-    let who = Identity::Discord { user, roles };
+    let who = state.chat.directory.discord(&user, roles);
     let task = tokio::spawn(async move {
         match button {
             Ok((approve, id, digest)) => {
@@ -402,23 +389,63 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiDecision {
-    /// The console user deciding (must be in a role's `console_users`).
-    #[serde(rename = "as")]
-    approver: String,
+    /// Optional and only a check: the person is the one the token names;
+    /// a different name is refused with 403 and nothing is recorded.
+    #[serde(default, rename = "as")]
+    approver: Option<String>,
 }
 
-/// `POST /v1/incidents/{id}/actions/{key}/{approve|reject}` with the API
-/// token and `{"as": NAME}`: the console's way to decide.
+/// The person behind a deciding request: the token's, never the body's.
+/// `as` (kept so that old scripts fail loudly rather than act as someone
+/// else) must name that same person. The CLI says `x-remedy-channel:
+/// console`; any other client is recorded as `api`.
+fn api_actor(
+    state: &AppState,
+    headers: &HeaderMap,
+    claimed: Option<&str>,
+) -> Result<Actor, ApiError> {
+    let person = authenticate_person(state, headers)?;
+    if let Some(claimed) = claimed
+        && claimed != person
+    {
+        metrics::counter!("remedy_interactions_refused_total", "reason" => "impersonation")
+            .increment(1);
+        return Err(ApiError::Forbidden(format!(
+            "your token is {person}'s; `as` may only name yourself"
+        )));
+    }
+    let channel = match header(headers, "x-remedy-channel") {
+        Some("console") => Channel::Console,
+        _ => Channel::Api,
+    };
+    Ok(state.chat.directory.person(&person, channel))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    field: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadParameter {
+        field: field.into(),
+        message: e.to_string(),
+    })
+}
+
+/// `POST /v1/incidents/{id}/actions/{key}/{approve|reject}` with a
+/// person's token: the console's way to decide, as that person.
 pub async fn decide_by_api(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((id, key, decision)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
+    authenticate_person(&state, &headers)?;
     let id: IncidentId = id.parse().map_err(|_| ApiError::BadParameter {
         field: "id".into(),
         message: "must be an integer".into(),
@@ -428,20 +455,14 @@ pub async fn decide_by_api(
         "reject" => Decision::Reject,
         _ => return Err(ApiError::NotFound("no such route".into())),
     };
-    let request: ApiDecision =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadParameter {
-            field: "as".into(),
-            message: e.to_string(),
-        })?;
+    let request: ApiDecision = parse_body(&body, "as")?;
+    let who = api_actor(&state, &headers, request.approver.as_deref())?;
     let (approval, digest) = state
         .store
         .approval_by_key(id, &key)
         .await
         .map_err(|e| unavailable(&e))?
         .ok_or_else(|| ApiError::NotFound(format!("incident {id} has no action `{key}`")))?;
-    let who = Identity::Console {
-        name: request.approver,
-    };
     let outcome = decide(&state, &who, approval, &digest, decision)
         .await
         .map_err(|e| unavailable(&e))?;
@@ -453,41 +474,38 @@ pub async fn decide_by_api(
             repeat,
         } => Ok(Json(
             json!({"result": "recorded", "state": state, "approvals": approvals,
-                            "quorum": quorum, "repeat": repeat}),
+                            "quorum": quorum, "repeat": repeat, "person": who.person}),
         )),
         DecisionOutcome::Refused(reason) => Err(ApiError::Forbidden(reason)),
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiControl {
-    /// The console user (must hold a role the incident's policy names).
-    #[serde(rename = "as")]
-    approver: String,
+    /// Optional and only a check, as in [`ApiDecision`].
+    #[serde(default, rename = "as")]
+    approver: Option<String>,
     /// Snooze / silence length (`15m`), one the matrix offers.
     #[serde(default, rename = "for")]
     length: Option<String>,
 }
 
-/// `POST /v1/incidents/{id}/{ack|snooze|silence}` with the API token and
-/// `{"as": NAME, "for": "15m"}`: the console's Ack, Snooze and Silence.
+/// `POST /v1/incidents/{id}/{ack|snooze|silence}` with a person's token
+/// and `{"for": "15m"}`: the console's Ack, Snooze and Silence.
 pub async fn control_by_api(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((id, verb)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
+    authenticate_person(&state, &headers)?;
     let id: IncidentId = id.parse().map_err(|_| ApiError::BadParameter {
         field: "id".into(),
         message: "must be an integer".into(),
     })?;
-    let request: ApiControl =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadParameter {
-            field: "body".into(),
-            message: e.to_string(),
-        })?;
+    let request: ApiControl = parse_body(&body, "body")?;
+    let who = api_actor(&state, &headers, request.approver.as_deref())?;
     let seconds = || -> Result<u64, ApiError> {
         let text = request
             .length
@@ -508,9 +526,6 @@ pub async fn control_by_api(
         "snooze" => Control::Snooze(seconds()?),
         "silence" => Control::Silence(seconds()?),
         _ => return Err(ApiError::NotFound("no such route".into())),
-    };
-    let who = Identity::Console {
-        name: request.approver,
     };
     match control(&state, &who, id, c)
         .await

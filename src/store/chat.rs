@@ -6,9 +6,12 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::execution::audit;
-use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, transaction};
-use crate::domain::{IncidentId, Millis};
+use serde_json::{Value, json};
+
+use super::conn::Conn;
+use super::{Store, StoreError, WorkKind, on_pool, record_event, transaction};
+use crate::approvals::{self, ApprovalState, Refusal};
+use crate::domain::{IncidentId, IncidentStatus, Millis};
 
 /// An approval request to create with a diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +41,7 @@ pub struct ApprovalView {
     pub roles: Vec<String>,
     pub quorum: i64,
     pub digest: String,
-    pub state: String,
+    pub state: ApprovalState,
     pub expires_at: Millis,
     pub decisions: Vec<DecisionView>,
 }
@@ -49,7 +52,7 @@ impl ApprovalView {
     pub fn approvals(&self) -> usize {
         self.decisions
             .iter()
-            .filter(|d| d.decision == "approve")
+            .filter(|d| d.decision == Decision::Approve)
             .count()
     }
 }
@@ -58,33 +61,11 @@ impl ApprovalView {
 pub struct DecisionView {
     pub approver: String,
     pub display: String,
-    pub decision: String,
+    pub decision: Decision,
     pub at: Millis,
 }
 
-/// What a person asks for when clicking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Approve,
-    Reject,
-}
-
-impl Decision {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Approve => "approve",
-            Self::Reject => "reject",
-        }
-    }
-}
-
-/// Who clicked: a stable key (`slack:U123`) and a name to show.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approver {
-    pub key: String,
-    pub display: String,
-}
+pub use crate::approvals::{Actor as Approver, Decision};
 
 /// How a click ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,9 +137,18 @@ impl Store {
             .await?;
             (rows, decisions)
         });
-        Ok(rows
-            .into_iter()
-            .map(|r| ApprovalView {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut shown = Vec::new();
+            for d in decisions.iter().filter(|d| d.0 == r.0) {
+                shown.push(DecisionView {
+                    approver: d.1.clone(),
+                    display: d.2.clone(),
+                    decision: d.3.parse().map_err(decode)?,
+                    at: d.4,
+                });
+            }
+            out.push(ApprovalView {
                 id: r.0,
                 seq: r.1,
                 key: r.2,
@@ -168,20 +158,12 @@ impl Store {
                 roles: r.6.0,
                 quorum: r.7,
                 digest: r.8,
-                state: r.9,
+                state: r.9.parse().map_err(decode)?,
                 expires_at: r.10,
-                decisions: decisions
-                    .iter()
-                    .filter(|d| d.0 == r.0)
-                    .map(|d| DecisionView {
-                        approver: d.1.clone(),
-                        display: d.2.clone(),
-                        decision: d.3.clone(),
-                        at: d.4,
-                    })
-                    .collect(),
-            })
-            .collect())
+                decisions: shown,
+            });
+        }
+        Ok(out)
     }
 
     /// The approval request behind a button, for authorization.
@@ -210,9 +192,12 @@ impl Store {
         }))
     }
 
-    /// Records a click, once per person, bound to the digest the button
-    /// carried. `authorized` is the caller's verdict on the clicker's roles;
-    /// a refusal is recorded on the incident's timeline too.
+    /// Records a click, once per person (decisions are keyed by the
+    /// person, so one person's clicks on several channels count once),
+    /// bound to the digest the button carried. `authorized` is the
+    /// caller's verdict on the clicker's roles; the rules are
+    /// [`approvals::decision_refusal`] and [`approvals::tally`]. A refusal
+    /// is recorded on the timeline once per person and reason.
     pub async fn decide(
         &self,
         approval_id: i64,
@@ -222,169 +207,174 @@ impl Store {
         authorized: bool,
         now: Millis,
     ) -> Result<DecisionOutcome, StoreError> {
-        // PostgreSQL: lock the request so concurrent approvers count each
-        // other; SQLite's single writer already serializes.
-        let lock = match self {
-            Self::Sqlite(..) => LOAD_APPROVAL,
-            Self::Postgres(_) => LOAD_APPROVAL_FOR_UPDATE,
-        };
-        Ok(transaction!(self, |conn| {
-            let row: Option<(i64, String, String, i64, Millis, String)> = sqlx::query_as(lock)
-                .bind(approval_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let Some((incident, stored_digest, state, quorum, expires_at, incident_status)) = row
-            else {
-                return Ok(DecisionOutcome::Refused("unknown approval request".into()));
-            };
-            let refusal = if !digest_matches(&stored_digest, digest) {
-                Some("this button belongs to an earlier version of the action; use the current message".to_owned())
-            } else if !authorized {
-                Some("you are not among the approvers of this action".to_owned())
-            } else if incident_status != "firing" {
-                Some("the incident is resolved".to_owned())
-            } else if let Some(earlier) = sqlx::query_scalar::<_, String>(
-                "select decision from decisions where approval_id = $1 and approver = $2",
-            )
-            .bind(approval_id)
-            .bind(&approver.key)
-            .fetch_optional(&mut *conn)
-            .await?
-            .filter(|earlier| earlier != decision.as_str())
-            {
-                // A change of mind is not silently dropped: say so.
-                Some(format!("you already chose to {earlier} this action"))
-            } else if state != "pending" {
-                Some(format!("this action is already {state}"))
-            } else if now >= expires_at {
-                sqlx::query(
-                    "update approvals set state = 'expired', decided_at = $2
-                      where id = $1 and state = 'pending'",
-                )
-                .bind(approval_id)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                enqueue_notify!(conn, incident, now, now);
-                Some("this approval request expired".to_owned())
+        self.in_transaction(async |conn| {
+            // PostgreSQL: lock the request so concurrent approvers count
+            // each other; SQLite's single writer already serializes.
+            let lock = if conn.is_postgres() {
+                LOAD_APPROVAL_FOR_UPDATE
             } else {
-                None
+                LOAD_APPROVAL
             };
-            if let Some(reason) = refusal {
-                record_event!(
+            let row: Option<LoadedApproval> =
+                conn.fetch_optional(lock, &[approval_id.into()]).await?;
+            let Some((incident, stored, state, quorum, expires_at, status, requested_by, forbid)) =
+                row
+            else {
+                return Ok(DecisionOutcome::Refused(Refusal::UnknownApproval.message()));
+            };
+            let state: ApprovalState = state.parse().map_err(decode)?;
+            let status: IncidentStatus = status.parse().map_err(decode)?;
+            let earlier: Option<(String,)> = conn
+                .fetch_optional(
+                    "select decision from decisions where approval_id = $1 and approver = $2",
+                    &[approval_id.into(), approver.key.as_str().into()],
+                )
+                .await?;
+            let earlier = earlier
+                .map(|(d,)| d.parse::<Decision>())
+                .transpose()
+                .map_err(decode)?;
+            let check = approvals::DecisionCheck {
+                digest_matches: digest_matches(&stored, digest),
+                authorized,
+                incident: status,
+                state,
+                earlier,
+                decision,
+                now,
+                expires_at,
+                forbid_self: forbid != 0,
+                requested_by: requested_by.as_deref(),
+                actor: &approver.key,
+            };
+            if let Some(refusal) = approvals::decision_refusal(&check) {
+                if refusal == Refusal::Expired {
+                    conn.execute(
+                        "update approvals set state = 'expired', decided_at = $2
+                          where id = $1 and state = 'pending'",
+                        &[approval_id.into(), now.into()],
+                    )
+                    .await?;
+                    conn.enqueue_notify(incident, now, now).await?;
+                }
+                let subject = format!("approval:{approval_id}");
+                refuse_once(
                     conn,
                     incident,
+                    &subject,
                     now,
                     "decision_refused",
-                    serde_json::json!({
+                    approver,
+                    &refusal,
+                    json!({ "approval_id": approval_id, "decision": decision.as_str() }),
+                )
+                .await?;
+                // Returned as a value, not an error: the record commits.
+                return Ok(DecisionOutcome::Refused(refusal.message()));
+            }
+            let inserted = conn
+                .execute(
+                    "insert into decisions (approval_id, approver, display, decision, at,
+                         channel, person)
+                     values ($1, $2, $3, $4, $5, $6, $7)
+                     on conflict (approval_id, approver) do nothing",
+                    &[
+                        approval_id.into(),
+                        approver.key.as_str().into(),
+                        approver.display.as_str().into(),
+                        decision.as_str().into(),
+                        now.into(),
+                        approver.channel.as_str().into(),
+                        approver.person.as_deref().into(),
+                    ],
+                )
+                .await?
+                == 1;
+            let rows: Vec<(String, String, Option<String>)> = conn
+                .fetch_all(
+                    "select approver, decision, channel from decisions
+                      where approval_id = $1 order by id",
+                    &[approval_id.into()],
+                )
+                .await?;
+            let decided: Vec<(&str, Decision)> = rows
+                .iter()
+                .map(|(key, d, _)| Ok((key.as_str(), d.parse::<Decision>()?)))
+                .collect::<Result<_, String>>()
+                .map_err(decode)?;
+            let tally = approvals::tally(decided.iter().copied(), quorum);
+            if inserted {
+                if tally.state != ApprovalState::Pending {
+                    conn.execute(
+                        "update approvals set state = $2, decided_at = $3
+                          where id = $1 and state = 'pending'",
+                        &[approval_id.into(), tally.state.as_str().into(), now.into()],
+                    )
+                    .await?;
+                    // Who decided, and through which channel (slack,
+                    // discord, console, api).
+                    let approvers: Vec<&str> = rows.iter().map(|(key, ..)| key.as_str()).collect();
+                    let channels: Vec<Value> = rows
+                        .iter()
+                        .map(|(key, decision, channel)| {
+                            json!({ "approver": key, "decision": decision, "channel": channel })
+                        })
+                        .collect();
+                    conn.audit(
+                        incident,
+                        Some(approval_id),
+                        now,
+                        tally.state.as_str(),
+                        json!({ "approvers": approvers, "decisions": channels, "digest": stored }),
+                    )
+                    .await?;
+                    if tally.state == ApprovalState::Approved {
+                        conn.execute(
+                            "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                             values ($1, $2, $3, $3, $3)",
+                            &[
+                                WorkKind::Execute.as_str().into(),
+                                incident.into(),
+                                now.into(),
+                            ],
+                        )
+                        .await?;
+                    }
+                }
+                let kind = match tally.state {
+                    ApprovalState::Approved => "approved",
+                    ApprovalState::Rejected => "rejected",
+                    ApprovalState::Pending
+                    | ApprovalState::Expired
+                    | ApprovalState::Superseded
+                    | ApprovalState::Executed => "approval_recorded",
+                };
+                conn.record_event(
+                    incident,
+                    now,
+                    kind,
+                    json!({
                         "approval_id": approval_id,
                         "approver": approver.key,
+                        "person": approver.person,
+                        "channel": approver.channel.as_str(),
                         "display": approver.display,
                         "decision": decision.as_str(),
-                        "reason": reason,
-                    })
-                );
-                // Not `return`: that would roll the audit row back.
-                DecisionOutcome::Refused(reason)
-            } else {
-                let inserted = sqlx::query(
-                    "insert into decisions (approval_id, approver, display, decision, at)
-                 values ($1, $2, $3, $4, $5)
-                 on conflict (approval_id, approver) do nothing",
+                        "approvals": tally.approvals,
+                        "quorum": quorum,
+                    }),
                 )
-                .bind(approval_id)
-                .bind(&approver.key)
-                .bind(&approver.display)
-                .bind(decision.as_str())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
-                let approvals: i64 = sqlx::query_scalar(
-                "select count(*) from decisions where approval_id = $1 and decision = 'approve'",
-            )
-            .bind(approval_id)
-            .fetch_one(&mut *conn)
-            .await?;
-                let rejected: i64 = sqlx::query_scalar(
-                    "select count(*) from decisions where approval_id = $1 and decision = 'reject'",
-                )
-                .bind(approval_id)
-                .fetch_one(&mut *conn)
                 .await?;
-                let new_state = if rejected > 0 {
-                    "rejected"
-                } else if approvals >= quorum {
-                    "approved"
-                } else {
-                    "pending"
-                };
-                if inserted {
-                    if new_state != "pending" {
-                        sqlx::query(
-                            "update approvals set state = $2, decided_at = $3
-                          where id = $1 and state = 'pending'",
-                        )
-                        .bind(approval_id)
-                        .bind(new_state)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await?;
-                        let approvers: Vec<String> = sqlx::query_scalar(
-                            "select approver from decisions where approval_id = $1 order by id",
-                        )
-                        .bind(approval_id)
-                        .fetch_all(&mut *conn)
-                        .await?;
-                        audit!(
-                            conn,
-                            incident,
-                            Some(approval_id),
-                            now,
-                            new_state,
-                            serde_json::json!({ "approvers": approvers, "digest": stored_digest })
-                        );
-                        if new_state == "approved" {
-                            sqlx::query(
-                                "insert into work (kind, incident_id, due_at, created_at, updated_at)
-                                 values ($1, $2, $3, $3, $3)",
-                            )
-                            .bind(WorkKind::Execute.as_str())
-                            .bind(incident)
-                            .bind(now)
-                            .execute(&mut *conn)
-                            .await?;
-                        }
-                    }
-                    record_event!(
-                        conn,
-                        incident,
-                        now,
-                        match new_state {
-                            "approved" => "approved",
-                            "rejected" => "rejected",
-                            _ => "approval_recorded",
-                        },
-                        serde_json::json!({
-                            "approval_id": approval_id,
-                            "approver": approver.key,
-                            "display": approver.display,
-                            "decision": decision.as_str(),
-                            "approvals": approvals,
-                            "quorum": quorum,
-                        })
-                    );
-                    enqueue_notify!(conn, incident, now, now);
-                }
-                DecisionOutcome::Recorded {
-                    state: new_state.to_owned(),
-                    approvals,
-                    quorum,
-                    repeat: !inserted,
-                }
+                conn.enqueue_notify(incident, now, now).await?;
             }
-        }))
+            Ok(DecisionOutcome::Recorded {
+                state: tally.state.as_str().to_owned(),
+                approvals: tally.approvals,
+                quorum,
+                repeat: !inserted,
+            })
+        })
+        .await
     }
 
     /// The incident's chat message, if one was posted or is being posted.
@@ -551,14 +541,69 @@ impl Store {
     }
 }
 
-const LOAD_APPROVAL: &str =
-    "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at, i.status
+type LoadedApproval = (
+    i64,
+    String,
+    String,
+    i64,
+    Millis,
+    String,
+    Option<String>,
+    i64,
+);
+
+const LOAD_APPROVAL: &str = "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at,
+        i.status, a.requested_by, a.forbid_self
    from approvals a join incidents i on i.id = a.incident_id where a.id = $1";
 
-const LOAD_APPROVAL_FOR_UPDATE: &str =
-    "select a.incident_id, a.digest, a.state, a.quorum, a.expires_at, i.status
+const LOAD_APPROVAL_FOR_UPDATE: &str = "select a.incident_id, a.digest, a.state, a.quorum,
+        a.expires_at, i.status, a.requested_by, a.forbid_self
    from approvals a join incidents i on i.id = a.incident_id where a.id = $1
     for update of a";
+
+/// A state the schema's CHECK constraint allows but Rust does not know.
+fn decode(message: String) -> sqlx::Error {
+    sqlx::Error::Decode(message.into())
+}
+
+/// Records a refusal on the incident's timeline, once per subject (an
+/// approval request, an incident's control), clicker and reason: a
+/// non-approver clicking twenty times leaves one record.
+#[allow(clippy::too_many_arguments, reason = "one event's fields")]
+pub(super) async fn refuse_once(
+    conn: &mut Conn<'_>,
+    incident: i64,
+    subject: &str,
+    now: Millis,
+    kind: &str,
+    who: &Approver,
+    refusal: &Refusal,
+    mut detail: Value,
+) -> Result<(), sqlx::Error> {
+    let first = conn
+        .execute(
+            "insert into refusals (subject, approver, reason, at) values ($1, $2, $3, $4)
+             on conflict (subject, approver, reason) do nothing",
+            &[
+                subject.into(),
+                who.key.as_str().into(),
+                refusal.code().into(),
+                now.into(),
+            ],
+        )
+        .await?
+        == 1;
+    if first {
+        detail["approver"] = who.key.clone().into();
+        detail["by"] = who.key.clone().into();
+        detail["person"] = who.person.clone().into();
+        detail["channel"] = who.channel.as_str().into();
+        detail["display"] = who.display.clone().into();
+        detail["reason"] = refusal.message().into();
+        conn.record_event(incident, now, kind, detail).await?;
+    }
+    Ok(())
+}
 
 /// A button carries a prefix of the digest (platform length limits); the
 /// API may send the whole digest.

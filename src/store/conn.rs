@@ -168,6 +168,31 @@ impl Conn<'_> {
         }
     }
 
+    /// Runs a query and returns all its rows.
+    pub async fn fetch_all<T>(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        match self {
+            Self::Sqlite(conn) => bind_sqlite(sqlx::query(sql), args)
+                .fetch_all(&mut **conn)
+                .await?
+                .iter()
+                .map(T::from_row)
+                .collect(),
+            Self::Postgres(conn) => bind_postgres(sqlx::query(sql), args)
+                .fetch_all(&mut **conn)
+                .await?
+                .iter()
+                .map(T::from_row)
+                .collect(),
+        }
+    }
+
     /// Runs a query that returns one row.
     pub async fn fetch_one<T>(
         &mut self,

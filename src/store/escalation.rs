@@ -11,9 +11,10 @@ use serde_json::json;
 use super::conn::Conn;
 use sqlx::types::Json;
 
-use super::chat::{Approver, DecisionOutcome, ENQUEUE_NOTIFY};
+use super::chat::{Approver, DecisionOutcome, ENQUEUE_NOTIFY, refuse_once};
 use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, transaction};
-use crate::domain::{IncidentId, Millis};
+use crate::approvals::{self, Refusal};
+use crate::domain::{IncidentId, IncidentStatus, Millis, TimerKind, TimerState};
 use crate::escalation::PlannedTimer;
 
 /// An incident's escalation as the report, the API and the export show it.
@@ -40,7 +41,7 @@ impl EscalationView {
     pub fn next_due(&self) -> Option<&TimerView> {
         self.timers
             .iter()
-            .filter(|t| t.state == "pending" && t.due_at.is_some())
+            .filter(|t| t.state == TimerState::Pending && t.due_at.is_some())
             .min_by_key(|t| t.due_at)
     }
 
@@ -49,7 +50,7 @@ impl EscalationView {
     pub fn reached(&self) -> Option<&TimerView> {
         self.timers
             .iter()
-            .filter(|t| t.state == "fired" && t.kind == "escalate")
+            .filter(|t| t.state == TimerState::Fired && t.kind == TimerKind::Escalate)
             .max_by_key(|t| (t.level, t.nth))
     }
 }
@@ -60,11 +61,13 @@ pub struct TimerView {
     pub incident_id: i64,
     pub level: i64,
     pub nth: i64,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TimerKind,
     pub role: Option<String>,
     pub reason: String,
     pub due_at: Option<Millis>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: TimerState,
     pub fired_at: Option<Millis>,
     pub lag_ms: Option<i64>,
     pub pinged_at: Option<Millis>,
@@ -77,7 +80,8 @@ pub struct FiredTimer {
     pub incident_id: i64,
     pub level: i64,
     pub nth: i64,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TimerKind,
     pub role: Option<String>,
     pub reason: String,
     pub due_at: Millis,
@@ -301,7 +305,10 @@ impl Store {
                     let lag = now - t.due_at;
                     json!({
                         "incident_id": t.incident_id,
-                        "event": if t.kind == "review" { "review_reminder" } else { "escalated" },
+                        "event": match t.kind {
+                            TimerKind::Review => "review_reminder",
+                            TimerKind::Escalate => "escalated",
+                        },
                         "detail": {
                             "timer": t.id, "level": t.level, "nth": t.nth, "role": t.role,
                             "reason": t.reason, "due_at": t.due_at, "lag_ms": lag,
@@ -484,8 +491,8 @@ impl Store {
     ) -> Result<DecisionOutcome, StoreError> {
         self.in_transaction(async |conn| {
             let state = control_state(conn, incident).await?;
-            if let Some(reason) = refusal(&state, authorized) {
-                return refuse(conn, incident, now, "ack_refused", who, reason).await;
+            if let Some(refusal) = approvals::control_refusal(authorized, status_of(&state)?) {
+                return refuse(conn, incident, now, "ack", who, refusal).await;
             }
             if let Some((_, Some(_))) = state {
                 return Ok(DecisionOutcome::Recorded {
@@ -517,7 +524,8 @@ impl Store {
                 incident.0,
                 now,
                 "acknowledged",
-                json!({ "by": who.key, "display": who.display, "paused_timers": paused }),
+                json!({ "by": who.key, "person": who.person, "channel": who.channel.as_str(),
+                    "display": who.display, "paused_timers": paused }),
             )
             .await?;
             conn.enqueue_notify(incident.0, now, now).await?;
@@ -550,15 +558,11 @@ impl Store {
                     &[incident.0.into()],
                 )
                 .await?;
-            let refusal = refusal(&state, authorized).or_else(|| match (&state, next) {
-                (Some((_, Some(by))), _) => Some(format!(
-                    "already acknowledged by {by}: nothing escalates on time"
-                )),
-                (_, None) => Some("no escalation is pending".to_owned()),
-                _ => None,
-            });
-            if let Some(reason) = refusal {
-                return refuse(conn, incident, now, "snooze_refused", who, reason).await;
+            let acked_by = state.as_ref().and_then(|(_, by)| by.as_deref());
+            if let Some(refusal) =
+                approvals::snooze_refusal(authorized, status_of(&state)?, acked_by, next)
+            {
+                return refuse(conn, incident, now, "snooze", who, refusal).await;
             }
             let until = now.saturating_add(for_ms);
             let shift = next.map_or(0, |due| (until - due).max(0));
@@ -577,7 +581,8 @@ impl Store {
                 incident.0,
                 now,
                 "snoozed",
-                json!({ "by": who.key, "display": who.display, "for_ms": for_ms,
+                json!({ "by": who.key, "person": who.person, "channel": who.channel.as_str(),
+                    "display": who.display, "for_ms": for_ms,
                     "until": until, "shifted_ms": shift }),
             )
             .await?;
@@ -610,14 +615,15 @@ impl Store {
     ) -> Result<DecisionOutcome, StoreError> {
         self.in_transaction(async |conn| {
             let state = control_state(conn, incident).await?;
-            if let Some(reason) = refusal(&state, authorized) {
-                return refuse(conn, incident, now, "silence_refused", who, reason).await;
+            if let Some(refusal) = approvals::control_refusal(authorized, status_of(&state)?) {
+                return refuse(conn, incident, now, "silence", who, refusal).await;
             }
             let approval: Option<(i64,)> = conn
                 .fetch_optional(
                     "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
-                         quorum, digest, created_at, expires_at, state, decided_at)
-                     values ($1, -1, $2, 'silence', $3, 'safe', $4, 1, $5, $6, $6, 'approved', $6)
+                         quorum, digest, created_at, expires_at, state, decided_at, requested_by)
+                     values ($1, -1, $2, 'silence', $3, 'safe', $4, 1, $5, $6, $6, 'approved', $6,
+                             $7)
                      on conflict (incident_id, key) do nothing
                      returning id",
                     &[
@@ -627,6 +633,7 @@ impl Store {
                         json!(roles).into(),
                         digest.into(),
                         now.into(),
+                        who.key.as_str().into(),
                     ],
                 )
                 .await?;
@@ -639,13 +646,16 @@ impl Store {
                 });
             };
             conn.execute(
-                "insert into decisions (approval_id, approver, display, decision, at)
-                 values ($1, $2, $3, 'approve', $4)",
+                "insert into decisions (approval_id, approver, display, decision, at,
+                     channel, person)
+                 values ($1, $2, $3, 'approve', $4, $5, $6)",
                 &[
                     approval.into(),
                     who.key.as_str().into(),
                     who.display.as_str().into(),
                     now.into(),
+                    who.channel.as_str().into(),
+                    who.person.as_deref().into(),
                 ],
             )
             .await?;
@@ -654,14 +664,18 @@ impl Store {
                 Some(approval),
                 now,
                 "approved",
-                json!({ "approvers": [who.key], "digest": digest, "control": "silence" }),
+                json!({ "approvers": [who.key],
+                    "decisions": [{ "approver": who.key, "decision": "approve",
+                                    "channel": who.channel.as_str() }],
+                    "digest": digest, "control": "silence" }),
             )
             .await?;
             conn.record_event(
                 incident.0,
                 now,
                 "silence_requested",
-                json!({ "by": who.key, "display": who.display, "key": key,
+                json!({ "by": who.key, "person": who.person, "channel": who.channel.as_str(),
+                    "display": who.display, "key": key,
                     "approval_id": approval }),
             )
             .await?;
@@ -706,33 +720,40 @@ async fn control_state(
     conn.fetch_optional(sql, &[incident.0.into()]).await
 }
 
-/// Records a refused control on the timeline; the caller returns the
-/// refusal, which commits the record.
+/// The incident's status when it has an escalation.
+fn status_of(
+    state: &Option<(String, Option<String>)>,
+) -> Result<Option<IncidentStatus>, sqlx::Error> {
+    state
+        .as_ref()
+        .map(|(status, _)| status.parse::<IncidentStatus>())
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(e.into()))
+}
+
+/// Records a refused control on the timeline (once per incident, control,
+/// person and reason); the caller returns the refusal, which commits the
+/// record.
 async fn refuse(
     conn: &mut Conn<'_>,
     incident: IncidentId,
     now: Millis,
-    kind: &str,
+    control: &str,
     who: &Approver,
-    reason: String,
+    refusal: Refusal,
 ) -> Result<DecisionOutcome, sqlx::Error> {
-    conn.record_event(
+    let subject = format!("incident:{}:{control}", incident.0);
+    let kind = format!("{control}_refused");
+    refuse_once(
+        conn,
         incident.0,
+        &subject,
         now,
-        kind,
-        json!({ "by": who.key, "display": who.display, "reason": reason }),
+        &kind,
+        who,
+        &refusal,
+        json!({}),
     )
     .await?;
-    Ok(DecisionOutcome::Refused(reason))
-}
-
-/// Why a control is refused whatever it is: the clicker holds none of the
-/// policy's roles, the incident has no escalation, or it is resolved.
-fn refusal(state: &Option<(String, Option<String>)>, authorized: bool) -> Option<String> {
-    match state {
-        _ if !authorized => Some("you are not a responder for this incident".to_owned()),
-        None => Some("this incident has no escalation".to_owned()),
-        Some((status, _)) if status != "firing" => Some("the incident is resolved".to_owned()),
-        _ => None,
-    }
+    Ok(DecisionOutcome::Refused(refusal.message()))
 }

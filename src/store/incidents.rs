@@ -14,7 +14,8 @@ use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct IncidentRecord {
     pub id: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: IncidentStatus,
     pub alertname: String,
     pub severity: String,
     pub fingerprint: String,

@@ -24,7 +24,9 @@ use time::OffsetDateTime;
 
 use super::conn::Conn;
 use super::{Store, StoreError, WorkKind, on_pool};
-use crate::domain::{Alert, AlertStatus, Labels, Millis, Notification, alert_time_key};
+use crate::domain::{
+    Alert, AlertStatus, IncidentStatus, Labels, Millis, Notification, alert_time_key,
+};
 
 /// What one delivery changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -584,7 +586,10 @@ pub(super) async fn resolve(
     // On PostgreSQL another replica may have been inserting this very
     // episode, firing, while the update above ran: the upsert then waited
     // for it and found it firing, so it is closed now.
-    if status == "firing" {
+    let status: IncidentStatus = status
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    if status == IncidentStatus::Firing {
         let closed = conn
             .execute(
                 "update incidents set status = 'resolved', resolved_at = $2, ends_at = $3,

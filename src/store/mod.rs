@@ -236,6 +236,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention",
         include_str!("../../migrations/sqlite/0010_retention.sql"),
     ),
+    (
+        11,
+        "people",
+        include_str!("../../migrations/sqlite/0011_people.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -283,6 +288,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "retention",
         include_str!("../../migrations/postgres/0010_retention.sql"),
+    ),
+    (
+        11,
+        "people",
+        include_str!("../../migrations/postgres/0011_people.sql"),
     ),
 ];
 
