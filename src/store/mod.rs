@@ -335,9 +335,12 @@ impl Store {
                     })
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
-                    // Keep hot pages in memory rather than re-reading them
-                    // through the kernel on every transaction.
-                    .pragma("cache_size", "-16384")
+                    // Each pooled connection keeps its own page cache, which
+                    // fills as it is used: 2 MiB each keeps the process's
+                    // memory bounded by the pool size and flat once warm.
+                    // The intake writer's own connection takes more
+                    // (`intake::WRITER_CACHE`): it touches every index.
+                    .pragma("cache_size", "-2048")
                     .pragma("temp_store", "memory")
                     .disable_statement_logging();
                 if !memory {
