@@ -6,7 +6,7 @@
 use super::{Engine, WorkError};
 use crate::domain::Millis;
 use crate::playbook::{self, ActionInstance, AlertContext, Report};
-use crate::store::{ClaimedWork, IncidentRecord, NewApproval};
+use crate::store::{Admission, ClaimedWork, IncidentRecord, NewApproval};
 
 pub(super) async fn run(
     engine: &Engine,
@@ -14,6 +14,12 @@ pub(super) async fn run(
     now: Millis,
 ) -> Result<bool, WorkError> {
     let (id, incident) = super::incident_of(engine, work).await?;
+    // A storm member is neither diagnosed, posted nor escalated on its own.
+    match super::storm::admit(engine, work, &incident, now).await? {
+        Admission::Alone => {}
+        Admission::Member { .. } => return Ok(true),
+        Admission::LeaseLost => return Ok(false),
+    }
     // The timers first: a diagnosis that fails must not cost the page.
     super::escalate::schedule(engine, id, &incident, now).await?;
     let report = diagnose(engine, &alert_context(&incident)).await;

@@ -7,6 +7,7 @@ pub mod diagnose;
 pub mod escalate;
 pub mod execute;
 pub mod notify;
+pub mod storm;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,8 @@ pub struct Engine {
     /// The escalation matrix and the scheduler's settings.
     pub matrix: Arc<crate::escalation::Matrix>,
     pub escalation: Arc<crate::config::EscalationSettings>,
+    /// When incidents coalesce into a storm.
+    pub storm: crate::store::StormRules,
     /// Wakes the timer scheduler when a trigger made a timer due now.
     pub timers_ready: Arc<Notify>,
 }
@@ -188,6 +191,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Execute => execute::run(engine, work, now).await,
         WorkKind::Verify => verify::run(engine, work, now).await,
         WorkKind::Escalate => escalate::run(engine, work, now).await,
+        WorkKind::StormCheck => storm::run(engine, work, now).await,
     }
 }
 

@@ -8,6 +8,7 @@ mod escalation;
 mod execution;
 mod incidents;
 mod intake;
+mod storms;
 mod work;
 
 use std::str::FromStr;
@@ -27,6 +28,7 @@ pub use escalation::{EscalationView, FiredTimer, TimerView};
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter};
+pub use storms::{Admission, STORM_MEMBER_RESOLVED, StormCheck, StormRules, StormScope, StormView};
 pub use work::{ClaimedWork, QueueStats, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
@@ -204,6 +206,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "escalation",
         include_str!("../../migrations/sqlite/0004_escalation.sql"),
     ),
+    (
+        6,
+        "storms",
+        include_str!("../../migrations/sqlite/0006_storms.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -226,6 +233,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "escalation",
         include_str!("../../migrations/postgres/0004_escalation.sql"),
+    ),
+    (
+        6,
+        "storms",
+        include_str!("../../migrations/postgres/0006_storms.sql"),
     ),
 ];
 

@@ -21,6 +21,9 @@ pub enum WorkKind {
     Verify,
     /// Post the pings of fired escalation timers in the incident's thread.
     Escalate,
+    /// Recount an open storm's members: update its message when they
+    /// changed, resolve it when none fires. Re-armed while the storm fires.
+    StormCheck,
 }
 
 impl WorkKind {
@@ -32,6 +35,7 @@ impl WorkKind {
             Self::Execute => "execute",
             Self::Verify => "verify",
             Self::Escalate => "escalate",
+            Self::StormCheck => "storm_check",
         }
     }
 
@@ -43,6 +47,7 @@ impl WorkKind {
             "execute" => Some(Self::Execute),
             "verify" => Some(Self::Verify),
             "escalate" => Some(Self::Escalate),
+            "storm_check" => Some(Self::StormCheck),
             _ => None,
         }
     }
