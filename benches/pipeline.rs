@@ -388,6 +388,9 @@ slack_users = ["U0CTO"]
                 .env("REMEDY__API__TOKEN", API_TOKEN)
                 .env("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN)
                 .env("REMEDY__CHAT__SLACK__SIGNING_SECRET", SLACK_SECRET)
+                // One message per alert is what this measures; 100 alerts
+                // of one alertname in a few seconds would be a storm.
+                .env("REMEDY__STORM__THRESHOLD", "0")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)

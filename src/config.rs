@@ -91,6 +91,11 @@ pub struct StormSettings {
     /// updated at most this often while members fire and resolve.
     #[serde(with = "humantime_serde")]
     pub update_every: Duration,
+    /// The storm's diagnosis (of its representative) is re-run at most this
+    /// often while it fires, so its evidence stays current without loading
+    /// the database in trouble; 0 never re-runs it.
+    #[serde(with = "humantime_serde")]
+    pub rediagnose_every: Duration,
 }
 
 impl StormSettings {
@@ -101,6 +106,7 @@ impl StormSettings {
             threshold: i64::from(self.threshold),
             window_ms: ms(self.window),
             update_every_ms: ms(self.update_every),
+            rediagnose_every_ms: ms(self.rediagnose_every),
         }
     }
 }

@@ -17,6 +17,9 @@ create table storms (
     opened_at         bigint not null,
     -- When its last member resolved.
     resolved_at       bigint,
+    -- When its representative diagnosis was last re-run (null: only the
+    -- first diagnosis, right after `opened_at`).
+    rediagnosed_at    bigint,
     -- Members and firing members as of the last check (the report shows
     -- live counts; these only tell the check whether anything changed).
     members           bigint not null default 0,

@@ -17,6 +17,9 @@ create table storms (
     opened_at         integer not null,
     -- When its last member resolved.
     resolved_at       integer,
+    -- When its representative diagnosis was last re-run (null: only the
+    -- first diagnosis, right after `opened_at`).
+    rediagnosed_at    integer,
     -- Members and firing members as of the last check (the report shows
     -- live counts; these only tell the check whether anything changed).
     members           integer not null default 0,

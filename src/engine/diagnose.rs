@@ -34,6 +34,14 @@ pub(super) async fn run(
         .complete_diagnosis(work, id, &json, &report.summary, &approvals, now)
         .await?;
     if stored {
+        if incident.fingerprint.starts_with("storm:") {
+            // Its members' diagnose rows, queued since intake, must not
+            // delay the one message the storm gets.
+            engine
+                .store
+                .hasten_storm_message(id, incident.opened_at.saturating_sub(1).min(now), now)
+                .await?;
+        }
         super::escalate::check_threshold(engine, id, &incident, &report, now).await?;
     }
     Ok(stored)

@@ -62,6 +62,9 @@ pub struct StormRules {
     /// How often an open storm's members are recounted (and so how often
     /// its message can change).
     pub update_every_ms: i64,
+    /// The storm's representative diagnosis is re-run at most this often
+    /// while it fires; 0 never re-runs it.
+    pub rediagnose_every_ms: i64,
 }
 
 /// What the diagnose work of an incident does.
@@ -441,6 +444,103 @@ impl Store {
             }
             outcome
         }))
+    }
+
+    /// The storm incident `storm` when its diagnosis is due to be re-run:
+    /// it fires, has a report, and its last diagnosis ran before `before`.
+    pub async fn storm_due_for_diagnosis(
+        &self,
+        storm: IncidentId,
+        before: Millis,
+    ) -> Result<Option<IncidentRecord>, StoreError> {
+        let due: Option<i64> = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "select s.incident_id from storms s join incidents i on i.id = s.incident_id
+                  where s.incident_id = $1 and s.resolved_at is null and i.status = 'firing'
+                    and i.report is not null and coalesce(s.rediagnosed_at, s.opened_at) < $2",
+            )
+            .bind(storm.0)
+            .bind(before)
+            .fetch_optional(pool)
+            .await?
+        });
+        match due {
+            Some(_) => self.get_incident(storm).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces a storm's report with a fresh diagnosis (whose actions the
+    /// caller kept from the report the approvals were bound to) and queues
+    /// its message update, while `work`'s lease holds.
+    pub async fn store_storm_rediagnosis(
+        &self,
+        work: &ClaimedWork,
+        storm: IncidentId,
+        report: &serde_json::Value,
+        summary: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let held: i64 = sqlx::query_scalar(
+                "select count(*) from work where id = $1 and lease_owner = $2 and state = 'pending'",
+            )
+            .bind(work.id)
+            .bind(&work.owner)
+            .fetch_one(&mut *conn)
+            .await?;
+            if held != 1 {
+                return Ok(false);
+            }
+            let updated =
+                sqlx::query("update incidents set report = $2 where id = $1 and status = 'firing'")
+                    .bind(storm.0)
+                    .bind(Json(report))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+            sqlx::query("update storms set rediagnosed_at = $2 where incident_id = $1")
+                .bind(storm.0)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            if updated == 1 {
+                record_event!(
+                    conn,
+                    storm.0,
+                    now,
+                    "storm_rediagnosed",
+                    serde_json::json!({ "summary": summary }),
+                );
+                super::enqueue_notify!(conn, storm.0, now, now);
+            }
+            true
+        }))
+    }
+
+    /// Moves a storm's first message ahead of its members' queued
+    /// diagnose work (claims go in due order): its pending, unclaimed
+    /// `notify` due by `now` becomes due at `ahead`.
+    pub async fn hasten_storm_message(
+        &self,
+        storm: IncidentId,
+        ahead: Millis,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            sqlx::query(
+                "update work set due_at = $2
+                  where incident_id = $1 and kind = 'notify' and state = 'pending'
+                    and lease_owner is null and due_at <= $3 and due_at > $2
+                    and exists (select 1 from storms where incident_id = $1)",
+            )
+            .bind(storm.0)
+            .bind(ahead)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
     }
 
     /// The storm an incident stands for, with live member counts; `None`
