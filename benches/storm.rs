@@ -90,7 +90,7 @@ async fn slack_api(
         .collect();
     let call = Call {
         at: Instant::now(),
-        method: method.clone(),
+        method,
         header: text.first().map(|s| (*s).to_owned()).unwrap_or_default(),
         text: text.join("\n"),
     };
