@@ -393,6 +393,9 @@ slack_users = ["U0CTO"]
                 // pace, not the pipeline.
                 .env("REMEDY__CHAT__SLACK__POST_RATE", "100000/1s")
                 .env("REMEDY__CHAT__SLACK__UPDATE_RATE", "100000/1s")
+                // One message per alert is what this measures; 100 alerts
+                // of one alertname in a few seconds would be a storm.
+                .env("REMEDY__STORM__THRESHOLD", "0")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)

@@ -173,6 +173,7 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
         http: crate::net::client(),
         matrix: Arc::new(load_matrix(settings)?),
         escalation: Arc::new(settings.escalation.clone()),
+        storm: settings.storm.rules(),
         timers_ready: Arc::new(Notify::new()),
         reconciler: Arc::new(engine::reconcile::Reconciler::from_settings(
             settings,

@@ -81,6 +81,7 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub metrics: MetricsSettings,
     pub retention: RetentionSettings,
+    pub storm: StormSettings,
 }
 
 /// In-process metrics upkeep and the store gauges.
@@ -118,6 +119,41 @@ pub struct RetentionSettings {
     /// The audit log, by entry time.
     #[serde(with = "humantime_serde")]
     pub audit: Duration,
+}
+
+/// Alert storms: many incidents of one group or alertname at once become
+/// one storm incident (see `store/storms.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormSettings {
+    /// More than this many incidents of one Alertmanager group (or one
+    /// alertname) opened within `window` make the next ones join one storm
+    /// incident; 0 turns coalescing off.
+    pub threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// An open storm's members are recounted this often; its message is
+    /// updated at most this often while members fire and resolve.
+    #[serde(with = "humantime_serde")]
+    pub update_every: Duration,
+    /// The storm's diagnosis (of its representative) is re-run at most this
+    /// often while it fires, so its evidence stays current without loading
+    /// the database in trouble; 0 never re-runs it.
+    #[serde(with = "humantime_serde")]
+    pub rediagnose_every: Duration,
+}
+
+impl StormSettings {
+    #[must_use]
+    pub fn rules(&self) -> crate::store::StormRules {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        crate::store::StormRules {
+            threshold: i64::from(self.threshold),
+            window_ms: ms(self.window),
+            update_every_ms: ms(self.update_every),
+            rediagnose_every_ms: ms(self.rediagnose_every),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -822,6 +858,11 @@ impl Settings {
         if self.escalation.batch <= 0 || self.escalation.tick.is_zero() {
             return Err(ConfigError::Invalid(
                 "escalation: batch and tick must be positive".into(),
+            ));
+        }
+        if self.storm.update_every.is_zero() {
+            return Err(ConfigError::Invalid(
+                "storm.update_every: must be positive".into(),
             ));
         }
         // A batch of incidents is bound as one parameter each: stay well

@@ -38,6 +38,7 @@ fn incident(id: i64, labels: &remedy::domain::Labels) -> IncidentRecord {
         seen_count: 1,
         resolved_at: None,
         report: None,
+        storm_id: None,
     }
 }
 

@@ -50,6 +50,13 @@ pub fn render(report: &ChatReport) -> Rendered {
         .collect();
     head.push_str(&labels.join(" "));
     head.push('\n');
+    if let Some(storm) = &report.storm {
+        head.push_str(&format!("**{}**\n", discord_escape(&storm.line())));
+        for line in storm.value_lines(|v| format!("`{}`", code_inline(v))) {
+            head.push_str(&line);
+            head.push('\n');
+        }
+    }
     let controls = report
         .escalation
         .as_ref()

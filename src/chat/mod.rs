@@ -384,6 +384,12 @@ pub fn console_text(report: &ChatReport) -> String {
         report.headline(),
         report.summary
     );
+    if let Some(storm) = &report.storm {
+        let _ = writeln!(out, "{}", storm.line());
+        for line in storm.value_lines(str::to_owned) {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
     if let Some(e) = &report.escalation {
         let _ = writeln!(out, "{}", e.line(str::to_owned));
         let controls = controls(e);

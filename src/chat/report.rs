@@ -2,12 +2,14 @@
 //! shows, built from the incident, its diagnosis and its approval requests.
 //! Each adapter renders it within its platform's limits.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use crate::domain::{ApprovalState, Decision, IncidentStatus, Millis};
+use crate::domain::{ApprovalState, Decision, IncidentStatus, Labels, Millis};
 use crate::playbook::model::{Risk, Severity};
 use crate::playbook::{Report, Suggestion};
-use crate::store::{ApprovalView, ExecutionView, IncidentRecord};
+use crate::store::{ApprovalView, ExecutionView, IncidentRecord, StormView};
 
 /// Evidence rows shown under a finding before "… and N more rows".
 pub const EVIDENCE_ROWS: usize = 5;
@@ -31,6 +33,155 @@ pub struct ChatReport {
     /// Who responds, where escalation stands, and the Ack / Snooze /
     /// Silence controls.
     pub escalation: Option<ReportEscalation>,
+    /// When the incident is a storm: its members and what differs.
+    pub storm: Option<ReportStorm>,
+}
+
+/// Label values shown per differing label before "… and N more".
+pub const STORM_VALUES: usize = 10;
+/// Differing labels shown before "… and N more labels".
+pub const STORM_LABELS: usize = 5;
+/// A label value in a storm line is cut to this many characters.
+const STORM_VALUE_CHARS: usize = 60;
+
+/// The storm part of a report: how many alerts the incident stands for
+/// and the label values that differ between them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReportStorm {
+    /// `group` or `alertname`.
+    pub scope: String,
+    pub members: i64,
+    pub firing: i64,
+    /// The member whose diagnosis and actions the report shows.
+    pub representative: i64,
+    /// Labels whose value is not the same on every member, most values
+    /// first.
+    pub varying: Vec<VaryingLabel>,
+    /// Differing labels not listed.
+    pub more_labels: usize,
+}
+
+/// One label that differs between a storm's members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VaryingLabel {
+    pub name: String,
+    /// The most frequent values (ties by value), with how many members
+    /// carry each.
+    pub values: Vec<(String, usize)>,
+    /// Distinct values not listed.
+    pub more: usize,
+    /// Every name of a differing label, listed or not, is left out of the
+    /// report's common labels.
+    #[serde(skip)]
+    pub listed: bool,
+}
+
+impl ReportStorm {
+    /// From the storm's live counts and its members' labels.
+    #[must_use]
+    pub fn build(view: &StormView, members: &[Labels]) -> Self {
+        let mut names: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        for labels in members {
+            for (k, v) in labels {
+                *names.entry(k).or_default().entry(v).or_default() += 1;
+            }
+        }
+        let mut varying: Vec<VaryingLabel> = names
+            .into_iter()
+            .filter(|(_, values)| {
+                values.len() > 1 || values.values().sum::<usize>() < members.len()
+            })
+            .map(|(name, values)| {
+                let mut values: Vec<(String, usize)> =
+                    values.into_iter().map(|(v, n)| (v.to_owned(), n)).collect();
+                values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let more = values.len().saturating_sub(STORM_VALUES);
+                values.truncate(STORM_VALUES);
+                VaryingLabel {
+                    name: name.to_owned(),
+                    values,
+                    more,
+                    listed: true,
+                }
+            })
+            .collect();
+        // The labels with the most distinct values say most about the
+        // outage (instance, pod); ties by name.
+        varying.sort_by(|a, b| {
+            (b.values.len() + b.more)
+                .cmp(&(a.values.len() + a.more))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let more_labels = varying.len().saturating_sub(STORM_LABELS);
+        for v in varying.iter_mut().skip(STORM_LABELS) {
+            v.listed = false;
+        }
+        Self {
+            scope: view.scope.clone(),
+            members: view.members,
+            firing: view.firing,
+            representative: view.representative_id,
+            varying,
+            more_labels,
+        }
+    }
+
+    /// "Storm: 200 alerts of one Alertmanager group, 150 firing, 50
+    /// resolved · diagnosis and actions of incident #12".
+    #[must_use]
+    pub fn line(&self) -> String {
+        let of = if self.scope == "group" {
+            "of one Alertmanager group"
+        } else {
+            "of this alertname"
+        };
+        let state = if self.firing == 0 {
+            "all resolved".to_owned()
+        } else {
+            format!(
+                "{} firing, {} resolved",
+                self.firing,
+                self.members - self.firing
+            )
+        };
+        format!(
+            "Storm: {} alerts {of}, {state} · diagnosis and actions of incident #{}",
+            self.members, self.representative
+        )
+    }
+
+    /// One line per listed label: its name and values as `quote` renders
+    /// them (code spans), "×N" when more than one member carries a value,
+    /// then "… and N more"; a last line counts the labels not listed.
+    pub fn value_lines(&self, quote: impl Fn(&str) -> String) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .varying
+            .iter()
+            .filter(|v| v.listed)
+            .map(|v| {
+                let mut values: Vec<String> = v
+                    .values
+                    .iter()
+                    .map(|(value, n)| {
+                        let shown = quote(&crate::chat::text::cut(value, STORM_VALUE_CHARS));
+                        if *n > 1 {
+                            format!("{shown} ×{n}")
+                        } else {
+                            shown
+                        }
+                    })
+                    .collect();
+                if v.more > 0 {
+                    values.push(format!("… and {} more", v.more));
+                }
+                format!("{}: {}", quote(&v.name), values.join(", "))
+            })
+            .collect();
+        if self.more_labels > 0 {
+            lines.push(format!("… and {} more labels", self.more_labels));
+        }
+        lines
+    }
 }
 
 /// The escalation part of a report.
@@ -330,7 +481,20 @@ impl ChatReport {
             actions,
             full_report,
             escalation: None,
+            storm: None,
         }
+    }
+
+    /// A storm report: the labels every member shares stay in the label
+    /// line; the ones that differ are listed with their values instead.
+    #[must_use]
+    pub fn with_storm(mut self, storm: Option<ReportStorm>) -> Self {
+        if let Some(storm) = &storm {
+            self.labels
+                .retain(|(k, _)| !storm.varying.iter().any(|v| &v.name == k));
+        }
+        self.storm = storm;
+        self
     }
 
     #[must_use]
@@ -342,8 +506,12 @@ impl ChatReport {
     /// One line for notifications and fallbacks.
     #[must_use]
     pub fn headline(&self) -> String {
+        let storm = self
+            .storm
+            .as_ref()
+            .map_or_else(String::new, |s| format!(" · storm of {} alerts", s.members));
         format!(
-            "[{}] {} ({})",
+            "[{}] {} ({}){storm}",
             if self.resolved { "RESOLVED" } else { "FIRING" },
             self.alertname,
             if self.severity.is_empty() {
@@ -395,7 +563,7 @@ pub fn risk_name(risk: Risk) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::ReportEscalation;
+    use super::*;
 
     fn escalation() -> ReportEscalation {
         ReportEscalation {
@@ -403,6 +571,26 @@ mod tests {
             // 2026-11-27 03:15 UTC
             next: Some(("escalates to Team Lead".into(), 1_795_749_300_000)),
             ..ReportEscalation::default()
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn view(members: i64, firing: i64) -> StormView {
+        StormView {
+            incident_id: 99,
+            scope: "group".into(),
+            key: "{}:{}".into(),
+            representative_id: 12,
+            opened_at: 0,
+            resolved_at: None,
+            members,
+            firing,
         }
     }
 
@@ -434,5 +622,53 @@ mod tests {
             unknown.ends_with("silenced in Alertmanager: escalation paused"),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn a_storm_lists_only_the_labels_that_differ_with_their_top_values() {
+        let mut members: Vec<Labels> = (0..25)
+            .map(|i| {
+                labels(&[
+                    ("alertname", "PgDown"),
+                    ("instance", &format!("db{i:02}")),
+                    ("zone", if i % 5 == 0 { "b" } else { "a" }),
+                ])
+            })
+            .collect();
+        members.push(labels(&[("alertname", "PgDown"), ("instance", "db00")]));
+        let storm = ReportStorm::build(&view(26, 20), &members);
+        let names: Vec<&str> = storm.varying.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["instance", "zone"]);
+        let instance = &storm.varying[0];
+        assert_eq!(instance.values.len(), STORM_VALUES);
+        assert_eq!(instance.values[0], ("db00".to_owned(), 2));
+        assert_eq!(instance.more, 25 - STORM_VALUES);
+        let lines = storm.value_lines(|v| format!("`{v}`"));
+        assert!(
+            lines[0].starts_with("`instance`: `db00` ×2, `db01`, "),
+            "{lines:?}"
+        );
+        assert!(lines[0].ends_with("… and 15 more"), "{lines:?}");
+        assert_eq!(lines[1], "`zone`: `a` ×20, `b` ×5");
+        assert_eq!(
+            storm.line(),
+            "Storm: 26 alerts of one Alertmanager group, 20 firing, 6 resolved · diagnosis and actions of incident #12"
+        );
+    }
+
+    #[test]
+    fn a_storm_with_many_differing_labels_counts_the_ones_not_listed() {
+        let members: Vec<Labels> = (0..3)
+            .map(|i| {
+                (0..8)
+                    .map(|k| (format!("l{k}"), format!("v{i}")))
+                    .collect::<Labels>()
+            })
+            .collect();
+        let storm = ReportStorm::build(&view(3, 0), &members);
+        let lines = storm.value_lines(str::to_owned);
+        assert_eq!(lines.len(), STORM_LABELS + 1);
+        assert_eq!(lines[STORM_LABELS], "… and 3 more labels");
+        assert!(storm.line().contains("all resolved"));
     }
 }

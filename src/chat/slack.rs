@@ -49,6 +49,14 @@ pub fn render(report: &ChatReport) -> Value {
         slack_escape(&report.summary),
         labels.join(" ")
     )));
+    if let Some(storm) = &report.storm {
+        let values = storm.value_lines(|v| format!("`{}`", slack_escape(v)));
+        blocks.push(section(&format!(
+            "*{}*\n{}",
+            slack_escape(&storm.line()),
+            values.join("\n")
+        )));
+    }
     if let Some(e) = &report.escalation {
         blocks.push(section(&e.line(slack_escape)));
         let controls = super::controls(e);

@@ -9,7 +9,7 @@ use super::{Engine, WorkError};
 use crate::domain::Millis;
 use crate::playbook::evaluate::PlannedStep;
 use crate::playbook::{self, ActionInstance, AlertContext, Report};
-use crate::store::{ClaimedWork, IncidentRecord, NewApproval, TargetSlot};
+use crate::store::{Admission, ClaimedWork, IncidentRecord, NewApproval, TargetSlot};
 
 pub(super) async fn run(
     engine: &Engine,
@@ -17,6 +17,12 @@ pub(super) async fn run(
     now: Millis,
 ) -> Result<bool, WorkError> {
     let (id, incident) = super::incident_of(engine, work).await?;
+    // A storm member is neither diagnosed, posted nor escalated on its own.
+    match super::storm::admit(engine, work, &incident, now).await? {
+        Admission::Alone => {}
+        Admission::Member { .. } => return Ok(true),
+        Admission::LeaseLost => return Ok(false),
+    }
     // The timers first: a diagnosis that fails, or waits for its target,
     // must not cost the page.
     super::escalate::schedule(engine, id, &incident, now).await?;
@@ -36,6 +42,14 @@ pub(super) async fn run(
         .complete_diagnosis(work, id, &json, &report.summary, &approvals, now)
         .await?;
     if stored {
+        if incident.fingerprint.starts_with("storm:") {
+            // Its members' diagnose rows, queued since intake, must not
+            // delay the one message the storm gets.
+            engine
+                .store
+                .hasten_storm_message(id, incident.opened_at.saturating_sub(1).min(now), now)
+                .await?;
+        }
         super::escalate::check_threshold(engine, id, &incident, &report, now).await?;
     }
     Ok(stored)

@@ -11,6 +11,7 @@ pub mod execute;
 pub mod notify;
 pub mod reconcile;
 pub mod retention;
+pub mod storm;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub struct Engine {
     /// The escalation matrix and the scheduler's settings.
     pub matrix: Arc<crate::escalation::Matrix>,
     pub escalation: Arc<crate::config::EscalationSettings>,
+    /// When incidents coalesce into a storm.
+    pub storm: crate::store::StormRules,
     /// Wakes the timer scheduler when a trigger made a timer due now.
     pub timers_ready: Arc<Notify>,
     /// Reconciliation with Alertmanager's API.
@@ -357,6 +360,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Escalate => escalate::run(engine, work, now).await,
         WorkKind::Reconcile => reconcile::run(engine, work, now).await,
         WorkKind::Retention => retention::run(engine, work, now).await,
+        WorkKind::StormCheck => storm::run(engine, work, now).await,
     }
 }
 

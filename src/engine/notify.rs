@@ -5,7 +5,7 @@
 //! permanent errors are recorded on the incident and counted, not retried.
 
 use super::{Engine, WorkError};
-use crate::chat::report::ReportEscalation;
+use crate::chat::report::{ReportEscalation, ReportStorm};
 use crate::chat::{ChatError, ChatReport};
 use crate::domain::Millis;
 use crate::playbook::Report;
@@ -102,6 +102,18 @@ async fn report_escalation(
     }))
 }
 
+/// The storm part of the report, when the incident is a storm.
+async fn report_storm(
+    engine: &Engine,
+    id: crate::domain::IncidentId,
+) -> Result<Option<ReportStorm>, WorkError> {
+    let Some(view) = engine.store.storm(id).await? else {
+        return Ok(None);
+    };
+    let members = engine.store.storm_member_labels(id).await?;
+    Ok(Some(ReportStorm::build(&view, &members)))
+}
+
 /// Posts the resolution summary (and the postmortem checklist when it
 /// lasted long) of a resolved incident whose severity asks for one, once.
 async fn post_summary(
@@ -169,7 +181,8 @@ pub(super) async fn run(
         &executions,
         &engine.chat.public_url,
     )
-    .with_escalation(report_escalation(engine, id, &incident).await?);
+    .with_escalation(report_escalation(engine, id, &incident).await?)
+    .with_storm(report_storm(engine, id).await?);
     let platform = engine.chat.platform();
     let existing = engine.store.chat_message(id).await?;
     // A claim token unique to this attempt: a retry or a second row of

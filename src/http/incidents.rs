@@ -162,8 +162,12 @@ pub async fn show(
         .escalation(id)
         .await
         .map_err(|e| unavailable(&e))?;
+    // A storm incident: what it groups and its live member counts (a
+    // member links to it by `incident.storm_id`).
+    let storm = state.store.storm(id).await.map_err(|e| unavailable(&e))?;
     Ok(Json(json!({
         "incident": incident,
+        "storm": storm,
         "approvals": approvals,
         "executions": executions,
         "escalation": escalation,

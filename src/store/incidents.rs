@@ -35,6 +35,9 @@ pub struct IncidentRecord {
     #[serde(serialize_with = "as_rfc3339_opt")]
     pub resolved_at: Option<Millis>,
     pub report: Option<Json<serde_json::Value>>,
+    /// The storm incident this one joined (it was then neither diagnosed,
+    /// posted nor escalated on its own).
+    pub storm_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -72,7 +75,7 @@ macro_rules! incident_columns {
     () => {
         "id, status, alertname, severity, fingerprint, starts_at, ends_at, labels, annotations,
          generator_url, receiver, group_key, opened_at, last_seen_at, seen_count, resolved_at,
-         report"
+         report, storm_id"
     };
 }
 

@@ -646,6 +646,12 @@ pub(super) async fn close_incident(
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     conn.record_event(id, now, kind, detail).await?;
+    // A storm member's storm is rechecked now, not at its next check.
+    conn.execute(
+        super::storms::STORM_MEMBER_RESOLVED,
+        &[id.into(), now.into()],
+    )
+    .await?;
     conn.execute(
         "update work set state = 'cancelled', lease_owner = null,
                 lease_until = null, updated_at = $2

@@ -12,6 +12,7 @@ mod intake;
 mod periodic;
 mod reconcile;
 mod retention;
+mod storms;
 mod work;
 
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};
 pub use reconcile::{ReconcileCandidate, SilenceState};
 pub use retention::{Expiring, INCIDENT_CHILDREN, STORE_TABLES};
+pub use storms::{Admission, STORM_MEMBER_RESOLVED, StormCheck, StormRules, StormScope, StormView};
 pub use work::{ClaimedWork, Lane, QueueStats, TargetSlot, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the
@@ -217,6 +219,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_episodes.sql"),
     ),
     (
+        6,
+        "storms",
+        include_str!("../../migrations/sqlite/0006_storms.sql"),
+    ),
+    (
         7,
         "periodic",
         include_str!("../../migrations/sqlite/0007_periodic.sql"),
@@ -268,6 +275,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "episodes",
         include_str!("../../migrations/postgres/0005_episodes.sql"),
+    ),
+    (
+        6,
+        "storms",
+        include_str!("../../migrations/postgres/0006_storms.sql"),
     ),
     (
         7,

@@ -53,7 +53,7 @@ impl Store {
                    from incidents i
                    left join incident_absences a on a.incident_id = i.id
                    left join escalations e on e.incident_id = i.id
-                  where i.status = 'firing'
+                  where i.status = 'firing' and i.fingerprint not like 'storm:%'
                   order by i.id",
             )
             .fetch_all(pool)

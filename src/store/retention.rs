@@ -28,6 +28,11 @@ pub const INCIDENT_CHILDREN: &[(&str, &str)] = &[
     ("escalations", "incident_id in {ids}"),
     ("incident_events", "incident_id in {ids}"),
     ("incident_absences", "incident_id in {ids}"),
+    // A storm goes with its members (they are never selected alone).
+    (
+        "storms",
+        "incident_id in {ids} or representative_id in {ids}",
+    ),
     ("work", "incident_id in {ids}"),
 ];
 
@@ -37,6 +42,7 @@ pub const STORE_TABLES: &[&str] = &[
     "incidents",
     "incident_events",
     "incident_absences",
+    "storms",
     "work",
     "approvals",
     "decisions",
@@ -57,6 +63,8 @@ macro_rules! expired_incidents {
         concat!(
             "select id from incidents
               where status = 'resolved' and resolved_at < $1 and not keep
+                and storm_id is null
+                and not exists (select 1 from storms s where s.representative_id = incidents.id)
               order by resolved_at, id limit $2 ",
             $lock
         )
@@ -123,7 +131,7 @@ impl Store {
             Self::Postgres(_) => expired_incidents!("for update skip locked"),
         };
         Ok(transaction!(self, |conn| {
-            let ids: Vec<i64> = sqlx::query_scalar(select)
+            let mut ids: Vec<i64> = sqlx::query_scalar(select)
                 .bind(before)
                 .bind(batch)
                 .fetch_all(&mut *conn)
@@ -131,11 +139,30 @@ impl Store {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
+            // A storm's members (resolved before it) go with it.
+            let storms = ids
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let members: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "select id from incidents where storm_id in ({storms})"
+            )))
+            .fetch_all(&mut *conn)
+            .await?;
+            ids.extend(members);
             let placeholders = (1..=ids.len())
                 .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             let list = format!("({placeholders})");
+            let mut unlink = sqlx::query(AssertSqlSafe(format!(
+                "update incidents set storm_id = null where id in {list}"
+            )));
+            for id in &ids {
+                unlink = unlink.bind(*id);
+            }
+            unlink.execute(&mut *conn).await?;
             let mut deleted = Vec::with_capacity(INCIDENT_CHILDREN.len() + 1);
             let parent = ("incidents", "id in {ids}");
             for &(table, condition) in INCIDENT_CHILDREN.iter().chain([&parent]) {

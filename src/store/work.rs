@@ -26,6 +26,9 @@ pub enum WorkKind {
     Reconcile,
     /// Delete what is past its retention window (periodic, no incident).
     Retention,
+    /// Recount an open storm's members: update its message when they
+    /// changed, resolve it when none fires. Re-armed while the storm fires.
+    StormCheck,
 }
 
 impl WorkKind {
@@ -39,6 +42,7 @@ impl WorkKind {
             Self::Escalate => "escalate",
             Self::Reconcile => "reconcile",
             Self::Retention => "retention",
+            Self::StormCheck => "storm_check",
         }
     }
 
@@ -52,6 +56,7 @@ impl WorkKind {
             "escalate" => Some(Self::Escalate),
             "reconcile" => Some(Self::Reconcile),
             "retention" => Some(Self::Retention),
+            "storm_check" => Some(Self::StormCheck),
             _ => None,
         }
     }
@@ -105,7 +110,11 @@ impl Lane {
         match WorkKind::parse(kind) {
             Some(WorkKind::Execute | WorkKind::Escalate | WorkKind::Notify) => Self::Urgent,
             Some(
-                WorkKind::Diagnose | WorkKind::Verify | WorkKind::Reconcile | WorkKind::Retention,
+                WorkKind::Diagnose
+                | WorkKind::Verify
+                | WorkKind::Reconcile
+                | WorkKind::Retention
+                | WorkKind::StormCheck,
             )
             | None => Self::Background,
         }

@@ -1,0 +1,576 @@
+//! Storms: when more than `storm.threshold` incidents of one Alertmanager
+//! group (or one alertname) open within `storm.window`, the next ones join
+//! one storm incident. The decision is one transaction per incident, taken
+//! where its `diagnose` work runs; the storm incident is an ordinary
+//! incident row (so diagnosis, chat, approvals and escalation serve it
+//! unchanged) described by a `storms` row, at most one open per key.
+
+use serde::Serialize;
+use sqlx::types::Json;
+
+use super::work::MARK_DONE;
+use super::{ClaimedWork, IncidentRecord, Store, StoreError, on_pool, record_event, transaction};
+use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
+
+/// What a storm groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StormScope {
+    /// One Alertmanager group (`groupKey`).
+    Group,
+    /// One alertname, across groups (`group_by: [instance]` routes).
+    Alertname,
+}
+
+impl StormScope {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Group => "group",
+            Self::Alertname => "alertname",
+        }
+    }
+
+    /// Incidents of the same key opened in the window before this one
+    /// (`$1` key, `$2` the incident's id, `$3` window start, `$4` how many
+    /// are enough), storm incidents left out. Capped at `$4`, so a storm of
+    /// thousands costs a short index scan per member, not a full count.
+    fn count_sql(self) -> &'static str {
+        match self {
+            Self::Group => {
+                "select count(*) from (select 1 from incidents i
+                  where i.group_key = $1 and i.id < $2 and i.opened_at >= $3
+                    and not exists (select 1 from storms s where s.incident_id = i.id)
+                  limit $4) c"
+            }
+            Self::Alertname => {
+                "select count(*) from (select 1 from incidents i
+                  where i.alertname = $1 and i.id < $2 and i.opened_at >= $3
+                    and not exists (select 1 from storms s where s.incident_id = i.id)
+                  limit $4) c"
+            }
+        }
+    }
+}
+
+/// The settings a storm decision needs, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StormRules {
+    /// More than this many incidents of one key in the window make a
+    /// storm; 0 turns coalescing off.
+    pub threshold: i64,
+    pub window_ms: i64,
+    /// How often an open storm's members are recounted (and so how often
+    /// its message can change).
+    pub update_every_ms: i64,
+    /// The storm's representative diagnosis is re-run at most this often
+    /// while it fires; 0 never re-runs it.
+    pub rediagnose_every_ms: i64,
+}
+
+/// What the diagnose work of an incident does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Diagnose, post and escalate it as usual: not in a storm, or the
+    /// storm incident itself.
+    Alone,
+    /// It joined the storm incident `storm` (and opened it when `opened`);
+    /// its diagnose work is done.
+    Member { storm: IncidentId, opened: bool },
+    /// The work's lease was lost; nothing was recorded.
+    LeaseLost,
+}
+
+/// What a storm check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StormCheck {
+    Unchanged,
+    /// Members joined or resolved: its message update is queued.
+    Changed,
+    /// Its last member resolved: the storm incident is resolved.
+    Resolved,
+    /// The storm was already resolved (or is not a storm): the check stops.
+    Closed,
+    LeaseLost,
+}
+
+/// A storm incident as the API and the report show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct StormView {
+    pub incident_id: i64,
+    pub scope: String,
+    pub key: String,
+    pub representative_id: i64,
+    pub opened_at: Millis,
+    pub resolved_at: Option<Millis>,
+    /// Live counts.
+    pub members: i64,
+    pub firing: i64,
+}
+
+/// Brings an open storm's check forward to `$2` (now) when incident `$1`
+/// is one of its members. Optional: the check also runs every
+/// `storm.update_every`. For the resolve path, in its transaction.
+pub const STORM_MEMBER_RESOLVED: &str = "update work set due_at = $2, updated_at = $2
+  where kind = 'storm_check' and state = 'pending' and lease_owner is null and due_at > $2
+    and incident_id = (select storm_id from incidents where id = $1)";
+
+/// Re-arms a storm check for its lease holder: `$1` id, `$2` owner, `$3`
+/// next due time, `$4` now.
+const REARM: &str = "update work set due_at = $3, lease_owner = null, lease_until = null,
+        attempts = 0, last_error = null, updated_at = $4
+  where id = $1 and lease_owner = $2 and state = 'pending'";
+
+/// Resolves storm incident `$storm` whose last member resolved: the same
+/// effects as a resolved alert on an incident (see `store/intake.rs`),
+/// except that the check's own work row (`$work`) is finished by its caller.
+macro_rules! resolve_storm {
+    ($conn:expr, $storm:expr, $work:expr, $members:expr, $now:expr) => {{
+        let now_text = format_millis($now);
+        sqlx::query(
+            "update incidents
+                set status = 'resolved', resolved_at = $2, last_seen_at = $2,
+                    ends_at = coalesce((select max(m.ends_at) from incidents m
+                                         where m.storm_id = $1), $3)
+              where id = $1 and status = 'firing'",
+        )
+        .bind($storm)
+        .bind($now)
+        .bind(&now_text)
+        .execute(&mut *$conn)
+        .await?;
+        sqlx::query(
+            "update storms set resolved_at = $2, members = $3, firing = 0 where incident_id = $1",
+        )
+        .bind($storm)
+        .bind($now)
+        .bind($members)
+        .execute(&mut *$conn)
+        .await?;
+        record_event!(
+            $conn,
+            $storm,
+            $now,
+            "resolved",
+            serde_json::json!({ "reason": "every member of the storm resolved", "members": $members }),
+        );
+        sqlx::query(
+            "update work set state = 'cancelled', lease_owner = null,
+                    lease_until = null, updated_at = $2
+              where incident_id = $1 and state = 'pending' and id <> $3
+                and not (kind = 'notify' and lease_owner is not null)",
+        )
+        .bind($storm)
+        .bind($now)
+        .bind($work)
+        .execute(&mut *$conn)
+        .await?;
+        sqlx::query(
+            "update approvals set state = 'expired', decided_at = $2
+              where incident_id = $1 and state = 'pending'",
+        )
+        .bind($storm)
+        .bind($now)
+        .execute(&mut *$conn)
+        .await?;
+        let cancelled = sqlx::query(
+            "update escalation_timers set state = 'cancelled'
+              where incident_id = $1 and state in ('pending', 'paused')",
+        )
+        .bind($storm)
+        .execute(&mut *$conn)
+        .await?
+        .rows_affected();
+        if cancelled > 0 {
+            record_event!(
+                $conn,
+                $storm,
+                $now,
+                "escalation_cancelled",
+                serde_json::json!({ "timers": cancelled, "reason": "resolved" }),
+            );
+        }
+        sqlx::query(
+            "insert into work (kind, incident_id, due_at, created_at, updated_at)
+             select 'notify', id, $2, $2, $2 from incidents where id = $1 and report is not null",
+        )
+        .bind($storm)
+        .bind($now)
+        .execute(&mut *$conn)
+        .await?;
+    }};
+}
+
+impl Store {
+    /// Decides, in one transaction, whether `incident` joins a storm: when
+    /// at least `threshold` incidents of its group (then of its alertname)
+    /// opened in the window before it, it joins the open storm of that key
+    /// or opens one with itself as representative. A member's diagnose
+    /// work is finished in the same transaction, fenced by its lease.
+    pub async fn admit_to_storm(
+        &self,
+        work: &ClaimedWork,
+        incident: &IncidentRecord,
+        rules: StormRules,
+        now: Millis,
+    ) -> Result<Admission, StoreError> {
+        if rules.threshold <= 0 {
+            return Ok(Admission::Alone);
+        }
+        // A lost race to open a storm rolls back and tries again: the
+        // winner's storm is then visible and joined.
+        for _ in 0..3 {
+            if let Some(admission) = self.try_admit(work, incident, rules, now).await? {
+                return Ok(admission);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "incident {}: could not open or join its storm",
+            incident.id
+        )))
+    }
+
+    async fn try_admit(
+        &self,
+        work: &ClaimedWork,
+        incident: &IncidentRecord,
+        rules: StormRules,
+        now: Millis,
+    ) -> Result<Option<Admission>, StoreError> {
+        let id = incident.id;
+        let since = incident.opened_at.saturating_sub(rules.window_ms);
+        Ok(transaction!(self, |conn| {
+            let is_storm: i64 =
+                sqlx::query_scalar("select count(*) from storms where incident_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if is_storm > 0 {
+                return Ok(Some(Admission::Alone));
+            }
+            let mut joined = None;
+            for (scope, key) in [
+                (StormScope::Group, incident.group_key.as_str()),
+                (StormScope::Alertname, incident.alertname.as_str()),
+            ] {
+                if key.is_empty() {
+                    continue;
+                }
+                let before: i64 = sqlx::query_scalar(scope.count_sql())
+                    .bind(key)
+                    .bind(id)
+                    .bind(since)
+                    .bind(rules.threshold)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if before >= rules.threshold {
+                    joined = Some((scope, key));
+                    break;
+                }
+            }
+            let Some((scope, key)) = joined else {
+                return Ok(Some(Admission::Alone));
+            };
+            let done = sqlx::query(MARK_DONE)
+                .bind(work.id)
+                .bind(&work.owner)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if done != 1 {
+                return Ok(Some(Admission::LeaseLost));
+            }
+            let open: Option<i64> = sqlx::query_scalar(
+                "select incident_id from storms
+                  where scope = $1 and key = $2 and resolved_at is null",
+            )
+            .bind(scope.as_str())
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (storm, opened) = if let Some(storm) = open {
+                (storm, false)
+            } else {
+                // The storm incident: a copy of its representative under a
+                // fingerprint of its own that no alert can carry.
+                let storm: i64 = sqlx::query_scalar(
+                    "insert into incidents (fingerprint, starts_at, starts_ms, alertname, severity,
+                         status, labels, annotations, generator_url, receiver, group_key, opened_at,
+                         last_seen_at, seen_count)
+                     select 'storm:' || $2 || ':' || $1, starts_at, starts_ms, alertname, severity,
+                            'firing',
+                            labels, annotations, generator_url, receiver, group_key, opened_at,
+                            $3, 1
+                       from incidents where id = $1
+                     returning id",
+                )
+                .bind(id)
+                .bind(scope.as_str())
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+                let claimed = sqlx::query(
+                    "insert into storms (incident_id, scope, key, representative_id, opened_at)
+                     values ($1, $2, $3, $4, $5) on conflict do nothing",
+                )
+                .bind(storm)
+                .bind(scope.as_str())
+                .bind(key)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if claimed != 1 {
+                    // Another worker opened this storm first.
+                    return Ok(None);
+                }
+                record_event!(
+                    conn,
+                    storm,
+                    now,
+                    "storm_opened",
+                    serde_json::json!({
+                        "scope": scope.as_str(),
+                        "key": key,
+                        "representative": id,
+                        "threshold": rules.threshold,
+                        "window_ms": rules.window_ms,
+                    }),
+                );
+                // Its diagnosis goes ahead of the members still queued
+                // (claims are in due order), and its check starts.
+                sqlx::query(
+                    "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                     values ('diagnose', $1, $2, $3, $3), ('storm_check', $1, $4, $3, $3)",
+                )
+                .bind(storm)
+                .bind(incident.opened_at.saturating_sub(1).min(now))
+                .bind(now)
+                .bind(now.saturating_add(rules.update_every_ms))
+                .execute(&mut *conn)
+                .await?;
+                (storm, true)
+            };
+            sqlx::query("update incidents set storm_id = $2 where id = $1")
+                .bind(id)
+                .bind(storm)
+                .execute(&mut *conn)
+                .await?;
+            record_event!(
+                conn,
+                id,
+                now,
+                "storm_joined",
+                serde_json::json!({ "storm": storm, "scope": scope.as_str(), "opened": opened }),
+            );
+            Some(Admission::Member {
+                storm: IncidentId(storm),
+                opened,
+            })
+        }))
+    }
+
+    /// Recounts the storm `storm`'s members, in one transaction fenced by
+    /// `work`'s lease: queues its message update when they changed,
+    /// resolves it when none fires any more (as a resolved alert resolves
+    /// an incident: pending work cancelled, requests expired, timers
+    /// cancelled, the message updated), and re-arms the check for
+    /// `next_due` while it fires.
+    pub async fn check_storm(
+        &self,
+        work: &ClaimedWork,
+        storm: IncidentId,
+        now: Millis,
+        next_due: Millis,
+    ) -> Result<StormCheck, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let row: Option<(Option<Millis>, i64, i64, String)> = sqlx::query_as(
+                "select s.resolved_at, s.members, s.firing, i.status
+                   from storms s join incidents i on i.id = s.incident_id
+                  where s.incident_id = $1",
+            )
+            .bind(storm.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (members, firing): (i64, i64) = sqlx::query_as(
+                "select count(*), count(case when status = 'firing' then 1 end)
+                   from incidents where storm_id = $1",
+            )
+            .bind(storm.0)
+            .fetch_one(&mut *conn)
+            .await?;
+            let outcome = match row {
+                Some((None, seen_members, seen_firing, status))
+                    if status == IncidentStatus::Firing.as_str() =>
+                {
+                    if members > 0 && firing == 0 {
+                        resolve_storm!(conn, storm.0, work.id, members, now);
+                        StormCheck::Resolved
+                    } else if (members, firing) != (seen_members, seen_firing) {
+                        sqlx::query(
+                            "update storms set members = $2, firing = $3 where incident_id = $1",
+                        )
+                        .bind(storm.0)
+                        .bind(members)
+                        .bind(firing)
+                        .execute(&mut *conn)
+                        .await?;
+                        super::enqueue_notify!(conn, storm.0, now, now);
+                        StormCheck::Changed
+                    } else {
+                        StormCheck::Unchanged
+                    }
+                }
+                _ => StormCheck::Closed,
+            };
+            let fenced = if matches!(outcome, StormCheck::Resolved | StormCheck::Closed) {
+                sqlx::query(MARK_DONE)
+                    .bind(work.id)
+                    .bind(&work.owner)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+            } else {
+                sqlx::query(REARM)
+                    .bind(work.id)
+                    .bind(&work.owner)
+                    .bind(next_due)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+            };
+            if fenced.rows_affected() != 1 {
+                return Ok(StormCheck::LeaseLost);
+            }
+            outcome
+        }))
+    }
+
+    /// The storm incident `storm` when its diagnosis is due to be re-run:
+    /// it fires, has a report, and its last diagnosis ran before `before`.
+    pub async fn storm_due_for_diagnosis(
+        &self,
+        storm: IncidentId,
+        before: Millis,
+    ) -> Result<Option<IncidentRecord>, StoreError> {
+        let due: Option<i64> = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "select s.incident_id from storms s join incidents i on i.id = s.incident_id
+                  where s.incident_id = $1 and s.resolved_at is null and i.status = 'firing'
+                    and i.report is not null and coalesce(s.rediagnosed_at, s.opened_at) < $2",
+            )
+            .bind(storm.0)
+            .bind(before)
+            .fetch_optional(pool)
+            .await?
+        });
+        match due {
+            Some(_) => self.get_incident(storm).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces a storm's report with a fresh diagnosis (whose actions the
+    /// caller kept from the report the approvals were bound to) and queues
+    /// its message update, while `work`'s lease holds.
+    pub async fn store_storm_rediagnosis(
+        &self,
+        work: &ClaimedWork,
+        storm: IncidentId,
+        report: &serde_json::Value,
+        summary: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let held: i64 = sqlx::query_scalar(
+                "select count(*) from work where id = $1 and lease_owner = $2 and state = 'pending'",
+            )
+            .bind(work.id)
+            .bind(&work.owner)
+            .fetch_one(&mut *conn)
+            .await?;
+            if held != 1 {
+                return Ok(false);
+            }
+            let updated =
+                sqlx::query("update incidents set report = $2 where id = $1 and status = 'firing'")
+                    .bind(storm.0)
+                    .bind(Json(report))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+            sqlx::query("update storms set rediagnosed_at = $2 where incident_id = $1")
+                .bind(storm.0)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            if updated == 1 {
+                record_event!(
+                    conn,
+                    storm.0,
+                    now,
+                    "storm_rediagnosed",
+                    serde_json::json!({ "summary": summary }),
+                );
+                super::enqueue_notify!(conn, storm.0, now, now);
+            }
+            true
+        }))
+    }
+
+    /// Moves a storm's first message ahead of its members' queued
+    /// diagnose work (claims go in due order): its pending, unclaimed
+    /// `notify` due by `now` becomes due at `ahead`.
+    pub async fn hasten_storm_message(
+        &self,
+        storm: IncidentId,
+        ahead: Millis,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        transaction!(self, |conn| {
+            sqlx::query(
+                "update work set due_at = $2
+                  where incident_id = $1 and kind = 'notify' and state = 'pending'
+                    and lease_owner is null and due_at <= $3 and due_at > $2
+                    and exists (select 1 from storms where incident_id = $1)",
+            )
+            .bind(storm.0)
+            .bind(ahead)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The storm an incident stands for, with live member counts; `None`
+    /// for an incident that is not a storm.
+    pub async fn storm(&self, id: IncidentId) -> Result<Option<StormView>, StoreError> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "select s.incident_id, s.scope, s.key, s.representative_id, s.opened_at,
+                        s.resolved_at,
+                        (select count(*) from incidents m where m.storm_id = s.incident_id)
+                            as members,
+                        (select count(*) from incidents m
+                          where m.storm_id = s.incident_id and m.status = 'firing') as firing
+                   from storms s where s.incident_id = $1",
+            )
+            .bind(id.0)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// The labels of a storm's members, for the values that differ.
+    pub async fn storm_member_labels(&self, id: IncidentId) -> Result<Vec<Labels>, StoreError> {
+        let rows: Vec<Json<Labels>> = on_pool!(self, |pool| {
+            sqlx::query_scalar("select labels from incidents where storm_id = $1 order by id")
+                .bind(id.0)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(|l| l.0).collect())
+    }
+}

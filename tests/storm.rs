@@ -1,0 +1,334 @@
+//! Alert storms: one notification with hundreds of alerts of one group
+//! gives one storm incident — one diagnosis against the target, one chat
+//! message kept up to date, one escalation plan — whose members stay
+//! queryable and which resolves when its last member does.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::fake_chat::{FakeChat, SLACK_TOKEN};
+use common::{Backend, TestApp, column, scalar};
+use remedy::domain::now_millis;
+use remedy::engine::{self, WorkerSettings};
+use serde_json::{Value, json};
+
+on_both_stores!(
+    a_storm_of_one_group_is_diagnosed_posted_and_escalated_once,
+    alerts_of_one_alertname_across_groups_coalesce_too,
+);
+
+/// Incidents of one group that open alone before the rest coalesce.
+const THRESHOLD: i64 = 3;
+const UPDATE_EVERY_MS: i64 = 5_000;
+
+async fn storm_app(backend: Backend) -> (TestApp, FakeChat) {
+    let fake = FakeChat::start().await;
+    let slack_api = format!("{}/slack/api", fake.url);
+    // The shipped playbooks, diagnosing against a real, fresh database.
+    let target = common::fresh_store_url(Backend::Postgres).await;
+    let playbooks = common::playbooks_dir();
+    let threshold = THRESHOLD.to_string();
+    let app = common::spawn_app_with(
+        backend,
+        &[
+            ("REMEDY__PLAYBOOKS__DIR", playbooks.to_str().expect("utf-8")),
+            ("REMEDY__TARGETS__MAIN__URL", &target),
+            ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
+            ("REMEDY__CHAT__PLATFORM", "slack"),
+            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0STORM"),
+            ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
+            ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
+            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", "storm-secret"),
+            ("REMEDY__STORM__THRESHOLD", &threshold),
+            // `drain` holds the clock still: a diagnosis waiting for its
+            // target's slot would wait for ever (tests/lanes.rs covers it).
+            ("REMEDY__TARGETS__MAIN__MAX_CONCURRENT_DIAGNOSES", "64"),
+            // The test's clock is not Slack's: count messages, not the pace.
+            ("REMEDY__CHAT__SLACK__POST_RATE", "100000/1s"),
+            ("REMEDY__CHAT__SLACK__UPDATE_RATE", "100000/1s"),
+            ("REMEDY__STORM__WINDOW", "5m"),
+            ("REMEDY__STORM__UPDATE_EVERY", "5s"),
+        ],
+    )
+    .await;
+    (app, fake)
+}
+
+/// A notification of `n` alerts (`from..from + n`), one `instance` each,
+/// in the group `group`.
+fn notification(status: &str, group: &str, from: usize, n: usize) -> String {
+    let alerts: Vec<Value> = (from..from + n)
+        .map(|i| {
+            json!({
+                "status": status,
+                "labels": {
+                    "alertname": "DatabaseIdleInTransaction",
+                    "severity": "warning",
+                    "instance": format!("db-{i:04}:5432"),
+                    "zone": if i % 4 == 0 { "eu-2" } else { "eu-1" },
+                    "group": group,
+                },
+                "annotations": {"summary": "idle in transaction"},
+                "startsAt": "2026-11-30T03:00:00Z",
+                "endsAt": if status == "resolved" { "2026-11-30T03:20:00Z" } else { "0001-01-01T00:00:00Z" },
+                "generatorURL": "http://prometheus/graph",
+                "fingerprint": format!("{:016x}", 0x5707_0000_u64 + u64::try_from(i).expect("small")),
+            })
+        })
+        .collect();
+    json!({
+        "receiver": "remedy", "status": status, "version": "4", "alerts": alerts,
+        "groupLabels": {"group": group}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "groupKey": format!("{{}}:{{group=\"{group}\"}}"), "truncatedAlerts": 0
+    })
+    .to_string()
+}
+
+/// Two workers (as two replicas would) run until nothing is due at `at`.
+async fn drain(app: &TestApp, at: i64) {
+    let a = WorkerSettings::new("storm-worker-a".into());
+    let b = WorkerSettings::new("storm-worker-b".into());
+    for _ in 0..500 {
+        let (x, y) = tokio::join!(
+            engine::step(&app.app.engine, &a, at),
+            engine::step(&app.app.engine, &b, at)
+        );
+        if x.expect("step") + y.expect("step") == 0 {
+            return;
+        }
+    }
+    panic!("work kept coming");
+}
+
+async fn post(app: &TestApp, body: String) {
+    let reply = app.post_webhook(body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+}
+
+/// The Slack calls that concern the message with timestamp `ts`.
+fn updates_of(fake: &FakeChat, ts: &str) -> Vec<Value> {
+    fake.calls("chat.update")
+        .into_iter()
+        .filter(|r| r.body["ts"] == ts)
+        .map(|r| r.body)
+        .collect()
+}
+
+fn header(body: &Value) -> String {
+    body["blocks"][0]["text"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn text_of(body: &Value) -> String {
+    body["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["text"]["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn a_storm_of_one_group_is_diagnosed_posted_and_escalated_once(backend: Backend) {
+    let (app, fake) = storm_app(backend).await;
+    post(&app, notification("firing", "outage", 0, 200)).await;
+    let t0 = now_millis();
+    drain(&app, t0).await;
+
+    // 200 incidents and one storm incident.
+    assert_eq!(app.count("incidents").await, 201);
+    assert_eq!(app.count("storms").await, 1);
+    let storm: i64 = scalar(&app.store, "select incident_id from storms").await;
+    let members: i64 = scalar(
+        &app.store,
+        &format!("select count(*) from incidents where storm_id = {storm}"),
+    )
+    .await;
+    assert_eq!(members, 200 - THRESHOLD);
+    let scope: String = scalar(&app.store, "select scope from storms").await;
+    assert_eq!(scope, "group");
+
+    // Diagnosed: the incidents that opened alone and the storm; no member.
+    let diagnosed: Vec<i64> = column(
+        &app.store,
+        "select incident_id from incident_events where kind = 'diagnosed' order by incident_id",
+    )
+    .await;
+    assert_eq!(
+        diagnosed.len(),
+        usize::try_from(THRESHOLD + 1).expect("small")
+    );
+    assert_eq!(diagnosed.last(), Some(&storm));
+    // One escalation plan for the storm, none for its members.
+    let planned: Vec<i64> = column(
+        &app.store,
+        "select distinct incident_id from escalation_timers order by incident_id",
+    )
+    .await;
+    assert_eq!(
+        planned.len(),
+        usize::try_from(THRESHOLD + 1).expect("small")
+    );
+    assert!(planned.contains(&storm));
+    let member_timers: i64 = scalar(
+        &app.store,
+        "select count(*) from escalation_timers t join incidents i on i.id = t.incident_id
+          where i.storm_id is not null",
+    )
+    .await;
+    assert_eq!(member_timers, 0);
+
+    // One message for the storm, besides those of the incidents that
+    // opened alone.
+    let posts = fake.calls("chat.postMessage");
+    assert_eq!(
+        posts.len(),
+        usize::try_from(THRESHOLD + 1).expect("small"),
+        "{posts:#?}"
+    );
+    let storm_post: Vec<&Value> = posts
+        .iter()
+        .map(|r| &r.body)
+        .filter(|b| header(b).contains("storm of"))
+        .collect();
+    assert_eq!(storm_post.len(), 1);
+
+    // The next check brings the count up to date, once.
+    drain(&app, t0 + UPDATE_EVERY_MS + 1).await;
+    drain(&app, t0 + 2 * UPDATE_EVERY_MS + 2).await;
+    let ts: String = scalar(
+        &app.store,
+        &format!("select message_id from chat_messages where incident_id = {storm}"),
+    )
+    .await;
+    let updates = updates_of(&fake, &ts);
+    assert!(!updates.is_empty() && updates.len() <= 2, "{updates:#?}");
+    let last = updates.last().expect("an update");
+    assert!(
+        header(last).contains("storm of 197 alerts"),
+        "{}",
+        header(last)
+    );
+    let text = text_of(last);
+    assert!(text.contains("197 firing, 0 resolved"), "{text}");
+    assert!(text.contains("`db-0003:5432`"), "{text}");
+    assert!(text.contains("… and 187 more"), "{text}");
+    assert!(text.contains("`zone`: `eu-1` ×"), "{text}");
+
+    // Members stay queryable and link to their storm; the storm counts them.
+    let member: i64 = scalar(
+        &app.store,
+        &format!("select min(id) from incidents where storm_id = {storm}"),
+    )
+    .await;
+    let shown = app.api(&format!("/v1/incidents/{member}")).await;
+    assert_eq!(shown["incident"]["storm_id"], storm);
+    assert_eq!(shown["incident"]["report"], Value::Null);
+    let shown = app.api(&format!("/v1/incidents/{storm}")).await;
+    assert_eq!(shown["storm"]["members"], 197);
+    assert_eq!(shown["storm"]["firing"], 197);
+    assert_eq!(shown["storm"]["scope"], "group");
+
+    // Its representative diagnosis is re-run at most once a minute.
+    let rediagnosed = |app: &TestApp| {
+        let store = app.store.clone();
+        async move {
+            scalar::<i64>(
+                &store,
+                "select count(*) from incident_events where kind = 'storm_rediagnosed'",
+            )
+            .await
+        }
+    };
+    drain(&app, t0 + 30_000).await;
+    assert_eq!(rediagnosed(&app).await, 0);
+    drain(&app, t0 + 61_000).await;
+    assert_eq!(rediagnosed(&app).await, 1);
+    drain(&app, t0 + 67_000).await;
+    assert_eq!(rediagnosed(&app).await, 1);
+
+    // All but one resolve: the storm still fires and says so.
+    post(&app, notification("resolved", "outage", 0, 199)).await;
+    let t1 = t0 + 70_000;
+    drain(&app, t1).await;
+    drain(&app, t1 + UPDATE_EVERY_MS + 1).await;
+    let status: String = scalar(
+        &app.store,
+        &format!("select status from incidents where id = {storm}"),
+    )
+    .await;
+    assert_eq!(status, "firing");
+    let last = updates_of(&fake, &ts).pop().expect("an update");
+    assert!(
+        text_of(&last).contains("1 firing, 196 resolved"),
+        "{}",
+        text_of(&last)
+    );
+
+    // The last one resolves: so does the storm, its timers are cancelled
+    // and its message says so.
+    post(&app, notification("resolved", "outage", 199, 1)).await;
+    drain(&app, t1 + 2 * UPDATE_EVERY_MS + 2).await;
+    drain(&app, t1 + 3 * UPDATE_EVERY_MS + 3).await;
+    let status: String = scalar(
+        &app.store,
+        &format!("select status from incidents where id = {storm}"),
+    )
+    .await;
+    assert_eq!(status, "resolved");
+    let pending: i64 = scalar(
+        &app.store,
+        &format!(
+            "select count(*) from escalation_timers
+              where incident_id = {storm} and state in ('pending', 'paused')"
+        ),
+    )
+    .await;
+    assert_eq!(pending, 0);
+    let open: i64 = scalar(
+        &app.store,
+        &format!("select count(*) from work where incident_id = {storm} and state = 'pending'"),
+    )
+    .await;
+    assert_eq!(open, 0, "a resolved storm leaves no work behind");
+    let last = updates_of(&fake, &ts).pop().expect("an update");
+    assert!(header(&last).contains("[RESOLVED]"), "{}", header(&last));
+    assert!(
+        text_of(&last).contains("all resolved"),
+        "{}",
+        text_of(&last)
+    );
+
+    // A handful of messages for the storm, not hundreds.
+    let for_storm = 1 + updates_of(&fake, &ts).len();
+    assert!(for_storm <= 6, "{for_storm} calls for the storm's message");
+    assert_eq!(
+        fake.calls("chat.postMessage").len(),
+        usize::try_from(THRESHOLD + 1).expect("small")
+    );
+}
+
+async fn alerts_of_one_alertname_across_groups_coalesce_too(backend: Backend) {
+    let (app, fake) = storm_app(backend).await;
+    // `group_by: [instance]`: one group, and one notification, per alert.
+    for i in 0..12 {
+        post(&app, notification("firing", &format!("g{i}"), i, 1)).await;
+    }
+    drain(&app, now_millis()).await;
+    let scope: String = scalar(&app.store, "select scope from storms").await;
+    assert_eq!(scope, "alertname");
+    assert_eq!(app.count("storms").await, 1);
+    let members: i64 = scalar(
+        &app.store,
+        "select count(*) from incidents where storm_id is not null",
+    )
+    .await;
+    assert_eq!(members, 12 - THRESHOLD);
+    assert_eq!(
+        fake.calls("chat.postMessage").len(),
+        usize::try_from(THRESHOLD + 1).expect("small")
+    );
+}
