@@ -24,6 +24,10 @@
 //! Run: `cargo bench --bench pipeline` (both stores), or with `sqlite` /
 //! `postgres` as the argument. `BENCH_ALERT_RUNS` (default 100) and
 //! `BENCH_CLICK_RUNS` (default 30) set the number of measured runs;
+//! `BENCH_STORM_ALERTS` (default 2000) and `BENCH_STORM_RUNS` (default 5):
+//! the click → executed runs again with a notification of that many new
+//! alerts (one group, coalescing off, so every one is a diagnosis waiting
+//! for the target) landing just before each quorum click (0 skips it);
 //! `BENCH_KEEP=1` keeps the scratch folder (remedy's log, settings, the
 //! Slack calls in `slack.jsonl`).
 //! PostgreSQL is the local server (`REMEDY_TEST_POSTGRES`).
@@ -682,12 +686,57 @@ impl Bench {
         Ok((times, acks))
     }
 
-    /// Click → executed, `runs` times: one leaked session per run.
+    /// Posts one notification of `alerts` alerts of one group (an outage:
+    /// each a new incident whose playbook diagnoses against the target).
+    async fn storm(&mut self, alerts: usize) -> anyhow::Result<()> {
+        self.n += 1;
+        let group = format!("storm-{}-{}", self.run, self.n);
+        let starts_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let list: Vec<Value> = (0..alerts)
+            .map(|i| {
+                json!({
+                    "status": "firing",
+                    "labels": {"alertname": "DatabasePoolExhaustionWarning", "severity": "warning",
+                               "instance": format!("{group}-{i}"), "cluster": group},
+                    "annotations": {"summary": "raised by the pipeline benchmark's storm"},
+                    "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus:9090/graph",
+                    "fingerprint": format!("{:016x}", uuid::Uuid::now_v7().as_u64_pair().1),
+                })
+            })
+            .collect();
+        let body = json!({
+            "receiver": "remedy", "status": "firing", "version": "4", "alerts": list,
+            "groupLabels": {"cluster": group}, "commonLabels": {"cluster": group},
+            "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+            "groupKey": format!("{{}}:{{cluster=\"{group}\"}}"), "truncatedAlerts": 0
+        });
+        let reply = self
+            .client
+            .post(format!("{}/v1/alertmanager", self.remedy.url))
+            .bearer_auth(WEBHOOK_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            reply.status().is_success(),
+            "storm webhook answered {}",
+            reply.status()
+        );
+        Ok(())
+    }
+
+    /// Click → executed, `runs` times: one leaked session per run. With
+    /// `storm` > 0, a notification of that many new alerts lands just
+    /// before each quorum click.
     async fn click_to_executed(
         &mut self,
         target: &Target,
         store: &StoreProbe,
         runs: usize,
+        storm: usize,
     ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
         let mut admin = PgConnection::connect(&target.url).await?;
         let (mut to_thread, mut to_finished, mut answered) = (Vec::new(), Vec::new(), Vec::new());
@@ -719,6 +768,9 @@ impl Bench {
             })
             .await?;
             tokio::time::sleep(Duration::from_millis(50)).await;
+            if storm > 0 {
+                self.storm(storm).await?;
+            }
             let before_second = self.fake.len();
             let sent = Instant::now();
             let sent_ms = unix_millis();
@@ -890,7 +942,7 @@ async fn bench(backend: &str, alert_runs: usize, click_runs: usize) -> anyhow::R
     drop((leak_a, leak_b));
 
     let (to_thread, to_finished, answered) =
-        b.click_to_executed(&target, &store, click_runs).await?;
+        b.click_to_executed(&target, &store, click_runs, 0).await?;
     println!(
         "{backend:<8} quorum click -> outcome posted in the Slack thread (terminate_stale: done), {click_runs} runs: {}",
         summary(&to_thread)
@@ -903,6 +955,21 @@ async fn bench(backend: &str, alert_runs: usize, click_runs: usize) -> anyhow::R
         "{backend:<8} quorum click -> HTTP 200 to the click, {click_runs} runs: {}",
         summary(&answered)
     );
+    let storm = env_usize("BENCH_STORM_ALERTS", 2000);
+    let storm_runs = env_usize("BENCH_STORM_RUNS", 5);
+    if storm > 0 && storm_runs > 0 {
+        let (to_thread, to_finished, _) = b
+            .click_to_executed(&target, &store, storm_runs, storm)
+            .await?;
+        println!(
+            "{backend:<8} quorum click during a storm of {storm} new alerts (coalescing off: {storm} diagnoses queued) -> outcome in the thread, {storm_runs} runs: {}",
+            summary(&to_thread)
+        );
+        println!(
+            "{backend:<8} quorum click during a storm of {storm} new alerts -> execution finished_at in the store, {storm_runs} runs: {}",
+            summary(&to_finished)
+        );
+    }
     let reports = b.fake.calls().iter().filter(|c| is_report(c)).count();
     println!(
         "{backend:<8} remedy RSS: idle after start {:.1} MiB, after the load {:.1} MiB, peak (VmHWM) {:.1} MiB  ({} incidents, {} Slack reports, {} Slack calls)",
