@@ -207,11 +207,53 @@ pub fn summary(record: &Record, matrix: &Matrix, postmortem: bool) -> String {
     out
 }
 
-/// One line per timeline entry, for people.
+/// Alert-derived text in the Markdown export, inert: on one line (no
+/// control characters, escape sequences or bidi overrides), `&` `<` `>` and
+/// `|` as HTML entities (no raw HTML, tracking images or table cells), and
+/// every other Markdown punctuation backslash-escaped (no headings, links,
+/// images, emphasis, lists or code spans; `(` needs no escape once `[`
+/// and `]` have one).
+#[must_use]
+pub fn md(text: &str) -> String {
+    let text = crate::chat::text::one_line(text);
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            // A list or block marker only counts at the start.
+            '-' | '+' | '.' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '|' => out.push_str("&#124;"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Alert-derived text inside a Markdown code span: a backtick would end it
+/// (it becomes `ˋ`) and a `|` would end a table cell even there (GFM), so
+/// it becomes `¦`; on one line, cleaned as [`md`].
+#[must_use]
+pub fn md_code(text: &str) -> String {
+    crate::chat::text::one_line(text)
+        .replace('`', "ˋ")
+        .replace('|', "¦")
+}
+
+/// One line per timeline entry, for people; every alert- or
+/// person-derived value passes through [`md`].
 fn describe(entry: &TimelineEntry) -> String {
     let d = &entry.detail;
-    let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or_default();
-    let n = |k: &str| d.get(k).map(ToString::to_string).unwrap_or_default();
+    let s = |k: &str| md(d.get(k).and_then(Value::as_str).unwrap_or_default());
+    let n = |k: &str| md(&d.get(k).map(ToString::to_string).unwrap_or_default());
     match entry.kind.as_str() {
         "opened" => format!("alert received: {}", s("summary")),
         "diagnosed" => format!("diagnosed: {}", s("summary")),
@@ -245,14 +287,15 @@ fn describe(entry: &TimelineEntry) -> String {
                 d.get("statement").and_then(Value::as_str),
                 d.get("program").and_then(Value::as_str),
             ) {
-                (Some(sql), _) => format!("`{sql}` with {}", n("params")),
-                (None, Some(program)) => format!("`{program}` {}", n("args")),
-                _ => s("kind").to_owned(),
+                (Some(sql), _) => format!("`{}` with {}", md_code(sql), n("params")),
+                (None, Some(program)) => format!("`{}` {}", md_code(program), n("args")),
+                _ => s("kind"),
             };
             format!("execution started: {} — {what}", s("action"))
         }
         "execution_finished" => {
-            let output: String = s("output").chars().take(200).collect();
+            let raw = d.get("output").and_then(Value::as_str).unwrap_or_default();
+            let output = md(&raw.chars().take(200).collect::<String>());
             format!("execution finished: {} {output}", s("outcome"))
         }
         "verified" | "action_verified" => {
@@ -295,9 +338,9 @@ fn describe(entry: &TimelineEntry) -> String {
         _ => {
             let text = d.to_string();
             if text.len() > 300 {
-                format!("{}…", text.chars().take(300).collect::<String>())
+                format!("{}…", md(&text.chars().take(300).collect::<String>()))
             } else {
-                text
+                md(&text)
             }
         }
     }
@@ -308,7 +351,12 @@ fn describe(entry: &TimelineEntry) -> String {
 pub fn markdown(record: &Record, matrix: &Matrix) -> String {
     let i = &record.incident;
     let (start, end) = record.span();
-    let mut out = format!("# Incident #{}: {} ({})\n\n", i.id, i.alertname, i.severity);
+    let mut out = format!(
+        "# Incident #{}: {} ({})\n\n",
+        i.id,
+        md(&i.alertname),
+        md(&i.severity)
+    );
     let _ = writeln!(out, "| | |\n|---|---|");
     let _ = writeln!(out, "| Status | {} |", i.status.as_str());
     let _ = writeln!(out, "| Started | {} |", format_millis(start));
@@ -326,28 +374,23 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
         .labels
         .0
         .iter()
-        .map(|(k, v)| format!("`{k}={v}`"))
+        .map(|(k, v)| format!("`{}={}`", md_code(k), md_code(v)))
         .collect();
     let _ = writeln!(out, "| Labels | {} |", labels.join(" "));
     if let Some(e) = &record.escalation {
         let _ = writeln!(
             out,
             "| Escalation policy | {} (initial: {}) |",
-            e.policy,
-            matrix.role_name(&e.initial_role)
+            md(&e.policy),
+            md(matrix.role_name(&e.initial_role))
         );
         if let Some(by) = &e.acked_by {
-            let _ = writeln!(out, "| Acknowledged by | {by} |");
+            let _ = writeln!(out, "| Acknowledged by | {} |", md(by));
         }
     }
     out.push_str("\n## Timeline (UTC)\n\n| Time | Event |\n|---|---|\n");
     for entry in &record.timeline {
-        let _ = writeln!(
-            out,
-            "| {} | {} |",
-            format_millis(entry.at),
-            describe(entry).replace('|', "\\|").replace('\n', " ")
-        );
+        let _ = writeln!(out, "| {} | {} |", format_millis(entry.at), describe(entry));
     }
     out.push_str("\n## What ran\n\n");
     let ran = record.what_ran();
@@ -355,13 +398,13 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
         out.push_str("Nothing was executed by remedy.\n");
     }
     for line in ran {
-        let _ = writeln!(out, "- {line}");
+        let _ = writeln!(out, "- {}", md(&line));
     }
     let escalations = record.escalations(matrix);
     if !escalations.is_empty() {
         out.push_str("\n## Escalations\n\n");
         for line in escalations {
-            let _ = writeln!(out, "- {line}");
+            let _ = writeln!(out, "- {}", md(&line));
         }
     }
     out.push_str("\n## Root cause\n\n_To be written._\n\n## User impact\n\n_To be written._\n\n## Resolution steps\n\n");
@@ -370,7 +413,7 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
         out.push_str("_To be written._\n");
     }
     for (n, line) in steps.iter().enumerate() {
-        let _ = writeln!(out, "{}. {line}", n + 1);
+        let _ = writeln!(out, "{}. {}", n + 1, md(line));
     }
     out.push_str("\n## Postmortem checklist\n\n");
     for item in checklist(end.unwrap_or(start)) {

@@ -189,7 +189,7 @@ pub fn render(report: &ChatReport) -> Rendered {
 
 /// Inside inline code only a backtick would end it.
 fn code_inline(text: &str) -> String {
-    super::text::defuse_mentions(&text.replace('`', "ˋ"))
+    super::text::defuse_mentions(&super::text::one_line(text).replace('`', "ˋ"))
 }
 
 /// `ap:<approval id>:<digest prefix>` or `rj:…`, within 100 characters.
