@@ -69,19 +69,20 @@ impl Record {
         end.map(|end| Duration::from_millis(u64::try_from(end - start).unwrap_or(0)))
     }
 
-    /// "terminate_leaks — done (effective), approved by <@U1>, <@U2>".
+    /// "terminate_leaks — done (effective), approved by olga, @U2": people
+    /// by name, unmapped platform users by [`plain_name`], never a mention.
     fn what_ran(&self) -> Vec<String> {
         self.executions
             .iter()
             .map(|e| {
                 let approval = self.approvals.iter().find(|a| a.id == e.approval_id);
                 let key = approval.map_or("action", |a| a.key.as_str());
-                let approvers: Vec<&str> = approval
+                let approvers: Vec<String> = approval
                     .map(|a| {
                         a.decisions
                             .iter()
                             .filter(|d| d.decision == Decision::Approve)
-                            .map(|d| d.display.as_str())
+                            .map(|d| plain_name(&d.display))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -121,6 +122,24 @@ impl Record {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// A decider's display as plain text: a person keeps their name; a
+/// platform mention (`<@U1>`, `<@&2>`, `<!subteam^S3>`) becomes `@U1`,
+/// `@2`, `@S3`. The summary is posted after the fact and must not notify
+/// the approvers again (README, "Mentions"); only pings mention.
+#[must_use]
+pub fn plain_name(display: &str) -> String {
+    match display.strip_prefix('<').and_then(|d| d.strip_suffix('>')) {
+        Some(inner) if inner.starts_with('@') || inner.starts_with("!subteam^") => {
+            let id = inner
+                .trim_start_matches("!subteam^")
+                .trim_start_matches('@')
+                .trim_start_matches(['&', '!']);
+            format!("@{id}")
+        }
+        _ => display.to_owned(),
     }
 }
 
@@ -187,7 +206,7 @@ pub fn summary(record: &Record, matrix: &Matrix, postmortem: bool) -> String {
         .as_ref()
         .and_then(|e| e.acked_by.as_deref())
     {
-        let _ = writeln!(out, "Acknowledged by {by}.");
+        let _ = writeln!(out, "Acknowledged by {}.", plain_name(by));
     }
     if postmortem {
         let _ = writeln!(
@@ -436,4 +455,25 @@ pub fn to_json(record: &Record) -> Value {
         "executions": record.executions,
         "escalation": record.escalation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_never_mention() {
+        assert_eq!(plain_name("<@U1>"), "@U1");
+        assert_eq!(plain_name("<@&22>"), "@22");
+        assert_eq!(plain_name("<@!33>"), "@33");
+        assert_eq!(plain_name("<!subteam^S3>"), "@S3");
+        assert_eq!(plain_name("olga"), "olga");
+    }
+
+    #[test]
+    fn markdown_escaping_defuses_structure() {
+        assert_eq!(md("# h [x](y) | <b>"), "\\# h \\[x\\](y) &#124; &lt;b&gt;");
+        assert_eq!(md("- item\nline"), "\\- item ⏎ line");
+        assert_eq!(md_code("a`b|c"), "aˋb¦c");
+    }
 }
