@@ -468,3 +468,36 @@ fn the_hostile_label_corpus_renders_inertly_on_every_platform_and_the_export() {
     }
     assert_code_spans_closed("export", &md);
 }
+
+/// Escalation pings: remedy's own mentions of the role's members are real
+/// mentions (Discord's `allowed_mentions` lists exactly them); alert text
+/// in the ping forms none.
+#[test]
+fn pings_mention_the_role_and_nothing_from_the_alert() {
+    let text = format!(
+        "⏫ Escalation to DBA: {} (incident #7), query ran 5 m 12 s.",
+        HOSTILE.join(" ")
+    );
+    let mentions = vec!["<@U0DBA>".to_owned(), "<!subteam^S0DBA>".to_owned()];
+    let slack_body = slack::ping_body("C1", Some("1.2"), &mentions, &text);
+    compare_golden("hostile/slack_ping.json", &slack_body);
+    let t = slack_body["text"].as_str().expect("text");
+    assert!(t.starts_with("<@U0DBA> <!subteam^S0DBA> ⏫"), "{t}");
+    let alert_part = t.trim_start_matches("<@U0DBA> <!subteam^S0DBA> ");
+    assert_inert("slack", alert_part);
+
+    let members = remedy::config::RoleMembers {
+        discord_users: vec!["1001".into()],
+        discord_roles: vec!["2001".into()],
+        ..Default::default()
+    };
+    let discord_body = discord::ping_body(Some("555"), Some(&members), &text);
+    compare_golden("hostile/discord_ping.json", &discord_body);
+    let c = discord_body["content"].as_str().expect("content");
+    assert!(c.starts_with("<@1001> <@&2001> ⏫"), "{c}");
+    assert_inert("discord", c.trim_start_matches("<@1001> <@&2001> "));
+    assert_eq!(
+        discord_body["allowed_mentions"],
+        json!({"users": ["1001"], "roles": ["2001"]})
+    );
+}

@@ -182,6 +182,24 @@ fn section(text: &str) -> Value {
     json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": cut(text, MAX_SECTION)}})
 }
 
+/// A ping's `chat.postMessage` body: remedy's own `mentions` (verified
+/// member ids, `<@U…>` / `<!subteam^S…>`) as real mentions, then `text`
+/// (which may carry alert values) escaped.
+#[must_use]
+pub fn ping_body(channel: &str, ts: Option<&str>, mentions: &[String], text: &str) -> Value {
+    let mut content = mentions.join(" ");
+    if !content.is_empty() {
+        content.push(' ');
+    }
+    content.push_str(&slack_escape(text));
+    let mut body = json!({"channel": channel, "text": content, "parse": "none"});
+    if let Some(ts) = ts {
+        body["thread_ts"] = ts.into();
+        body["reply_broadcast"] = true.into();
+    }
+    body
+}
+
 /// Puts as many evidence rows in a code block as fit one section, and
 /// says how many more there are.
 fn fit_code_block(head: &str, rows: &[String], more: &str) -> String {
@@ -446,16 +464,7 @@ impl SlackClient {
         mentions: &[String],
         text: &str,
     ) -> Result<(), ChatError> {
-        let mut content = mentions.join(" ");
-        if !content.is_empty() {
-            content.push(' ');
-        }
-        content.push_str(&slack_escape(text));
-        let mut body = json!({"channel": channel, "text": content, "parse": "none"});
-        if let Some(ts) = ts {
-            body["thread_ts"] = ts.into();
-            body["reply_broadcast"] = true.into();
-        }
+        let body = ping_body(channel, ts, mentions, text);
         self.call("chat.postMessage", &body).await.map(drop)
     }
 
