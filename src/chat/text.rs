@@ -103,10 +103,15 @@ pub fn slack_escape(text: &str) -> String {
     let at = |i: Option<usize>| i.and_then(|i| chars.get(i));
     let space = |c: Option<&char>| c.is_none_or(|c| c.is_whitespace());
     let word = |c: Option<&char>| c.is_some_and(|c| c.is_alphanumeric());
+    // A `>` that starts a line (even as `&gt;`) would open a quote.
+    let mut line_start = true;
     for (i, &c) in chars.iter().enumerate() {
         let (before, after) = (at(i.checked_sub(1)), at(Some(i + 1)));
         let inert = space(before) && space(after);
+        let starts = line_start;
+        line_start = c == '\n' || (line_start && c.is_whitespace());
         match c {
+            '>' if starts => out.push('›'),
             '`' => out.push('ˋ'),
             '*' if !inert => out.push('∗'),
             '~' if !inert => out.push('∼'),
@@ -223,6 +228,7 @@ mod tests {
             slack_escape("a` *approved* `_x_ ~s~ pg_stat"),
             "aˋ ∗approved∗ ˋˍxˍ ∼s∼ pg_stat"
         );
+        assert_eq!(slack_escape("a > b\n> quote"), "a &gt; b\n› quote");
         assert_eq!(slack_code_span("a`b\nc<@U1>"), "aˋb ⏎ c&lt;@U1&gt;");
     }
 
