@@ -69,19 +69,20 @@ impl Record {
         end.map(|end| Duration::from_millis(u64::try_from(end - start).unwrap_or(0)))
     }
 
-    /// "terminate_leaks — done (effective), approved by <@U1>, <@U2>".
+    /// "terminate_leaks — done (effective), approved by olga, @U2": people
+    /// by name, unmapped platform users by [`plain_name`], never a mention.
     fn what_ran(&self) -> Vec<String> {
         self.executions
             .iter()
             .map(|e| {
                 let approval = self.approvals.iter().find(|a| a.id == e.approval_id);
                 let key = approval.map_or("action", |a| a.key.as_str());
-                let approvers: Vec<&str> = approval
+                let approvers: Vec<String> = approval
                     .map(|a| {
                         a.decisions
                             .iter()
                             .filter(|d| d.decision == Decision::Approve)
-                            .map(|d| d.display.as_str())
+                            .map(|d| plain_name(&d.display))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -121,6 +122,24 @@ impl Record {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// A decider's display as plain text: a person keeps their name; a
+/// platform mention (`<@U1>`, `<@&2>`, `<!subteam^S3>`) becomes `@U1`,
+/// `@2`, `@S3`. The summary is posted after the fact and must not notify
+/// the approvers again (README, "Mentions"); only pings mention.
+#[must_use]
+pub fn plain_name(display: &str) -> String {
+    match display.strip_prefix('<').and_then(|d| d.strip_suffix('>')) {
+        Some(inner) if inner.starts_with('@') || inner.starts_with("!subteam^") => {
+            let id = inner
+                .trim_start_matches("!subteam^")
+                .trim_start_matches('@')
+                .trim_start_matches(['&', '!']);
+            format!("@{id}")
+        }
+        _ => display.to_owned(),
     }
 }
 
@@ -187,7 +206,7 @@ pub fn summary(record: &Record, matrix: &Matrix, postmortem: bool) -> String {
         .as_ref()
         .and_then(|e| e.acked_by.as_deref())
     {
-        let _ = writeln!(out, "Acknowledged by {by}.");
+        let _ = writeln!(out, "Acknowledged by {}.", plain_name(by));
     }
     if postmortem {
         let _ = writeln!(
@@ -207,11 +226,53 @@ pub fn summary(record: &Record, matrix: &Matrix, postmortem: bool) -> String {
     out
 }
 
-/// One line per timeline entry, for people.
+/// Alert-derived text in the Markdown export, inert: on one line (no
+/// control characters, escape sequences or bidi overrides), `&` `<` `>` and
+/// `|` as HTML entities (no raw HTML, tracking images or table cells), and
+/// every other Markdown punctuation backslash-escaped (no headings, links,
+/// images, emphasis, lists or code spans; `(` needs no escape once `[`
+/// and `]` have one).
+#[must_use]
+pub fn md(text: &str) -> String {
+    let text = crate::chat::text::one_line(text);
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            // A list or block marker only counts at the start.
+            '-' | '+' | '.' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '|' => out.push_str("&#124;"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Alert-derived text inside a Markdown code span: a backtick would end it
+/// (it becomes `ˋ`) and a `|` would end a table cell even there (GFM), so
+/// it becomes `¦`; on one line, cleaned as [`md`].
+#[must_use]
+pub fn md_code(text: &str) -> String {
+    crate::chat::text::one_line(text)
+        .replace('`', "ˋ")
+        .replace('|', "¦")
+}
+
+/// One line per timeline entry, for people; every alert- or
+/// person-derived value passes through [`md`].
 fn describe(entry: &TimelineEntry) -> String {
     let d = &entry.detail;
-    let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or_default();
-    let n = |k: &str| d.get(k).map(ToString::to_string).unwrap_or_default();
+    let s = |k: &str| md(d.get(k).and_then(Value::as_str).unwrap_or_default());
+    let n = |k: &str| md(&d.get(k).map(ToString::to_string).unwrap_or_default());
     match entry.kind.as_str() {
         "opened" => format!("alert received: {}", s("summary")),
         "diagnosed" => format!("diagnosed: {}", s("summary")),
@@ -245,14 +306,15 @@ fn describe(entry: &TimelineEntry) -> String {
                 d.get("statement").and_then(Value::as_str),
                 d.get("program").and_then(Value::as_str),
             ) {
-                (Some(sql), _) => format!("`{sql}` with {}", n("params")),
-                (None, Some(program)) => format!("`{program}` {}", n("args")),
-                _ => s("kind").to_owned(),
+                (Some(sql), _) => format!("`{}` with {}", md_code(sql), n("params")),
+                (None, Some(program)) => format!("`{}` {}", md_code(program), n("args")),
+                _ => s("kind"),
             };
             format!("execution started: {} — {what}", s("action"))
         }
         "execution_finished" => {
-            let output: String = s("output").chars().take(200).collect();
+            let raw = d.get("output").and_then(Value::as_str).unwrap_or_default();
+            let output = md(&raw.chars().take(200).collect::<String>());
             format!("execution finished: {} {output}", s("outcome"))
         }
         "verified" | "action_verified" => {
@@ -295,9 +357,9 @@ fn describe(entry: &TimelineEntry) -> String {
         _ => {
             let text = d.to_string();
             if text.len() > 300 {
-                format!("{}…", text.chars().take(300).collect::<String>())
+                format!("{}…", md(&text.chars().take(300).collect::<String>()))
             } else {
-                text
+                md(&text)
             }
         }
     }
@@ -308,7 +370,12 @@ fn describe(entry: &TimelineEntry) -> String {
 pub fn markdown(record: &Record, matrix: &Matrix) -> String {
     let i = &record.incident;
     let (start, end) = record.span();
-    let mut out = format!("# Incident #{}: {} ({})\n\n", i.id, i.alertname, i.severity);
+    let mut out = format!(
+        "# Incident #{}: {} ({})\n\n",
+        i.id,
+        md(&i.alertname),
+        md(&i.severity)
+    );
     let _ = writeln!(out, "| | |\n|---|---|");
     let _ = writeln!(out, "| Status | {} |", i.status.as_str());
     let _ = writeln!(out, "| Started | {} |", format_millis(start));
@@ -326,28 +393,23 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
         .labels
         .0
         .iter()
-        .map(|(k, v)| format!("`{k}={v}`"))
+        .map(|(k, v)| format!("`{}={}`", md_code(k), md_code(v)))
         .collect();
     let _ = writeln!(out, "| Labels | {} |", labels.join(" "));
     if let Some(e) = &record.escalation {
         let _ = writeln!(
             out,
             "| Escalation policy | {} (initial: {}) |",
-            e.policy,
-            matrix.role_name(&e.initial_role)
+            md(&e.policy),
+            md(matrix.role_name(&e.initial_role))
         );
         if let Some(by) = &e.acked_by {
-            let _ = writeln!(out, "| Acknowledged by | {by} |");
+            let _ = writeln!(out, "| Acknowledged by | {} |", md(by));
         }
     }
     out.push_str("\n## Timeline (UTC)\n\n| Time | Event |\n|---|---|\n");
     for entry in &record.timeline {
-        let _ = writeln!(
-            out,
-            "| {} | {} |",
-            format_millis(entry.at),
-            describe(entry).replace('|', "\\|").replace('\n', " ")
-        );
+        let _ = writeln!(out, "| {} | {} |", format_millis(entry.at), describe(entry));
     }
     out.push_str("\n## What ran\n\n");
     let ran = record.what_ran();
@@ -355,13 +417,13 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
         out.push_str("Nothing was executed by remedy.\n");
     }
     for line in ran {
-        let _ = writeln!(out, "- {line}");
+        let _ = writeln!(out, "- {}", md(&line));
     }
     let escalations = record.escalations(matrix);
     if !escalations.is_empty() {
         out.push_str("\n## Escalations\n\n");
         for line in escalations {
-            let _ = writeln!(out, "- {line}");
+            let _ = writeln!(out, "- {}", md(&line));
         }
     }
     out.push_str("\n## Root cause\n\n_To be written._\n\n## User impact\n\n_To be written._\n\n## Resolution steps\n\n");
@@ -370,7 +432,7 @@ pub fn markdown(record: &Record, matrix: &Matrix) -> String {
         out.push_str("_To be written._\n");
     }
     for (n, line) in steps.iter().enumerate() {
-        let _ = writeln!(out, "{}. {line}", n + 1);
+        let _ = writeln!(out, "{}. {}", n + 1, md(line));
     }
     out.push_str("\n## Postmortem checklist\n\n");
     for item in checklist(end.unwrap_or(start)) {
@@ -393,4 +455,25 @@ pub fn to_json(record: &Record) -> Value {
         "executions": record.executions,
         "escalation": record.escalation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_never_mention() {
+        assert_eq!(plain_name("<@U1>"), "@U1");
+        assert_eq!(plain_name("<@&22>"), "@22");
+        assert_eq!(plain_name("<@!33>"), "@33");
+        assert_eq!(plain_name("<!subteam^S3>"), "@S3");
+        assert_eq!(plain_name("olga"), "olga");
+    }
+
+    #[test]
+    fn markdown_escaping_defuses_structure() {
+        assert_eq!(md("# h [x](y) | <b>"), "\\# h \\[x\\](y) &#124; &lt;b&gt;");
+        assert_eq!(md("- item\nline"), "\\- item ⏎ line");
+        assert_eq!(md_code("a`b|c"), "aˋb¦c");
+    }
 }

@@ -19,6 +19,9 @@ pub fn init_logging(settings: &LogSettings) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: piped or collected logs get no escape
+        // sequences. The check is on stderr because that is where logs go.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second call (tests) keeps the first subscriber.
     let _ = match settings.format {

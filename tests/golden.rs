@@ -3,6 +3,8 @@
 //! platforms' limits. `REMEDY_UPDATE_GOLDEN=1 cargo nextest run --test
 //! golden` rewrites the files under tests/golden/ after a deliberate change.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -260,5 +262,243 @@ fn a_huge_report_is_cut_within_every_limit_and_says_what_was_cut() {
     assert_eq!(
         discord_body["components"].as_array().expect("rows").len(),
         discord::MAX_ROWS
+    );
+}
+
+/// The hostile-label corpus: each value tries to break out of where the
+/// renderer puts it (code span, bold, quote, table cell, terminal).
+const HOSTILE: &[&str] = &[
+    "a` *approved by team-lead (2 of 2)* `",
+    "```\n*_~|> fenced",
+    "<!here> <!channel> @everyone <!subteam^S1>",
+    "<@U0ATTACKER> <@&999> <#C1>",
+    "[click](http://evil.example/x) ![t](http://evil.example/t.png)",
+    "line one\n# heading\n> quote\n| a | b |",
+    "\u{202e}gnp.exe",
+    "\u{1b}[31mred\u{1b}[0m \u{1b}]8;;http://x\u{7}link\u{1b}]8;;\u{7}",
+    "<img src=x onerror=alert(1)> &amp;",
+];
+
+fn hostile_report() -> ChatReport {
+    let (_, mut report) = reports().into_iter().next().expect("a report");
+    report.labels = HOSTILE
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("x{i}"), (*v).to_owned()))
+        .collect();
+    report.labels.push(("k`ey*".into(), "v".into()));
+    report.summary = HOSTILE.join(" ");
+    report.findings.truncate(1);
+    report.findings[0].text = HOSTILE.join(" / ");
+    report.findings[0].evidence = HOSTILE.iter().map(|v| (*v).to_owned()).collect();
+    report.step_errors = vec![(HOSTILE[0].to_owned(), HOSTILE[7].to_owned())];
+    report
+}
+
+/// Text inside Slack inline code spans (single backticks, outside ```
+/// fences) never holds a backtick: pairs are split on every backtick.
+fn assert_code_spans_closed(name: &str, text: &str) {
+    let text = text.replace("\\`", "");
+    for (n, block) in text.split("```").enumerate() {
+        if n % 2 == 1 {
+            continue; // inside a fence: checked by the fence rule below
+        }
+        for line in block.lines() {
+            assert_eq!(
+                line.matches('`').count() % 2,
+                0,
+                "{name}: unbalanced code span in {line:?}"
+            );
+        }
+    }
+    for fence in text.split("```").skip(1).step_by(2) {
+        assert!(!fence.contains("``"), "{name}: backtick run in a fence");
+    }
+}
+
+/// `name` "slack" skips the Markdown link checks: mrkdwn has no `[t](url)`
+/// syntax, and `verbatim` keeps bare URLs unlinked.
+fn assert_inert(name: &str, text: &str) {
+    assert!(!text.contains('\u{1b}'), "{name}: raw ESC");
+    assert!(!text.contains('\u{7}'), "{name}: raw BEL");
+    assert!(!text.contains('\u{202e}'), "{name}: RTL override");
+    if name == "console" {
+        return; // a terminal has no markup or mentions, only the above
+    }
+    // Code spans show their text literally; elsewhere a backslash-escaped
+    // character is literal too.
+    let live = outside_code(text)
+        .replace("\\<", "")
+        .replace("\\[", "")
+        .replace("\\]", "")
+        .replace("\\!", "");
+    for bad in [
+        "<!",
+        "<@U0ATTACKER",
+        "<@&999",
+        "<#C1",
+        "@everyone",
+        "<img",
+        "](http",
+        "![",
+    ] {
+        if name == "slack" && (bad == "](http" || bad == "![") {
+            continue;
+        }
+        if name == "export" && bad == "@everyone" {
+            continue; // a Markdown file notifies no one
+        }
+        assert!(!live.contains(bad), "{name}: {bad} survived");
+    }
+    // Outside code, the fake approval line's `*` may not open bold.
+    assert!(
+        !outside_code(text).replace("\\*", "").contains("*approved"),
+        "{name}: fake bold line"
+    );
+}
+
+/// The text outside ``` fences and `inline` code spans.
+/// A backslash-escaped backtick is literal, not a delimiter.
+fn outside_code(text: &str) -> String {
+    text.replace("\\`", "")
+        .split("```")
+        .step_by(2)
+        .flat_map(|part| part.split('`').step_by(2))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn text_of(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| text_of(v, out)),
+        Value::Object(o) => o.values().for_each(|v| text_of(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_hostile_label_corpus_renders_inertly_on_every_platform_and_the_export() {
+    let mut report = hostile_report();
+    // The golden escalation carries remedy's own mentions: keep them out
+    // of the inertness check, which is about alert-derived text.
+    report.escalation = None;
+
+    let slack_body = slack::render(&report);
+    check_slack_limits("hostile", &slack_body);
+    compare_golden("hostile/slack.json", &slack_body);
+    let mut texts = Vec::new();
+    text_of(&slack_body, &mut texts);
+    for t in &texts {
+        assert_inert("slack", t);
+        assert_code_spans_closed("slack", t);
+    }
+    for block in slack_body["blocks"].as_array().expect("blocks") {
+        if block["text"]["type"] == "mrkdwn" {
+            assert_eq!(block["text"]["verbatim"], true, "{block}");
+        }
+    }
+
+    let discord_body = discord::create_body(&report);
+    check_discord_limits("hostile", &discord_body);
+    compare_golden("hostile/discord.json", &discord_body);
+    let content = discord_body["content"].as_str().expect("content");
+    assert_inert("discord", content);
+    assert_code_spans_closed("discord", content);
+
+    let console = remedy::chat::console_text(&report);
+    compare_golden("hostile/console.json", &Value::String(console.clone()));
+    assert_inert("console", &console);
+    assert!(
+        !console
+            .lines()
+            .any(|l| l.starts_with("# heading") || l.starts_with("> quote")),
+        "console: alert text started a line"
+    );
+
+    let labels: remedy::domain::Labels = report.labels.iter().cloned().collect();
+    let mut incident = incident(7, &labels);
+    incident.alertname = HOSTILE[4].into();
+    let record = remedy::postmortem::Record {
+        incident,
+        timeline: HOSTILE
+            .iter()
+            .enumerate()
+            .map(|(n, v)| remedy::store::TimelineEntry {
+                at: 1_795_749_300_000,
+                source: "timeline",
+                seq: i64::try_from(n).expect("small"),
+                kind: "opened".into(),
+                detail: json!({"summary": v}),
+            })
+            .chain([remedy::store::TimelineEntry {
+                at: 1_795_749_300_000,
+                source: "audit",
+                seq: 99,
+                kind: "execution_finished".into(),
+                detail: json!({"outcome": "done", "output": HOSTILE.join("\n")}),
+            }])
+            .collect(),
+        approvals: Vec::new(),
+        executions: Vec::new(),
+        escalation: None,
+    };
+    let settings = common::test_settings("sqlite::memory:", &[]);
+    let matrix =
+        remedy::escalation::load_file(&settings.escalation.file, &settings).expect("matrix");
+    let md = remedy::postmortem::markdown(&record, &matrix);
+    compare_golden("hostile/export.json", &Value::String(md.clone()));
+    assert_inert("export", &md);
+    for line in md.lines() {
+        // Only remedy's own headings and table rows; every table row has
+        // exactly its columns.
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# Incident #7") || line.starts_with("## "),
+                "export: heading from alert text: {line}"
+            );
+        }
+        if line.starts_with('|') {
+            let cells = line.matches('|').count() - line.matches("\\|").count();
+            assert_eq!(cells, 3, "export: table broken: {line}");
+        }
+        assert!(
+            !line.starts_with('>'),
+            "export: quote from alert text: {line}"
+        );
+    }
+    assert_code_spans_closed("export", &md);
+}
+
+/// Escalation pings: remedy's own mentions of the role's members are real
+/// mentions (Discord's `allowed_mentions` lists exactly them); alert text
+/// in the ping forms none.
+#[test]
+fn pings_mention_the_role_and_nothing_from_the_alert() {
+    let text = format!(
+        "⏫ Escalation to DBA: {} (incident #7), query ran 5 m 12 s.",
+        HOSTILE.join(" ")
+    );
+    let mentions = vec!["<@U0DBA>".to_owned(), "<!subteam^S0DBA>".to_owned()];
+    let slack_body = slack::ping_body("C1", Some("1.2"), &mentions, &text);
+    compare_golden("hostile/slack_ping.json", &slack_body);
+    let t = slack_body["text"].as_str().expect("text");
+    assert!(t.starts_with("<@U0DBA> <!subteam^S0DBA> ⏫"), "{t}");
+    let alert_part = t.trim_start_matches("<@U0DBA> <!subteam^S0DBA> ");
+    assert_inert("slack", alert_part);
+
+    let members = remedy::config::RoleMembers {
+        discord_users: vec!["1001".into()],
+        discord_roles: vec!["2001".into()],
+        ..Default::default()
+    };
+    let discord_body = discord::ping_body(Some("555"), Some(&members), &text);
+    compare_golden("hostile/discord_ping.json", &discord_body);
+    let c = discord_body["content"].as_str().expect("content");
+    assert!(c.starts_with("<@1001> <@&2001> ⏫"), "{c}");
+    assert_inert("discord", c.trim_start_matches("<@1001> <@&2001> "));
+    assert_eq!(
+        discord_body["allowed_mentions"],
+        json!({"users": ["1001"], "roles": ["2001"]})
     );
 }

@@ -194,9 +194,40 @@ pub fn render(report: &ChatReport) -> Rendered {
     Rendered { content, rows }
 }
 
+/// A ping's message body: the role's users and roles as real mentions,
+/// `allowed_mentions` listing exactly them, then `text` escaped.
+#[must_use]
+pub fn ping_body(
+    message: Option<&str>,
+    members: Option<&crate::config::RoleMembers>,
+    text: &str,
+) -> Value {
+    let (users, roles) = members.map_or((Vec::new(), Vec::new()), |m| {
+        (m.discord_users.clone(), m.discord_roles.clone())
+    });
+    let mentions: Vec<String> = users
+        .iter()
+        .map(|u| format!("<@{u}>"))
+        .chain(roles.iter().map(|r| format!("<@&{r}>")))
+        .collect();
+    let mut content = mentions.join(" ");
+    if !content.is_empty() {
+        content.push(' ');
+    }
+    content.push_str(&discord_escape(text));
+    let mut body = json!({
+        "content": cut(&content, MAX_CONTENT),
+        "allowed_mentions": {"users": users, "roles": roles},
+    });
+    if let Some(message) = message {
+        body["message_reference"] = json!({"message_id": message});
+    }
+    body
+}
+
 /// Inside inline code only a backtick would end it.
 fn code_inline(text: &str) -> String {
-    super::text::defuse_mentions(&text.replace('`', "ˋ"))
+    super::text::defuse_mentions(&super::text::one_line(text).replace('`', "ˋ"))
 }
 
 /// `ap:<approval id>:<digest prefix>` or `rj:…`, within 100 characters.
@@ -413,26 +444,7 @@ impl DiscordClient {
         members: Option<&crate::config::RoleMembers>,
         text: &str,
     ) -> Result<(), ChatError> {
-        let (users, roles) = members.map_or((Vec::new(), Vec::new()), |m| {
-            (m.discord_users.clone(), m.discord_roles.clone())
-        });
-        let mentions: Vec<String> = users
-            .iter()
-            .map(|u| format!("<@{u}>"))
-            .chain(roles.iter().map(|r| format!("<@&{r}>")))
-            .collect();
-        let mut content = mentions.join(" ");
-        if !content.is_empty() {
-            content.push(' ');
-        }
-        content.push_str(&discord_escape(text));
-        let mut body = json!({
-            "content": cut(&content, MAX_CONTENT),
-            "allowed_mentions": {"users": users, "roles": roles},
-        });
-        if let Some(message) = message {
-            body["message_reference"] = json!({"message_id": message});
-        }
+        let body = ping_body(message, members, text);
         self.call(
             reqwest::Method::POST,
             &format!("/channels/{channel}/messages"),

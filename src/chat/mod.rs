@@ -378,11 +378,14 @@ pub fn unheld_roles(settings: &Settings, playbooks: &[crate::playbook::Playbook]
 #[must_use]
 pub fn console_text(report: &ChatReport) -> String {
     use std::fmt::Write as _;
+    // Every alert-derived value goes through `t`: no escape sequences,
+    // control characters, bidi overrides or line breaks reach the terminal.
+    let t = text::terminal;
     let mut out = format!(
         "── incident #{} {} ──\n{}\n",
         report.incident_id,
-        report.headline(),
-        report.summary
+        t(&report.headline()),
+        t(&report.summary)
     );
     if let Some(storm) = &report.storm {
         let _ = writeln!(out, "{}", storm.line());
@@ -391,7 +394,7 @@ pub fn console_text(report: &ChatReport) -> String {
         }
     }
     if let Some(e) = &report.escalation {
-        let _ = writeln!(out, "{}", e.line(str::to_owned));
+        let _ = writeln!(out, "{}", e.line(t));
         let controls = controls(e);
         if !report.resolved && !controls.is_empty() {
             let commands: Vec<String> = controls
@@ -415,22 +418,22 @@ pub fn console_text(report: &ChatReport) -> String {
         }
     }
     for f in &report.findings {
-        let _ = writeln!(out, "[{:?}] {}", f.severity, f.text);
+        let _ = writeln!(out, "[{:?}] {}", f.severity, t(&f.text));
         for row in &f.evidence {
-            let _ = writeln!(out, "    {row}");
+            let _ = writeln!(out, "    {}", t(row));
         }
         if f.more_rows > 0 {
             let _ = writeln!(out, "    … and {} more rows", f.more_rows);
         }
     }
     for (id, e) in &report.step_errors {
-        let _ = writeln!(out, "step {id} failed: {e}");
+        let _ = writeln!(out, "step {} failed: {}", t(id), t(e));
     }
     for s in &report.suggestions {
-        let _ = writeln!(out, "suggestion: {}", s.title);
+        let _ = writeln!(out, "suggestion: {}", t(&s.title));
         if let Some(c) = &s.command {
             for line in c.lines() {
-                let _ = writeln!(out, "    $ {line}");
+                let _ = writeln!(out, "    $ {}", t(line));
             }
         }
     }
@@ -442,8 +445,8 @@ pub fn console_text(report: &ChatReport) -> String {
             a.risk,
             a.approved_by.len(),
             a.quorum,
-            a.title,
-            a.status_line()
+            t(&a.title),
+            a.status_escaped(t)
         );
         if a.open() && !report.resolved {
             let _ = writeln!(
@@ -453,6 +456,6 @@ pub fn console_text(report: &ChatReport) -> String {
             );
         }
     }
-    let _ = write!(out, "full report: {}", report.full_report);
+    let _ = write!(out, "full report: {}", t(&report.full_report));
     out
 }

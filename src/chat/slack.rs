@@ -11,11 +11,11 @@ use sha2::Sha256;
 use tokio::sync::Mutex;
 
 use super::report::{ChatReport, risk_name, severity_mark};
-use super::text::{code, cut, slack_escape};
+use super::text::{code, cut, slack_code_span, slack_escape};
 
 /// Code blocks are still mrkdwn to Slack: `&`, `<`, `>` need entities there too.
 fn slack_code(text: &str) -> String {
-    slack_escape(&code(text))
+    super::text::slack_fence(&code(text))
 }
 use super::pace::Pacer;
 use super::{ChatError, retry_after_header};
@@ -37,12 +37,12 @@ pub fn render(report: &ChatReport) -> Value {
     let icon = if report.resolved { "✅" } else { "🔥" };
     blocks.push(json!({
         "type": "header",
-        "text": {"type": "plain_text", "text": cut(&format!("{icon} {}", report.headline()), MAX_HEADER)}
+        "text": {"type": "plain_text", "text": cut(&format!("{icon} {}", super::text::one_line(&report.headline())), MAX_HEADER)}
     }));
     let labels: Vec<String> = report
         .labels
         .iter()
-        .map(|(k, v)| format!("`{}={}`", slack_escape(k), slack_escape(v)))
+        .map(|(k, v)| format!("`{}={}`", slack_code_span(k), slack_code_span(v)))
         .collect();
     blocks.push(section(&format!(
         "{}\n{}",
@@ -120,7 +120,7 @@ pub fn render(report: &ChatReport) -> Value {
         let lines: Vec<String> = report
             .step_errors
             .iter()
-            .map(|(id, e)| format!("• `{}`: {}", slack_escape(id), slack_escape(e)))
+            .map(|(id, e)| format!("• `{}`: {}", slack_code_span(id), slack_escape(e)))
             .collect();
         body.push(section(&format!(
             "*Steps that failed*\n{}",
@@ -167,10 +167,10 @@ pub fn render(report: &ChatReport) -> Value {
     }
     blocks.push(json!({
         "type": "context",
-        "elements": [{"type": "mrkdwn", "text": cut(&format!(
+        "elements": [{"type": "mrkdwn", "verbatim": true, "text": cut(&format!(
             "incident #{} · full report: `{}`",
             report.incident_id,
-            slack_escape(&report.full_report)
+            slack_code_span(&report.full_report)
         ), MAX_SECTION)}]
     }));
     json!({
@@ -184,8 +184,28 @@ pub fn render(report: &ChatReport) -> Value {
     })
 }
 
+/// `verbatim`: Slack neither links bare URLs nor turns `#channel` or
+/// `@name` into references; the only mentions are the ones remedy writes.
 fn section(text: &str) -> Value {
-    json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(text, MAX_SECTION)}})
+    json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": cut(text, MAX_SECTION)}})
+}
+
+/// A ping's `chat.postMessage` body: remedy's own `mentions` (verified
+/// member ids, `<@U…>` / `<!subteam^S…>`) as real mentions, then `text`
+/// (which may carry alert values) escaped.
+#[must_use]
+pub fn ping_body(channel: &str, ts: Option<&str>, mentions: &[String], text: &str) -> Value {
+    let mut content = mentions.join(" ");
+    if !content.is_empty() {
+        content.push(' ');
+    }
+    content.push_str(&slack_escape(text));
+    let mut body = json!({"channel": channel, "text": content, "parse": "none"});
+    if let Some(ts) = ts {
+        body["thread_ts"] = ts.into();
+        body["reply_broadcast"] = true.into();
+    }
+    body
 }
 
 /// Puts as many evidence rows in a code block as fit one section, and
@@ -452,16 +472,7 @@ impl SlackClient {
         mentions: &[String],
         text: &str,
     ) -> Result<(), ChatError> {
-        let mut content = mentions.join(" ");
-        if !content.is_empty() {
-            content.push(' ');
-        }
-        content.push_str(&slack_escape(text));
-        let mut body = json!({"channel": channel, "text": content, "parse": "none"});
-        if let Some(ts) = ts {
-            body["thread_ts"] = ts.into();
-            body["reply_broadcast"] = true.into();
-        }
+        let body = ping_body(channel, ts, mentions, text);
         self.call("chat.postMessage", &body).await.map(drop)
     }
 
