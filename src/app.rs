@@ -51,6 +51,7 @@ impl App {
             settings: Arc::new(settings),
             metrics: telemetry::metrics_handle(),
             matrix: engine.matrix.clone(),
+            probes: Arc::default(),
         };
         Ok(Self {
             state,

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -43,12 +44,18 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The escalation matrix (snooze and silence lengths).
     pub matrix: Arc<crate::escalation::Matrix>,
+    /// Cached store answers for the unauthenticated `/readyz` and `/metrics`.
+    pub probes: Arc<health::StoreProbes>,
 }
+
+/// Interaction and API bodies are small (a click, a decision); a larger one
+/// is refused before it is read: by its `Content-Length`, else when the
+/// capped read passes the limit. The webhook keeps `intake.max_body_bytes`.
+pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.settings.server.request_timeout;
-    Router::new()
-        .route("/v1/alertmanager", post(alertmanager::receive))
+    let small = Router::new()
         .route("/v1/incidents", get(incidents::list))
         .route("/v1/incidents/{id}", get(incidents::show))
         .route(
@@ -63,6 +70,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(incidents::audit))
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))
+        // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB
+        // otherwise); `RequestBodyLimitLayer` answers 413 from the
+        // `Content-Length` alone, before a handler runs.
+        .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
+        .layer(RequestBodyLimitLayer::new(SMALL_BODY_LIMIT));
+    Router::new()
+        .route("/v1/alertmanager", post(alertmanager::receive))
+        .merge(small)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
