@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod incidents;
 pub mod interactions;
+mod server;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::IntakeAuth;
 pub use error::ApiError;
+pub use server::{ConnectionLimits, serve};
 
 use crate::chat::Chat;
 use crate::config::Settings;
