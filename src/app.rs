@@ -42,6 +42,8 @@ impl App {
             settings.intake.max_batch,
             work_ready.clone(),
         );
+        let limiter =
+            http::SourceLimiter::new(settings.server.source_rate, settings.server.source_burst);
         let state = AppState {
             store,
             intake,
@@ -52,6 +54,7 @@ impl App {
             metrics: telemetry::metrics_handle(),
             matrix: engine.matrix.clone(),
             probes: Arc::default(),
+            limiter,
         };
         Ok(Self {
             state,

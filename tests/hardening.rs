@@ -4,13 +4,15 @@
 mod common;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
-use common::{Backend, send, spawn_app};
+use common::{Backend, send, spawn_app, spawn_app_with};
 
 on_both_stores!(
     a_thousand_scrapes_read_the_store_gauges_at_most_a_few_times,
     an_oversized_interaction_body_is_refused_before_it_is_read,
     an_oversized_api_body_is_refused,
+    a_source_over_its_rate_gets_429_but_authenticated_webhooks_do_not,
 );
 
 fn refreshes(metrics: &str) -> u64 {
@@ -100,4 +102,85 @@ async fn an_oversized_api_body_is_refused(backend: Backend) {
     let big = common::firing("abcd000000000001", "2026-11-26T10:00:00Z");
     let padded = format!("{}{}", big, " ".repeat(100 * 1024));
     assert_eq!(app.post_webhook(padded).await.status, StatusCode::OK);
+}
+
+/// A request as the accept loop hands it on: with the peer's address.
+fn from_peer(builder: axum::http::request::Builder, body: impl Into<Body>) -> Request<Body> {
+    let peer: std::net::SocketAddr = "192.0.2.7:40000".parse().expect("address");
+    let mut request = builder.body(body.into()).expect("request");
+    request.extensions_mut().insert(ConnectInfo(peer));
+    request
+}
+
+async fn a_source_over_its_rate_gets_429_but_authenticated_webhooks_do_not(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("REMEDY__SERVER__SOURCE_RATE", "1"),
+            ("REMEDY__SERVER__SOURCE_BURST", "3"),
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        let reply = send(
+            &app.router,
+            from_peer(Request::get("/readyz"), Body::empty()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let response = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        from_peer(Request::get("/metrics"), Body::empty()),
+    )
+    .await
+    .expect("router answers");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+
+    // Wrong webhook credentials from another source: 401 until its burst
+    // of failures is spent, then 429.
+    let wrong = || {
+        let mut request = from_peer(
+            Request::post("/v1/alertmanager")
+                .header(header::AUTHORIZATION, "Bearer wrong")
+                .header(header::CONTENT_TYPE, "application/json"),
+            "{}",
+        );
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 8], 1))));
+        request
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app.router, wrong()).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        send(&app.router, wrong()).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The same source with the right token is never limited for volume.
+    for i in 0..10 {
+        let mut request = from_peer(
+            Request::post("/v1/alertmanager")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", common::WEBHOOK_TOKEN),
+                )
+                .header(header::CONTENT_TYPE, "application/json"),
+            common::firing(&format!("abcd0000000001{i:02}"), "2026-11-26T10:00:00Z"),
+        );
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 8], 1))));
+        assert_eq!(send(&app.router, request).await.status, StatusCode::OK);
+    }
 }

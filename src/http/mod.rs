@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod incidents;
 pub mod interactions;
+mod limit;
 mod server;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::IntakeAuth;
 pub use error::ApiError;
+pub use limit::SourceLimiter;
 pub use server::{ConnectionLimits, serve};
 
 use crate::chat::Chat;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub matrix: Arc<crate::escalation::Matrix>,
     /// Cached store answers for the unauthenticated `/readyz` and `/metrics`.
     pub probes: Arc<health::StoreProbes>,
+    /// Per-source rate limits (`server.source_rate`, `server.source_burst`).
+    pub limiter: SourceLimiter,
 }
 
 /// Interaction and API bodies are small (a click, a decision); a larger one
@@ -57,7 +61,9 @@ pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.settings.server.request_timeout;
-    let small = Router::new()
+    let limited = middleware::from_fn_with_state(state.limiter.clone(), limit::every_request);
+    let on_failure = middleware::from_fn_with_state(state.limiter.clone(), limit::failed_auth);
+    let api = Router::new()
         .route("/v1/incidents", get(incidents::list))
         .route("/v1/incidents/{id}", get(incidents::show))
         .route(
@@ -70,19 +76,30 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/incidents/{id}/export", get(incidents::export))
         .route("/v1/audit", get(incidents::audit))
+        .layer(on_failure.clone());
+    let chat = Router::new()
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))
-        // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB
-        // otherwise); `RequestBodyLimitLayer` answers 413 from the
-        // `Content-Length` alone, before a handler runs.
+        .layer(limited.clone());
+    // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB
+    // otherwise); `RequestBodyLimitLayer` answers 413 from the
+    // `Content-Length` alone, before a handler runs.
+    let small = api
+        .merge(chat)
         .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(SMALL_BODY_LIMIT));
-    Router::new()
-        .route("/v1/alertmanager", post(alertmanager::receive))
-        .merge(small)
-        .route("/healthz", get(health::healthz))
+    let probes = Router::new()
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .layer(limited);
+    Router::new()
+        .route(
+            "/v1/alertmanager",
+            post(alertmanager::receive).layer(on_failure),
+        )
+        .merge(small)
+        .merge(probes)
+        .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
