@@ -29,13 +29,13 @@ impl SourceLimiter {
         Self(Arc::new(RateLimiter::keyed(quota)))
     }
 
-    /// Charges one request to `source`; `Err` is the 429 to answer.
-    fn charge(&self, source: IpAddr) -> Result<(), Response> {
+    /// Charges one request to `source`; `Some` is the 429 to answer.
+    fn charge(&self, source: IpAddr) -> Option<Response> {
         let outcome = self.0.check_key(&source);
         if self.0.len() > MAX_SOURCES {
             self.0.retain_recent();
         }
-        outcome.map_err(|not_until| {
+        outcome.err().map(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             let mut response = (
@@ -67,7 +67,7 @@ pub async fn every_request(
     next: Next,
 ) -> Response {
     if let Some(source) = source(&request)
-        && let Err(refused) = limiter.charge(source)
+        && let Some(refused) = limiter.charge(source)
     {
         return refused;
     }
@@ -86,7 +86,7 @@ pub async fn failed_auth(
     let response = next.run(request).await;
     if response.status() == StatusCode::UNAUTHORIZED
         && let Some(source) = source
-        && let Err(refused) = limiter.charge(source)
+        && let Some(refused) = limiter.charge(source)
     {
         return refused;
     }
