@@ -42,6 +42,8 @@ impl App {
             settings.intake.max_batch,
             work_ready.clone(),
         );
+        let limiter =
+            http::SourceLimiter::new(settings.server.source_rate, settings.server.source_burst);
         let state = AppState {
             store,
             intake,
@@ -51,6 +53,8 @@ impl App {
             settings: Arc::new(settings),
             metrics: telemetry::metrics_handle(),
             matrix: engine.matrix.clone(),
+            probes: Arc::default(),
+            limiter,
         };
         Ok(Self {
             state,
@@ -263,14 +267,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     let signal = shutdown.clone();
-    axum::serve(listener, app.router())
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
-            signal.cancel();
-        })
-        .await
-        .context("serving HTTP")?;
+    let limits = http::ConnectionLimits {
+        max_connections: app.state.settings.server.max_connections,
+        header_read_timeout: app.state.settings.server.header_read_timeout,
+    };
+    http::serve(listener, app.router(), limits, async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+        signal.cancel();
+    })
+    .await;
 
     shutdown.cancel();
     let finish = async {

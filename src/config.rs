@@ -535,6 +535,19 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A client that has not sent a request's headers within this is
+    /// disconnected (slow-header clients cannot hold connections open).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Requests per second one source (IP address) may make to the
+    /// interaction routes, `/readyz` and `/metrics`, and failed credential
+    /// attempts per second on the webhook and the API; then 429.
+    pub source_rate: std::num::NonZeroU32,
+    /// How many such requests a source may make at once before the rate applies.
+    pub source_burst: std::num::NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -136,6 +136,8 @@ async fn health_readiness_and_metrics_answer(backend: Backend) {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
     app.store.close().await;
+    // `/readyz` reuses its answer for a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
         app.get("/readyz", None).await.status,
         StatusCode::SERVICE_UNAVAILABLE

@@ -7,23 +7,28 @@ mod error;
 mod health;
 mod incidents;
 pub mod interactions;
+mod limit;
+mod server;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use auth::IntakeAuth;
 pub use error::ApiError;
+pub use limit::SourceLimiter;
+pub use server::{ConnectionLimits, serve};
 
 use crate::chat::Chat;
 use crate::config::Settings;
@@ -43,12 +48,22 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The escalation matrix (snooze and silence lengths).
     pub matrix: Arc<crate::escalation::Matrix>,
+    /// Cached store answers for the unauthenticated `/readyz` and `/metrics`.
+    pub probes: Arc<health::StoreProbes>,
+    /// Per-source rate limits (`server.source_rate`, `server.source_burst`).
+    pub limiter: SourceLimiter,
 }
+
+/// Interaction and API bodies are small (a click, a decision); a larger one
+/// is refused before it is read: by its `Content-Length`, else when the
+/// capped read passes the limit. The webhook keeps `intake.max_body_bytes`.
+pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.settings.server.request_timeout;
-    Router::new()
-        .route("/v1/alertmanager", post(alertmanager::receive))
+    let limited = middleware::from_fn_with_state(state.limiter.clone(), limit::every_request);
+    let on_failure = middleware::from_fn_with_state(state.limiter.clone(), limit::failed_auth);
+    let api = Router::new()
         .route("/v1/incidents", get(incidents::list))
         .route("/v1/incidents/{id}", get(incidents::show))
         .route(
@@ -61,11 +76,30 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/incidents/{id}/export", get(incidents::export))
         .route("/v1/audit", get(incidents::audit))
+        .layer(on_failure.clone());
+    let chat = Router::new()
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))
-        .route("/healthz", get(health::healthz))
+        .layer(limited.clone());
+    // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB
+    // otherwise); `RequestBodyLimitLayer` answers 413 from the
+    // `Content-Length` alone, before a handler runs.
+    let small = api
+        .merge(chat)
+        .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
+        .layer(RequestBodyLimitLayer::new(SMALL_BODY_LIMIT));
+    let probes = Router::new()
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .layer(limited);
+    Router::new()
+        .route(
+            "/v1/alertmanager",
+            post(alertmanager::receive).layer(on_failure),
+        )
+        .merge(small)
+        .merge(probes)
+        .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
