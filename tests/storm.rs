@@ -150,6 +150,29 @@ async fn a_storm_of_one_group_is_diagnosed_posted_and_escalated_once(backend: Ba
     assert_eq!(members, 200 - THRESHOLD);
     let scope: String = scalar(&app.store, "select scope from storms").await;
     assert_eq!(scope, "group");
+    // Each member joined once, and most were taken along by another's
+    // admission (`with`): a few write transactions, not one per member.
+    let joined: Vec<i64> = column(
+        &app.store,
+        "select incident_id from incident_events where kind = 'storm_joined' order by incident_id",
+    )
+    .await;
+    let mut distinct = joined.clone();
+    distinct.dedup();
+    assert_eq!(distinct, joined, "a member joined twice");
+    assert_eq!(i64::try_from(joined.len()).expect("small"), members);
+    let alone: i64 = scalar(
+        &app.store,
+        "select count(*) from incident_events
+          where kind = 'storm_joined' and cast(detail as text) not like '%\"with\"%'",
+    )
+    .await;
+    // Only rows the two workers had already claimed (a batch of 16 each)
+    // when the storm opened are admitted one by one.
+    assert!(
+        alone <= 2 * 16,
+        "{alone} of {members} members admitted one by one"
+    );
 
     // Diagnosed: the incidents that opened alone and the storm; no member.
     let diagnosed: Vec<i64> = column(

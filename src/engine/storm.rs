@@ -22,12 +22,17 @@ pub(super) async fn admit(
         .store
         .admit_to_storm(work, incident, engine.storm, now)
         .await?;
-    if let Admission::Member { storm, opened } = admission {
+    if let Admission::Member {
+        storm,
+        opened,
+        swept,
+    } = admission
+    {
         if opened {
             tracing::warn!(storm = storm.0, representative = incident.id, alertname = %incident.alertname, "alert storm: incidents coalesce into one storm incident");
             metrics::counter!("remedy_storms_total").increment(1);
         }
-        metrics::counter!("remedy_storm_members_total").increment(1);
+        metrics::counter!("remedy_storm_members_total").increment(1 + swept);
     }
     Ok(admission)
 }

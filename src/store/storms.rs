@@ -1,13 +1,17 @@
 //! Storms: when more than `storm.threshold` incidents of one Alertmanager
 //! group (or one alertname) open within `storm.window`, the next ones join
-//! one storm incident. The decision is one transaction per incident, taken
-//! where its `diagnose` work runs; the storm incident is an ordinary
+//! one storm incident. The decision is taken where an incident's
+//! `diagnose` work runs, in one transaction that also admits up to
+//! `SWEEP_BATCH` members queued behind it (a storm of thousands costs a
+//! few transactions, not one each); the storm incident is an ordinary
 //! incident row (so diagnosis, chat, approvals and escalation serve it
 //! unchanged) described by a `storms` row, at most one open per key.
 
 use serde::Serialize;
 use sqlx::types::Json;
 
+use super::conn::Conn;
+use super::intake::close_incident;
 use super::work::MARK_DONE;
 use super::{ClaimedWork, IncidentRecord, Store, StoreError, on_pool, record_event, transaction};
 use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
@@ -50,7 +54,58 @@ impl StormScope {
             }
         }
     }
+
+    /// Admits, with the member just admitted, the members queued behind
+    /// it: `$1` storm, `$2` key, `$3` the admitted incident's id, `$4` its
+    /// `opened_at`, `$5` at most this many. A later incident of the same
+    /// key opened no later than the admitted one has every incident the
+    /// admitted one counted in its own window, and it too: it would join
+    /// when its turn came. Only rows no worker holds are taken.
+    fn sweep_sql(self) -> &'static str {
+        match self {
+            Self::Group => {
+                "update incidents set storm_id = $1
+                  where id in (select i.id from incidents i join work w on w.incident_id = i.id
+                                where i.group_key = $2 and i.id > $3 and i.opened_at <= $4
+                                  and i.status = 'firing' and i.storm_id is null
+                                  and w.kind = 'diagnose' and w.state = 'pending'
+                                  and w.lease_owner is null
+                                  and not exists (select 1 from storms s where s.incident_id = i.id)
+                                order by i.id limit $5)"
+            }
+            Self::Alertname => {
+                "update incidents set storm_id = $1
+                  where id in (select i.id from incidents i join work w on w.incident_id = i.id
+                                where i.alertname = $2 and i.id > $3 and i.opened_at <= $4
+                                  and i.status = 'firing' and i.storm_id is null
+                                  and w.kind = 'diagnose' and w.state = 'pending'
+                                  and w.lease_owner is null
+                                  and not exists (select 1 from storms s where s.incident_id = i.id)
+                                order by i.id limit $5)"
+            }
+        }
+    }
 }
+
+/// How many queued members one admission takes with it: a storm of
+/// thousands is admitted in a few transactions, not one per member, so
+/// the intake writer never queues behind thousands of small ones.
+const SWEEP_BATCH: i64 = 500;
+
+/// The `storm_joined` events of the members a sweep just marked (`$1`
+/// storm, `$2` now, `$3` detail): those whose diagnose work is still
+/// queued, which the next statement finishes.
+const SWEPT_EVENTS: &str = "insert into incident_events (incident_id, at, kind, detail)
+  select i.id, $2, 'storm_joined', $3 from incidents i
+   where i.storm_id = $1
+     and exists (select 1 from work w where w.incident_id = i.id and w.kind = 'diagnose'
+                   and w.state = 'pending' and w.lease_owner is null)";
+
+/// Finishes the queued diagnose work of storm `$1`'s members (`$2` now).
+const SWEPT_WORK: &str = "update work set state = 'done', lease_owner = null, lease_until = null,
+        last_error = null, updated_at = $2
+  where kind = 'diagnose' and state = 'pending' and lease_owner is null
+    and incident_id in (select id from incidents where storm_id = $1)";
 
 /// The settings a storm decision needs, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +128,13 @@ pub enum Admission {
     /// Diagnose, post and escalate it as usual: not in a storm, or the
     /// storm incident itself.
     Alone,
-    /// It joined the storm incident `storm` (and opened it when `opened`);
-    /// its diagnose work is done.
-    Member { storm: IncidentId, opened: bool },
+    /// It joined the storm incident `storm` (and opened it when `opened`)
+    /// with `swept` members queued behind it; their diagnose work is done.
+    Member {
+        storm: IncidentId,
+        opened: bool,
+        swept: u64,
+    },
     /// The work's lease was lost; nothing was recorded.
     LeaseLost,
 }
@@ -120,84 +179,37 @@ const REARM: &str = "update work set due_at = $3, lease_owner = null, lease_unti
         attempts = 0, last_error = null, updated_at = $4
   where id = $1 and lease_owner = $2 and state = 'pending'";
 
-/// Resolves storm incident `$storm` whose last member resolved: the same
-/// effects as a resolved alert on an incident (see `store/intake.rs`),
-/// except that the check's own work row (`$work`) is finished by its caller.
-macro_rules! resolve_storm {
-    ($conn:expr, $storm:expr, $work:expr, $members:expr, $now:expr) => {{
-        let now_text = format_millis($now);
-        sqlx::query(
-            "update incidents
-                set status = 'resolved', resolved_at = $2, last_seen_at = $2,
-                    ends_at = coalesce((select max(m.ends_at) from incidents m
-                                         where m.storm_id = $1), $3)
-              where id = $1 and status = 'firing'",
-        )
-        .bind($storm)
-        .bind($now)
-        .bind(&now_text)
-        .execute(&mut *$conn)
-        .await?;
-        sqlx::query(
-            "update storms set resolved_at = $2, members = $3, firing = 0 where incident_id = $1",
-        )
-        .bind($storm)
-        .bind($now)
-        .bind($members)
-        .execute(&mut *$conn)
-        .await?;
-        record_event!(
-            $conn,
-            $storm,
-            $now,
-            "resolved",
-            serde_json::json!({ "reason": "every member of the storm resolved", "members": $members }),
-        );
-        sqlx::query(
-            "update work set state = 'cancelled', lease_owner = null,
-                    lease_until = null, updated_at = $2
-              where incident_id = $1 and state = 'pending' and id <> $3
-                and not (kind = 'notify' and lease_owner is not null)",
-        )
-        .bind($storm)
-        .bind($now)
-        .bind($work)
-        .execute(&mut *$conn)
-        .await?;
-        sqlx::query(
-            "update approvals set state = 'expired', decided_at = $2
-              where incident_id = $1 and state = 'pending'",
-        )
-        .bind($storm)
-        .bind($now)
-        .execute(&mut *$conn)
-        .await?;
-        let cancelled = sqlx::query(
-            "update escalation_timers set state = 'cancelled'
-              where incident_id = $1 and state in ('pending', 'paused')",
-        )
-        .bind($storm)
-        .execute(&mut *$conn)
-        .await?
-        .rows_affected();
-        if cancelled > 0 {
-            record_event!(
-                $conn,
-                $storm,
-                $now,
-                "escalation_cancelled",
-                serde_json::json!({ "timers": cancelled, "reason": "resolved" }),
-            );
-        }
-        sqlx::query(
-            "insert into work (kind, incident_id, due_at, created_at, updated_at)
-             select 'notify', id, $2, $2, $2 from incidents where id = $1 and report is not null",
-        )
-        .bind($storm)
-        .bind($now)
-        .execute(&mut *$conn)
-        .await?;
-    }};
+/// Resolves storm incident `storm`, whose last member resolved, with the
+/// effects a resolved alert has on an incident (`intake::close_incident`).
+async fn resolve_storm(
+    conn: &mut Conn<'_>,
+    storm: i64,
+    members: i64,
+    now: Millis,
+) -> Result<(), sqlx::Error> {
+    let now_text = format_millis(now);
+    conn.execute(
+        "update incidents
+            set status = 'resolved', resolved_at = $2, last_seen_at = $2,
+                ends_at = coalesce((select max(m.ends_at) from incidents m
+                                     where m.storm_id = $1), $3)
+          where id = $1 and status = 'firing'",
+        &[storm.into(), now.into(), now_text.as_str().into()],
+    )
+    .await?;
+    conn.execute(
+        "update storms set resolved_at = $2, members = $3, firing = 0 where incident_id = $1",
+        &[storm.into(), now.into(), members.into()],
+    )
+    .await?;
+    close_incident(
+        conn,
+        storm,
+        now,
+        "resolved",
+        serde_json::json!({ "reason": "every member of the storm resolved", "members": members }),
+    )
+    .await
 }
 
 impl Store {
@@ -364,9 +376,35 @@ impl Store {
                 "storm_joined",
                 serde_json::json!({ "storm": storm, "scope": scope.as_str(), "opened": opened }),
             );
+            let swept = sqlx::query(scope.sweep_sql())
+                .bind(storm)
+                .bind(key)
+                .bind(id)
+                .bind(incident.opened_at)
+                .bind(SWEEP_BATCH)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if swept > 0 {
+                let detail = serde_json::json!({
+                    "storm": storm, "scope": scope.as_str(), "opened": false, "with": id,
+                });
+                sqlx::query(SWEPT_EVENTS)
+                    .bind(storm)
+                    .bind(now)
+                    .bind(Json(detail))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(SWEPT_WORK)
+                    .bind(storm)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             Some(Admission::Member {
                 storm: IncidentId(storm),
                 opened,
+                swept,
             })
         }))
     }
@@ -384,39 +422,29 @@ impl Store {
         now: Millis,
         next_due: Millis,
     ) -> Result<StormCheck, StoreError> {
-        Ok(transaction!(self, |conn| {
-            let row: Option<(Option<Millis>, i64, i64, String)> = sqlx::query_as(
-                "select s.resolved_at, s.members, s.firing, i.status
-                   from storms s join incidents i on i.id = s.incident_id
-                  where s.incident_id = $1",
-            )
-            .bind(storm.0)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let (members, firing): (i64, i64) = sqlx::query_as(
-                "select count(*), count(case when status = 'firing' then 1 end)
-                   from incidents where storm_id = $1",
-            )
-            .bind(storm.0)
-            .fetch_one(&mut *conn)
-            .await?;
+        self.in_transaction(async |conn| {
+            let row: Option<(Option<Millis>, i64, i64, String)> = conn
+                .fetch_optional(
+                    "select s.resolved_at, s.members, s.firing, i.status
+                       from storms s join incidents i on i.id = s.incident_id
+                      where s.incident_id = $1",
+                    &[storm.0.into()],
+                )
+                .await?;
+            let (members, firing): (i64, i64) = conn
+                .fetch_one(
+                    "select count(*), count(case when status = 'firing' then 1 end)
+                       from incidents where storm_id = $1",
+                    &[storm.0.into()],
+                )
+                .await?;
             let outcome = match row {
                 Some((None, seen_members, seen_firing, status))
                     if status == IncidentStatus::Firing.as_str() =>
                 {
                     if members > 0 && firing == 0 {
-                        resolve_storm!(conn, storm.0, work.id, members, now);
                         StormCheck::Resolved
                     } else if (members, firing) != (seen_members, seen_firing) {
-                        sqlx::query(
-                            "update storms set members = $2, firing = $3 where incident_id = $1",
-                        )
-                        .bind(storm.0)
-                        .bind(members)
-                        .bind(firing)
-                        .execute(&mut *conn)
-                        .await?;
-                        super::enqueue_notify!(conn, storm.0, now, now);
                         StormCheck::Changed
                     } else {
                         StormCheck::Unchanged
@@ -424,27 +452,44 @@ impl Store {
                 }
                 _ => StormCheck::Closed,
             };
+            // The lease first: the check's own row is finished (or
+            // re-armed) before a resolve cancels the storm's pending work.
             let fenced = if matches!(outcome, StormCheck::Resolved | StormCheck::Closed) {
-                sqlx::query(MARK_DONE)
-                    .bind(work.id)
-                    .bind(&work.owner)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?
+                conn.execute(
+                    MARK_DONE,
+                    &[work.id.into(), work.owner.as_str().into(), now.into()],
+                )
+                .await?
             } else {
-                sqlx::query(REARM)
-                    .bind(work.id)
-                    .bind(&work.owner)
-                    .bind(next_due)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?
+                conn.execute(
+                    REARM,
+                    &[
+                        work.id.into(),
+                        work.owner.as_str().into(),
+                        next_due.into(),
+                        now.into(),
+                    ],
+                )
+                .await?
             };
-            if fenced.rows_affected() != 1 {
+            if fenced != 1 {
                 return Ok(StormCheck::LeaseLost);
             }
-            outcome
-        }))
+            match outcome {
+                StormCheck::Resolved => resolve_storm(conn, storm.0, members, now).await?,
+                StormCheck::Changed => {
+                    conn.execute(
+                        "update storms set members = $2, firing = $3 where incident_id = $1",
+                        &[storm.0.into(), members.into(), firing.into()],
+                    )
+                    .await?;
+                    conn.enqueue_notify(storm.0, now, now).await?;
+                }
+                _ => {}
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     /// The storm incident `storm` when its diagnosis is due to be re-run:
