@@ -6,7 +6,9 @@
 //! to answer, how long until the storm's report was posted, until it showed
 //! every member, how many diagnoses ran and how many Slack calls were made;
 //! then resolves every alert and prints how long until the storm's message
-//! said so.
+//! said so; then sends five more storms of new groups 250 ms apart (each
+//! lands while the members of the ones before are being admitted) and
+//! prints how long each webhook took to answer.
 //!
 //! Run: `cargo bench --bench storm` (both stores), or with `sqlite` /
 //! `postgres` as the argument; `off` as a second argument runs the same
@@ -24,6 +26,8 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 const ALERTS: usize = 2_000;
+/// Storm notifications sent one after the other after the first.
+const AFTERSHOCKS: usize = 5;
 const WEBHOOK_TOKEN: &str = "bench-webhook-token";
 const SLACK_TOKEN: &str = "xoxb-bench";
 
@@ -114,27 +118,32 @@ async fn start_slack() -> anyhow::Result<(String, Arc<Slack>)> {
 }
 
 fn notification(status: &str, n: usize) -> String {
+    notification_of("outage", 0, status, n)
+}
+
+/// `n` alerts of group `cluster`, fingerprints from `0xb00_0000 + base`.
+fn notification_of(cluster: &str, base: u64, status: &str, n: usize) -> String {
     let alerts: Vec<Value> = (0..n)
         .map(|i| {
             json!({
                 "status": status,
                 "labels": {
                     "alertname": "DatabaseIdleInTransaction", "severity": "warning",
-                    "instance": format!("db-{i:04}:5432"), "cluster": "outage",
+                    "instance": format!("db-{i:04}:5432"), "cluster": cluster,
                 },
                 "annotations": {"summary": "idle in transaction"},
                 "startsAt": "2026-11-30T03:00:00Z",
                 "endsAt": if status == "resolved" { "2026-11-30T03:20:00Z" } else { "0001-01-01T00:00:00Z" },
                 "generatorURL": "http://prometheus/graph",
-                "fingerprint": format!("{:016x}", 0xb00_0000_u64 + u64::try_from(i).unwrap_or(0)),
+                "fingerprint": format!("{:016x}", 0xb00_0000_u64 + base + u64::try_from(i).unwrap_or(0)),
             })
         })
         .collect();
     json!({
         "receiver": "remedy", "status": status, "version": "4", "alerts": alerts,
-        "groupLabels": {"cluster": "outage"}, "commonLabels": {}, "commonAnnotations": {},
+        "groupLabels": {"cluster": cluster}, "commonLabels": {}, "commonAnnotations": {},
         "externalURL": "http://alertmanager:9093",
-        "groupKey": "{}:{cluster=\"outage\"}", "truncatedAlerts": 0
+        "groupKey": format!("{{}}:{{cluster=\"{cluster}\"}}"), "truncatedAlerts": 0
     })
     .to_string()
 }
@@ -309,6 +318,36 @@ async fn run(backend: &str, coalesce: bool) -> anyhow::Result<()> {
         println!(
             "{label}: all resolved -> storm message says so {} (storm.update_every is 5 s)",
             ms(resolved.map(|t| t - resolved_sent))
+        );
+    }
+    if coalesce {
+        // Storms that follow each other: each notification lands while
+        // the members of the ones before are still being admitted, so its
+        // intake competes with their writes.
+        let mut answers = Vec::new();
+        for k in 1..=AFTERSHOCKS {
+            let body = notification_of(
+                &format!("outage-{k}"),
+                1_000_000 * u64::try_from(k).unwrap_or(0),
+                "firing",
+                ALERTS,
+            );
+            let sent = Instant::now();
+            let reply = client
+                .post(&url)
+                .bearer_auth(WEBHOOK_TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
+            answers.push(sent.elapsed());
+            anyhow::ensure!(reply.status().is_success(), "intake: {}", reply.status());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let shown: Vec<String> = answers.iter().map(|d| ms(Some(*d))).collect();
+        println!(
+            "{label}: {AFTERSHOCKS} more storms of {ALERTS} new alerts, 250 ms apart: webhook answered 200 in {}",
+            shown.join(", ")
         );
     }
     shutdown.cancel();
