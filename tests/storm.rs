@@ -355,3 +355,139 @@ async fn alerts_of_one_alertname_across_groups_coalesce_too(backend: Backend) {
         usize::try_from(THRESHOLD + 1).expect("small")
     );
 }
+
+/// The storm as production sends it: one notification of 2,000 alerts,
+/// the SQLite store, the shipped playbooks diagnosing against a real
+/// PostgreSQL database, the real worker on the real clock, default storm
+/// and target settings, and a fake Slack that answers 429 past one message
+/// a second per channel. Intake answers 200; the target never sees more
+/// connections from remedy than `targets.main.max_connections`; the channel
+/// gets the incidents that opened alone and one storm message, with no
+/// 429; no work is given up; the resolve closes everything and the storm's
+/// message says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_2000_alerts_at_slacks_pace_keeps_the_target_and_the_channel_calm() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    const ALERTS: usize = 2_000;
+    const ALONE: usize = 10; // `storm.threshold`'s default
+    let fake = FakeChat::start().await;
+    fake.enforce_post_pace(Duration::from_millis(900));
+    let slack_api = format!("{}/slack/api", fake.url);
+    let target = common::fresh_store_url(Backend::Postgres).await;
+    let target_db = target.rsplit('/').next().expect("database name").to_owned();
+    let playbooks = common::playbooks_dir();
+    let app = common::spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("REMEDY__PLAYBOOKS__DIR", playbooks.to_str().expect("utf-8")),
+            ("REMEDY__TARGETS__MAIN__URL", &target),
+            ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
+            ("REMEDY__CHAT__PLATFORM", "slack"),
+            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0STORM"),
+            ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
+            ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
+            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", "storm-secret"),
+            ("REMEDY__INTAKE__MAX_BODY_BYTES", "8388608"),
+            ("REMEDY__WORKER__POLL_INTERVAL", "100ms"),
+            ("REMEDY__STORM__UPDATE_EVERY", "1s"),
+        ],
+    )
+    .await;
+
+    // Remedy's connections to the target, sampled from another database.
+    let peak = Arc::new(AtomicI64::new(0));
+    let sampling = CancellationToken::new();
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        let admin = common::postgres_admin_url();
+        tokio::spawn(async move {
+            let pool = sqlx::PgPool::connect(&admin).await.expect("admin");
+            while !sampling.is_cancelled() {
+                let n: i64 =
+                    sqlx::query_scalar("select count(*) from pg_stat_activity where datname = $1")
+                        .bind(&target_db)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("pg_stat_activity");
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let shutdown = CancellationToken::new();
+    let worker = app.app.spawn_worker(shutdown.clone());
+
+    post(&app, notification("firing", "outage", 0, ALERTS)).await;
+    let everyone = format!("storm of {} alerts", ALERTS - ALONE);
+    let shown = async {
+        loop {
+            let shows = fake
+                .calls("chat.update")
+                .iter()
+                .any(|r| header(&r.body).contains(&everyone))
+                || fake
+                    .calls("chat.postMessage")
+                    .iter()
+                    .any(|r| header(&r.body).contains(&everyone));
+            if shows && fake.calls("chat.postMessage").len() >= ALONE + 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), shown)
+        .await
+        .expect("every lone report is posted and the storm's message shows every member");
+
+    post(&app, notification("resolved", "outage", 0, ALERTS)).await;
+    let closed = async {
+        loop {
+            let said = fake.calls("chat.update").iter().any(|r| {
+                header(&r.body).contains("storm of") && text_of(&r.body).contains("all resolved")
+            });
+            if said {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), closed)
+        .await
+        .expect("the storm's message says it resolved");
+    shutdown.cancel();
+    worker.await.expect("worker stops");
+    sampling.cancel();
+    sampler.await.expect("sampler");
+
+    let bound: i64 = 4; // `targets.main.max_connections`'s default
+    let seen = peak.load(Ordering::SeqCst);
+    assert!(seen >= 1, "the sampler saw remedy diagnose");
+    assert!(seen <= bound, "{seen} connections to the target");
+    assert_eq!(fake.rate_limited(), 0, "remedy kept to Slack's pace");
+    let posts = fake.calls("chat.postMessage");
+    assert_eq!(
+        posts.len(),
+        ALONE + 1,
+        "the lone incidents and one storm message"
+    );
+    let given_up: i64 = scalar(
+        &app.store,
+        "select count(*) from work where state = 'failed'",
+    )
+    .await;
+    assert_eq!(given_up, 0, "no work is given up");
+    let firing: i64 = scalar(
+        &app.store,
+        "select count(*) from incidents where status = 'firing'",
+    )
+    .await;
+    assert_eq!(firing, 0, "everything is closed");
+    assert_eq!(
+        app.count("incidents").await,
+        i64::try_from(ALERTS + 1).expect("small")
+    );
+}
