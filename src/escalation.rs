@@ -824,6 +824,101 @@ default:
         assert_eq!(m.default.roles(), ["a", "b", "c"]);
     }
 
+    fn watched(threshold: &str) -> Matrix {
+        matrix(&format!(
+            "roles: {{a: A, b: B}}
+policies:
+  - alert: X
+    initial: a
+    escalate: [{{to: b}}]
+    threshold: '{threshold}'
+    recheck: 20s
+default:
+  initial: a
+  escalate: [{{to: b, after: 1m}}]
+"
+        ))
+    }
+
+    #[test]
+    fn a_threshold_watches_only_the_steps_it_reads() {
+        let ids: Vec<String> = ["long_queries", "lock_chains", "idle"]
+            .map(String::from)
+            .to_vec();
+        let m = watched("steps.long_queries.rows | length > vars.n and labels.x == \"y\"");
+        assert_eq!(m.policies[0].threshold_steps(&ids), ["long_queries"]);
+        assert_eq!(
+            m.policies[0].recheck_every(Duration::from_secs(60)),
+            Duration::from_secs(20)
+        );
+        // A whole `steps` lookup reads any of them.
+        let m = watched("steps[\"idle\"].rows | length > 1");
+        assert_eq!(m.policies[0].threshold_steps(&ids), ids);
+        // No threshold, nothing watched; the default is the settings'.
+        assert!(m.default.threshold_steps(&ids).is_empty());
+        assert_eq!(
+            m.default.recheck_every(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn the_measurement_names_the_rows_and_the_columns_the_threshold_compares() {
+        let m = watched(
+            "steps.q.rows | selectattr(\"duration_seconds\", \"gt\", 300) | list | length > 0",
+        );
+        let mut report = Report::default();
+        let row = |pid: i64, secs: f64| {
+            serde_json::json!({"pid": pid, "duration_seconds": secs, "query": "select pg_sleep(600)"})
+                .as_object()
+                .cloned()
+                .expect("object")
+        };
+        report.steps.insert(
+            "q".into(),
+            crate::diagnose::StepOutput {
+                ok: true,
+                rows: vec![row(4711, 312.4), row(4712, 12.0)],
+                ..Default::default()
+            },
+        );
+        let at = 1_795_749_300_000 + 7_000; // 2026-11-27 03:15:07 UTC
+        let steps = ["q".to_owned()];
+        assert_eq!(
+            m.policies[0].measurement(&report, &steps, at),
+            "measured at 03:15:07 UTC: q: 2 rows (pid=4711 duration_seconds=312.4 (5m12s); pid=4712 duration_seconds=12)"
+        );
+        // A threshold that only counts: the count.
+        let count = watched("steps.q.rows | length > 10");
+        assert_eq!(
+            count.policies[0].measurement(&report, &steps, at),
+            "measured at 03:15:07 UTC: q: 2 rows"
+        );
+    }
+
+    #[test]
+    fn recheck_needs_a_threshold() {
+        let settings = crate::config::Settings::load_from(
+            None,
+            [(
+                "REMEDY__INTAKE__ALLOW_UNAUTHENTICATED".to_owned(),
+                "true".to_owned(),
+            )],
+        )
+        .expect("settings");
+        let errors = load_str(
+            Path::new("m.yaml"),
+            "roles: {a: A}\ndefault:\n  initial: a\n  recheck: 1m\n  escalate: [{to: a, after: 1m}]\n",
+            &settings,
+        )
+        .expect_err("no threshold");
+        assert!(
+            errors[0].to_string().contains("default.recheck"),
+            "{}",
+            errors[0]
+        );
+    }
+
     #[test]
     fn unbounded_repeats_are_refused() {
         let settings = crate::config::Settings::load_from(
