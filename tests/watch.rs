@@ -217,7 +217,11 @@ impl Watch {
         .await;
         kinds
             .into_iter()
-            .zip(details.iter().map(|d| serde_json::from_str(d).expect("json")))
+            .zip(
+                details
+                    .iter()
+                    .map(|d| serde_json::from_str(d).expect("json")),
+            )
             .collect()
     }
 
@@ -310,19 +314,29 @@ async fn a_query_that_crosses_the_threshold_after_the_diagnosis_pings_the_dba_on
     });
     tokio::time::sleep(Duration::from_millis(1_600)).await;
 
-    let (id, t0) = w.open(&engine, "DatabaseLongRunningQueries", "d1d1d1d1d1d1d1d1").await;
+    let (id, t0) = w
+        .open(&engine, "DatabaseLongRunningQueries", "d1d1d1d1d1d1d1d1")
+        .await;
     let report = w.report(id).await;
     let rows = &report.steps["long_queries"].rows;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0]["duration_seconds"].as_f64().expect("secs") < 4.0);
     assert_eq!(w.triggers(id).await, 0, "below the threshold at diagnosis");
-    assert_eq!(w.pending_rechecks(id).await, 1, "watched from the diagnosis");
+    assert_eq!(
+        w.pending_rechecks(id).await,
+        1,
+        "watched from the diagnosis"
+    );
     let due: i64 = common::scalar(
         &w.app.store,
         &format!("select due_at from work where kind = 'recheck' and incident_id = {id}"),
     )
     .await;
-    assert_eq!(due, t0 + MINUTE, "escalation.recheck_every, 1 min by default");
+    assert_eq!(
+        due,
+        t0 + MINUTE,
+        "escalation.recheck_every, 1 min by default"
+    );
 
     // Acknowledged by the backend developer: watching goes on.
     let who = engine.chat.directory.slack("U0BACK");
@@ -405,9 +419,7 @@ async fn idle_sessions_growing_after_the_diagnosis_move_the_incident_to_the_team
         async move {
             let mut all = Vec::new();
             for _ in 0..n {
-                let mut conn = sqlx::PgConnection::connect(&target)
-                    .await
-                    .expect("connect");
+                let mut conn = sqlx::PgConnection::connect(&target).await.expect("connect");
                 sqlx::raw_sql("begin; select 1")
                     .execute(&mut conn)
                     .await
@@ -419,7 +431,9 @@ async fn idle_sessions_growing_after_the_diagnosis_move_the_incident_to_the_team
     };
     let mut sessions = open_idle(3).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let (id, t0) = w.open(&engine, "DatabaseIdleInTransaction", "e1e1e1e1e1e1e1e1").await;
+    let (id, t0) = w
+        .open(&engine, "DatabaseIdleInTransaction", "e1e1e1e1e1e1e1e1")
+        .await;
     assert_eq!(w.report(id).await.steps["idle_sessions"].rows.len(), 3);
     assert_eq!(w.triggers(id).await, 0, "3 is not more than 10");
     let updates_before = w.fake.calls("/chat.update").len();
@@ -459,11 +473,7 @@ async fn idle_sessions_growing_after_the_diagnosis_move_the_incident_to_the_team
 /// A resolve cancels the pending re-check: nothing is measured after it.
 async fn resolve_stops_the_watching(backend: Backend) {
     let dir = temp_dir("pb");
-    std::fs::write(
-        dir.join("watch.yaml"),
-        watch_playbook("select 1 as n"),
-    )
-    .expect("playbook");
+    std::fs::write(dir.join("watch.yaml"), watch_playbook("select 1 as n")).expect("playbook");
     let w = setup(backend, &dir, Some(WATCH_MATRIX), &[]).await;
     let engine = w.engine().clone();
     let (id, t0) = w.open(&engine, "WatchTest", "f1f1f1f1f1f1f1f1").await;
@@ -500,9 +510,7 @@ async fn resolve_stops_the_watching(backend: Backend) {
 /// A step that writes fails in the re-check's read-only transaction: the
 /// write does not happen, the failure is on the timeline, the re-check is
 /// armed again, and nothing escalates on it.
-async fn a_failing_recheck_is_recorded_and_retried_and_a_write_in_the_step_fails(
-    backend: Backend,
-) {
+async fn a_failing_recheck_is_recorded_and_retried_and_a_write_in_the_step_fails(backend: Backend) {
     let dir = temp_dir("pb");
     std::fs::write(
         dir.join("watch.yaml"),
@@ -545,7 +553,11 @@ async fn a_failing_recheck_is_recorded_and_retried_and_a_write_in_the_step_fails
         .await
         .expect("counter");
     assert_eq!(n, 0, "nothing was written");
-    assert_eq!(w.pending_rechecks(id).await, 1, "retried at the next interval");
+    assert_eq!(
+        w.pending_rechecks(id).await,
+        1,
+        "retried at the next interval"
+    );
     assert_eq!(w.triggers(id).await, 0, "a failure never escalates");
     assert!(w.report(id).await.measured.is_empty());
 }
@@ -605,7 +617,10 @@ async fn a_recheck_waits_for_its_targets_diagnosis_bound(backend: Backend) {
     );
     assert!(error.contains("max_concurrent_diagnoses"), "{error}");
     assert_eq!(attempts, 0, "waiting is not an attempt");
-    assert!(w.report(id).await.measured.is_empty(), "not measured while held");
+    assert!(
+        w.report(id).await.measured.is_empty(),
+        "not measured while held"
+    );
 
     // The slot frees; the re-check runs, the value crosses the threshold.
     common::execute(

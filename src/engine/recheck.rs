@@ -74,6 +74,9 @@ pub(super) async fn run(
     if incident.status != IncidentStatus::Firing {
         return Ok(stop("the incident resolved").await?);
     }
+    if incident.storm_id.is_some() {
+        return Ok(stop("a storm member: its storm is watched").await?);
+    }
     let Some((steps, every)) = watched(engine, &incident) else {
         return Ok(stop("no threshold over the playbook's steps").await?);
     };
@@ -139,8 +142,7 @@ pub(super) async fn run(
         report.measured.insert(step.clone(), now);
         report.steps.insert(step, output);
     }
-    let escalated =
-        super::escalate::check_threshold(engine, id, &incident, &report, now).await?;
+    let escalated = super::escalate::check_threshold(engine, id, &incident, &report, now).await?;
     // A threshold escalates once: watching ends with it.
     let next = (!escalated).then_some(next);
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;

@@ -249,10 +249,12 @@ impl Store {
         let lock = matches!(self, Self::Postgres(_));
         Ok(transaction!(self, |conn| {
             if lock {
-                sqlx::query("select incident_id from escalations where incident_id = $1 for update")
-                    .bind(incident.0)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "select incident_id from escalations where incident_id = $1 for update",
+                )
+                .bind(incident.0)
+                .fetch_optional(&mut *conn)
+                .await?;
             }
             if let Some(prefix) = once {
                 let before: i64 = sqlx::query_scalar(

@@ -4,9 +4,9 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
+use super::WorkKind;
 use super::execution::audit;
 use super::work::MARK_DONE;
-use super::WorkKind;
 use super::{
     ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, on_pool, record_event, transaction,
 };
