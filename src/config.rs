@@ -171,6 +171,15 @@ pub struct EscalationSettings {
     /// was down, or the store was).
     #[serde(with = "humantime_serde")]
     pub late_after: Duration,
+    /// While an incident fires and its row's `threshold` has a level left
+    /// to reach, the steps the threshold reads are measured again this
+    /// often (a row's `recheck` overrides it).
+    #[serde(default = "default_recheck_every", with = "humantime_serde")]
+    pub recheck_every: Duration,
+}
+
+fn default_recheck_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -868,9 +877,12 @@ impl Settings {
                 "intake: max_body_bytes, queue_capacity and max_batch must be positive".into(),
             ));
         }
-        if self.escalation.batch <= 0 || self.escalation.tick.is_zero() {
+        if self.escalation.batch <= 0
+            || self.escalation.tick.is_zero()
+            || self.escalation.recheck_every.is_zero()
+        {
             return Err(ConfigError::Invalid(
-                "escalation: batch and tick must be positive".into(),
+                "escalation: batch, tick and recheck_every must be positive".into(),
             ));
         }
         if self.storm.update_every.is_zero() {

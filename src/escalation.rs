@@ -93,6 +93,10 @@ struct PolicySpec {
     /// (`steps.ID.rows`, `labels`, `vars` of the playbook).
     #[serde(default)]
     threshold: Option<Spanned<String>>,
+    /// How often the steps the threshold reads are measured again while
+    /// the incident fires (default: the settings' `escalation.recheck_every`).
+    #[serde(default, with = "humantime_serde::option")]
+    recheck: Option<Duration>,
     /// Escalate at once when the same alert opened this often in a window.
     #[serde(default)]
     recurring: Option<RecurringSpec>,
@@ -169,6 +173,8 @@ pub struct Policy {
     pub initial: String,
     pub levels: Vec<Level>,
     pub threshold: Option<String>,
+    /// The row's `recheck`, overriding `escalation.recheck_every`.
+    pub recheck: Option<Duration>,
     pub recurring: Option<Recurring>,
     pub on_ineffective_remediation: bool,
     pub review_after: Option<Duration>,
@@ -265,6 +271,105 @@ impl Policy {
         timers
     }
 
+    /// The steps (of `ids`, the playbook's) that the threshold reads: the
+    /// ones worth measuring again while the incident fires. Every step when
+    /// the expression reads `steps` as a whole (`steps[name]`); none
+    /// without a threshold.
+    #[must_use]
+    pub fn threshold_steps(&self, ids: &[String]) -> Vec<String> {
+        let Some(expression) = &self.threshold else {
+            return Vec::new();
+        };
+        let env = template::environment();
+        let Ok(compiled) = env.compile_expression(expression) else {
+            return Vec::new();
+        };
+        let read = compiled.undeclared_variables(true);
+        if read.contains("steps") {
+            return ids.to_vec();
+        }
+        ids.iter()
+            .filter(|id| {
+                read.iter().any(|path| {
+                    path.strip_prefix("steps.")
+                        .is_some_and(|rest| rest.split('.').next() == Some(id.as_str()))
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How often the threshold's steps are measured again.
+    #[must_use]
+    pub fn recheck_every(&self, default: Duration) -> Duration {
+        self.recheck.unwrap_or(default)
+    }
+
+    /// What the threshold's steps measured, for the ping and the timeline:
+    /// when, then per step its row count and up to three rows, each with
+    /// the columns the expression names (`pid` first when there is one),
+    /// a duration in `…_seconds` also as people read it. Only the count
+    /// when the expression names no column. The text may carry values from
+    /// the monitored database: the chat adapters escape it.
+    #[must_use]
+    pub fn measurement(&self, report: &Report, steps: &[String], at: Millis) -> String {
+        let named: Vec<&str> = self.threshold.as_deref().map_or_else(Vec::new, |e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .collect()
+        });
+        let parts: Vec<String> = steps
+            .iter()
+            .filter_map(|id| report.steps.get(id).map(|s| (id, s)))
+            .map(|(id, step)| {
+                if !step.ok {
+                    return format!("{id}: failed");
+                }
+                let total = step.rows.len() + usize::try_from(step.truncated).unwrap_or(0);
+                let mut text = format!("{id}: {total} row{}", if total == 1 { "" } else { "s" });
+                if let Some(value) = step.value {
+                    text.push_str(&format!(", value {}", number(value)));
+                }
+                let mut columns: Vec<&str> = Vec::new();
+                if let Some(first) = step.rows.first() {
+                    if first.contains_key("pid") {
+                        columns.push("pid");
+                    }
+                    for w in &named {
+                        if *w != "pid" && first.contains_key(*w) && !columns.contains(w) {
+                            columns.push(w);
+                        }
+                    }
+                }
+                if columns.len() > usize::from(columns.first() == Some(&"pid")) {
+                    let rows: Vec<String> = step
+                        .rows
+                        .iter()
+                        .take(3)
+                        .map(|row| {
+                            columns
+                                .iter()
+                                .filter_map(|c| row.get(*c).map(|v| cell(c, v)))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .collect();
+                    text.push_str(&format!(" ({}", rows.join("; ")));
+                    if total > 3 {
+                        text.push_str(&format!("; … and {} more", total - 3));
+                    }
+                    text.push(')');
+                }
+                text
+            })
+            .collect();
+        format!(
+            "measured at {}: {}",
+            crate::chat::report::clock_seconds(at),
+            parts.join("; ")
+        )
+    }
+
     /// Whether the threshold holds for a diagnosis: the expression sees the
     /// report's `steps`, the alert's `labels` and the playbook's `vars`.
     /// An expression that fails to evaluate does not hold (and says why).
@@ -318,6 +423,7 @@ impl Matrix {
             initial: String::new(),
             levels: Vec::new(),
             threshold: None,
+            recheck: None,
             recurring: None,
             on_ineffective_remediation: false,
             review_after: None,
@@ -364,6 +470,39 @@ impl Matrix {
             })
             .collect()
     }
+}
+
+/// A number as a measurement shows it: integers as such, others to one
+/// decimal.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// `name=value`, cut to 80 characters; a `…_seconds` number also as a
+/// duration (`duration_seconds=312.4 (5m12s)`).
+fn cell(name: &str, value: &serde_json::Value) -> String {
+    let shown = match value {
+        serde_json::Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), number),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = format!("{name}={}", crate::chat::text::cut(&shown, 80));
+    if name.ends_with("_seconds")
+        && let Some(secs) = value.as_f64().filter(|s| s.is_finite() && *s >= 60.0)
+    {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive, finite number of seconds"
+        )]
+        let whole = secs as u64;
+        out.push_str(&format!(" ({})", human(Duration::from_secs(whole))));
+    }
+    out
 }
 
 /// How a role's members are mentioned on a platform, as message text:
@@ -588,6 +727,16 @@ fn validate(
             format!("expression error: {e}"),
         ));
     }
+    if let Some(every) = row.recheck
+        && (every.is_zero() || row.threshold.is_none())
+    {
+        errors.push(error(
+            at,
+            format!("{field}.recheck"),
+            "how often a `threshold` is measured again: longer than 0s, and only with a threshold"
+                .into(),
+        ));
+    }
     if let Some(r) = row.recurring
         && (r.count < 2 || r.within.is_zero())
     {
@@ -624,6 +773,7 @@ fn validate(
         initial: row.initial.value.clone(),
         levels,
         threshold: row.threshold.as_ref().map(|t| t.value.clone()),
+        recheck: row.recheck,
         recurring: row.recurring.map(|r| Recurring {
             count: r.count,
             within: r.within,
@@ -672,6 +822,101 @@ default:
         assert_eq!((plan[1].level, plan[1].role.as_deref()), (2, Some("c")));
         assert_eq!(plan[1].due_at, Some(1_000 + 30 * 60_000));
         assert_eq!(m.default.roles(), ["a", "b", "c"]);
+    }
+
+    fn watched(threshold: &str) -> Matrix {
+        matrix(&format!(
+            "roles: {{a: A, b: B}}
+policies:
+  - alert: X
+    initial: a
+    escalate: [{{to: b}}]
+    threshold: '{threshold}'
+    recheck: 20s
+default:
+  initial: a
+  escalate: [{{to: b, after: 1m}}]
+"
+        ))
+    }
+
+    #[test]
+    fn a_threshold_watches_only_the_steps_it_reads() {
+        let ids: Vec<String> = ["long_queries", "lock_chains", "idle"]
+            .map(String::from)
+            .to_vec();
+        let m = watched("steps.long_queries.rows | length > vars.n and labels.x == \"y\"");
+        assert_eq!(m.policies[0].threshold_steps(&ids), ["long_queries"]);
+        assert_eq!(
+            m.policies[0].recheck_every(Duration::from_secs(60)),
+            Duration::from_secs(20)
+        );
+        // A whole `steps` lookup reads any of them.
+        let m = watched("steps[\"idle\"].rows | length > 1");
+        assert_eq!(m.policies[0].threshold_steps(&ids), ids);
+        // No threshold, nothing watched; the default is the settings'.
+        assert!(m.default.threshold_steps(&ids).is_empty());
+        assert_eq!(
+            m.default.recheck_every(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn the_measurement_names_the_rows_and_the_columns_the_threshold_compares() {
+        let m = watched(
+            "steps.q.rows | selectattr(\"duration_seconds\", \"gt\", 300) | list | length > 0",
+        );
+        let mut report = Report::default();
+        let row = |pid: i64, secs: f64| {
+            serde_json::json!({"pid": pid, "duration_seconds": secs, "query": "select pg_sleep(600)"})
+                .as_object()
+                .cloned()
+                .expect("object")
+        };
+        report.steps.insert(
+            "q".into(),
+            crate::diagnose::StepOutput {
+                ok: true,
+                rows: vec![row(4711, 312.4), row(4712, 12.0)],
+                ..Default::default()
+            },
+        );
+        let at = 1_795_749_300_000 + 7_000; // 2026-11-27 03:15:07 UTC
+        let steps = ["q".to_owned()];
+        assert_eq!(
+            m.policies[0].measurement(&report, &steps, at),
+            "measured at 03:15:07 UTC: q: 2 rows (pid=4711 duration_seconds=312.4 (5m12s); pid=4712 duration_seconds=12)"
+        );
+        // A threshold that only counts: the count.
+        let count = watched("steps.q.rows | length > 10");
+        assert_eq!(
+            count.policies[0].measurement(&report, &steps, at),
+            "measured at 03:15:07 UTC: q: 2 rows"
+        );
+    }
+
+    #[test]
+    fn recheck_needs_a_threshold() {
+        let settings = crate::config::Settings::load_from(
+            None,
+            [(
+                "REMEDY__INTAKE__ALLOW_UNAUTHENTICATED".to_owned(),
+                "true".to_owned(),
+            )],
+        )
+        .expect("settings");
+        let errors = load_str(
+            Path::new("m.yaml"),
+            "roles: {a: A}\ndefault:\n  initial: a\n  recheck: 1m\n  escalate: [{to: a, after: 1m}]\n",
+            &settings,
+        )
+        .expect_err("no threshold");
+        assert!(
+            errors[0].to_string().contains("default.recheck"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

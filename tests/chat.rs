@@ -343,8 +343,8 @@ async fn a_slack_report_holds_evidence_and_buttons_and_shows_who_approved(backen
         replies[0]["text"]
             .as_str()
             .unwrap_or_default()
-            .starts_with("restart_service: dry_run"),
-        "{replies:?}"
+            .starts_with("restart_service: dry_run — approved by alice — "),
+        "a person in [people] is named, not mentioned: {replies:?}"
     );
     drain(&app, now_millis() + 1).await;
     assert_eq!(
@@ -815,6 +815,13 @@ async fn discord_reports_ping_nobody_and_signed_clicks_decide() {
         .collect();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].body["allowed_mentions"]["parse"], json!([]));
+    // The outcome mentions the clicker for real, and may notify only them.
+    let content = replies[0].body["content"].as_str().unwrap_or_default();
+    assert!(content.contains("approved by <@5555>"), "{content}");
+    assert_eq!(
+        replies[0].body["allowed_mentions"]["users"],
+        json!(["5555"])
+    );
 }
 
 #[tokio::test]

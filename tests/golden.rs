@@ -502,3 +502,79 @@ fn pings_mention_the_role_and_nothing_from_the_alert() {
         json!({"users": ["1001"], "roles": ["2001"]})
     );
 }
+
+/// An executed action's outcome in the thread: the people who approved it
+/// (verified clickers, recorded as `<@ID>`) are real mentions, and on
+/// Discord `allowed_mentions` lists exactly them; a person named in the
+/// settings stays a name; the action's output (which may repeat alert or
+/// database text) forms no mention or markup.
+#[test]
+fn outcome_replies_mention_the_clickers_and_nothing_from_the_output() {
+    let output = HOSTILE.join(" ");
+    let slack_reply = remedy::engine::notify::outcome_reply(
+        "kill_stale#1",
+        "succeeded",
+        Some("effective"),
+        &["<@U0APPROVER>".to_owned(), "olga".to_owned()],
+        &output,
+    );
+    let slack_body = slack::reply_body("C1", "1.2", &slack_reply);
+    compare_golden("hostile/slack_outcome.json", &slack_body);
+    let t = slack_body["text"].as_str().expect("text");
+    let head = "kill_stale#1: succeeded, effective — approved by <@U0APPROVER>, olga — ";
+    assert!(t.starts_with(head), "{t}");
+    assert_inert("slack", t.trim_start_matches(head));
+
+    let discord_reply = remedy::engine::notify::outcome_reply(
+        "kill_stale#1",
+        "succeeded",
+        None,
+        &["<@1001>".to_owned(), "<@1002>".to_owned()],
+        &output,
+    );
+    let discord_body = discord::reply_body("555", &discord_reply);
+    compare_golden("hostile/discord_outcome.json", &discord_body);
+    let c = discord_body["content"].as_str().expect("content");
+    let head = "kill\\_stale\\#1: succeeded — approved by <@1001>, <@1002> — ";
+    assert!(c.starts_with(head), "{c}");
+    assert_inert("discord", c.trim_start_matches(head));
+    assert_eq!(
+        discord_body["allowed_mentions"],
+        json!({"parse": [], "users": ["1001", "1002"]})
+    );
+
+    // Something that only looks like a clicker is text.
+    let forged = remedy::engine::notify::outcome_reply(
+        "k",
+        "failed",
+        None,
+        &["<!channel>".to_owned(), "<@U1> <!here>".to_owned()],
+        "",
+    );
+    let t = slack::reply_body("C1", "1.2", &forged)["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    assert!(!t.contains("<!") && !t.contains("<@U1>"), "{t}");
+    assert_eq!(
+        discord::reply_body("5", &forged)["allowed_mentions"]["users"],
+        json!([])
+    );
+}
+
+/// Evidence measured again while the incident fires says when, on every
+/// platform, within the platforms' limits.
+#[test]
+fn re_measured_evidence_says_as_of_when() {
+    let (name, mut report) = reports().into_iter().next().expect("a report");
+    // 2026-11-27 03:15:07 UTC
+    report.findings[0].as_of = Some(1_795_749_307_000);
+    let line = "measured again: as of 03:15:07 UTC";
+    let slack_body = slack::render(&report);
+    check_slack_limits(&name, &slack_body);
+    assert!(slack_body.to_string().contains(line), "{slack_body}");
+    let discord_body = discord::create_body(&report);
+    check_discord_limits(&name, &discord_body);
+    assert!(discord_body.to_string().contains(line), "{discord_body}");
+    assert!(remedy::chat::console_text(&report).contains(line));
+}

@@ -112,6 +112,7 @@ async fn a_lease_held_by_a_dead_worker_expires_and_the_work_is_done_once(backend
                 &Value::Null,
                 "late",
                 &[],
+                None,
                 now + 62_000
             )
             .await

@@ -203,6 +203,19 @@ async fn a_storm_of_one_group_is_diagnosed_posted_and_escalated_once(backend: Ba
     )
     .await;
     assert_eq!(member_timers, 0);
+    // The threshold (idle sessions) is watched on the storm incident, not
+    // on its members.
+    let watched: Vec<i64> = column(
+        &app.store,
+        "select incident_id from work where kind = 'recheck' and state = 'pending'
+          order by incident_id",
+    )
+    .await;
+    assert_eq!(
+        watched.len(),
+        usize::try_from(THRESHOLD + 1).expect("small")
+    );
+    assert_eq!(watched.last(), Some(&storm));
 
     // One message for the storm, besides those of the incidents that
     // opened alone.

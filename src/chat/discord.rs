@@ -111,6 +111,9 @@ pub fn render(report: &ChatReport) -> Rendered {
                 s.push_str(&format!("… and {} more rows\n", f.more_rows));
             }
         }
+        if let Some(as_of) = f.as_of_line() {
+            s.push_str(&format!("*{as_of}*\n"));
+        }
         sections.push(s);
     }
     if !report.step_errors.is_empty() {
@@ -223,6 +226,19 @@ pub fn ping_body(
         body["message_reference"] = json!({"message_id": message});
     }
     body
+}
+
+/// A reply's message body: the verified mentions remedy built (an
+/// action's clickers) as real mentions, `allowed_mentions` listing exactly
+/// those users (never roles, `@everyone` or anyone named by the alert), the
+/// rest escaped.
+#[must_use]
+pub fn reply_body(message: &str, reply: &super::Reply) -> Value {
+    json!({
+        "content": cut(&reply.render(discord_escape), MAX_CONTENT),
+        "message_reference": {"message_id": message},
+        "allowed_mentions": {"parse": [], "users": reply.mentioned_users()},
+    })
 }
 
 /// Inside inline code only a backtick would end it.
@@ -455,12 +471,13 @@ impl DiscordClient {
     }
 
     /// A reply to the report (results, escalations).
-    pub async fn reply(&self, channel: &str, message: &str, text: &str) -> Result<(), ChatError> {
-        let body = json!({
-            "content": cut(&discord_escape(text), MAX_CONTENT),
-            "message_reference": {"message_id": message},
-            "allowed_mentions": {"parse": []},
-        });
+    pub async fn reply(
+        &self,
+        channel: &str,
+        message: &str,
+        reply: &super::Reply,
+    ) -> Result<(), ChatError> {
+        let body = reply_body(message, reply);
         self.call(
             reqwest::Method::POST,
             &format!("/channels/{channel}/messages"),

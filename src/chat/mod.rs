@@ -132,6 +132,74 @@ pub fn controls(e: &report::ReportEscalation) -> Vec<Control> {
     out
 }
 
+/// A thread reply that may mention people: remedy's own words, the
+/// verified user mentions it built (the clickers of an action), and text
+/// from alerts, targets and commands, which each platform escapes. Only a
+/// mention that is exactly `<@ID>` passes unescaped; anything else pushed
+/// as a mention is text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Mention(String),
+}
+
+impl Reply {
+    /// Text only (escaped as a whole).
+    #[must_use]
+    pub fn text(text: &str) -> Self {
+        let mut reply = Self::default();
+        reply.push_text(text);
+        reply
+    }
+
+    pub fn push_text(&mut self, text: &str) -> &mut Self {
+        self.parts.push(Part::Text(text.to_owned()));
+        self
+    }
+
+    /// A person as decisions record them: a verified clicker's `<@ID>` is
+    /// a mention, a name is text.
+    pub fn push_person(&mut self, display: &str) -> &mut Self {
+        self.parts.push(if report::is_user_mention(display) {
+            Part::Mention(display.to_owned())
+        } else {
+            Part::Text(display.to_owned())
+        });
+        self
+    }
+
+    /// The message text: mentions as they are, the rest through `escape`.
+    pub fn render(&self, escape: impl Fn(&str) -> String) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => escape(t),
+                Part::Mention(m) => m.clone(),
+            })
+            .collect()
+    }
+
+    /// The user ids mentioned (Discord's `allowed_mentions.users`).
+    #[must_use]
+    pub fn mentioned_users(&self) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for p in &self.parts {
+            if let Part::Mention(m) = p {
+                let id = m.trim_start_matches("<@").trim_end_matches('>').to_owned();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
+    }
+}
+
 /// The configured platform's client.
 pub enum ChatClient {
     /// Prints reports on stdout; decisions come through the API / CLI.
@@ -326,15 +394,26 @@ impl Chat {
             .map_or_else(Vec::new, |m| crate::escalation::mentions(m, self.platform))
     }
 
-    /// A reply in the report's thread (action results).
+    /// A reply in the report's thread, all of it text (escaped).
     pub async fn reply(&self, channel: &str, message: &str, text: &str) -> Result<(), ChatError> {
+        self.reply_with(channel, message, &Reply::text(text)).await
+    }
+
+    /// A reply in the report's thread (action results) whose verified
+    /// mentions are real ones.
+    pub async fn reply_with(
+        &self,
+        channel: &str,
+        message: &str,
+        reply: &Reply,
+    ) -> Result<(), ChatError> {
         match &self.client {
             ChatClient::Console => {
-                println!("   ↳ {text}");
+                println!("   ↳ {}", reply.render(text::terminal));
                 Ok(())
             }
-            ChatClient::Slack(c) => c.reply(channel, message, text).await,
-            ChatClient::Discord(c) => c.reply(channel, message, text).await,
+            ChatClient::Slack(c) => c.reply(channel, message, reply).await,
+            ChatClient::Discord(c) => c.reply(channel, message, reply).await,
         }
     }
 }
@@ -424,6 +503,9 @@ pub fn console_text(report: &ChatReport) -> String {
         }
         if f.more_rows > 0 {
             let _ = writeln!(out, "    … and {} more rows", f.more_rows);
+        }
+        if let Some(as_of) = f.as_of_line() {
+            let _ = writeln!(out, "    ({as_of})");
         }
     }
     for (id, e) in &report.step_errors {

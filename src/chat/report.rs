@@ -270,6 +270,14 @@ pub fn clock(at: Millis) -> String {
     }
 }
 
+/// `07:42:10 UTC`: the time of a measurement, to the second.
+#[must_use]
+pub fn clock_seconds(at: Millis) -> String {
+    let text = crate::domain::format_millis(at);
+    text.get(11..19)
+        .map_or(text.clone(), |hms| format!("{hms} UTC"))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportFinding {
     pub severity: Severity,
@@ -278,6 +286,19 @@ pub struct ReportFinding {
     pub evidence: Vec<String>,
     /// Evidence rows not shown.
     pub more_rows: usize,
+    /// When the evidence was measured again while the incident fires (the
+    /// escalation threshold's steps); none: as diagnosed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<Millis>,
+}
+
+impl ReportFinding {
+    /// "as of 07:42:10 UTC", for evidence measured again.
+    #[must_use]
+    pub fn as_of_line(&self) -> Option<String> {
+        self.as_of
+            .map(|at| format!("measured again: as of {}", clock_seconds(at)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -401,6 +422,10 @@ impl ChatReport {
                     text: f.text.clone(),
                     evidence: rows.0.iter().take(EVIDENCE_ROWS).map(row_line).collect(),
                     more_rows: rows.0.len().saturating_sub(EVIDENCE_ROWS) + rows.1,
+                    as_of: f
+                        .evidence
+                        .as_ref()
+                        .and_then(|step| report.measured.get(step).copied()),
                 }
             })
             .collect();
@@ -545,7 +570,7 @@ pub fn severity_mark(severity: Severity) -> &'static str {
 
 /// A user mention as a platform renders it (`<@U0ABC>`, `<@1234>`), and
 /// nothing else: only such strings pass unescaped into a message.
-fn is_user_mention(name: &str) -> bool {
+pub(crate) fn is_user_mention(name: &str) -> bool {
     name.strip_prefix("<@")
         .and_then(|r| r.strip_suffix('>'))
         .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))

@@ -105,6 +105,10 @@ pub fn render(report: &ChatReport) -> Value {
             format!("{:?}", f.severity).to_lowercase(),
             slack_escape(&f.text)
         );
+        // Above the evidence: the code block is cut to fit, this line never.
+        if let Some(as_of) = f.as_of_line() {
+            text.push_str(&format!(" · _{as_of}_"));
+        }
         if !f.evidence.is_empty() {
             let rows: Vec<String> = f.evidence.iter().map(|r| slack_code(r)).collect();
             let more = if f.more_rows > 0 {
@@ -206,6 +210,14 @@ pub fn ping_body(channel: &str, ts: Option<&str>, mentions: &[String], text: &st
         body["reply_broadcast"] = true.into();
     }
     body
+}
+
+/// A thread reply's `chat.postMessage` body: the verified mentions remedy
+/// built (an action's clickers) as real mentions, which notify them on
+/// Slack; everything else escaped.
+#[must_use]
+pub fn reply_body(channel: &str, ts: &str, reply: &super::Reply) -> Value {
+    json!({"channel": channel, "thread_ts": ts, "text": reply.render(slack_escape), "parse": "none"})
 }
 
 /// Puts as many evidence rows in a code block as fit one section, and
@@ -477,8 +489,13 @@ impl SlackClient {
     }
 
     /// A thread reply under the report (results, escalations).
-    pub async fn reply(&self, channel: &str, ts: &str, text: &str) -> Result<(), ChatError> {
-        let body = json!({"channel": channel, "thread_ts": ts, "text": slack_escape(text), "parse": "none"});
+    pub async fn reply(
+        &self,
+        channel: &str,
+        ts: &str,
+        reply: &super::Reply,
+    ) -> Result<(), ChatError> {
+        let body = reply_body(channel, ts, reply);
         self.call("chat.postMessage", &body).await.map(drop)
     }
 

@@ -37,9 +37,12 @@ pub(super) async fn run(
     for a in &mut approvals {
         a.automatic &= engine.executor.allow_automatic;
     }
+    // A measured threshold is watched from now on (engine::recheck).
+    let watch_at = super::recheck::watched(engine, &incident)
+        .map(|(_, every)| now.saturating_add(i64::try_from(every.as_millis()).unwrap_or(i64::MAX)));
     let stored = engine
         .store
-        .complete_diagnosis(work, id, &json, &report.summary, &approvals, now)
+        .complete_diagnosis(work, id, &json, &report.summary, &approvals, watch_at, now)
         .await?;
     if stored {
         if incident.fingerprint.starts_with("storm:") {
@@ -67,7 +70,18 @@ pub(super) async fn hold_target(
     alert: &AlertContext,
     now: Millis,
 ) -> Result<bool, WorkError> {
-    let Some(target) = diagnosis_target(engine, alert) else {
+    hold_named_target(engine, work, diagnosis_target(engine, alert), now).await
+}
+
+/// [`hold_target`] for a known target (a re-check's, whose steps may not
+/// include the playbook's first).
+pub(super) async fn hold_named_target(
+    engine: &Engine,
+    work: &ClaimedWork,
+    target: Option<String>,
+    now: Millis,
+) -> Result<bool, WorkError> {
+    let Some(target) = target else {
         return Ok(true);
     };
     let Some(bound) = engine.diagnoser.diagnosis_bound(&target) else {

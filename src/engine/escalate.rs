@@ -56,6 +56,7 @@ pub async fn schedule(
                 engine,
                 id,
                 &format!("recurring: {seen} times within {}", human(recurring.within)),
+                None,
                 now,
             )
             .await?;
@@ -64,17 +65,23 @@ pub async fn schedule(
     Ok(())
 }
 
-/// Escalates at once when the policy's threshold holds for `report`.
+/// The reason prefix of a threshold's trigger: a threshold escalates once.
+pub const THRESHOLD: &str = "threshold:";
+
+/// Escalates at once when the policy's threshold holds for `report` (a
+/// diagnosis, a verification's re-diagnosis or a re-check, measured at
+/// `now`), once per incident; the reason, and with it the ping, says what
+/// was measured. True when this call escalated.
 pub async fn check_threshold(
     engine: &Engine,
     id: IncidentId,
     incident: &IncidentRecord,
     report: &Report,
     now: Millis,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let policy = engine.matrix.policy_for(&incident.labels.0);
     let Some(expression) = &policy.threshold else {
-        return Ok(());
+        return Ok(false);
     };
     let vars = report
         .playbook
@@ -83,20 +90,16 @@ pub async fn check_threshold(
         .map(|p| p.vars.clone())
         .unwrap_or_default();
     match policy.threshold_met(report, &vars) {
-        Ok(true) if engine.store.triggered(id, "threshold:").await? => Ok(()),
         Ok(true) => {
-            advance(
-                engine,
-                id,
-                &format!("threshold: {}", expression.trim()),
-                now,
-            )
-            .await
+            let ids: Vec<String> = report.steps.keys().cloned().collect();
+            let measured = policy.measurement(report, &policy.threshold_steps(&ids), now);
+            let reason = format!("{THRESHOLD} `{}` holds, {measured}", expression.trim());
+            advance(engine, id, &reason, Some(THRESHOLD), now).await
         }
-        Ok(false) => Ok(()),
+        Ok(false) => Ok(false),
         Err(error) => {
             tracing::warn!(incident = id.0, %error, "escalation threshold could not be evaluated");
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -119,6 +122,7 @@ pub async fn remediation_ineffective(
             engine,
             id,
             &format!("remediation ineffective: {action}"),
+            None,
             now,
         )
         .await?;
@@ -126,18 +130,27 @@ pub async fn remediation_ineffective(
     Ok(())
 }
 
+/// Moves escalation to its next level now (see
+/// [`Store::advance_escalation`](crate::store::Store::advance_escalation));
+/// true when it moved.
 async fn advance(
     engine: &Engine,
     id: IncidentId,
     reason: &str,
+    once: Option<&str>,
     now: Millis,
-) -> Result<(), StoreError> {
-    if let Some((level, role)) = engine.store.advance_escalation(id, reason, now).await? {
-        tracing::info!(incident = id.0, level, role = ?role, reason, "escalation triggered");
-        metrics::counter!("remedy_escalation_triggers_total").increment(1);
-        engine.timers_ready.notify_one();
-    }
-    Ok(())
+) -> Result<bool, StoreError> {
+    let Some((level, role)) = engine
+        .store
+        .advance_escalation(id, reason, once, now)
+        .await?
+    else {
+        return Ok(false);
+    };
+    tracing::info!(incident = id.0, level, role = ?role, reason, "escalation triggered");
+    metrics::counter!("remedy_escalation_triggers_total").increment(1);
+    engine.timers_ready.notify_one();
+    Ok(true)
 }
 
 /// Fires every timer due at `now`, in batches; returns how many fired.

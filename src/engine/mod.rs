@@ -9,6 +9,7 @@ pub mod diagnose;
 pub mod escalate;
 pub mod execute;
 pub mod notify;
+pub mod recheck;
 pub mod reconcile;
 pub mod retention;
 pub mod storm;
@@ -64,7 +65,8 @@ pub struct WorkerSettings {
     /// How often to look for due work when nothing wakes the worker (other
     /// replicas' work, expired leases, retries).
     pub poll_interval: Duration,
-    /// Handlers of `diagnose` and `verify` running at once.
+    /// Handlers of `diagnose`, `verify`, `recheck` and the periodic kinds
+    /// running at once.
     pub slots: usize,
     /// Handlers of `execute`, `escalate` and `notify` running at once, on
     /// top of `slots`.
@@ -361,6 +363,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Reconcile => reconcile::run(engine, work, now).await,
         WorkKind::Retention => retention::run(engine, work, now).await,
         WorkKind::StormCheck => storm::run(engine, work, now).await,
+        WorkKind::Recheck => recheck::run(engine, work, now).await,
     }
 }
 

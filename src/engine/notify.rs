@@ -6,7 +6,7 @@
 
 use super::{Engine, WorkError};
 use crate::chat::report::{ReportEscalation, ReportStorm};
-use crate::chat::{ChatError, ChatReport};
+use crate::chat::{ChatError, ChatReport, Reply};
 use crate::domain::Millis;
 use crate::playbook::Report;
 use crate::postmortem::Record;
@@ -33,17 +33,19 @@ async fn report_outcomes(
             .iter()
             .find(|a| a.approval_id == execution.approval_id)
             .map_or("action", |a| a.key.as_str());
-        let output = execution.output.as_deref().unwrap_or_default();
-        let verdict = execution
-            .verification
-            .as_deref()
-            .map_or_else(String::new, |v| format!(", {v}"));
-        let text = format!(
-            "{key}: {}{verdict} — {}",
-            execution.state,
-            crate::chat::text::cut(output, 1500)
+        let approved_by = report
+            .actions
+            .iter()
+            .find(|a| a.approval_id == execution.approval_id)
+            .map_or(&[][..], |a| a.approved_by.as_slice());
+        let reply = outcome_reply(
+            key,
+            &execution.state,
+            execution.verification.as_deref(),
+            approved_by,
+            execution.output.as_deref().unwrap_or_default(),
         );
-        engine.chat.reply(channel, message, &text).await?;
+        engine.chat.reply_with(channel, message, &reply).await?;
         if let Err(error) = engine
             .store
             .execution_reported(execution.id, execution.verification.as_deref(), now)
@@ -54,6 +56,29 @@ async fn report_outcomes(
         }
     }
     Ok(())
+}
+
+/// An executed action's outcome in the thread: "restart: succeeded,
+/// effective — approved by <@U1>, <@U2> — output". The clickers are real
+/// mentions (they asked for it to run, and are told how it went); the key,
+/// state and output are text, escaped by the platform.
+#[must_use]
+pub fn outcome_reply(
+    key: &str,
+    state: &str,
+    verification: Option<&str>,
+    approved_by: &[String],
+    output: &str,
+) -> Reply {
+    let mut reply = Reply::default();
+    let verdict = verification.map_or_else(String::new, |v| format!(", {v}"));
+    reply.push_text(&format!("{key}: {state}{verdict}"));
+    for (i, who) in approved_by.iter().enumerate() {
+        reply.push_text(if i == 0 { " — approved by " } else { ", " });
+        reply.push_person(who);
+    }
+    reply.push_text(&format!(" — {}", crate::chat::text::cut(output, 1500)));
+    reply
 }
 
 /// Who responds and where escalation stands, for the report.

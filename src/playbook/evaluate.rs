@@ -131,6 +131,11 @@ pub struct Report {
     pub suggestions: Vec<Suggestion>,
     /// Templates or expressions that failed to evaluate.
     pub errors: Vec<String>,
+    /// Steps measured again after the diagnosis (the escalation threshold's,
+    /// while the incident fires), with when: their `steps` entry is that
+    /// latest measurement.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub measured: BTreeMap<String, crate::domain::Millis>,
 }
 
 impl Report {
@@ -495,6 +500,7 @@ pub fn evaluate(
         actions,
         suggestions,
         errors,
+        measured: BTreeMap::new(),
     }
 }
 

@@ -233,15 +233,43 @@ impl Store {
     /// Moves escalation to the next level at once (a threshold, a
     /// recurrence, an ineffective remediation): the lowest level not yet
     /// fired becomes due now — even when acknowledged, since what was
-    /// measured is worse than what was acknowledged. Returns the level and
-    /// role, or None when every level has fired or the incident is closed.
+    /// measured is worse than what was acknowledged. With `once`, nothing
+    /// moves when a trigger whose reason starts with it already did (a
+    /// threshold escalates once, whether the diagnosis, a verification or
+    /// a re-check measured it; the escalation row is locked on PostgreSQL so
+    /// two of them cannot both move). Returns the level and role, or None
+    /// when every level has fired, the incident is closed, or `once` held.
     pub async fn advance_escalation(
         &self,
         incident: IncidentId,
         reason: &str,
+        once: Option<&str>,
         now: Millis,
     ) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        let lock = matches!(self, Self::Postgres(_));
         Ok(transaction!(self, |conn| {
+            if lock {
+                sqlx::query(
+                    "select incident_id from escalations where incident_id = $1 for update",
+                )
+                .bind(incident.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+            }
+            if let Some(prefix) = once {
+                let before: i64 = sqlx::query_scalar(
+                    "select count(*) from incident_events
+                      where incident_id = $1 and kind = 'escalation_triggered'
+                        and substr(detail ->> 'reason', 1, length($2)) = $2",
+                )
+                .bind(incident.0)
+                .bind(prefix)
+                .fetch_one(&mut *conn)
+                .await?;
+                if before > 0 {
+                    return Ok(None);
+                }
+            }
             let next: Option<(i64, i64, Option<String>)> = sqlx::query_as(
                 "select t.id, t.level, t.role from escalation_timers t
                    join incidents i on i.id = t.incident_id and i.status = 'firing'

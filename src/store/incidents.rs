@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
+use super::WorkKind;
 use super::execution::audit;
 use super::work::MARK_DONE;
 use super::{
@@ -214,7 +215,9 @@ impl Store {
 
     /// Stores a diagnosis report and finishes its work row in one
     /// transaction, only while `work`'s lease is still held: a worker whose
-    /// lease expired and was taken over records nothing.
+    /// lease expired and was taken over records nothing. `watch_at` arms
+    /// the first `recheck` of a measured escalation threshold.
+    #[allow(clippy::too_many_arguments, reason = "one diagnosis's outcome")]
     pub async fn complete_diagnosis(
         &self,
         work: &ClaimedWork,
@@ -222,6 +225,7 @@ impl Store {
         report: &serde_json::Value,
         summary: &str,
         approvals: &[NewApproval],
+        watch_at: Option<Millis>,
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(transaction!(self, |conn| {
@@ -295,6 +299,16 @@ impl Store {
             let expiry = approvals.iter().map(|a| a.expires_at).max();
             for due in std::iter::once(now).chain(expiry) {
                 enqueue_notify!(conn, incident.0, due, now);
+            }
+            // The first re-check of a measured threshold, with the report.
+            if let Some(due) = watch_at {
+                sqlx::query(super::watch::ARM_RECHECK)
+                    .bind(incident.0)
+                    .bind(due)
+                    .bind(now)
+                    .bind(WorkKind::Recheck.as_str())
+                    .execute(&mut *conn)
+                    .await?;
             }
             true
         }))

@@ -13,6 +13,7 @@ mod periodic;
 mod reconcile;
 mod retention;
 mod storms;
+mod watch;
 mod work;
 
 use std::str::FromStr;
@@ -36,6 +37,7 @@ pub use intake::{BatchOutcome, IntakeWriter, RecordError};
 pub use reconcile::{ReconcileCandidate, SilenceState};
 pub use retention::{Expiring, INCIDENT_CHILDREN, STORE_TABLES};
 pub use storms::{Admission, STORM_MEMBER_RESOLVED, StormCheck, StormRules, StormScope, StormView};
+pub use watch::RecheckOutcome;
 pub use work::{ClaimedWork, Lane, QueueStats, TargetSlot, WorkKind};
 
 /// Failures a caller can branch on: the store is unreachable or refused the

@@ -29,6 +29,10 @@ pub enum WorkKind {
     /// Recount an open storm's members: update its message when they
     /// changed, resolve it when none fires. Re-armed while the storm fires.
     StormCheck,
+    /// Measure again the steps an escalation threshold reads, escalate when
+    /// it holds, and freshen the report's evidence. Re-armed every
+    /// `recheck_every` while the incident fires and a level is left.
+    Recheck,
 }
 
 impl WorkKind {
@@ -43,6 +47,7 @@ impl WorkKind {
             Self::Reconcile => "reconcile",
             Self::Retention => "retention",
             Self::StormCheck => "storm_check",
+            Self::Recheck => "recheck",
         }
     }
 
@@ -57,6 +62,7 @@ impl WorkKind {
             "reconcile" => Some(Self::Reconcile),
             "retention" => Some(Self::Retention),
             "storm_check" => Some(Self::StormCheck),
+            "recheck" => Some(Self::Recheck),
             _ => None,
         }
     }
@@ -92,7 +98,8 @@ pub struct QueueStats {
 pub enum Lane {
     /// `execute`, `escalate`, `notify`.
     Urgent,
-    /// `diagnose`, `verify` (and kinds this version does not know).
+    /// `diagnose`, `verify`, `recheck`, the periodic kinds (and kinds this
+    /// version does not know).
     Background,
 }
 
@@ -114,7 +121,8 @@ impl Lane {
                 | WorkKind::Verify
                 | WorkKind::Reconcile
                 | WorkKind::Retention
-                | WorkKind::StormCheck,
+                | WorkKind::StormCheck
+                | WorkKind::Recheck,
             )
             | None => Self::Background,
         }
