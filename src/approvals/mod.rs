@@ -6,9 +6,14 @@
 
 mod people;
 mod rules;
+mod silence;
 
 pub use people::{Actor, Channel, Directory, token_digest};
 pub use rules::{
     ApprovalState, Decision, DecisionCheck, Refusal, Tally, control_refusal, decision_refusal,
     snooze_refusal, tally,
+};
+pub use silence::{
+    FiringIncident, SilenceCheck, SilenceMatcher, created_by, mutes, silence_matchers,
+    silence_refusal,
 };

@@ -138,6 +138,14 @@ pub fn slack_code_span(text: &str) -> String {
     defuse_mentions(&slack_entities(&one_line(text).replace('`', "ˋ")))
 }
 
+/// Alert text in a Slack `plain_text` object (a button, a confirm
+/// dialog): Slack parses no formatting or mentions there, so only what
+/// [`one_line`] removes goes, and broadcast words are defused all the same.
+#[must_use]
+pub fn slack_plain(text: &str) -> String {
+    defuse_mentions(&one_line(text))
+}
+
 /// Discord markdown: formatting characters are backslash-escaped, `<`
 /// (mentions, `<@&role>`) too, and broadcast words defused.
 #[must_use]
