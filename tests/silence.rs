@@ -291,7 +291,10 @@ async fn a_silence_of_the_alertname_alone_is_refused_with_the_reason_and_nothing
     let reply = s.slack_click("U0ALICE", "silence:3600", id).await;
     assert_eq!(reply.status, StatusCode::OK);
     s.drain().await;
-    assert!(s.am.posted_silences().is_empty(), "nothing reaches Alertmanager");
+    assert!(
+        s.am.posted_silences().is_empty(),
+        "nothing reaches Alertmanager"
+    );
     assert_eq!(s.silence_requests().await, 0);
     let replies = s.ephemeral_texts();
     assert_eq!(replies.len(), 1, "{replies:?}");
@@ -341,7 +344,10 @@ async fn a_narrow_silence_shows_its_matchers_in_slacks_confirm_and_is_created_by
     let silences = s.am.posted_silences();
     assert_eq!(silences.len(), 1, "{silences:?}");
     assert_eq!(matcher_names(&silences[0]), NARROW_MATCHERS);
-    assert_eq!(silences[0]["createdBy"], "alice", "the person, not slack:U0ALICE");
+    assert_eq!(
+        silences[0]["createdBy"], "alice",
+        "the person, not slack:U0ALICE"
+    );
     assert!(
         silences[0]["comment"]
             .as_str()
@@ -400,7 +406,9 @@ async fn the_api_previews_a_silences_matchers_and_needs_them_back(backend: Backe
     assert_eq!(preview.json["for"], "4h");
     assert_eq!(preview.json["matchers"], json!(NARROW_MATCHERS));
     // Without the matchers, or with others, nothing is silenced.
-    let blind = s.api_silence(id, "alice-token", &json!({"for": "4h"})).await;
+    let blind = s
+        .api_silence(id, "alice-token", &json!({"for": "4h"}))
+        .await;
     assert_eq!(blind.status, StatusCode::BAD_REQUEST, "{}", blind.json);
     assert_eq!(blind.json["field"], "matchers");
     assert!(
@@ -478,7 +486,7 @@ async fn discord_asks_for_an_ephemeral_confirmation_and_only_the_signed_confirm_
     assert_eq!(shown.json["data"]["flags"], 64, "ephemeral");
     assert_eq!(shown.json["data"]["allowed_mentions"], json!({"parse": []}));
     let content = shown.json["data"]["content"].as_str().expect("content");
-    assert!(content.contains("for 4h"), "{content}");
+    assert!(content.contains("Silence for 4h?"), "{content}");
     for m in NARROW_MATCHERS {
         assert!(content.contains(&format!("`{m}`")), "{m} in {content}");
     }
@@ -497,10 +505,16 @@ async fn discord_asks_for_an_ephemeral_confirmation_and_only_the_signed_confirm_
     assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
     // Someone without the role gets the reason, not a confirmation, and
     // cannot confirm either.
-    let stranger = s.discord_click(&format!("si:{id}:14400"), "4242", &key).await;
+    let stranger = s
+        .discord_click(&format!("si:{id}:14400"), "4242", &key)
+        .await;
     assert_eq!(stranger.json["type"], 4);
     assert_eq!(stranger.json["data"]["flags"], 64);
-    assert!(stranger.json["data"]["components"].is_null(), "{}", stranger.json);
+    assert!(
+        stranger.json["data"]["components"].is_null(),
+        "{}",
+        stranger.json
+    );
     let stranger = s.discord_click(&confirm_id, "4242", &key).await;
     assert_eq!(stranger.json["type"], 4);
     s.drain().await;

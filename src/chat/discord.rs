@@ -271,10 +271,8 @@ pub fn parse_silence_confirm(id: &str) -> Option<(i64, u64)> {
 }
 
 /// The exact matchers, one per line as inline code, and the length.
-fn silence_text(head: &str, seconds: u64, matchers: &[String], foot: &str) -> String {
-    let length = crate::escalation::human(Duration::from_secs(seconds));
-    let mut content =
-        format!("{head} for {length}: Alertmanager mutes every alert matching all of\n");
+fn silence_text(head: &str, matchers: &[String], foot: &str) -> String {
+    let mut content = format!("{head} Alertmanager mutes every alert matching all of:\n");
     for m in matchers {
         content.push_str(&format!("`{}`\n", code_inline(m)));
     }
@@ -300,8 +298,7 @@ pub fn silence_confirmation(incident: i64, seconds: u64, matchers: &[String]) ->
         "type": 4,
         "data": {
             "content": silence_text(
-                "**Silence?**",
-                seconds,
+                &format!("**Silence for {length}?**"),
                 matchers,
                 "Nothing is silenced until you press Confirm.",
             ),
@@ -321,12 +318,12 @@ pub fn silence_confirmation(incident: i64, seconds: u64, matchers: &[String]) ->
 /// ephemeral confirmation is updated (type 7) and loses its button.
 #[must_use]
 pub fn silence_requested(seconds: u64, matchers: &[String]) -> Value {
+    let length = crate::escalation::human(Duration::from_secs(seconds));
     json!({
         "type": 7,
         "data": {
             "content": silence_text(
-                "**Silence requested**",
-                seconds,
+                &format!("**Silence for {length} requested.**"),
                 matchers,
                 "The incident's thread reports the outcome.",
             ),

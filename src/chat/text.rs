@@ -138,12 +138,14 @@ pub fn slack_code_span(text: &str) -> String {
     defuse_mentions(&slack_entities(&one_line(text).replace('`', "ˋ")))
 }
 
-/// Alert text in a Slack `plain_text` object (a button, a confirm
-/// dialog): Slack parses no formatting or mentions there, so only what
-/// [`one_line`] removes goes, and broadcast words are defused all the same.
+/// Alert text in a Slack `plain_text` object (a confirm dialog): no
+/// formatting applies there, but `&`, `<`, `>` are still Slack's control
+/// characters in every text object, so they become entities (shown as the
+/// characters themselves); what [`one_line`] removes goes, and broadcast
+/// words are defused.
 #[must_use]
 pub fn slack_plain(text: &str) -> String {
-    defuse_mentions(&one_line(text))
+    defuse_mentions(&slack_entities(&one_line(text)))
 }
 
 /// Discord markdown: formatting characters are backslash-escaped, `<`
@@ -238,6 +240,10 @@ mod tests {
         );
         assert_eq!(slack_escape("a > b\n> quote"), "a &gt; b\n› quote");
         assert_eq!(slack_code_span("a`b\nc<@U1>"), "aˋb ⏎ c&lt;@U1&gt;");
+        assert_eq!(
+            slack_plain("x=\"a`*b*\n<!here>\u{202e}\""),
+            "x=\"a`*b* ⏎ &lt;!here&gt;\""
+        );
     }
 
     #[test]
