@@ -27,6 +27,7 @@ on_both_stores!(
     a_silence_that_would_mute_another_firing_incident_is_refused,
     the_api_previews_a_silences_matchers_and_needs_them_back,
     discord_asks_for_an_ephemeral_confirmation_and_only_the_signed_confirm_silences,
+    a_storms_silence_may_mute_its_own_members_but_not_an_incident_outside_it,
 );
 
 /// alice is one person on Slack, Discord and the console and holds the
@@ -84,31 +85,32 @@ fn discord_public_key() -> String {
 }
 
 async fn setup(backend: Backend, platform: &str) -> Silence {
+    setup_with(backend, platform, &[]).await
+}
+
+async fn setup_with(backend: Backend, platform: &str, extra: &[(&str, &str)]) -> Silence {
     let chat = FakeChat::start().await;
     let am = FakeAlertmanager::start().await;
     let slack_api = format!("{}/slack/api", chat.url);
     let discord_api = format!("{}/discord/api/v10", chat.url);
     let key = discord_public_key();
-    let app = common::spawn_app_with_toml(
-        backend,
-        SETTINGS,
-        &[
-            ("REMEDY__CHAT__PLATFORM", platform),
-            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0INCIDENTS"),
-            ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
-            ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
-            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
-            ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
-            ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
-            ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
-            ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
-            ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),
-            ("REMEDY__ALERTMANAGER__URL", &am.url),
-            // The fake knows no alerts: reconciliation would close them.
-            ("REMEDY__RECONCILE__ENABLED", "false"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("REMEDY__CHAT__PLATFORM", platform),
+        ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0INCIDENTS"),
+        ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
+        ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
+        ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
+        ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
+        ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
+        ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
+        ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
+        ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),
+        ("REMEDY__ALERTMANAGER__URL", &am.url),
+        // The fake knows no alerts: reconciliation would close them.
+        ("REMEDY__RECONCILE__ENABLED", "false"),
+    ];
+    env.extend_from_slice(extra);
+    let app = common::spawn_app_with_toml(backend, SETTINGS, &env).await;
     Silence { app, chat, am }
 }
 
@@ -132,30 +134,41 @@ impl Silence {
 
     /// Opens an incident with these labels and lets the worker post it.
     async fn open(&self, fingerprint: &str, labels: &[(&str, &str)]) -> i64 {
-        let labels: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
-            .collect();
-        let body = json!({
-            "receiver": "remedy", "status": "firing", "version": "4",
-            "alerts": [{
-                "status": "firing", "labels": labels,
-                "annotations": {"summary": "5xx rate above 5%"},
-                "startsAt": "2026-11-27T01:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint,
-            }],
-            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-            "externalURL": "http://alertmanager:9093",
-            "groupKey": format!("{{}}:{{x=\"{fingerprint}\"}}"), "truncatedAlerts": 0
-        });
-        let reply = self.app.post_webhook(body.to_string()).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-        self.drain().await;
+        self.open_group(fingerprint, &[(fingerprint, labels)]).await;
         common::scalar(
             &self.app.store,
             &format!("select max(id) from incidents where fingerprint = '{fingerprint}'"),
         )
         .await
+    }
+
+    /// One notification of the group `group` with these alerts
+    /// (fingerprint, labels), in order; the worker runs after it.
+    async fn open_group(&self, group: &str, alerts: &[(&str, &[(&str, &str)])]) {
+        let alerts: Vec<Value> = alerts
+            .iter()
+            .map(|(fingerprint, labels)| {
+                let labels: serde_json::Map<String, Value> = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+                    .collect();
+                json!({
+                    "status": "firing", "labels": labels,
+                    "annotations": {"summary": "5xx rate above 5%"},
+                    "startsAt": "2026-11-27T01:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint,
+                })
+            })
+            .collect();
+        let body = json!({
+            "receiver": "remedy", "status": "firing", "version": "4", "alerts": alerts,
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "groupKey": format!("{{}}:{{x=\"{group}\"}}"), "truncatedAlerts": 0
+        });
+        let reply = self.app.post_webhook(body.to_string()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+        self.drain().await;
     }
 
     async fn slack_click(&self, user: &str, action_id: &str, incident: i64) -> Reply {
@@ -541,4 +554,92 @@ async fn discord_asks_for_an_ephemeral_confirmation_and_only_the_signed_confirm_
     let reason = refused.json["data"]["content"].as_str().expect("content");
     assert!(reason.contains("required"), "{reason}");
     assert!(refused.json["data"]["components"].is_null());
+}
+
+/// In a storm the storm incident stands for its members: its silence (the
+/// representative's labels) may mute them, but not an incident outside
+/// the storm.
+async fn a_storms_silence_may_mute_its_own_members_but_not_an_incident_outside_it(
+    backend: Backend,
+) {
+    // The second incident of a group opens a storm; the third joins it.
+    let s = setup_with(backend, "slack", &[("REMEDY__STORM__THRESHOLD", "1")]).await;
+    let billing = [
+        ("alertname", "HighErrorRate5xx"),
+        ("instance", "billing-1"),
+        ("service", "billing"),
+        ("severity", "critical"),
+    ];
+    let representative = [
+        ("alertname", "HighErrorRate5xx"),
+        ("service", "agente-api"),
+        ("severity", "critical"),
+    ];
+    // One notification each, so that the second (the representative, whose
+    // labels the storm incident copies) is known.
+    s.open_group("g1", &[("f1f1f1f1f1f1f1f1", &billing)]).await;
+    s.open_group("g1", &[("f2f2f2f2f2f2f2f2", &representative)])
+        .await;
+    s.open_group("g1", &[("f3f3f3f3f3f3f3f3", NARROW)]).await;
+    let storm: i64 = common::scalar(&s.app.store, "select min(incident_id) from storms").await;
+    let members: i64 = common::scalar(
+        &s.app.store,
+        &format!("select count(*) from incidents where storm_id = {storm}"),
+    )
+    .await;
+    assert_eq!(members, 2, "the representative and the narrow one joined");
+    // Its matchers (the representative's labels) also match the narrow
+    // member: same storm, allowed.
+    s.slack_click("U0ALICE", "silence:3600", storm).await;
+    s.drain().await;
+    assert!(s.ephemeral_texts().is_empty(), "{:?}", s.ephemeral_texts());
+    let silences = s.am.posted_silences();
+    assert_eq!(silences.len(), 1);
+    assert_eq!(
+        matcher_names(&silences[0]),
+        [
+            r#"alertname="HighErrorRate5xx""#,
+            r#"service="agente-api""#,
+            r#"severity="critical""#
+        ]
+    );
+    // An incident of another group with the same labels and more: outside
+    // the storm, so a silence that would mute it is refused.
+    s.open_group(
+        "g2",
+        &[(
+            "f4f4f4f4f4f4f4f4",
+            &[
+                ("alertname", "HighErrorRate5xx"),
+                ("instance", "web-9:8080"),
+                ("service", "agente-api"),
+                ("severity", "critical"),
+            ],
+        )],
+    )
+    .await;
+    let outsider: i64 = common::scalar(
+        &s.app.store,
+        "select id from incidents where fingerprint = 'f4f4f4f4f4f4f4f4'",
+    )
+    .await;
+    s.slack_click("U0ALICE", "silence:14400", storm).await;
+    s.drain().await;
+    assert_eq!(s.am.posted_silences().len(), 1, "no second silence");
+    let replies = s.ephemeral_texts();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].contains("would also mute incident #")
+            && replies[0].contains("not in this incident"),
+        "{}",
+        replies[0]
+    );
+    // The first incident it names is the outsider or the storm it opened.
+    let named: i64 = replies[0]
+        .split("incident #")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("an incident number");
+    assert!(named >= outsider, "{named} is outside the storm {storm}");
 }
