@@ -481,6 +481,28 @@ async fn the_api_previews_a_silences_matchers_and_needs_them_back(backend: Backe
         "{}",
         refused.json
     );
+    assert!(
+        !s.events(broad)
+            .await
+            .contains(&"silence_refused".to_owned())
+    );
+    // Asked for anyway (with its matchers): refused and recorded.
+    let matchers = [r#"alertname="HighErrorRate5xx""#, r#"severity="critical""#];
+    let forced = s
+        .api_silence(
+            broad,
+            "alice-token",
+            &json!({"for": "1h", "matchers": matchers}),
+        )
+        .await;
+    assert_eq!(forced.status, StatusCode::FORBIDDEN, "{}", forced.json);
+    assert!(
+        s.events(broad)
+            .await
+            .contains(&"silence_refused".to_owned())
+    );
+    s.drain().await;
+    assert_eq!(s.am.posted_silences().len(), 1, "only the narrow one");
 }
 
 async fn discord_asks_for_an_ephemeral_confirmation_and_only_the_signed_confirm_silences(

@@ -652,39 +652,44 @@ pub async fn control_by_api(
     };
     if let Control::Silence(seconds) = c {
         // The person sees the exact matchers before anything is silenced:
-        // a dry run shows them, and the silence needs them back.
-        let matchers = silence_preview(&state, &who, id, seconds)
+        // a dry run shows them, and the silence needs them back. A silence
+        // that would be refused goes on to `control`, which refuses it with
+        // the reason and records the refusal.
+        let preview = silence_preview(&state, &who, id, seconds)
             .await
-            .map_err(|e| unavailable(&e))?
-            .map_err(ApiError::Forbidden)?;
+            .map_err(|e| unavailable(&e))?;
         let length = crate::escalation::human(Duration::from_secs(seconds));
         if request.dry_run {
+            let matchers = preview.map_err(ApiError::Forbidden)?;
             return Ok(Json(json!({
                 "result": "preview", "for": length, "matchers": matchers,
                 "person": who.person,
             })));
         }
-        match &request.matchers {
-            None => {
-                return Err(ApiError::BadParameter {
-                    field: "matchers".into(),
-                    message: format!(
-                        "a silence needs the matchers you confirmed; it would silence {} for \
-                         {length} (preview with \"dry_run\": true; `remedy silence` asks)",
-                        matchers.join(", ")
-                    ),
-                });
+        if let Ok(matchers) = preview {
+            match &request.matchers {
+                None => {
+                    return Err(ApiError::BadParameter {
+                        field: "matchers".into(),
+                        message: format!(
+                            "a silence needs the matchers you confirmed; it would silence {} \
+                             for {length} (preview with \"dry_run\": true; `remedy silence` \
+                             asks)",
+                            matchers.join(", ")
+                        ),
+                    });
+                }
+                Some(confirmed) if *confirmed != matchers => {
+                    return Err(ApiError::BadParameter {
+                        field: "matchers".into(),
+                        message: format!(
+                            "the silence's matchers are {}, not the ones confirmed",
+                            matchers.join(", ")
+                        ),
+                    });
+                }
+                Some(_) => {}
             }
-            Some(confirmed) if *confirmed != matchers => {
-                return Err(ApiError::BadParameter {
-                    field: "matchers".into(),
-                    message: format!(
-                        "the silence's matchers are {}, not the ones confirmed",
-                        matchers.join(", ")
-                    ),
-                });
-            }
-            Some(_) => {}
         }
     } else if request.dry_run || request.matchers.is_some() {
         return Err(ApiError::BadParameter {
