@@ -1,5 +1,6 @@
-//! Who may decide what, and why a decision is refused: pure functions over
-//! typed state, unit-tested here. The store calls them inside its
+//! Who may decide what, and why a decision or a silence is refused: pure
+//! functions over typed state, unit-tested here (a silence's matchers and
+//! its safety rules are in `silence.rs`). The store calls them inside its
 //! transaction with what it read and keeps the rows; `http/` verifies
 //! signatures and credentials and turns a click or a request into an
 //! [`Actor`] through the [`Directory`] of people.
