@@ -69,8 +69,9 @@ enum Command {
     /// lengths (`15m`, `1h`).
     Snooze(LengthArgs),
     /// Silence the incident's alert in Alertmanager for one of the matrix's
-    /// silence lengths (`1h`, `4h`), through the executor.
-    Silence(LengthArgs),
+    /// silence lengths (`1h`, `4h`), through the executor: shows the exact
+    /// matchers first and asks (a `y` on stdin) unless `--yes`.
+    Silence(SilenceArgs),
     /// The append-only audit log (approvals, executions, outcomes), newest
     /// first, as JSON lines, read from the store.
     Audit {
@@ -181,6 +182,15 @@ struct LengthArgs {
     control: ControlArgs,
     /// How long (`15m`, `1h`).
     length: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct SilenceArgs {
+    #[command(flatten)]
+    length: LengthArgs,
+    /// Silence without asking (the matchers are still printed first).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -309,9 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Snooze(args) => {
                 return control(&settings, &args.control, "snooze", Some(&args.length)).await;
             }
-            Command::Silence(args) => {
-                return control(&settings, &args.control, "silence", Some(&args.length)).await;
-            }
+            Command::Silence(args) => return silence(&settings, &args).await,
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -380,6 +388,77 @@ async fn control(
         .header("x-remedy-channel", "console")
         .json(&body)
         .send()
+        .await
+        .with_context(|| format!("reaching remedy at {base}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `remedy silence`: asks the service what the silence would match (a dry
+/// run, checked by the same rules as the silence), prints the matchers and
+/// the length, asks for a `y` unless `--yes`, then requests the silence
+/// with those matchers (the service refuses it if they changed meanwhile).
+async fn silence(settings: &Settings, args: &SilenceArgs) -> anyhow::Result<ExitCode> {
+    let control_args = &args.length.control;
+    let base = control_args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
+    let url = format!(
+        "{}/v1/incidents/{}/silence",
+        base.trim_end_matches('/'),
+        control_args.incident
+    );
+    let token = control_args.credential.read()?;
+    let post = |body: serde_json::Value| {
+        crate::net::client()
+            .post(&url)
+            .bearer_auth(&token)
+            .header("x-remedy-channel", "console")
+            .json(&body)
+            .send()
+    };
+    let response = post(serde_json::json!({"for": args.length.length, "dry_run": true}))
+        .await
+        .with_context(|| format!("reaching remedy at {base}"))?;
+    let status = response.status();
+    let preview: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        println!("{}", serde_json::to_string_pretty(&preview)?);
+        return Ok(ExitCode::FAILURE);
+    }
+    let matchers: Vec<String> = preview["matchers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|m| m.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Label values reach the terminal: no escape sequences or line breaks.
+    eprintln!(
+        "Silence for {} every alert matching all of:",
+        crate::chat::text::terminal(preview["for"].as_str().unwrap_or_default())
+    );
+    for m in &matchers {
+        eprintln!("    {}", crate::chat::text::terminal(m));
+    }
+    if !args.yes {
+        eprint!("Silence these in Alertmanager? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("not silenced");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let response = post(serde_json::json!({"for": args.length.length, "matchers": matchers}))
         .await
         .with_context(|| format!("reaching remedy at {base}"))?;
     let status = response.status();

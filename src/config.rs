@@ -82,6 +82,19 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub retention: RetentionSettings,
     pub storm: StormSettings,
+    pub silence: SilenceSettings,
+}
+
+/// What the Silence control may mute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceSettings {
+    /// A silence is refused unless its matchers name at least one of these
+    /// labels (the alert's own labels become its matchers, so an alert
+    /// carrying none of them would silence every alert of its name). Empty:
+    /// no label is required. From the environment, comma-separated.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub required_labels: Vec<String>,
 }
 
 /// In-process metrics upkeep and the store gauges.
@@ -289,6 +302,10 @@ pub struct ExecutorSettings {
     /// `alertmanager.url` at load.
     #[serde(skip)]
     pub alertmanager_url: String,
+    /// `silence.required_labels`, copied at load: the executor checks
+    /// every silence again right before it posts it.
+    #[serde(skip)]
+    pub silence_required_labels: Vec<String>,
 }
 
 /// Execution budgets, each `"N/DURATION"` (`"5/10m"`); absent: unlimited.
@@ -754,6 +771,10 @@ impl Settings {
         let mut settings: Self = builder.build()?.try_deserialize()?;
         settings.read_secret_files()?;
         settings.executor.alertmanager_url = settings.alertmanager.url.clone();
+        settings
+            .executor
+            .silence_required_labels
+            .clone_from(&settings.silence.required_labels);
         if settings.alertmanager.urls.is_empty() && !settings.alertmanager.url.is_empty() {
             settings.alertmanager.urls = vec![settings.alertmanager.url.clone()];
         }

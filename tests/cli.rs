@@ -284,7 +284,8 @@ findings:
 
 /// `remedy ack` against `remedy serve` acts as the person whose token it
 /// reads (REMEDY_TOKEN or --token-file); without one it does nothing, and
-/// the shared read-only `api.token` cannot act.
+/// the shared read-only `api.token` cannot act. `remedy silence` shows
+/// the matchers and asks before it silences.
 #[tokio::test]
 async fn the_cli_acts_with_a_personal_token_and_never_without_one() {
     let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
@@ -391,6 +392,41 @@ async fn the_cli_acts_with_a_personal_token_and_never_without_one() {
         .clone();
     assert_eq!(acked["detail"]["person"], "olga", "{acked}");
     assert_eq!(acked["detail"]["channel"], "console", "{acked}");
+    // `remedy silence` prints the exact matchers and the length, and
+    // silences only after a `y`.
+    let silence = |answer: &str| {
+        let mut child = remedy()
+            .args(["silence", "1", "1h", "--url", &url, "--token-file"])
+            .arg(dir.join("olga.token"))
+            .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+            .env_remove("REMEDY_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), answer.as_bytes())
+            .expect("answer");
+        child.wait_with_output().expect("exits")
+    };
+    let declined = silence("n\n");
+    assert_eq!(declined.status.code(), Some(1));
+    let shown = String::from_utf8_lossy(&declined.stderr).into_owned();
+    assert!(
+        shown.contains("Silence for 1h every alert matching all of:")
+            && shown.contains(r#"instance="127.0.0.1:5432""#)
+            && shown.contains(r#"alertname="DatabasePoolExhaustionCritical""#)
+            && shown.contains("not silenced"),
+        "{shown}"
+    );
+    let confirmed = silence("y\n");
+    assert!(
+        confirmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&confirmed.stdout)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&confirmed.stdout).expect("json");
+    assert_eq!(body["result"], "recorded", "{body}");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -561,6 +561,33 @@ async fn a_rate_limited_run_waits_for_its_slot_and_then_runs() {
     assert_eq!(done, 2);
 }
 
+/// A playbook's silence is checked like the Silence control, right before
+/// it is posted: the test alert names neither `instance` nor `service`.
+#[tokio::test]
+async fn a_playbook_silence_too_broad_for_the_required_labels_is_refused_when_it_runs() {
+    let (url, seen) = recording_server(
+        "/api/v2/silences",
+        StatusCode::OK,
+        json!({"silenceID": "never"}),
+    )
+    .await;
+    let s = setup(&[("REMEDY__ALERTMANAGER__URL", url.as_str())]).await;
+    let id = s.open("x").await;
+    let reply = s.decide(id, "silence", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "refused", "{execution}");
+    assert!(
+        execution["output"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("silence.required_labels"),
+        "{execution}"
+    );
+    assert!(seen.lock().expect("lock").is_empty());
+}
+
 #[tokio::test]
 async fn the_silence_action_sends_the_exact_v2_body() {
     let (url, seen) = recording_server(
@@ -569,7 +596,13 @@ async fn the_silence_action_sends_the_exact_v2_body() {
         json!({"silenceID": "7d2f0c1e-silence"}),
     )
     .await;
-    let s = setup(&[("REMEDY__ALERTMANAGER__URL", url.as_str())]).await;
+    // The test alert names no instance or service: `app_prefix` is what
+    // narrows it here (`silence.required_labels` is configurable).
+    let s = setup(&[
+        ("REMEDY__ALERTMANAGER__URL", url.as_str()),
+        ("REMEDY__SILENCE__REQUIRED_LABELS", "app_prefix"),
+    ])
+    .await;
     let id = s.open("x").await;
     let reply = s.decide(id, "silence", "alice").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
@@ -596,7 +629,7 @@ async fn the_silence_action_sends_the_exact_v2_body() {
             {"name": "note", "value": "x", "isRegex": false, "isEqual": true},
         ])
     );
-    assert_eq!(body["createdBy"], "person:alice");
+    assert_eq!(body["createdBy"], "alice");
     assert!(
         body["comment"]
             .as_str()

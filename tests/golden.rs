@@ -578,3 +578,54 @@ fn re_measured_evidence_says_as_of_when() {
     assert!(discord_body.to_string().contains(line), "{discord_body}");
     assert!(remedy::chat::console_text(&report).contains(line));
 }
+
+/// The Silence confirmations show the exact matchers, and a hostile
+/// label value in them stays inert: Slack's confirm dialog (plain_text,
+/// entities) and Discord's ephemeral confirmation (inline code).
+#[test]
+fn silence_confirmations_show_hostile_matchers_inertly() {
+    let mut report = hostile_report();
+    report.silence_matchers = HOSTILE
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            remedy::approvals::SilenceMatcher {
+                name: format!("x{i}"),
+                value: (*v).to_owned(),
+            }
+            .text()
+        })
+        .collect();
+    let body = slack::render(&report);
+    check_slack_limits("hostile confirm", &body);
+    let confirms: Vec<Value> = body["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .filter(|e| {
+            e["action_id"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("silence:"))
+        })
+        .map(|e| e["confirm"].clone())
+        .collect();
+    assert_eq!(confirms.len(), 2);
+    compare_golden("hostile/slack_silence_confirm.json", &confirms[0]);
+    for confirm in &confirms {
+        let text = confirm["text"]["text"].as_str().expect("text");
+        assert!(text.chars().count() <= 300, "{text}");
+        assert!(
+            text.contains(" more (every label in the message)"),
+            "{text}"
+        );
+        assert_inert("slack", text);
+    }
+    let discord = discord::silence_confirmation(7, 3600, &report.silence_matchers);
+    compare_golden("hostile/discord_silence_confirmation.json", &discord);
+    let content = discord["data"]["content"].as_str().expect("content");
+    assert!(content.chars().count() <= discord::MAX_CONTENT);
+    assert_inert("discord", content);
+    assert_code_spans_closed("discord", content);
+    assert_eq!(discord["data"]["flags"], 64);
+}

@@ -13,6 +13,7 @@ on_both_stores!(
     an_oversized_interaction_body_is_refused_before_it_is_read,
     an_oversized_api_body_is_refused,
     a_source_over_its_rate_gets_429_but_authenticated_webhooks_do_not,
+    signed_clicks_from_one_address_are_never_limited_but_forged_ones_are,
 );
 
 fn refreshes(metrics: &str) -> u64 {
@@ -183,4 +184,65 @@ async fn a_source_over_its_rate_gets_429_but_authenticated_webhooks_do_not(backe
             .insert(ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 8], 1))));
         assert_eq!(send(&app.router, request).await.status, StatusCode::OK);
     }
+}
+
+/// Slack sends every click of a workspace from a few addresses: clicks
+/// whose signature verifies are never charged to their source, only those
+/// whose signature fails (401 until the burst of failures is spent, then
+/// 429), and a signed click from that source still gets through.
+async fn signed_clicks_from_one_address_are_never_limited_but_forged_ones_are(backend: Backend) {
+    const SECRET: &str = "slack-signing-secret-for-limit-tests";
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("REMEDY__SERVER__SOURCE_RATE", "1"),
+            ("REMEDY__SERVER__SOURCE_BURST", "3"),
+            ("REMEDY__CHAT__PLATFORM", "slack"),
+            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0INCIDENTS"),
+            ("REMEDY__CHAT__SLACK__BOT_TOKEN", "xoxb-unused"),
+            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SECRET),
+        ],
+    )
+    .await;
+    // A click on a button remedy does not know: signed, answered 200.
+    let payload = serde_json::json!({
+        "type": "block_actions", "user": {"id": "U0SOMEONE"},
+        "actions": [{"action_id": "unknown", "value": "1"}]
+    });
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish();
+    let click = |signature: Option<&str>| {
+        let ts = (remedy::domain::now_millis() / 1000).to_string();
+        let signature = signature.map_or_else(
+            || remedy::chat::slack::sign(SECRET, &ts, body.as_bytes()),
+            str::to_owned,
+        );
+        from_peer(
+            Request::post("/v1/interactions/slack")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header("x-slack-request-timestamp", ts)
+                .header("x-slack-signature", signature),
+            body.clone(),
+        )
+    };
+    for i in 0..20 {
+        assert_eq!(
+            send(&app.router, click(None)).await.status,
+            StatusCode::OK,
+            "signed click {i}"
+        );
+    }
+    let forged = format!("v0={}", "0".repeat(64));
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app.router, click(Some(&forged))).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        send(&app.router, click(Some(&forged))).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(send(&app.router, click(None)).await.status, StatusCode::OK);
 }

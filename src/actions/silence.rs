@@ -1,6 +1,8 @@
 //! `silence` actions: an Alertmanager v2 silence (`POST /api/v2/silences`)
-//! matching the alert's labels exactly, for the action's duration,
-//! `createdBy` the approvers and a comment naming the incident.
+//! with [`approvals::silence_matchers`] (the alert's labels exactly, the
+//! matchers the confirmations showed), for the action's duration,
+//! `createdBy` the people who approved it and a comment naming the
+//! incident. The executor checks [`approvals::silence_refusal`] first.
 
 use std::time::Duration;
 
@@ -9,34 +11,29 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{Context, Outcome};
+use crate::approvals;
 use crate::playbook::ActionInstance;
 
 /// The exact v2 body remedy sends.
 #[must_use]
 pub fn body(action: &ActionInstance, context: &Context<'_>, now: OffsetDateTime) -> Value {
     let duration = Duration::from_secs(action.duration_seconds.unwrap_or(3600));
-    let matchers: Vec<Value> = context
-        .labels
-        .iter()
-        .map(|(name, value)| json!({"name": name, "value": value, "isRegex": false, "isEqual": true}))
+    let matchers: Vec<Value> = approvals::silence_matchers(context.labels)
+        .into_iter()
+        .map(|m| json!({"name": m.name, "value": m.value, "isRegex": false, "isEqual": true}))
         .collect();
     let format = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
-    // Alertmanager requires createdBy; an automatic action has no approver.
-    let created_by = if context.approvers.is_empty() {
-        "remedy (automatic)".to_owned()
-    } else {
-        context.approvers.join(", ")
-    };
+    // Alertmanager requires createdBy: the people, not their platform keys.
+    let created_by = approvals::created_by(context.approvers.iter().map(String::as_str));
     json!({
         "matchers": matchers,
         "startsAt": format(now),
         "endsAt": format(now + duration),
         "createdBy": created_by,
         "comment": format!(
-            "remedy incident #{}: {} (approved by {})",
+            "remedy incident #{}: {} (approved by {created_by})",
             context.incident,
             action.title,
-            context.approvers.join(", ")
         ),
     })
 }

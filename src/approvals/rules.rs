@@ -23,6 +23,23 @@ pub enum Refusal {
     NoEscalation,
     AlreadyAcknowledged(String),
     NothingPending,
+    /// A silence length the matrix does not offer (the offered ones, in
+    /// seconds).
+    SilenceLength(Vec<u64>),
+    /// A silence with no matchers at all (an alert without labels).
+    SilenceWithoutMatchers,
+    /// A silence whose matchers name none of `silence.required_labels`.
+    SilenceTooBroad {
+        matchers: Vec<String>,
+        required: Vec<String>,
+    },
+    /// A silence that would also mute another firing incident outside the
+    /// incident's storm: the first such incident, and how many more.
+    SilenceMutesOthers {
+        incident: i64,
+        alertname: String,
+        more: usize,
+    },
 }
 
 impl Refusal {
@@ -41,6 +58,10 @@ impl Refusal {
             Self::NoEscalation => "no_escalation",
             Self::AlreadyAcknowledged(_) => "already_acknowledged",
             Self::NothingPending => "nothing_pending",
+            Self::SilenceLength(_) => "silence_length",
+            Self::SilenceWithoutMatchers => "silence_without_matchers",
+            Self::SilenceTooBroad { .. } => "silence_too_broad",
+            Self::SilenceMutesOthers { .. } => "silence_mutes_others",
         }
     }
 
@@ -68,6 +89,37 @@ impl Refusal {
                 format!("already acknowledged by {by}: nothing escalates on time")
             }
             Self::NothingPending => "no escalation is pending".into(),
+            Self::SilenceLength(offered) => format!(
+                "silence for one of: {}",
+                offered
+                    .iter()
+                    .map(|s| crate::escalation::human(std::time::Duration::from_secs(*s)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Self::SilenceWithoutMatchers => "a silence needs the alert's labels".into(),
+            Self::SilenceTooBroad { matchers, required } => format!(
+                "silence refused: its matchers ({}) name none of the labels {} \
+                 (silence.required_labels), so it would mute every alert like this one; \
+                 silence in Alertmanager with narrower matchers instead",
+                matchers.join(", "),
+                required.join(", ")
+            ),
+            Self::SilenceMutesOthers {
+                incident,
+                alertname,
+                more,
+            } => {
+                let more = if *more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "silence refused: its matchers would also mute incident #{incident} \
+                     ({alertname}){more}, firing and not in this incident's storm"
+                )
+            }
         }
     }
 }

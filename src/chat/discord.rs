@@ -267,6 +267,88 @@ pub fn parse_custom_id(id: &str) -> Option<(bool, i64, String)> {
     Some((approve, approval, parts.next()?.to_owned()))
 }
 
+/// `sc:<incident>:<seconds>`: the Confirm button of a Silence
+/// confirmation (only this click requests the silence).
+#[must_use]
+pub fn silence_confirm_id(incident: i64, seconds: u64) -> String {
+    format!("sc:{incident}:{seconds}")
+}
+
+/// Parses [`silence_confirm_id`] into (incident, seconds).
+#[must_use]
+pub fn parse_silence_confirm(id: &str) -> Option<(i64, u64)> {
+    let mut parts = id.split(':');
+    if parts.next()? != "sc" {
+        return None;
+    }
+    let incident = parts.next()?.parse().ok()?;
+    let seconds = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((incident, seconds))
+}
+
+/// The exact matchers, one per line as inline code, and the length.
+fn silence_text(head: &str, matchers: &[String], foot: &str) -> String {
+    let mut content = format!("{head} Alertmanager mutes every alert matching all of:\n");
+    for m in matchers {
+        content.push_str(&format!("`{}`\n", code_inline(m)));
+    }
+    content.push_str(foot);
+    // Cut before the foot would be lost: the foot says what to do.
+    if content.chars().count() > MAX_CONTENT {
+        let room = MAX_CONTENT.saturating_sub(foot.chars().count() + 1);
+        let mut cut_content = cut(&content, room);
+        cut_content.push('\n');
+        cut_content.push_str(foot);
+        return cut_content;
+    }
+    content
+}
+
+/// The answer to a Silence click: an ephemeral message (interaction
+/// response type 4, flags 64, seen by the clicker only) with the exact
+/// matchers and length, and a Confirm button; nothing is silenced yet.
+#[must_use]
+pub fn silence_confirmation(incident: i64, seconds: u64, matchers: &[String]) -> Value {
+    let length = crate::escalation::human(Duration::from_secs(seconds));
+    json!({
+        "type": 4,
+        "data": {
+            "content": silence_text(
+                &format!("**Silence for {length}?**"),
+                matchers,
+                "Nothing is silenced until you press Confirm.",
+            ),
+            "flags": 64,
+            "allowed_mentions": {"parse": []},
+            "components": [{"type": 1, "components": [{
+                "type": 2,
+                "style": 4,
+                "label": cut(&format!("Confirm: silence {length}"), MAX_LABEL),
+                "custom_id": cut(&silence_confirm_id(incident, seconds), MAX_CUSTOM_ID),
+            }]}],
+        }
+    })
+}
+
+/// The answer to the Confirm click once the silence is requested: the
+/// ephemeral confirmation is updated (type 7) and loses its button.
+#[must_use]
+pub fn silence_requested(seconds: u64, matchers: &[String]) -> Value {
+    let length = crate::escalation::human(Duration::from_secs(seconds));
+    json!({
+        "type": 7,
+        "data": {
+            "content": silence_text(
+                &format!("**Silence for {length} requested.**"),
+                matchers,
+                "The incident's thread reports the outcome.",
+            ),
+            "components": [],
+            "allowed_mentions": {"parse": []},
+        }
+    })
+}
+
 /// Nobody is ever pinged by a report: no users, no roles, no @everyone.
 pub fn no_mentions() -> CreateAllowedMentions {
     CreateAllowedMentions::new()

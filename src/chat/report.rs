@@ -35,6 +35,9 @@ pub struct ChatReport {
     pub escalation: Option<ReportEscalation>,
     /// When the incident is a storm: its members and what differs.
     pub storm: Option<ReportStorm>,
+    /// The matchers a Silence of this incident posts (`name="value"`,
+    /// unescaped), for the confirmations that show them before it does.
+    pub silence_matchers: Vec<String>,
 }
 
 /// Label values shown per differing label before "… and N more".
@@ -507,6 +510,10 @@ impl ChatReport {
             full_report,
             escalation: None,
             storm: None,
+            silence_matchers: crate::approvals::silence_matchers(&incident.labels.0)
+                .iter()
+                .map(crate::approvals::SilenceMatcher::text)
+                .collect(),
         }
     }
 

@@ -11,7 +11,7 @@ use sha2::Sha256;
 use tokio::sync::Mutex;
 
 use super::report::{ChatReport, risk_name, severity_mark};
-use super::text::{code, cut, slack_code_span, slack_escape};
+use super::text::{code, cut, slack_code_span, slack_escape, slack_plain};
 
 /// Code blocks are still mrkdwn to Slack: `&`, `<`, `>` need entities there too.
 fn slack_code(text: &str) -> String {
@@ -27,6 +27,10 @@ pub const MAX_HEADER: usize = 150;
 pub const MAX_BUTTON_VALUE: usize = 2000;
 pub const MAX_ACTION_ID: usize = 255;
 pub const MAX_BUTTON_TEXT: usize = 75;
+/// A confirm dialog's `title`, `text`, and `confirm` / `deny` buttons.
+pub const MAX_CONFIRM_TITLE: usize = 100;
+pub const MAX_CONFIRM_TEXT: usize = 300;
+pub const MAX_CONFIRM_BUTTON: usize = 30;
 /// Blocks kept for findings, errors and suggestions when actions are many.
 const BODY_SHARE: usize = 20;
 
@@ -69,12 +73,18 @@ pub fn render(report: &ChatReport) -> Value {
                     u8::from(e.acked_by.is_some()),
                     e.snoozed_until.unwrap_or(0)
                 ), 255),
-                "elements": controls.iter().map(|c| json!({
-                    "type": "button",
-                    "action_id": c.slack_action_id(),
-                    "value": report.incident_id.to_string(),
-                    "text": {"type": "plain_text", "text": cut(&c.label(), MAX_BUTTON_TEXT)},
-                })).collect::<Vec<_>>(),
+                "elements": controls.iter().map(|c| {
+                    let mut button = json!({
+                        "type": "button",
+                        "action_id": c.slack_action_id(),
+                        "value": report.incident_id.to_string(),
+                        "text": {"type": "plain_text", "text": cut(&c.label(), MAX_BUTTON_TEXT)},
+                    });
+                    if let super::Control::Silence(seconds) = c {
+                        button["confirm"] = silence_confirm(*seconds, &report.silence_matchers);
+                    }
+                    button
+                }).collect::<Vec<_>>(),
             }));
         }
     }
@@ -249,6 +259,47 @@ fn fit_code_block(head: &str, rows: &[String], more: &str) -> String {
         }
         shown -= 1;
     }
+}
+
+/// The confirm dialog of a Silence button: the exact matchers and the
+/// length, within the dialog's 300 characters (matchers that do not fit
+/// are counted; the message's label line lists them all).
+fn silence_confirm(seconds: u64, matchers: &[String]) -> Value {
+    let length = crate::escalation::human(Duration::from_secs(seconds));
+    let head = format!("Alertmanager will mute for {length} every alert matching all of: ");
+    let mut text = head.clone();
+    for (n, m) in matchers.iter().enumerate() {
+        let shown = slack_plain(m);
+        let rest = matchers.len() - n - 1;
+        let sep = if n == 0 { "" } else { ", " };
+        // Room for this matcher and, if others follow, the count of them.
+        let tail = if rest > 0 {
+            format!(" … and {rest} more")
+        } else {
+            String::new()
+        };
+        if text.chars().count() + sep.len() + shown.chars().count() + tail.chars().count()
+            > MAX_CONFIRM_TEXT
+        {
+            text.push_str(&format!(
+                " … and {} more (every label in the message)",
+                matchers.len() - n
+            ));
+            break;
+        }
+        text.push_str(sep);
+        text.push_str(&shown);
+    }
+    if matchers.is_empty() {
+        text = format!("{head}(none: remedy refuses this silence)");
+    }
+    json!({
+        "title": {"type": "plain_text", "text": cut(&format!("Silence for {length}?"), MAX_CONFIRM_TITLE)},
+        "text": {"type": "plain_text", "text": cut(&text, MAX_CONFIRM_TEXT)},
+        "confirm": {"type": "plain_text", "text": cut(&format!("Silence {length}"), MAX_CONFIRM_BUTTON)},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+        "style": "danger",
+    })
 }
 
 fn buttons(action: &super::report::ReportAction) -> Value {

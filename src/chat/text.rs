@@ -138,6 +138,16 @@ pub fn slack_code_span(text: &str) -> String {
     defuse_mentions(&slack_entities(&one_line(text).replace('`', "ˋ")))
 }
 
+/// Alert text in a Slack `plain_text` object (a confirm dialog): no
+/// formatting applies there, but `&`, `<`, `>` are still Slack's control
+/// characters in every text object, so they become entities (shown as the
+/// characters themselves); what [`one_line`] removes goes, and broadcast
+/// words are defused.
+#[must_use]
+pub fn slack_plain(text: &str) -> String {
+    defuse_mentions(&slack_entities(&one_line(text)))
+}
+
 /// Discord markdown: formatting characters are backslash-escaped, `<`
 /// (mentions, `<@&role>`) too, and broadcast words defused.
 #[must_use]
@@ -230,6 +240,10 @@ mod tests {
         );
         assert_eq!(slack_escape("a > b\n> quote"), "a &gt; b\n› quote");
         assert_eq!(slack_code_span("a`b\nc<@U1>"), "aˋb ⏎ c&lt;@U1&gt;");
+        assert_eq!(
+            slack_plain("x=\"a`*b*\n<!here>\u{202e}\""),
+            "x=\"a`*b* ⏎ &lt;!here&gt;\""
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::engine::diagnose::action_digest;
 use crate::playbook::ActionInstance;
 use crate::playbook::Report;
 use crate::playbook::model::ActionKind;
-use crate::store::{BeginExecution, Budget, ClaimedWork, ExecutionRef, NewRun};
+use crate::store::{BeginExecution, Budget, ClaimedWork, ExecutionRef, NewRun, SilenceRules};
 
 /// Time a run may take before another worker treats it as interrupted.
 const RUN_MARGIN_MS: i64 = 30_000;
@@ -53,7 +53,7 @@ fn budgets(settings: &ExecutorSettings, run: &NewRun<'_>) -> Vec<Budget> {
 }
 
 /// The built-in silence behind a Silence button: `silence-1h` silences the
-/// alert's labels for an hour.
+/// alert's labels ([`crate::approvals::silence_matchers`]) for an hour.
 #[must_use]
 pub fn silence_action(key: &str) -> Option<ActionInstance> {
     let length = humantime::parse_duration(key.strip_prefix("silence-")?).ok()?;
@@ -174,6 +174,30 @@ pub(super) async fn run(
             Some(a) => engine.store.suspension(&a.id).await?,
             None => None,
         };
+        // A silence is checked once more right before it is posted: the
+        // firing incidents may have changed since it was requested.
+        let silence_refused = match action {
+            Some(a)
+                if a.kind == ActionKind::Silence && incident.status == IncidentStatus::Firing =>
+            {
+                let seconds = a.duration_seconds.unwrap_or(3600);
+                // The matrix bounds the Silence control; a playbook's own
+                // silence action has the length its playbook gives.
+                let offered: Vec<u64> = if builtin.is_some() {
+                    engine.matrix.silence.iter().map(|d| d.as_secs()).collect()
+                } else {
+                    vec![seconds]
+                };
+                engine.store.silence_scope(id).await?.and_then(|scope| {
+                    scope.refusal(&SilenceRules {
+                        seconds,
+                        offered: &offered,
+                        required: &settings.silence_required_labels,
+                    })
+                })
+            }
+            _ => None,
+        };
         let outcome = match action {
             _ if suspended.is_some() => Outcome {
                 state: "refused",
@@ -190,6 +214,10 @@ pub(super) async fn run(
             Some(action) if action_digest(action) != digest => Outcome {
                 state: "refused",
                 output: "the action differs from the one approved; nothing runs".into(),
+            },
+            Some(_) if silence_refused.is_some() => Outcome {
+                state: "refused",
+                output: silence_refused.map(|r| r.message()).unwrap_or_default(),
             },
             Some(action) => {
                 let approvers = approvals

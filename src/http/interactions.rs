@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 
 use super::incidents::{authenticate_person, unavailable};
 use super::{ApiError, AppState};
-use crate::approvals::{Actor, Channel};
+use crate::approvals::{Actor, Channel, Refusal};
 use crate::chat::{ChatClient, Control, discord, slack};
 use crate::domain::{IncidentId, now_millis};
-use crate::store::{Decision, DecisionOutcome, StoreError};
+use crate::store::{Decision, DecisionOutcome, SilenceRules, StoreError};
 
 /// How long a click's reply may wait for the decision to be recorded;
 /// beyond it the reply acknowledges and the work finishes on its own.
@@ -127,18 +127,17 @@ async fn control(
                 )
                 .await?,
         ),
-        Control::Silence(seconds) if !offered(&state.matrix.silence, seconds) => (
-            "silence",
-            DecisionOutcome::Refused(format!(
-                "silence for one of: {}",
-                lengths(&state.matrix.silence)
-            )),
-        ),
         Control::Silence(seconds) => {
             let key = format!(
                 "silence-{}",
                 crate::escalation::human(Duration::from_secs(seconds))
             );
+            let offered = silence_lengths(state);
+            let rules = SilenceRules {
+                seconds,
+                offered: &offered,
+                required: &state.settings.silence.required_labels,
+            };
             let outcome = match crate::engine::execute::silence_action(&key) {
                 Some(action) => {
                     state
@@ -147,6 +146,7 @@ async fn control(
                             incident,
                             approver,
                             authorized,
+                            &rules,
                             &key,
                             &action.title,
                             &roles,
@@ -170,6 +170,52 @@ async fn control(
         state.work_ready.notify_one();
     }
     Ok(outcome)
+}
+
+/// The matrix's silence lengths, in seconds.
+fn silence_lengths(state: &AppState) -> Vec<u64> {
+    state.matrix.silence.iter().map(Duration::as_secs).collect()
+}
+
+/// What a Silence would post, checked by the same rules as the request
+/// ([`crate::approvals::control_refusal`], then
+/// [`crate::approvals::silence_refusal`]) and recorded nowhere: the
+/// matchers (`name="value"`), or the reason it would be refused. For the
+/// confirmations shown before anything is silenced.
+async fn silence_preview(
+    state: &AppState,
+    who: &Actor,
+    incident: IncidentId,
+    seconds: u64,
+) -> Result<Result<Vec<String>, String>, StoreError> {
+    let escalation = state.store.escalation(incident).await?;
+    let roles = escalation
+        .as_ref()
+        .map(|e| e.roles.clone())
+        .unwrap_or_default();
+    let authorized = state.chat.authorized(who, &roles).await;
+    let Some(scope) = state.store.silence_scope(incident).await? else {
+        return Ok(Err(Refusal::NoEscalation.message()));
+    };
+    if let Some(refusal) =
+        crate::approvals::control_refusal(authorized, escalation.map(|_| scope.status))
+    {
+        return Ok(Err(refusal.message()));
+    }
+    let offered = silence_lengths(state);
+    let rules = SilenceRules {
+        seconds,
+        offered: &offered,
+        required: &state.settings.silence.required_labels,
+    };
+    Ok(match scope.refusal(&rules) {
+        Some(refusal) => Err(refusal.message()),
+        None => Ok(scope
+            .matchers
+            .iter()
+            .map(crate::approvals::SilenceMatcher::text)
+            .collect()),
+    })
 }
 
 /// The part of Slack's interaction payload remedy reads.
@@ -318,10 +364,17 @@ pub fn parse_discord(body: &[u8]) -> Result<DiscordInteraction, String> {
     serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
+/// An ephemeral reply (type 4, flags 64). The text may quote alert values
+/// (a refused silence names the incident it would mute): escaped, as Slack's
+/// ephemeral replies are.
 fn ephemeral(text: &str) -> Response {
     Json(json!({
         "type": 4,
-        "data": {"content": text, "flags": 64, "allowed_mentions": {"parse": []}}
+        "data": {
+            "content": crate::chat::text::discord_escape(text),
+            "flags": 64,
+            "allowed_mentions": {"parse": []}
+        }
     }))
     .into_response()
 }
@@ -352,12 +405,14 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         _ => return ephemeral("remedy only handles its own buttons"),
     }
     let custom_id = interaction.data.map(|d| d.custom_id).unwrap_or_default();
-    let button = match discord::parse_custom_id(&custom_id) {
-        Some((approve, id, digest)) => Ok((approve, id, digest)),
-        None => match Control::parse_discord(&custom_id) {
-            Some(c) => Err(c),
-            None => return ephemeral("this button is not remedy's"),
-        },
+    let button = if let Some((approve, id, digest)) = discord::parse_custom_id(&custom_id) {
+        DiscordButton::Decide(approve, id, digest)
+    } else if let Some((incident, seconds)) = discord::parse_silence_confirm(&custom_id) {
+        DiscordButton::ConfirmSilence(incident, seconds)
+    } else if let Some((c, incident)) = Control::parse_discord(&custom_id) {
+        DiscordButton::Control(c, incident)
+    } else {
+        return ephemeral("this button is not remedy's");
     };
     let (user, roles) = match (interaction.member, interaction.user) {
         (Some(m), _) => (m.user.id, m.roles),
@@ -367,19 +422,60 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
     let who = state.chat.directory.discord(&user, roles);
     let task = tokio::spawn(async move {
         match button {
-            Ok((approve, id, digest)) => {
+            DiscordButton::Decide(approve, id, digest) => {
                 let decision = if approve {
                     Decision::Approve
                 } else {
                     Decision::Reject
                 };
-                decide(&state, &who, id, &digest, decision).await
+                decide(&state, &who, id, &digest, decision)
+                    .await
+                    .map(DiscordAnswer::Outcome)
             }
-            Err((c, incident)) => control(&state, &who, IncidentId(incident), c).await,
+            // A Silence click only shows what would be silenced, to the
+            // clicker alone; its Confirm button requests it.
+            DiscordButton::Control(Control::Silence(seconds), incident) => Ok(
+                match silence_preview(&state, &who, IncidentId(incident), seconds).await? {
+                    Ok(matchers) => DiscordAnswer::Reply(discord::silence_confirmation(
+                        incident, seconds, &matchers,
+                    )),
+                    Err(reason) => DiscordAnswer::Outcome(DecisionOutcome::Refused(reason)),
+                },
+            ),
+            DiscordButton::ConfirmSilence(incident, seconds) => {
+                let outcome = control(
+                    &state,
+                    &who,
+                    IncidentId(incident),
+                    Control::Silence(seconds),
+                )
+                .await?;
+                if let DecisionOutcome::Recorded { .. } = outcome {
+                    let matchers: Vec<String> = state
+                        .store
+                        .silence_scope(IncidentId(incident))
+                        .await?
+                        .map(|s| {
+                            s.matchers
+                                .iter()
+                                .map(crate::approvals::SilenceMatcher::text)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    return Ok(DiscordAnswer::Reply(discord::silence_requested(
+                        seconds, &matchers,
+                    )));
+                }
+                Ok(DiscordAnswer::Outcome(outcome))
+            }
+            DiscordButton::Control(c, incident) => control(&state, &who, IncidentId(incident), c)
+                .await
+                .map(DiscordAnswer::Outcome),
         }
     });
     match tokio::time::timeout(REPLY_WITHIN, task).await {
-        Ok(Ok(Ok(DecisionOutcome::Refused(reason)))) => ephemeral(&reason),
+        Ok(Ok(Ok(DiscordAnswer::Reply(body)))) => Json(body).into_response(),
+        Ok(Ok(Ok(DiscordAnswer::Outcome(DecisionOutcome::Refused(reason))))) => ephemeral(&reason),
         Ok(Ok(Err(error))) => {
             tracing::error!(%error, "click could not be recorded");
             ephemeral("remedy could not record this click; try again")
@@ -387,6 +483,22 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         // Recorded, or still recording: acknowledge; the worker edits the message.
         _ => Json(json!({"type": 6})).into_response(),
     }
+}
+
+/// A Discord button of remedy's, by its `custom_id`.
+enum DiscordButton {
+    /// `ap:` / `rj:`: approve or reject an approval request.
+    Decide(bool, i64, String),
+    /// `sc:`: the Confirm button of a Silence confirmation.
+    ConfirmSilence(i64, u64),
+    /// `ack:`, `sz:`, `si:`.
+    Control(Control, i64),
+}
+
+/// How a Discord click is answered: from its outcome, or with a message.
+enum DiscordAnswer {
+    Outcome(DecisionOutcome),
+    Reply(Value),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -489,10 +601,21 @@ pub struct ApiControl {
     /// Snooze / silence length (`15m`), one the matrix offers.
     #[serde(default, rename = "for")]
     length: Option<String>,
+    /// Silence only: answer with the matchers the silence would post (or
+    /// the reason it would be refused) and silence nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// Silence only, and required: the matchers (`name="value"`) the
+    /// person was shown and confirmed; a silence whose matchers differ is
+    /// refused. `remedy silence` previews them and asks first.
+    #[serde(default)]
+    matchers: Option<Vec<String>>,
 }
 
 /// `POST /v1/incidents/{id}/{ack|snooze|silence}` with a person's token
-/// and `{"for": "15m"}`: the console's Ack, Snooze and Silence.
+/// and `{"for": "15m"}`: the console's Ack, Snooze and Silence. A silence
+/// also takes `"dry_run": true` (the matchers it would post, or why it
+/// would be refused) and needs `"matchers"`: the ones the person confirmed.
 pub async fn control_by_api(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -527,6 +650,58 @@ pub async fn control_by_api(
         "silence" => Control::Silence(seconds()?),
         _ => return Err(ApiError::NotFound("no such route".into())),
     };
+    if let Control::Silence(seconds) = c {
+        // The person sees the exact matchers before anything is silenced:
+        // a dry run shows them, and the silence needs them back. A silence
+        // that would be refused goes on to `control`, which refuses it with
+        // the reason and records the refusal.
+        let preview = silence_preview(&state, &who, id, seconds)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let length = crate::escalation::human(Duration::from_secs(seconds));
+        if request.dry_run {
+            let matchers = preview.map_err(ApiError::Forbidden)?;
+            return Ok(Json(json!({
+                "result": "preview", "for": length, "matchers": matchers,
+                "person": who.person,
+            })));
+        }
+        if let Ok(matchers) = preview {
+            match &request.matchers {
+                None => {
+                    return Err(ApiError::BadParameter {
+                        field: "matchers".into(),
+                        message: format!(
+                            "a silence needs the matchers you confirmed; it would silence {} \
+                             for {length} (preview with \"dry_run\": true; `remedy silence` \
+                             asks)",
+                            matchers.join(", ")
+                        ),
+                    });
+                }
+                Some(confirmed) if *confirmed != matchers => {
+                    return Err(ApiError::BadParameter {
+                        field: "matchers".into(),
+                        message: format!(
+                            "the silence's matchers are {}, not the ones confirmed",
+                            matchers.join(", ")
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    } else if request.dry_run || request.matchers.is_some() {
+        return Err(ApiError::BadParameter {
+            field: if request.dry_run {
+                "dry_run"
+            } else {
+                "matchers"
+            }
+            .into(),
+            message: "only a silence takes it".into(),
+        });
+    }
     match control(&state, &who, id, c)
         .await
         .map_err(|e| unavailable(&e))?

@@ -1,8 +1,10 @@
 //! Per-source rate limits (`governor`, keyed by the peer's IP address) for
-//! the routes anyone can reach: interactions (signature-checked), `/readyz`,
-//! `/metrics`, and failed credentials on the webhook and the API. An
-//! authenticated webhook is never charged: Alertmanager is refused only by
-//! the 503 overload path. Over the limit: 429 with `Retry-After`.
+//! the routes anyone can reach: every request to `/readyz` and `/metrics`;
+//! only failures on the others — a bad signature on the interaction routes,
+//! wrong credentials on the webhook and the API. A verified click or an
+//! authenticated webhook is never charged: Slack sends every click from a
+//! few addresses, and Alertmanager is refused only by the 503 overload
+//! path. Over the limit: 429 with `Retry-After`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -60,7 +62,7 @@ fn source(request: &Request) -> Option<IpAddr> {
         .map(|ConnectInfo(peer)| peer.ip())
 }
 
-/// Charges every request (unauthenticated and signature-checked routes).
+/// Charges every request (the unauthenticated probes).
 pub async fn every_request(
     State(limiter): State<SourceLimiter>,
     request: Request,
@@ -74,9 +76,9 @@ pub async fn every_request(
     next.run(request).await
 }
 
-/// Charges only requests refused for their credentials (401), so
-/// authenticated traffic is never limited; a source over its rate of failed
-/// attempts gets 429 instead of 401.
+/// Charges only requests refused for their credentials or signature (401),
+/// so authenticated traffic and verified clicks are never limited; a
+/// source over its rate of failed attempts gets 429 instead of 401.
 pub async fn failed_auth(
     State(limiter): State<SourceLimiter>,
     request: Request,

@@ -625,16 +625,40 @@ impl Store {
         .await
     }
 
+    /// What a silence of `incident` would match and what it is checked
+    /// against (see [`approvals::silence_refusal`]), read outside any
+    /// transaction: for the confirmations shown before a silence is
+    /// requested and for the executor's last check. `None`: no incident.
+    pub async fn silence_scope(
+        &self,
+        incident: IncidentId,
+    ) -> Result<Option<SilenceScope>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(pool, _) => {
+                let mut c = pool.acquire().await?;
+                silence_scope(&mut Conn::Sqlite(&mut c), incident).await?
+            }
+            Self::Postgres(pool) => {
+                let mut c = pool.acquire().await?;
+                silence_scope(&mut Conn::Postgres(&mut c), incident).await?
+            }
+        })
+    }
+
     /// A Silence click: an approval request already approved by the
     /// clicker, for the executor's built-in `silence` action (so it runs
     /// under the same budgets, single flight and audit log). `key` names
     /// the duration (`silence-1h`): the same length twice is one silence.
+    /// Refused, and the refusal recorded once, by
+    /// [`approvals::control_refusal`] and then
+    /// [`approvals::silence_refusal`] over the firing incidents read here.
     #[allow(clippy::too_many_arguments, reason = "one row's columns")]
     pub async fn request_silence(
         &self,
         incident: IncidentId,
         who: &Approver,
         authorized: bool,
+        rules: &SilenceRules<'_>,
         key: &str,
         title: &str,
         roles: &[String],
@@ -644,6 +668,14 @@ impl Store {
         self.in_transaction(async |conn| {
             let state = control_state(conn, incident).await?;
             if let Some(refusal) = approvals::control_refusal(authorized, status_of(&state)?) {
+                return refuse(conn, incident, now, "silence", who, refusal).await;
+            }
+            let Some(scope) = silence_scope(conn, incident).await? else {
+                return Err(sqlx::Error::RowNotFound);
+            };
+            if let Some(refusal) = scope.refusal(rules) {
+                metrics::counter!("remedy_silences_refused_total", "reason" => refusal.code())
+                    .increment(1);
                 return refuse(conn, incident, now, "silence", who, refusal).await;
             }
             let approval: Option<(i64,)> = conn
@@ -727,6 +759,118 @@ impl Store {
         })
         .await
     }
+}
+
+/// The lengths and labels a silence is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct SilenceRules<'a> {
+    pub seconds: u64,
+    /// The lengths offered, in seconds.
+    pub offered: &'a [u64],
+    /// `silence.required_labels`.
+    pub required: &'a [String],
+}
+
+/// An incident's silence as it would be posted, and the firing incidents
+/// it is checked against.
+#[derive(Debug, Clone)]
+pub struct SilenceScope {
+    pub incident: IncidentId,
+    pub status: IncidentStatus,
+    /// The storm it belongs to, or its own id when it is a storm incident.
+    pub storm: Option<i64>,
+    pub matchers: Vec<approvals::SilenceMatcher>,
+    /// Every other firing incident the matchers could match (same
+    /// alertname when the matchers name one).
+    pub firing: Vec<approvals::FiringIncident>,
+}
+
+impl SilenceScope {
+    /// [`approvals::silence_refusal`] over this scope.
+    #[must_use]
+    pub fn refusal(&self, rules: &SilenceRules<'_>) -> Option<Refusal> {
+        approvals::silence_refusal(&approvals::SilenceCheck {
+            incident: self.incident.0,
+            storm: self.storm,
+            matchers: &self.matchers,
+            seconds: rules.seconds,
+            offered: rules.offered,
+            required: rules.required,
+            firing: &self.firing,
+        })
+    }
+}
+
+type ScopeRow = (String, Json<crate::domain::Labels>, Option<i64>, i64);
+type FiringRow = (i64, Option<i64>, i64, String, Json<crate::domain::Labels>);
+
+/// Reads an incident's silence scope in the caller's connection. Only
+/// firing incidents are read, and only those of the same alertname when
+/// the matchers name it: an equality matcher cannot match another name.
+async fn silence_scope(
+    conn: &mut Conn<'_>,
+    incident: IncidentId,
+) -> Result<Option<SilenceScope>, sqlx::Error> {
+    let row: Option<ScopeRow> = conn
+        .fetch_optional(
+            "select i.status, i.labels, i.storm_id,
+                    (select count(*) from storms s where s.incident_id = i.id)
+               from incidents i where i.id = $1",
+            &[incident.0.into()],
+        )
+        .await?;
+    let Some((status, labels, storm_id, is_storm)) = row else {
+        return Ok(None);
+    };
+    let storm_of =
+        |id: i64, storm_id: Option<i64>, is_storm: i64| storm_id.or((is_storm > 0).then_some(id));
+    let matchers = approvals::silence_matchers(&labels.0);
+    let rows: Vec<FiringRow> = match labels.0.get("alertname") {
+        Some(name) => {
+            conn.fetch_all(
+                "select i.id, i.storm_id,
+                        (select count(*) from storms s where s.incident_id = i.id),
+                        i.alertname, i.labels
+                   from incidents i
+                  where i.status = 'firing' and i.id <> $1 and i.alertname = $2
+                  order by i.id",
+                &[incident.0.into(), name.as_str().into()],
+            )
+            .await?
+        }
+        None => {
+            conn.fetch_all(
+                "select i.id, i.storm_id,
+                        (select count(*) from storms s where s.incident_id = i.id),
+                        i.alertname, i.labels
+                   from incidents i
+                  where i.status = 'firing' and i.id <> $1
+                  order by i.id",
+                &[incident.0.into()],
+            )
+            .await?
+        }
+    };
+    let firing = rows
+        .into_iter()
+        .map(
+            |(id, storm_id, is_storm, alertname, labels)| approvals::FiringIncident {
+                id,
+                storm: storm_of(id, storm_id, is_storm),
+                alertname,
+                labels: labels.0,
+            },
+        )
+        .collect();
+    Ok(Some(SilenceScope {
+        incident,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        storm: storm_of(incident.0, storm_id, is_storm),
+        matchers,
+        firing,
+    }))
 }
 
 /// The incident's status and who acknowledged it, `None` without an

@@ -30,7 +30,7 @@ use sqlx::{ConnectOptions, Connection, SqlSafeStr};
 pub use chat::{
     ApprovalView, Approver, ChatMessage, Decision, DecisionOutcome, DecisionView, NewApproval,
 };
-pub use escalation::{EscalationView, FiredTimer, TimerView};
+pub use escalation::{EscalationView, FiredTimer, SilenceRules, SilenceScope, TimerView};
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};

@@ -1,7 +1,9 @@
-//! A fake Alertmanager API v2 for reconciliation tests: `GET /api/v2/alerts`
-//! answers the alerts a test sets, in the shape of `gettableAlerts`, and
-//! `GET /api/v2/silence/{id}` the silences it sets; either can be made to
-//! fail with a status. It records each request's query and `Authorization`.
+//! A fake Alertmanager API v2 for reconciliation and silence tests:
+//! `GET /api/v2/alerts` answers the alerts a test sets, in the shape of
+//! `gettableAlerts`, `GET /api/v2/silence/{id}` the silences it sets, and
+//! `POST /api/v2/silences` records the silence posted and answers its
+//! `silenceID`; any can be made to fail with a status. It records each
+//! request's query and `Authorization`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 /// An alert's `status` (state, silencedBy, inhibitedBy) and `startsAt`.
@@ -30,6 +32,8 @@ struct FakeState {
     fail_with: Mutex<Option<StatusCode>>,
     /// (path, query, authorization)
     requests: Mutex<Vec<(String, String, Option<String>)>>,
+    /// Bodies of `POST /api/v2/silences`, in order.
+    posted: Mutex<Vec<Value>>,
 }
 
 #[derive(Clone)]
@@ -44,6 +48,7 @@ impl FakeAlertmanager {
         let app = Router::new()
             .route("/api/v2/alerts", get(alerts))
             .route("/api/v2/silence/{id}", get(silence))
+            .route("/api/v2/silences", post(post_silence))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -105,6 +110,11 @@ impl FakeAlertmanager {
     /// Every request answers this status from now on (`None`: normal).
     pub fn fail_with(&self, status: Option<StatusCode>) {
         *self.state.fail_with.lock().expect("lock") = status;
+    }
+
+    /// The silences posted so far (`postableSilence` bodies).
+    pub fn posted_silences(&self) -> Vec<Value> {
+        self.state.posted.lock().expect("lock").clone()
     }
 
     /// (path, query, authorization) of every request so far.
@@ -179,4 +189,19 @@ async fn silence(
         .into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!("silence not found"))).into_response(),
     }
+}
+
+async fn post_silence(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&state, "/api/v2/silences".into(), None, &headers);
+    if let Some(status) = *state.fail_with.lock().expect("lock") {
+        return (status, Json(json!("fake failure"))).into_response();
+    }
+    let mut posted = state.posted.lock().expect("lock");
+    posted.push(body);
+    Json(json!({"silenceID": format!("5e1f0000-0000-0000-0000-{:012}", posted.len())}))
+        .into_response()
 }

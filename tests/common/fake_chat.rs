@@ -169,6 +169,9 @@ fn slack_limits(body: &Value) -> Result<(), String> {
                 if id.len() > 255 || value.chars().count() > 2000 || text.chars().count() > 75 {
                     return Err(format!("button over limits: {e}"));
                 }
+                if !e["confirm"].is_null() {
+                    confirm_limits(&e["confirm"])?;
+                }
             }
         }
     }
@@ -176,6 +179,22 @@ fn slack_limits(body: &Value) -> Result<(), String> {
         return Err("no fallback text".into());
     }
     Ok(())
+}
+
+/// A confirm dialog object: plain_text `title` (100), `text` (300),
+/// `confirm` and `deny` (30 each), `style` primary or danger.
+fn confirm_limits(confirm: &Value) -> Result<(), String> {
+    for (field, max) in [("title", 100), ("text", 300), ("confirm", 30), ("deny", 30)] {
+        let object = &confirm[field];
+        let text = object["text"].as_str().unwrap_or_default();
+        if object["type"] != "plain_text" || text.is_empty() || text.chars().count() > max {
+            return Err(format!("confirm {field} over limits: {confirm}"));
+        }
+    }
+    match confirm["style"].as_str() {
+        None | Some("primary" | "danger") => Ok(()),
+        Some(other) => Err(format!("confirm style {other}")),
+    }
 }
 
 async fn slack_api(
