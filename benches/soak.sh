@@ -89,17 +89,19 @@ run() {
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   python3 benches/soak.py "$port" "$seconds" "$rate" "$every" "$token" >"$out/$name.load" &
   local load=$!
-  printf 't_s\trss_kib\tstore_bytes\tincidents\n' >"$out/$name.tsv"
+  printf 't_s\trss_kib\tstore_bytes\tincidents\trss_anon_kib\trss_file_kib\tthreads\n' >"$out/$name.tsv"
   local start=$SECONDS
   while kill -0 "$load" 2>/dev/null; do
     sleep 10
     if [[ -n $vacuum && $url != sqlite://* && $(( (SECONDS - start) % vacuum )) -lt 10 ]]; then
       psql "$url" -qc "vacuum" >/dev/null 2>&1 || true
     fi
-    printf '%s\t%s\t%s\t%s\n' $(( SECONDS - start )) \
+    printf '%s\t%s\t%s\t%s\t%s\n' $(( SECONDS - start )) \
       "$(awk '/VmRSS/ {print $2}' "/proc/$server/status")" \
-      "$(store_size "$name" "$url")" "$(incidents "$name" "$url")" >>"$out/$name.tsv"
+      "$(store_size "$name" "$url")" "$(incidents "$name" "$url")" \
+      "$(awk '/RssAnon|RssFile|Threads/ {printf "%s%s", sep, $2; sep = "\t"}' "/proc/$server/status")" >>"$out/$name.tsv"
   done
+  cat "/proc/$server/smaps_rollup" >"$out/$name.smaps" 2>/dev/null || true
   wait "$load" || true
   kill "$server"; wait "$server" 2>/dev/null || true
 }
@@ -108,7 +110,7 @@ run() {
 # 3 min, its largest sample after that, and at the end.
 summary() {
   awk -F'\t' -v name="$1" 'NR > 1 {
-      t[NR] = $1; rss[NR] = $2; size[NR] = $3; inc[NR] = $4; n = NR
+      t[NR] = $1; rss[NR] = $2; size[NR] = $3; inc[NR] = $4; anon[NR] = $5; file[NR] = $6; threads[NR] = $7; n = NR
       if ($1 >= 60 && !m1) m1 = NR
       if ($1 >= 180 && !m3) m3 = NR
       if (m3 && $3 > peak) peak = $3
@@ -119,6 +121,8 @@ summary() {
       printf "%-17s RSS %5.1f MiB at %ds, %5.1f MiB at %ds (%+.1f %%); store %6.1f MiB at %ds, peak after %6.1f MiB, %6.1f MiB at end (%s incidents)\n",
         name, rss[m1] / 1024, t[m1], rss[n] / 1024, t[n], (rss[n] - rss[m1]) * 100 / rss[m1],
         size[m3] / 1048576, t[m3], peak / 1048576, size[n] / 1048576, inc[n]
+      printf "%-17s of which anonymous %5.1f → %5.1f MiB, file-backed %5.1f → %5.1f MiB; threads %s → %s\n",
+        "", anon[m1] / 1024, anon[n] / 1024, file[m1] / 1024, file[n] / 1024, threads[m1], threads[n]
     }' "$out/$1.tsv"
 }
 

@@ -518,12 +518,90 @@ async fn upkeep_reads_store_rows_at_most_once_per_refresh(backend: Backend) {
     );
 }
 
+/// Prepared statements the store's only pooled connection keeps in its
+/// cache (sqlx keeps up to 100 per connection, each holding SQLite's or
+/// PostgreSQL's compiled program).
+async fn cached_statements(store: &Store) -> usize {
+    use sqlx::Connection;
+    match store {
+        Store::Sqlite(pool, _) => pool
+            .acquire()
+            .await
+            .expect("connection")
+            .cached_statements_size(),
+        Store::Postgres(pool) => pool
+            .acquire()
+            .await
+            .expect("connection")
+            .cached_statements_size(),
+    }
+}
+
+/// Deleting incidents builds statements whose text depends on how many
+/// incidents a batch holds; a connection that cached each of them would
+/// fill its cache with compiled programs that never run again (part of
+/// SQLite's RSS rise in the soak). Batches of any size leave the cache
+/// where the first one left it.
+async fn deleting_incidents_does_not_cache_a_statement_per_batch_size(backend: Backend) {
+    // One connection, so every batch runs on the connection whose cache is
+    // read (an in-memory SQLite store has exactly one).
+    let url = match backend {
+        Backend::Sqlite => "sqlite::memory:".to_owned(),
+        Backend::Postgres => common::fresh_store_url(backend).await,
+    };
+    let options = StoreOptions {
+        max_connections: 1,
+        ..StoreOptions::default()
+    };
+    let store = Store::connect(&url, &options).await.expect("store");
+    store.migrate().await.expect("migrations");
+    for i in 0..30 {
+        execute(
+            &store,
+            &format!(
+                "insert into incidents (fingerprint, starts_at, alertname, severity, status,
+                     labels, annotations, generator_url, receiver, group_key, opened_at,
+                     last_seen_at, seen_count, resolved_at)
+                 values ('fp{i}', '2026-01-01T00:00:00Z', 'A', 'warning', 'resolved', '{{}}',
+                     '{{}}', '', 'r', 'g', 0, 0, 1, 0)"
+            ),
+        )
+        .await;
+    }
+    let first = store
+        .delete_resolved_incidents(NOW, 1)
+        .await
+        .expect("deletes");
+    assert_eq!(first.last(), Some(&("incidents", 1)));
+    let warm = cached_statements(&store).await;
+    let mut deleted = 1;
+    for batch in 2..=7 {
+        let rows = store
+            .delete_resolved_incidents(NOW, batch)
+            .await
+            .expect("deletes");
+        assert_eq!(
+            rows.last(),
+            Some(&("incidents", u64::try_from(batch).expect("small")))
+        );
+        deleted += batch;
+    }
+    assert_eq!(deleted, 28);
+    assert_eq!(
+        cached_statements(&store).await,
+        warm,
+        "batches of 2 to 7 incidents left statements of their own in the cache"
+    );
+    store.close().await;
+}
+
 on_both_stores!(
     retention_deletes_exactly_what_is_past_each_window,
     a_zero_window_keeps_everything,
     a_released_incident_is_deleted_again_and_keep_is_on_its_timeline,
     the_retention_job_is_one_pending_row_that_runs_and_schedules_the_next,
     upkeep_reads_store_rows_at_most_once_per_refresh,
+    deleting_incidents_does_not_cache_a_statement_per_batch_size,
 );
 
 /// Deleting many rows shrinks the SQLite file: pages go back through

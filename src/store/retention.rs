@@ -139,6 +139,14 @@ impl Store {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
+            // The statements below are built for this batch (its ids or
+            // their number are in the text), so they are prepared for this
+            // one use and not kept: each pooled connection caches up to 100
+            // prepared statements, and one per batch size and storm list
+            // would fill every connection's cache with compiled programs
+            // that never run again (on SQLite they live in remedy's own
+            // memory; on PostgreSQL in the server's session).
+            //
             // A storm's members (resolved before it) go with it.
             let storms = ids
                 .iter()
@@ -148,6 +156,7 @@ impl Store {
             let members: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
                 "select id from incidents where storm_id in ({storms})"
             )))
+            .persistent(false)
             .fetch_all(&mut *conn)
             .await?;
             ids.extend(members);
@@ -158,7 +167,8 @@ impl Store {
             let list = format!("({placeholders})");
             let mut unlink = sqlx::query(AssertSqlSafe(format!(
                 "update incidents set storm_id = null where id in {list}"
-            )));
+            )))
+            .persistent(false);
             for id in &ids {
                 unlink = unlink.bind(*id);
             }
@@ -170,7 +180,7 @@ impl Store {
                     "delete from {table} where {}",
                     condition.replace("{ids}", &list)
                 );
-                let mut query = sqlx::query(AssertSqlSafe(sql));
+                let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
                 for id in &ids {
                     query = query.bind(*id);
                 }
