@@ -107,6 +107,12 @@ returning key, seen_count";
 /// fingerprint already starts then), then the count and the earliest start.
 /// `$1` episodes, `$2` now. `cross join` makes SQLite walk the batch and
 /// look incidents up by index.
+///
+/// The two updates below read the batch in a `materialized` CTE: as a
+/// plain subquery in `update … from`, SQLite may flatten it and scan
+/// `incidents` outside `json_each`, parsing the whole batch again for every
+/// row of the table (measured: 24 s for a 2,000-alert notification over a
+/// store of 4,000 incidents; 40 ms materialized).
 const SQLITE_MOVED: &str = "
 insert into incident_events (incident_id, at, kind, detail)
 select i.id, $2, 'starts_at_moved', json_object('from', i.starts_at, 'to', e.value ->> 'starts_at')
@@ -118,34 +124,38 @@ select i.id, $2, 'starts_at_moved', json_object('from', i.starts_at, 'to', e.val
  order by i.id";
 
 const SQLITE_BUMP_OPEN: &str = "
-update incidents
-   set seen_count = incidents.seen_count + e.n, last_seen_at = $2,
-       starts_at = case when e.moves then e.starts_at else incidents.starts_at end,
-       starts_ms = case when e.moves then e.starts_ms else incidents.starts_ms end
-  from (select i.id, f.value ->> 'starts_at' as starts_at, f.value ->> 'starts_ms' as starts_ms,
+with e as materialized (
+        select i.id, f.value ->> 'starts_at' as starts_at, f.value ->> 'starts_ms' as starts_ms,
                f.value ->> 'n' as n,
                (f.value ->> 'starts_ms' < i.starts_ms and not exists (
                    select 1 from incidents o where o.fingerprint = i.fingerprint
                       and o.starts_at = f.value ->> 'starts_at')) as moves
           from json_each($1) f
           cross join incidents i on i.fingerprint = f.value ->> 'fingerprint'
-                                and i.status = 'firing') e
+                                and i.status = 'firing')
+update incidents
+   set seen_count = incidents.seen_count + e.n, last_seen_at = $2,
+       starts_at = case when e.moves then e.starts_at else incidents.starts_at end,
+       starts_ms = case when e.moves then e.starts_ms else incidents.starts_ms end
+  from e
  where incidents.id = e.id";
 
 /// SQLite, late firing copies of an episode already resolved (the copy
 /// starts before that episode ended) when none is open: counted, not
 /// reopened. `$1` episodes, `$2` now.
 const SQLITE_LATE: &str = "
-update incidents
-   set seen_count = incidents.seen_count + e.n, last_seen_at = $2
-  from (select (select max(r.id) from incidents r
+with e as materialized (
+        select (select max(r.id) from incidents r
                  where r.fingerprint = f.value ->> 'fingerprint' and r.status = 'resolved'
                    and coalesce(r.ends_ms, r.resolved_at) >= f.value ->> 'starts_ms') as id,
                f.value ->> 'n' as n
           from json_each($1) f
          where not exists (select 1 from incidents o
                             where o.fingerprint = f.value ->> 'fingerprint'
-                              and o.status = 'firing')) e
+                              and o.status = 'firing'))
+update incidents
+   set seen_count = incidents.seen_count + e.n, last_seen_at = $2
+  from e
  where incidents.id = e.id";
 
 /// SQLite, new episodes: a fingerprint with no open incident and no
@@ -839,6 +849,52 @@ impl<'a> Segment<'a> {
             if let Some(&index) = self.first.get(fingerprint) {
                 outcomes[index].incidents_opened += 1;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        SQLITE_BUMP_OPEN, SQLITE_DELIVERIES, SQLITE_LATE, SQLITE_MOVED, SQLITE_OPEN, SQLITE_OPENED,
+    };
+    use crate::store::{Store, StoreOptions};
+
+    /// Every SQLite intake statement walks the batch (`json_each`) once and
+    /// looks incidents up by index; none scans `incidents` with the batch
+    /// inside the loop, which re-parses the whole notification for every
+    /// row of the table (a 2,000-alert notification over 4,000 incidents
+    /// took 24 s that way and answered 503).
+    #[tokio::test]
+    async fn sqlite_intake_statements_never_scan_incidents_around_the_batch() {
+        let store = Store::connect("sqlite::memory:", &StoreOptions::default())
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let Store::Sqlite(pool, _) = &store else {
+            unreachable!("a sqlite url")
+        };
+        let opened_first = SQLITE_OPENED.split(';').next().expect("a statement");
+        for sql in [
+            SQLITE_DELIVERIES,
+            SQLITE_MOVED,
+            SQLITE_BUMP_OPEN,
+            SQLITE_LATE,
+            SQLITE_OPEN,
+            opened_first,
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("explain query plan {sql}")))
+                    .bind("[]")
+                    .bind(0_i64)
+                    .fetch_all(pool)
+                    .await
+                    .expect("plan");
+            let steps: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+            assert!(
+                !steps.iter().any(|d| d.starts_with("SCAN incidents")),
+                "{sql}\n{steps:#?}"
+            );
         }
     }
 }
