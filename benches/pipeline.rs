@@ -53,6 +53,8 @@ const CHANNEL: &str = "C0BENCH";
 /// never terminates superusers' sessions).
 const APP_ROLE: &str = "remedy_bench_app";
 const WAIT: Duration = Duration::from_secs(30);
+/// How long the next run's report may wait behind a storm's diagnoses.
+const STORM_WAIT: Duration = Duration::from_secs(600);
 
 // ---------------------------------------------------------------------------
 // A minimal fake Slack Web API
@@ -158,12 +160,20 @@ fn is_report(call: &Call) -> bool {
 // ---------------------------------------------------------------------------
 // Helpers
 
-async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> anyhow::Result<T>
+async fn wait_for<T, F, Fut>(what: &str, probe: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
+    wait_within(WAIT, what, probe).await
+}
+
+async fn wait_within<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = probe().await {
             return Ok(value);
@@ -650,9 +660,18 @@ impl Bench {
 
     /// The report (top-level postMessage) of the incident with `instance`.
     async fn report_of(&self, from: usize, instance: &str) -> anyhow::Result<Call> {
+        self.report_within(WAIT, from, instance).await
+    }
+
+    async fn report_within(
+        &self,
+        limit: Duration,
+        from: usize,
+        instance: &str,
+    ) -> anyhow::Result<Call> {
         let needle = format!("instance={instance}");
         let plain = instance.to_owned();
-        wait_for(&format!("the report of {instance}"), || {
+        wait_within(limit, &format!("the report of {instance}"), || {
             let found = self.fake.find(from, |c| {
                 is_report(c) && {
                     let text = c.body.to_string();
@@ -746,7 +765,10 @@ impl Bench {
             target.wait_idle(&mut admin, &[pid], 1.1).await?;
             let from = self.fake.len();
             let (instance, _, _) = self.fire("DatabaseIdleInTransaction", "warning").await?;
-            let report = self.report_of(from, &instance).await?;
+            // After a storm its diagnoses (coalescing off) are still queued
+            // ahead of this one's: setting up the next run waits them out.
+            let limit = if storm > 0 { STORM_WAIT } else { WAIT };
+            let report = self.report_within(limit, from, &instance).await?;
             let value = approve_value(&report.body, &format!("Terminate pid {pid} ("))
                 .ok_or_else(|| anyhow::anyhow!("no Approve button for pid {pid}"))?;
             let approval: i64 = value
