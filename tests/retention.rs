@@ -537,11 +537,12 @@ async fn cached_statements(store: &Store) -> usize {
     }
 }
 
-/// Deleting incidents builds statements whose text depends on how many
-/// incidents a batch holds; a connection that cached each of them would
-/// fill its cache with compiled programs that never run again (part of
-/// SQLite's RSS rise in the soak). Batches of any size leave the cache
-/// where the first one left it.
+/// Deleting incidents must not prepare a statement per batch: a connection
+/// that cached one for each batch size (or id list) would fill its cache
+/// with compiled programs that never run again, and one prepared and thrown
+/// away on every run churns the heap (both part of SQLite's RSS rise in the
+/// soak). The ids go in as one bound value, so batches of any size reuse
+/// the statements the first one cached and leave the cache where it was.
 async fn deleting_incidents_does_not_cache_a_statement_per_batch_size(backend: Backend) {
     // One connection, so every batch runs on the connection whose cache is
     // read (an in-memory SQLite store has exactly one).

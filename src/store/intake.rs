@@ -269,7 +269,7 @@ select (select jsonb_object_agg(key, seen_count) from seen)::text,
 
 /// The intake writer's page cache on SQLite: hot pages of every table and
 /// index it writes stay in memory between batches (pooled connections
-/// keep 2 MiB each).
+/// keep 512 KiB each).
 const WRITER_CACHE: &str = "pragma cache_size = -16384";
 
 /// The intake writer's hold on the store. On SQLite it keeps one connection

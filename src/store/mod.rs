@@ -349,12 +349,19 @@ impl Store {
                     })
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
-                    // Each pooled connection keeps its own page cache, which
-                    // fills as it is used: 2 MiB each keeps the process's
-                    // memory bounded by the pool size and flat once warm.
-                    // The intake writer's own connection takes more
-                    // (`intake::WRITER_CACHE`): it touches every index.
-                    .pragma("cache_size", "-2048")
+                    // Each pooled connection keeps its own page cache. In WAL
+                    // mode a connection drops its whole cache when another
+                    // one has written since its last read, which under
+                    // steady intake is nearly every read, so a large cache
+                    // buys readers little; what it costs is memory: a large
+                    // delete (retention) fills it on whichever connection
+                    // runs it, and glibc keeps that thread's arena at its
+                    // high-water mark after it is freed. 512 KiB each halved
+                    // SQLite's RSS growth in the soak against 2 MiB (README,
+                    // Performance, Soak). The intake writer's own connection
+                    // takes more (`intake::WRITER_CACHE`): it touches every
+                    // index.
+                    .pragma("cache_size", "-512")
                     .pragma("temp_store", "memory")
                     .disable_statement_logging();
                 if !memory {

@@ -4,6 +4,8 @@
 //! caller (`engine::retention`) chooses the cut-offs; nothing here reads the
 //! clock.
 
+use std::sync::LazyLock;
+
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{AuditEntry, Store, StoreError, on_pool, record_event, transaction};
@@ -11,7 +13,8 @@ use crate::domain::{IncidentId, Millis};
 
 /// Everything that belongs to an incident, children before their parents:
 /// each table with the condition that selects the rows of the incidents
-/// being deleted (`{ids}` stands for their id list). A new table that
+/// being deleted (`{ids}` stands for a parenthesised list or subquery of
+/// their ids, bound as one JSON array). A new table that
 /// references `incidents` (or one of these tables) adds one line here; a
 /// missing line makes the incident's delete fail on its foreign key, so
 /// retention never leaves orphans behind. The audit log is not here: it is
@@ -69,6 +72,68 @@ macro_rules! expired_incidents {
             $lock
         )
     };
+}
+
+/// What `{ids}` stands for on each store: the batch's incident ids, bound
+/// as one JSON array in `$1`. The statements' text is then the same whatever
+/// the batch holds, so each is prepared once per connection and reused
+/// (cached like any other statement) instead of a statement per batch size
+/// being compiled, run once and thrown away on every retention pass: on
+/// SQLite those compiled programs live in remedy's own heap, and their churn
+/// was what kept its RSS rising in the soak.
+const IDS_SQLITE: &str = "(select value from json_each($1))";
+const IDS_POSTGRES: &str = "(select value::bigint from jsonb_array_elements_text($1::jsonb))";
+
+/// The fixed statements that delete a batch of incidents on one store.
+struct IncidentDeletes {
+    /// The members of the storms among the ids.
+    members: String,
+    /// Unlinks the ids from their storms before the storms go.
+    unlink: String,
+    /// One delete per table, children first, `incidents` last.
+    deletes: Vec<(&'static str, String)>,
+}
+
+impl IncidentDeletes {
+    fn with(ids: &str) -> Self {
+        let parent = ("incidents", "id in {ids}");
+        Self {
+            members: format!("select id from incidents where storm_id in {ids}"),
+            unlink: format!("update incidents set storm_id = null where id in {ids}"),
+            deletes: INCIDENT_CHILDREN
+                .iter()
+                .chain([&parent])
+                .map(|&(table, condition)| {
+                    (
+                        table,
+                        format!(
+                            "delete from {table} where {}",
+                            condition.replace("{ids}", ids)
+                        ),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+static SQLITE_INCIDENT_DELETES: LazyLock<IncidentDeletes> =
+    LazyLock::new(|| IncidentDeletes::with(IDS_SQLITE));
+static POSTGRES_INCIDENT_DELETES: LazyLock<IncidentDeletes> =
+    LazyLock::new(|| IncidentDeletes::with(IDS_POSTGRES));
+
+/// Incident ids as the JSON array `{ids}` reads.
+fn id_list(ids: &[i64]) -> String {
+    let mut out = String::with_capacity(ids.len() * 8 + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
 }
 
 /// Finished work rows (`done`, `failed`, `cancelled`) last updated before
@@ -130,6 +195,10 @@ impl Store {
             Self::Sqlite(..) => expired_incidents!(""),
             Self::Postgres(_) => expired_incidents!("for update skip locked"),
         };
+        let statements = match self {
+            Self::Sqlite(..) => &*SQLITE_INCIDENT_DELETES,
+            Self::Postgres(_) => &*POSTGRES_INCIDENT_DELETES,
+        };
         Ok(transaction!(self, |conn| {
             let mut ids: Vec<i64> = sqlx::query_scalar(select)
                 .bind(before)
@@ -139,52 +208,25 @@ impl Store {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            // The statements below are built for this batch (its ids or
-            // their number are in the text), so they are prepared for this
-            // one use and not kept: each pooled connection caches up to 100
-            // prepared statements, and one per batch size and storm list
-            // would fill every connection's cache with compiled programs
-            // that never run again (on SQLite they live in remedy's own
-            // memory; on PostgreSQL in the server's session).
-            //
             // A storm's members (resolved before it) go with it.
-            let storms = ids
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let members: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                "select id from incidents where storm_id in ({storms})"
-            )))
-            .persistent(false)
-            .fetch_all(&mut *conn)
-            .await?;
+            let members: Vec<i64> = sqlx::query_scalar(statements.members.as_str())
+                .bind(id_list(&ids))
+                .fetch_all(&mut *conn)
+                .await?;
             ids.extend(members);
-            let placeholders = (1..=ids.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let list = format!("({placeholders})");
-            let mut unlink = sqlx::query(AssertSqlSafe(format!(
-                "update incidents set storm_id = null where id in {list}"
-            )))
-            .persistent(false);
-            for id in &ids {
-                unlink = unlink.bind(*id);
-            }
-            unlink.execute(&mut *conn).await?;
-            let mut deleted = Vec::with_capacity(INCIDENT_CHILDREN.len() + 1);
-            let parent = ("incidents", "id in {ids}");
-            for &(table, condition) in INCIDENT_CHILDREN.iter().chain([&parent]) {
-                let sql = format!(
-                    "delete from {table} where {}",
-                    condition.replace("{ids}", &list)
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-                for id in &ids {
-                    query = query.bind(*id);
-                }
-                deleted.push((table, query.execute(&mut *conn).await?.rows_affected()));
+            let ids = id_list(&ids);
+            sqlx::query(statements.unlink.as_str())
+                .bind(&ids)
+                .execute(&mut *conn)
+                .await?;
+            let mut deleted = Vec::with_capacity(statements.deletes.len());
+            for (table, sql) in &statements.deletes {
+                let rows = sqlx::query(sql.as_str())
+                    .bind(&ids)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                deleted.push((*table, rows));
             }
             deleted
         }))
