@@ -368,28 +368,50 @@ async fn control(
     verb: &str,
     length: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let base = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
-    let url = format!(
-        "{}/v1/incidents/{}/{verb}",
-        base.trim_end_matches('/'),
-        args.incident
-    );
-    let token = args.credential.read()?;
+    let endpoint = Endpoint::new(settings, args, verb)?;
     let mut body = serde_json::json!({});
     if let Some(length) = length {
         body["for"] = length.into();
     }
-    let response = crate::net::client()
-        .post(&url)
-        .bearer_auth(token)
-        .header("x-remedy-channel", "console")
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("reaching remedy at {base}"))?;
+    print_reply(endpoint.post(body).await?).await
+}
+
+/// Where a control request goes, with the person's token.
+struct Endpoint {
+    base: String,
+    url: String,
+    token: String,
+}
+
+impl Endpoint {
+    fn new(settings: &Settings, args: &ControlArgs, verb: &str) -> anyhow::Result<Self> {
+        let base = args
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", settings.server.listen));
+        let url = format!(
+            "{}/v1/incidents/{}/{verb}",
+            base.trim_end_matches('/'),
+            args.incident
+        );
+        let token = args.credential.read()?;
+        Ok(Self { base, url, token })
+    }
+
+    async fn post(&self, body: serde_json::Value) -> anyhow::Result<reqwest::Response> {
+        crate::net::client()
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("x-remedy-channel", "console")
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("reaching remedy at {}", self.base))
+    }
+}
+
+/// Prints the service's answer; fails unless it was a success.
+async fn print_reply(response: reqwest::Response) -> anyhow::Result<ExitCode> {
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     println!("{}", serde_json::to_string_pretty(&body)?);
@@ -405,28 +427,10 @@ async fn control(
 /// the length, asks for a `y` unless `--yes`, then requests the silence
 /// with those matchers (the service refuses it if they changed meanwhile).
 async fn silence(settings: &Settings, args: &SilenceArgs) -> anyhow::Result<ExitCode> {
-    let control_args = &args.length.control;
-    let base = control_args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
-    let url = format!(
-        "{}/v1/incidents/{}/silence",
-        base.trim_end_matches('/'),
-        control_args.incident
-    );
-    let token = control_args.credential.read()?;
-    let post = |body: serde_json::Value| {
-        crate::net::client()
-            .post(&url)
-            .bearer_auth(&token)
-            .header("x-remedy-channel", "console")
-            .json(&body)
-            .send()
-    };
-    let response = post(serde_json::json!({"for": args.length.length, "dry_run": true}))
-        .await
-        .with_context(|| format!("reaching remedy at {base}"))?;
+    let endpoint = Endpoint::new(settings, &args.length.control, "silence")?;
+    let response = endpoint
+        .post(serde_json::json!({"for": args.length.length, "dry_run": true}))
+        .await?;
     let status = response.status();
     let preview: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
@@ -458,17 +462,10 @@ async fn silence(settings: &Settings, args: &SilenceArgs) -> anyhow::Result<Exit
             return Ok(ExitCode::FAILURE);
         }
     }
-    let response = post(serde_json::json!({"for": args.length.length, "matchers": matchers}))
-        .await
-        .with_context(|| format!("reaching remedy at {base}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    println!("{}", serde_json::to_string_pretty(&body)?);
-    Ok(if status.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let response = endpoint
+        .post(serde_json::json!({"for": args.length.length, "matchers": matchers}))
+        .await?;
+    print_reply(response).await
 }
 
 fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {

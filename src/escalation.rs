@@ -788,7 +788,7 @@ fn validate(
 mod tests {
     use super::*;
 
-    fn matrix(text: &str) -> Matrix {
+    fn load(text: &str) -> Result<Matrix, Vec<PlaybookError>> {
         let settings = crate::config::Settings::load_from(
             None,
             [(
@@ -797,7 +797,11 @@ mod tests {
             )],
         )
         .expect("settings");
-        load_str(Path::new("m.yaml"), text, &settings).expect("valid")
+        load_str(Path::new("m.yaml"), text, &settings)
+    }
+
+    fn matrix(text: &str) -> Matrix {
+        load(text).expect("valid")
     }
 
     #[test]
@@ -898,18 +902,8 @@ default:
 
     #[test]
     fn recheck_needs_a_threshold() {
-        let settings = crate::config::Settings::load_from(
-            None,
-            [(
-                "REMEDY__INTAKE__ALLOW_UNAUTHENTICATED".to_owned(),
-                "true".to_owned(),
-            )],
-        )
-        .expect("settings");
-        let errors = load_str(
-            Path::new("m.yaml"),
+        let errors = load(
             "roles: {a: A}\ndefault:\n  initial: a\n  recheck: 1m\n  escalate: [{to: a, after: 1m}]\n",
-            &settings,
         )
         .expect_err("no threshold");
         assert!(
@@ -921,18 +915,8 @@ default:
 
     #[test]
     fn unbounded_repeats_are_refused() {
-        let settings = crate::config::Settings::load_from(
-            None,
-            [(
-                "REMEDY__INTAKE__ALLOW_UNAUTHENTICATED".to_owned(),
-                "true".to_owned(),
-            )],
-        )
-        .expect("settings");
-        let errors = load_str(
-            Path::new("m.yaml"),
+        let errors = load(
             "roles: {a: A}\ndefault:\n  initial: a\n  escalate: [{to: a, after: 1m, repeat: {every: 1m, times: 1000}}]\n",
-            &settings,
         )
         .expect_err("unbounded");
         assert!(
