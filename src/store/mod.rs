@@ -250,6 +250,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "people",
         include_str!("../../migrations/sqlite/0011_people.sql"),
     ),
+    (
+        15,
+        "storm_expiry",
+        include_str!("../../migrations/sqlite/0015_storm_expiry.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -307,6 +312,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "people",
         include_str!("../../migrations/postgres/0011_people.sql"),
+    ),
+    (
+        15,
+        "storm_expiry",
+        include_str!("../../migrations/postgres/0015_storm_expiry.sql"),
     ),
 ];
 
