@@ -25,6 +25,45 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// never touches superusers' sessions).
 pub const APP_ROLE: &str = "remedy_e2e_app";
 
+/// The role remedy itself connects to its target as, in every end-to-end
+/// test: what the README's least-privilege section grants (`pg_monitor`,
+/// `pg_signal_backend`), not a superuser, so the shipped playbooks are
+/// shown to work with exactly that.
+pub const REMEDY_ROLE: &str = "remedy_e2e_monitor";
+
+/// The target URL (a superuser's, as the tests create databases) turned
+/// into the same database as [`REMEDY_ROLE`], the role created and granted
+/// first when missing. A URL that does not answer is returned as it is
+/// (the tests of an unreachable target).
+async fn least_privilege(url: &str) -> String {
+    if !url.contains("//postgres@") {
+        return url.to_owned();
+    }
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url)).await
+    else {
+        return url.to_owned();
+    };
+    let grant = format!(
+        "do $$ begin create role {REMEDY_ROLE} login;
+            exception when duplicate_object or unique_violation then null; end $$;
+         grant pg_monitor, pg_signal_backend to {REMEDY_ROLE};"
+    );
+    // Tests starting at once may grant at once ("tuple concurrently updated").
+    for _ in 0..10 {
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(grant.clone()))
+            .execute(&mut conn)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = conn.close().await;
+    url.replacen("//postgres@", &format!("//{REMEDY_ROLE}@"), 1)
+}
+
 /// A port nobody listens on right now (the child binds it; a clash with a
 /// parallel test is detected by the readiness checks, which ask for
 /// something only this test's child knows, and retried).
@@ -743,6 +782,7 @@ public_key = "{public_key}"
             pms = config.pms_url,
         );
         let file = scratch.write(&format!("{name}.toml"), &settings);
+        let target_url = least_privilege(&config.target_url).await;
         let client = http();
         let (proc, port) = start_on_free_port(
             &name,
@@ -754,7 +794,7 @@ public_key = "{public_key}"
                     .arg(&file)
                     .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
                     .env("REMEDY__STORE__URL", &config.store_url)
-                    .env("REMEDY__TARGETS__MAIN__URL", &config.target_url)
+                    .env("REMEDY__TARGETS__MAIN__URL", &target_url)
                     .env("REMEDY__INTAKE__BEARER_TOKEN", WEBHOOK_TOKEN)
                     .env("REMEDY__API__TOKEN", &api_token)
                     .env(
