@@ -16,6 +16,7 @@ use crate::config::{PersonSettings, RoleMembers};
 pub enum Channel {
     Slack,
     Discord,
+    Mattermost,
     /// `remedy approve …` (the CLI says so in `x-remedy-channel`).
     Console,
     /// Any other client of the HTTP API.
@@ -28,6 +29,7 @@ impl Channel {
         match self {
             Self::Slack => "slack",
             Self::Discord => "discord",
+            Self::Mattermost => "mattermost",
             Self::Console => "console",
             Self::Api => "api",
         }
@@ -52,6 +54,11 @@ pub struct Actor {
     pub discord_user: Option<String>,
     /// The Discord roles the interaction carried (known only on Discord).
     pub discord_roles: Vec<String>,
+    /// The Mattermost user behind the click, or the person's identity.
+    pub mattermost_user: Option<String>,
+    /// The clicker's Mattermost roles, once read from Mattermost (empty
+    /// until then).
+    pub mattermost_roles: Vec<String>,
     /// The person's console name (`[people.NAME] console`, default NAME).
     pub console_name: Option<String>,
 }
@@ -60,6 +67,7 @@ pub struct Actor {
 struct Person {
     slack: Option<String>,
     discord: Option<String>,
+    mattermost: Option<String>,
     console: String,
 }
 
@@ -75,6 +83,7 @@ pub struct Directory {
     people: BTreeMap<String, Person>,
     by_slack: HashMap<String, String>,
     by_discord: HashMap<String, String>,
+    by_mattermost: HashMap<String, String>,
     tokens: Vec<([u8; 32], String)>,
     roles: BTreeMap<String, RoleMembers>,
 }
@@ -104,6 +113,7 @@ impl Directory {
             };
             unique(&mut dir.by_slack, &p.slack, "slack")?;
             unique(&mut dir.by_discord, &p.discord, "discord")?;
+            unique(&mut dir.by_mattermost, &p.mattermost, "mattermost")?;
             let console = p.console.clone().unwrap_or_else(|| name.clone());
             unique(&mut consoles, &Some(console.clone()), "console")?;
             if !p.api_token.is_empty() {
@@ -120,6 +130,7 @@ impl Directory {
                 Person {
                     slack: p.slack.clone().filter(|s| !s.is_empty()),
                     discord: p.discord.clone().filter(|s| !s.is_empty()),
+                    mattermost: p.mattermost.clone().filter(|s| !s.is_empty()),
                     console,
                 },
             );
@@ -163,6 +174,8 @@ impl Directory {
             slack_user: p.and_then(|p| p.slack.clone()),
             discord_user: p.and_then(|p| p.discord.clone()),
             discord_roles: Vec::new(),
+            mattermost_user: p.and_then(|p| p.mattermost.clone()),
+            mattermost_roles: Vec::new(),
             console_name: p.map(|p| p.console.clone()),
         }
     }
@@ -183,6 +196,8 @@ impl Directory {
                 slack_user: Some(user.to_owned()),
                 discord_user: None,
                 discord_roles: Vec::new(),
+                mattermost_user: None,
+                mattermost_roles: Vec::new(),
                 console_name: None,
             },
         }
@@ -205,9 +220,45 @@ impl Directory {
                 slack_user: None,
                 discord_user: Some(user.to_owned()),
                 discord_roles: roles,
+                mattermost_user: None,
+                mattermost_roles: Vec::new(),
                 console_name: None,
             },
         }
+    }
+
+    /// The actor behind a Mattermost click (its context verified). Shown
+    /// as `<@ID>`: the Mattermost adapter writes it as `@username`.
+    #[must_use]
+    pub fn mattermost(&self, user: &str) -> Actor {
+        match self.by_mattermost.get(user) {
+            Some(name) => Actor {
+                mattermost_user: Some(user.to_owned()),
+                ..self.person(name, Channel::Mattermost)
+            },
+            None => Actor {
+                key: format!("mattermost:{user}"),
+                person: None,
+                display: format!("<@{user}>"),
+                channel: Channel::Mattermost,
+                slack_user: None,
+                discord_user: None,
+                discord_roles: Vec::new(),
+                mattermost_user: Some(user.to_owned()),
+                mattermost_roles: Vec::new(),
+                console_name: None,
+            },
+        }
+    }
+
+    /// Whether any of `roles` lists Mattermost roles, which only a lookup
+    /// of the clicker can tell.
+    #[must_use]
+    pub fn needs_mattermost_roles(&self, roles: &[String]) -> bool {
+        roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .any(|m| !m.mattermost_roles.is_empty())
     }
 
     /// The Slack user groups of `roles`, whose membership the caller looks
@@ -224,7 +275,8 @@ impl Directory {
     /// Whether `actor` holds one of `roles`: as a listed person, through
     /// any of the person's identities in the role's platform lists, or
     /// through a Slack user group (`in_groups`: the groups found to contain
-    /// the actor's Slack user) or a Discord role the click carried.
+    /// the actor's Slack user), a Discord role the click carried, or a
+    /// Mattermost role read for the clicker.
     #[must_use]
     pub fn holds(&self, actor: &Actor, roles: &[String], in_groups: &[String]) -> bool {
         roles.iter().filter_map(|r| self.roles.get(r)).any(|m| {
@@ -234,12 +286,17 @@ impl Directory {
             actor.person.as_ref().is_some_and(|p| m.people.contains(p))
                 || listed(&m.slack_users, &actor.slack_user)
                 || listed(&m.discord_users, &actor.discord_user)
+                || listed(&m.mattermost_users, &actor.mattermost_user)
                 || listed(&m.console_users, &actor.console_name)
                 || m.slack_groups.iter().any(|g| in_groups.contains(g))
                 || actor
                     .discord_roles
                     .iter()
                     .any(|r| m.discord_roles.contains(r))
+                || actor
+                    .mattermost_roles
+                    .iter()
+                    .any(|r| m.mattermost_roles.contains(r))
         })
     }
 
@@ -258,6 +315,9 @@ impl Directory {
                     || p.discord
                         .as_ref()
                         .is_some_and(|d| m.discord_users.contains(d))
+                    || p.mattermost
+                        .as_ref()
+                        .is_some_and(|d| m.mattermost_users.contains(d))
                     || m.console_users.contains(&p.console)
             })
             .map(|(name, _)| name.clone())
@@ -284,6 +344,7 @@ impl Directory {
                 };
                 add(&mut m.slack_users, p.slack.as_ref());
                 add(&mut m.discord_users, p.discord.as_ref());
+                add(&mut m.mattermost_users, p.mattermost.as_ref());
                 add(&mut m.console_users, Some(&p.console));
             }
         }

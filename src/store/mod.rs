@@ -250,6 +250,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "people",
         include_str!("../../migrations/sqlite/0011_people.sql"),
     ),
+    (
+        13,
+        "mattermost",
+        include_str!("../../migrations/sqlite/0013_mattermost.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -307,6 +312,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "people",
         include_str!("../../migrations/postgres/0011_people.sql"),
+    ),
+    (
+        13,
+        "mattermost",
+        include_str!("../../migrations/postgres/0013_mattermost.sql"),
     ),
 ];
 
