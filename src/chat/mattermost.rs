@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 use super::pace::Pacer;
 use super::report::{ChatReport, ReportAction, risk_name, severity_mark};
-use super::text::{clean, code, cut, defuse_mentions};
+use super::text::{clean, cut};
 use super::{ChatError, Control, retry_after_header};
 use crate::playbook::model::Risk;
 
@@ -85,10 +85,15 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Alert text inside a code block or span: no mention and no `<@…>` can
-/// survive (remedy's own mentions are `<@ID>` until they are resolved).
+/// Alert text inside a code block or span: formatting does not apply
+/// there, but no mention, no Slack-style `<!channel>` and no `<@…>` may
+/// survive (remedy's own mentions are `<@ID>` until they are resolved), and
+/// no run of backticks may close the fence.
 fn code_text(text: &str) -> String {
-    defuse_mentions(&code(text)).replace('@', "@\u{200B}")
+    clean(text)
+        .replace('`', "`\u{200B}")
+        .replace('@', "@\u{200B}")
+        .replace("<!", "<\u{200B}!")
 }
 
 /// Inside inline code only a backtick would end it, and a newline break it.
