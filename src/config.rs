@@ -1071,8 +1071,9 @@ impl Settings {
                     ("chat.mattermost.api_url", &mm.api_url),
                     ("chat.mattermost.interactions_url", &mm.interactions_url),
                 ] {
-                    if !url.is_empty()
-                        && !(url.starts_with("http://") || url.starts_with("https://"))
+                    if !(url.is_empty()
+                        || url.starts_with("http://")
+                        || url.starts_with("https://"))
                     {
                         return invalid(format!("{field}: `{url}` is not an http(s) URL"));
                     }

@@ -94,11 +94,17 @@ async fn mattermost_app(backend: Backend) -> (TestApp, FakeMattermost) {
         &[
             ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
             ("REMEDY__CHAT__PLATFORM", "mattermost"),
-            ("REMEDY__CHAT__DEFAULT_CHANNEL", "incidentschannel0000000000"),
+            (
+                "REMEDY__CHAT__DEFAULT_CHANNEL",
+                "incidentschannel0000000000",
+            ),
             ("REMEDY__CHAT__MATTERMOST__API_URL", &fake.api_url),
             ("REMEDY__CHAT__MATTERMOST__BOT_TOKEN", MATTERMOST_TOKEN),
             ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", CONTEXT_SECRET),
-            ("REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL", INTERACTIONS_URL),
+            (
+                "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
+                INTERACTIONS_URL,
+            ),
             ("REMEDY__CHAT__MATTERMOST__REQUEST_RATE", "100000/1s"),
             ("REMEDY__EXECUTOR__DRY_RUN", "true"),
         ],
@@ -192,17 +198,21 @@ async fn decisions(app: &TestApp) -> i64 {
     common::scalar(&app.store, "select count(*) from decisions").await
 }
 
-async fn a_report_shows_findings_evidence_and_actions_and_a_signed_click_decides(
-    backend: Backend,
-) {
+async fn a_report_shows_findings_evidence_and_actions_and_a_signed_click_decides(backend: Backend) {
     let (app, fake) = mattermost_app(backend).await;
     let (id, post) = open(&app, &fake, "@everyone <!channel> @mallory **look**").await;
     let reports = fake.reports();
     assert_eq!(reports.len(), 1, "one post per incident");
     let message = reports[0]["message"].as_str().expect("message");
-    assert!(message.contains("\\[FIRING\\] ChatTest (critical)"), "{message}");
+    assert!(
+        message.contains("\\[FIRING\\] ChatTest (critical)"),
+        "{message}"
+    );
     assert!(message.contains("Note from the alert"), "{message}");
-    assert!(message.contains("POSTGRES_POOL_SIZE=20"), "suggestion shown: {message}");
+    assert!(
+        message.contains("POSTGRES_POOL_SIZE=20"),
+        "suggestion shown: {message}"
+    );
     // Nothing from the alert mentions anyone or formats anything (in
     // code spans formatting is inert, mentions are still broken).
     for forbidden in ["@everyone", "@mallory", "<!channel>"] {
@@ -210,7 +220,10 @@ async fn a_report_shows_findings_evidence_and_actions_and_a_signed_click_decides
     }
     // The responder is mentioned for real: her id, read from Mattermost
     // as her username.
-    assert!(message.contains("Responder: @alice (On-Call Engineer)"), "{message}");
+    assert!(
+        message.contains("Responder: @alice (On-Call Engineer)"),
+        "{message}"
+    );
     assert!(message.contains("\\*\\*look\\*\\*"), "{message}");
     // The controls, then a pair of buttons per action, all signed.
     let names = button_names(&reports[0]);
@@ -231,11 +244,16 @@ async fn a_report_shows_findings_evidence_and_actions_and_a_signed_click_decides
     );
     let stored = fake.post(&post).expect("stored");
     let restart = approval(&app, id, "restart_service").await;
-    let (action, _) = fake.button(&post, "Approve restart_service").expect("button");
+    let (action, _) = fake
+        .button(&post, "Approve restart_service")
+        .expect("button");
     assert_eq!(action, format!("ap{}", restart["id"]));
     let context = &fake.click_body(&post, &action, ALICE)["context"];
     assert_eq!(context["approval"], restart["id"]);
-    assert!(context["mac"].as_str().is_some_and(|m| m.len() == 64), "{context}");
+    assert!(
+        context["mac"].as_str().is_some_and(|m| m.len() == 64),
+        "{context}"
+    );
     assert_eq!(stored["channel_id"], "incidentschannel0000000000");
 
     // Alice (a person, through her Mattermost identity) approves.
@@ -262,17 +280,29 @@ async fn a_report_shows_findings_evidence_and_actions_and_a_signed_click_decides
         .filter_map(|f| f["value"].as_str().map(str::to_owned))
         .collect();
     assert!(
-        statuses.iter().any(|s| s.contains("approved by alice (1 of 1)")),
+        statuses
+            .iter()
+            .any(|s| s.contains("approved by alice (1 of 1)")),
         "{statuses:?} / {message}"
     );
     let names = button_names(&updated);
-    assert!(!names.contains(&"Approve restart_service".to_owned()), "{names:?}");
-    assert!(names.contains(&"Approve terminate_all".to_owned()), "{names:?}");
+    assert!(
+        !names.contains(&"Approve restart_service".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"Approve terminate_all".to_owned()),
+        "{names:?}"
+    );
     // The (dry-run) outcome, once, in the report's thread.
     let replies = fake.replies();
     let outcomes: Vec<&Value> = replies
         .iter()
-        .filter(|r| r["message"].as_str().is_some_and(|m| m.contains("restart\\_service")))
+        .filter(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restart\\_service"))
+        })
         .collect();
     assert_eq!(outcomes.len(), 1, "{replies:?}");
     assert_eq!(outcomes[0]["root_id"], post.as_str());
@@ -281,7 +311,9 @@ async fn a_report_shows_findings_evidence_and_actions_and_a_signed_click_decides
 async fn a_forged_context_is_refused_and_nothing_is_recorded(backend: Backend) {
     let (app, fake) = mattermost_app(backend).await;
     let (id, post) = open(&app, &fake, "x").await;
-    let (action, _) = fake.button(&post, "Approve restart_service").expect("button");
+    let (action, _) = fake
+        .button(&post, "Approve restart_service")
+        .expect("button");
     let genuine = fake.click_body(&post, &action, ALICE);
     let other = approval(&app, id, "terminate_all").await;
     let forged = |edit: &dyn Fn(&mut Value)| {
@@ -291,12 +323,21 @@ async fn a_forged_context_is_refused_and_nothing_is_recorded(backend: Backend) {
     };
     let cases = [
         // Another action's approval id under this button's signature.
-        ("approval id", forged(&|c| c["approval"] = other["id"].clone())),
-        ("digest", forged(&|c| c["digest"] = "0000000000000000".into())),
+        (
+            "approval id",
+            forged(&|c| c["approval"] = other["id"].clone()),
+        ),
+        (
+            "digest",
+            forged(&|c| c["digest"] = "0000000000000000".into()),
+        ),
         ("kind", forged(&|c| c["kind"] = "reject".into())),
-        ("no mac", forged(&|c| {
-            c.as_object_mut().expect("object").remove("mac");
-        })),
+        (
+            "no mac",
+            forged(&|c| {
+                c.as_object_mut().expect("object").remove("mac");
+            }),
+        ),
         ("wrong mac", forged(&|c| c["mac"] = "ab".repeat(32).into())),
         ("no context", {
             let mut body = genuine.clone();
@@ -318,15 +359,23 @@ async fn a_forged_context_is_refused_and_nothing_is_recorded(backend: Backend) {
             body
         }),
         // A dialog submission whose state was not signed by remedy.
-        ("forged dialog state", json!({
-            "type": "dialog_submission", "callback_id": "confirm", "user_id": ALICE,
-            "state": forged(&|c| c["approval"] = other["id"].clone())["context"].to_string(),
-            "submission": {}, "cancelled": false,
-        })),
+        (
+            "forged dialog state",
+            json!({
+                "type": "dialog_submission", "callback_id": "confirm", "user_id": ALICE,
+                "state": forged(&|c| c["approval"] = other["id"].clone())["context"].to_string(),
+                "submission": {}, "cancelled": false,
+            }),
+        ),
     ];
     for (name, body) in cases {
         let reply = deliver(&app, &body).await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}: {}", reply.json);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}: {}",
+            reply.json
+        );
     }
     let bad = deliver(&app, &json!({"context": genuine["context"]})).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -356,10 +405,20 @@ async fn an_unauthorized_user_is_refused_and_a_role_read_from_mattermost_admits(
         "{}",
         refused.json
     );
-    assert_eq!(approval(&app, id, "restart_service").await["state"], "pending");
+    assert_eq!(
+        approval(&app, id, "restart_service").await["state"],
+        "pending"
+    );
     assert!(fake.user_lookups() > lookups, "mallory's roles were read");
     // A user unknown to Mattermost is refused too (the lookup fails).
-    let ghost = click(&app, &fake, &post, "Approve restart_service", "ghost000000000000000000000").await;
+    let ghost = click(
+        &app,
+        &fake,
+        &post,
+        "Approve restart_service",
+        "ghost000000000000000000000",
+    )
+    .await;
     assert!(ghost.json["ephemeral_text"].is_string(), "{}", ghost.json);
     assert_eq!(decisions(&app).await, 0);
 
@@ -368,11 +427,17 @@ async fn an_unauthorized_user_is_refused_and_a_role_read_from_mattermost_admits(
     assert_eq!(admitted.json, json!({}));
     let restart = approval(&app, id, "restart_service").await;
     assert_eq!(restart["state"], "approved");
-    assert_eq!(restart["decisions"][0]["approver"], format!("mattermost:{CAROL}"));
+    assert_eq!(
+        restart["decisions"][0]["approver"],
+        format!("mattermost:{CAROL}")
+    );
     drain(&app, now_millis()).await;
     // Outside [people], she is mentioned by her Mattermost username.
     let updated = fake.post(&post).expect("post");
-    assert!(updated.to_string().contains("approved by @carol"), "{updated}");
+    assert!(
+        updated.to_string().contains("approved by @carol"),
+        "{updated}"
+    );
 }
 
 #[tokio::test]
@@ -394,10 +459,16 @@ async fn silence_and_destructive_approvals_are_confirmed_in_a_dialog_first() {
     let dialog = &dialogs[0];
     assert_eq!(dialog["url"], INTERACTIONS_URL);
     assert_eq!(dialog["dialog"]["title"], "Silence for 1h?");
-    let text = dialog["dialog"]["introduction_text"].as_str().expect("text");
+    let text = dialog["dialog"]["introduction_text"]
+        .as_str()
+        .expect("text");
     assert!(text.contains("alertname=\"ChatTest\""), "{text}");
     assert!(text.contains("service=\"agente-api\""), "{text}");
-    assert_eq!(silence_keys().await, 0, "nothing silenced before the confirmation");
+    assert_eq!(
+        silence_keys().await,
+        0,
+        "nothing silenced before the confirmation"
+    );
     let submitted = deliver(&app, &fake.submit_last_dialog(ALICE)).await;
     assert_eq!(submitted.json, json!({}), "{}", submitted.json);
     assert_eq!(silence_keys().await, 1, "the silence is requested");
@@ -412,9 +483,11 @@ async fn silence_and_destructive_approvals_are_confirmed_in_a_dialog_first() {
     assert_eq!(reply.json, json!({}));
     assert_eq!(fake.dialogs().len(), 2);
     assert_eq!(fake.dialogs()[1]["dialog"]["title"], "Approve this action?");
-    assert!(approval(&app, id, "terminate_all").await["decisions"]
-        .as_array()
-        .is_some_and(Vec::is_empty));
+    assert!(
+        approval(&app, id, "terminate_all").await["decisions"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
     deliver(&app, &fake.submit_last_dialog(ALICE)).await;
     let terminate = approval(&app, id, "terminate_all").await;
     assert_eq!(terminate["decisions"][0]["approver"], "person:alice");
@@ -422,7 +495,9 @@ async fn silence_and_destructive_approvals_are_confirmed_in_a_dialog_first() {
     // Someone else submitting a dialog they may not decide: the dialog shows why.
     let refused = deliver(&app, &fake.submit_last_dialog(MALLORY)).await;
     assert!(
-        refused.json["error"].as_str().is_some_and(|e| e.contains("not among")),
+        refused.json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not among")),
         "{}",
         refused.json
     );

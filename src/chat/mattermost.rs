@@ -64,16 +64,7 @@ pub fn escape(text: &str) -> String {
     for c in clean(text).chars() {
         if matches!(
             c,
-            '\\' | '*'
-                | '_'
-                | '~'
-                | '`'
-                | '|'
-                | '>'
-                | '<'
-                | '#'
-                | '['
-                | ']'
+            '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '<' | '#' | '[' | ']'
         ) {
             out.push('\\');
         }
@@ -127,9 +118,7 @@ fn resolve_mentions(text: &str, names: &HashMap<String, String>) -> String {
         out.push_str(&rest[..at]);
         let after = &rest[at + 2..];
         match after.find('>').map(|end| (&after[..end], end)) {
-            Some((id, end))
-                if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
-            {
+            Some((id, end)) if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()) => {
                 match names.get(id) {
                     Some(name) => {
                         out.push('@');
@@ -483,7 +472,10 @@ fn render_message(report: &ChatReport) -> String {
             s.push_str(&format!("_{as_of}_\n"));
         }
         if !f.evidence.is_empty() {
-            s.push_str(&format!("```\n{}\n```\n", code_text(&f.evidence.join("\n"))));
+            s.push_str(&format!(
+                "```\n{}\n```\n",
+                code_text(&f.evidence.join("\n"))
+            ));
             if f.more_rows > 0 {
                 s.push_str(&format!("… and {} more rows\n", f.more_rows));
             }
@@ -601,7 +593,8 @@ pub fn confirmation_dialog(
 #[must_use]
 pub fn silence_text(seconds: u64, matchers: &[String]) -> String {
     let length = crate::escalation::human(Duration::from_secs(seconds));
-    let mut text = format!("Alertmanager will mute for **{length}** every alert matching all of:\n");
+    let mut text =
+        format!("Alertmanager will mute for **{length}** every alert matching all of:\n");
     for m in matchers {
         text.push_str(&format!("- `{}`\n", code_inline(m)));
     }
@@ -729,7 +722,10 @@ impl MattermostClient {
         body: Option<&Value>,
     ) -> Result<Value, ChatError> {
         self.pace.ready("api").await?;
-        let what = format!("mattermost {method} {}", path.split('/').nth(1).unwrap_or(""));
+        let what = format!(
+            "mattermost {method} {}",
+            path.split('/').nth(1).unwrap_or("")
+        );
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.api_url))
@@ -971,7 +967,10 @@ mod tests {
     #[test]
     fn alert_text_mentions_nobody_and_formats_nothing() {
         let out = escape("@alice @channel <!here> **x** [a](http://b) `c`");
-        assert!(!out.contains("@alice") && !out.contains("@channel"), "{out}");
+        assert!(
+            !out.contains("@alice") && !out.contains("@channel"),
+            "{out}"
+        );
         assert!(!out.contains("<!here>") && !out.contains("**"), "{out}");
         assert!(!out.contains("](") && !out.contains("`c`"), "{out}");
         // Nothing from an alert can pose as remedy's own mention.

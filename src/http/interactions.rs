@@ -562,9 +562,10 @@ async fn mattermost_act(
             };
             decide(state, who, approval, &digest, decision).await
         }
-        mattermost::Intent::Control { incident, control: c } => {
-            control(state, who, IncidentId(incident), c).await
-        }
+        mattermost::Intent::Control {
+            incident,
+            control: c,
+        } => control(state, who, IncidentId(incident), c).await,
     }
 }
 

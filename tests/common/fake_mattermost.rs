@@ -166,7 +166,10 @@ impl FakeMattermost {
             (a["name"] == name).then(|| {
                 (
                     a["id"].as_str().unwrap_or_default().to_owned(),
-                    a["integration"]["url"].as_str().unwrap_or_default().to_owned(),
+                    a["integration"]["url"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                 )
             })
         })
@@ -298,7 +301,10 @@ fn post_limits(body: &Value) -> Result<(), String> {
     if props > 800_000 {
         return Err(format!("props of {props} characters"));
     }
-    let attachments = body["props"]["attachments"].as_array().cloned().unwrap_or_default();
+    let attachments = body["props"]["attachments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if message == 0 && attachments.is_empty() {
         return Err("an empty post".into());
     }
@@ -313,16 +319,26 @@ fn post_limits(body: &Value) -> Result<(), String> {
         }
         for field in ["text", "fallback", "title", "pretext"] {
             if chars(&a[field]) > 3000 {
-                return Err(format!("attachment {field} of {} characters", chars(&a[field])));
+                return Err(format!(
+                    "attachment {field} of {} characters",
+                    chars(&a[field])
+                ));
             }
         }
         let fields = a["fields"].as_array().cloned().unwrap_or_default();
-        if fields.len() > 8 || fields.iter().any(|f| chars(&f["value"]) > 500 || chars(&f["title"]) == 0) {
+        if fields.len() > 8
+            || fields
+                .iter()
+                .any(|f| chars(&f["value"]) > 500 || chars(&f["title"]) == 0)
+        {
             return Err(format!("fields over limits: {a}"));
         }
         for action in a["actions"].as_array().into_iter().flatten() {
             let id = action["id"].as_str().unwrap_or_default();
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) || !ids.insert(id.to_owned()) {
+            if id.is_empty()
+                || !id.chars().all(|c| c.is_ascii_alphanumeric())
+                || !ids.insert(id.to_owned())
+            {
                 return Err(format!("action id {id:?} not alphanumeric or not unique"));
             }
             let name = chars(&action["name"]);
@@ -333,7 +349,11 @@ fn post_limits(body: &Value) -> Result<(), String> {
                 return Err(format!("action type {}", action["type"]));
             }
             let style = action["style"].as_str().unwrap_or_default();
-            if !["", "default", "primary", "success", "good", "warning", "danger"].contains(&style) {
+            if ![
+                "", "default", "primary", "success", "good", "warning", "danger",
+            ]
+            .contains(&style)
+            {
                 return Err(format!("action style {style}"));
             }
             let url = action["integration"]["url"].as_str().unwrap_or_default();
@@ -349,7 +369,10 @@ fn post_limits(body: &Value) -> Result<(), String> {
 }
 
 fn new_id(state: &FakeState) -> String {
-    format!("post{:022}", state.next_id.fetch_add(1, Ordering::SeqCst) + 1)
+    format!(
+        "post{:022}",
+        state.next_id.fetch_add(1, Ordering::SeqCst) + 1
+    )
 }
 
 async fn create_post(
