@@ -478,6 +478,17 @@ async fn silence_and_destructive_approvals_are_confirmed_in_a_dialog_first() {
     cancelled["state"] = "".into();
     assert_eq!(deliver(&app, &cancelled).await.status, StatusCode::OK);
 
+    // Someone who may not approve is told so at once, with no dialog.
+    let refused = click(&app, &fake, &post, "Approve terminate_all", MALLORY).await;
+    assert!(
+        refused.json["ephemeral_text"]
+            .as_str()
+            .is_some_and(|t| t.contains("not among the approvers")),
+        "{}",
+        refused.json
+    );
+    assert_eq!(fake.dialogs().len(), 1);
+
     // Approving a destructive action: a dialog, then the decision.
     let reply = click(&app, &fake, &post, "Approve terminate_all", ALICE).await;
     assert_eq!(reply.json, json!({}));

@@ -606,11 +606,22 @@ async fn mattermost_confirm(
             Err(reason) => return Ok(MattermostAnswer::Refused(reason)),
         },
         mattermost::Intent::Decide { approval, .. } => {
-            let incident = state
-                .store
-                .approval(*approval)
-                .await?
-                .map_or(0, |(incident, _)| incident.0);
+            let Some((incident, roles)) = state.store.approval(*approval).await? else {
+                return Ok(MattermostAnswer::Refused(
+                    Refusal::UnknownApproval.message(),
+                ));
+            };
+            // Someone who may not decide is refused (and the refusal
+            // recorded) at once, not after confirming.
+            if !state.chat.authorized(who, &roles).await {
+                return Ok(
+                    match mattermost_act(state, who, signed.intent.clone()).await? {
+                        DecisionOutcome::Refused(reason) => MattermostAnswer::Refused(reason),
+                        DecisionOutcome::Recorded { .. } => MattermostAnswer::Done,
+                    },
+                );
+            }
+            let incident = incident.0;
             (
                 "Approve this action?".to_owned(),
                 format!(
