@@ -1332,4 +1332,45 @@ mod tests {
         .expect_err("typo");
         assert!(err.to_string().contains("bearer_tokn"), "{err}");
     }
+
+    #[test]
+    fn mattermost_needs_a_token_a_long_context_secret_and_a_way_back() {
+        let base = [
+            ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+            ("REMEDY__CHAT__PLATFORM", "mattermost"),
+            ("REMEDY__CHAT__DEFAULT_CHANNEL", "chan"),
+            ("REMEDY__CHAT__MATTERMOST__BOT_TOKEN", "bot"),
+        ];
+        let secret = "0123456789abcdef0123456789abcdef";
+        let load = |extra: &[(&str, &str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            Settings::load_from(None, env(&all))
+        };
+        let err = load(&[("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", "short")])
+            .expect_err("short secret");
+        assert!(err.to_string().contains("context_secret"), "{err}");
+        let err =
+            load(&[("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", secret)]).expect_err("no way back");
+        assert!(err.to_string().contains("interactions_url"), "{err}");
+        let err = load(&[
+            ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", secret),
+            (
+                "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
+                "remedy:8080/x",
+            ),
+        ])
+        .expect_err("not a URL");
+        assert!(err.to_string().contains("interactions_url"), "{err}");
+        let s = load(&[
+            ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", secret),
+            ("REMEDY__CHAT__PUBLIC_URL", "https://remedy.internal"),
+        ])
+        .expect("loads");
+        assert_eq!(s.chat.platform, ChatPlatform::Mattermost);
+        assert!(
+            !format!("{s:?}").contains(secret),
+            "the secret never prints"
+        );
+    }
 }

@@ -448,6 +448,59 @@ mod tests {
     }
 
     #[test]
+    fn a_mattermost_identity_is_its_person_and_roles_read_from_mattermost_count() {
+        let people = BTreeMap::from([(
+            "alice".to_owned(),
+            PersonSettings {
+                mattermost: Some("mmalice".into()),
+                ..PersonSettings::default()
+            },
+        )]);
+        let roles = BTreeMap::from([
+            (
+                "dba".to_owned(),
+                RoleMembers {
+                    people: vec!["alice".into()],
+                    ..RoleMembers::default()
+                },
+            ),
+            (
+                "ops".to_owned(),
+                RoleMembers {
+                    mattermost_users: vec!["mmbob".into()],
+                    mattermost_roles: vec!["custom_ops".into()],
+                    ..RoleMembers::default()
+                },
+            ),
+        ]);
+        let d = Directory::new(&people, &roles).expect("valid");
+        let alice = d.mattermost("mmalice");
+        assert_eq!(alice.key, "person:alice");
+        assert_eq!(alice.channel, Channel::Mattermost);
+        assert!(d.holds(&alice, &["dba".into()], &[]));
+        let bob = d.mattermost("mmbob");
+        assert_eq!(
+            (bob.key.as_str(), bob.display.as_str()),
+            ("mattermost:mmbob", "<@mmbob>")
+        );
+        assert!(d.holds(&bob, &["ops".into()], &[]));
+        let carol = d.mattermost("mmcarol");
+        assert!(!d.holds(&carol, &["ops".into()], &[]));
+        assert!(d.needs_mattermost_roles(&["ops".into()]));
+        assert!(!d.needs_mattermost_roles(&["dba".into()]));
+        let carol = Actor {
+            mattermost_roles: vec!["custom_ops".into()],
+            ..carol
+        };
+        assert!(d.holds(&carol, &["ops".into()], &[]));
+        assert!(!d.holds(&carol, &["dba".into()], &[]));
+        assert_eq!(
+            d.expanded_roles()["dba"].mattermost_users,
+            ["mmalice".to_owned()]
+        );
+    }
+
+    #[test]
     fn a_role_naming_an_unknown_person_is_refused() {
         let roles = BTreeMap::from([(
             "dba".to_owned(),
