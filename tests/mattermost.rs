@@ -70,6 +70,9 @@ mattermost_users = ["lead0000000000000000000000"]
 
 [approvers.on-call-engineer]
 people = ["alice"]
+
+[approvers.team-lead]
+mattermost_users = ["lead0000000000000000000000"]
 "#;
 
 fn playbooks() -> PathBuf {
@@ -539,4 +542,45 @@ async fn a_mattermost_429_waits_for_its_reset_and_a_403_is_not_retried() {
     .await;
     assert_eq!(failed.len(), 1);
     assert!(failed[0].contains("403"), "{failed:?}");
+}
+
+#[tokio::test]
+async fn an_escalation_pings_the_next_role_by_username_and_acknowledge_is_a_signed_click() {
+    let (app, fake) = mattermost_app(Backend::Sqlite).await;
+    let (id, post) = open(&app, &fake, "x").await;
+    // The default policy escalates to team-lead after 30 minutes.
+    let later = now_millis() + 31 * 60_000;
+    remedy::engine::escalate::fire_due(&app.app.engine, later)
+        .await
+        .expect("fire");
+    drain(&app, later).await;
+    let pings: Vec<Value> = fake
+        .replies()
+        .into_iter()
+        .filter(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("@lead "))
+        })
+        .collect();
+    assert_eq!(pings.len(), 1, "{:?}", fake.replies());
+    assert_eq!(pings[0]["root_id"], post.as_str(), "in the report's thread");
+
+    // Acknowledge: only the incident's responders; alice is one.
+    let refused = click(&app, &fake, &post, "Acknowledge", MALLORY).await;
+    assert!(
+        refused.json["ephemeral_text"].is_string(),
+        "{}",
+        refused.json
+    );
+    let acked = click(&app, &fake, &post, "Acknowledge", ALICE).await;
+    assert_eq!(acked.json, json!({}));
+    drain(&app, later + 1).await;
+    let updated = fake.post(&post).expect("post");
+    let message = updated["message"].as_str().expect("message");
+    assert!(message.contains("acknowledged by alice"), "{message}");
+    let names = button_names(&updated);
+    assert!(!names.contains(&"Acknowledge".to_owned()), "{names:?}");
+    let escalation = &app.api(&format!("/v1/incidents/{id}")).await["escalation"];
+    assert!(escalation.to_string().contains("alice"), "{escalation}");
 }
