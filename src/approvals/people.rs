@@ -71,6 +71,12 @@ struct Person {
     console: String,
 }
 
+/// A Mattermost user id as remedy writes it into mentions (`<@ID>`) and
+/// API paths: ASCII letters and digits only (the server's are 26).
+fn mattermost_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 /// SHA-256 of a token; tokens are kept only as digests.
 #[must_use]
 pub fn token_digest(token: &str) -> [u8; 32] {
@@ -114,6 +120,11 @@ impl Directory {
             unique(&mut dir.by_slack, &p.slack, "slack")?;
             unique(&mut dir.by_discord, &p.discord, "discord")?;
             unique(&mut dir.by_mattermost, &p.mattermost, "mattermost")?;
+            if let Some(id) = p.mattermost.as_ref().filter(|id| !mattermost_id(id)) {
+                return Err(format!(
+                    "people.{name}.mattermost: {id:?} is not a Mattermost user id (letters and digits)"
+                ));
+            }
             let console = p.console.clone().unwrap_or_else(|| name.clone());
             unique(&mut consoles, &Some(console.clone()), "console")?;
             if !p.api_token.is_empty() {
@@ -136,6 +147,15 @@ impl Directory {
             );
         }
         for (role, members) in roles {
+            if let Some(id) = members
+                .mattermost_users
+                .iter()
+                .find(|id| !mattermost_id(id))
+            {
+                return Err(format!(
+                    "approvers.{role}.mattermost_users: {id:?} is not a Mattermost user id (letters and digits)"
+                ));
+            }
             if let Some(unknown) = members.people.iter().find(|p| !people.contains_key(*p)) {
                 return Err(format!(
                     "approvers.{role}.people: {unknown:?} is not in [people]"
@@ -498,6 +518,15 @@ mod tests {
             d.expanded_roles()["dba"].mattermost_users,
             ["mmalice".to_owned()]
         );
+        let bad = BTreeMap::from([(
+            "ops".to_owned(),
+            RoleMembers {
+                mattermost_users: vec!["<@x> @all".into()],
+                ..RoleMembers::default()
+            },
+        )]);
+        let err = Directory::new(&BTreeMap::new(), &bad).expect_err("not an id");
+        assert!(err.contains("approvers.ops.mattermost_users"), "{err}");
     }
 
     #[test]

@@ -669,10 +669,11 @@ pub async fn mattermost(State(state): State<AppState>, body: Bytes) -> Response 
         Ok(r) => r,
         Err((field, message)) => return bad_request(field, &message),
     };
-    let submission = request.kind == "dialog_submission";
-    if submission && request.cancelled {
+    // remedy's dialogs do not ask to hear of a cancel; one is ignored.
+    if request.kind == "dialog_cancellation" || request.cancelled {
         return Json(json!({})).into_response();
     }
+    let submission = request.kind == "dialog_submission";
     let context = if submission {
         request
             .state
