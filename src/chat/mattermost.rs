@@ -44,7 +44,7 @@ pub const MAX_BUTTON_NAME: usize = 80;
 /// A dialog's `introduction_text`.
 pub const MAX_DIALOG_TEXT: usize = 3000;
 
-/// Attachment colours: the severity of a report, the risk of an action.
+/// Attachment colours: an action's risk; grey for the controls and notes.
 const RED: &str = "#d0312d";
 const AMBER: &str = "#e8a317";
 const GREEN: &str = "#2e8b57";
