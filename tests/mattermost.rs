@@ -545,11 +545,25 @@ async fn a_mattermost_429_waits_for_its_reset_and_a_403_is_not_retried() {
 }
 
 #[tokio::test]
-async fn an_escalation_pings_the_next_role_by_username_and_acknowledge_is_a_signed_click() {
+async fn an_escalation_pings_the_next_role_by_username_and_snooze_and_acknowledge_are_signed_clicks()
+ {
     let (app, fake) = mattermost_app(Backend::Sqlite).await;
     let (id, post) = open(&app, &fake, "x").await;
-    // The default policy escalates to team-lead after 30 minutes.
+    // Snooze moves the next timer; the post says until when.
+    let snoozed = click(&app, &fake, &post, "Snooze 1h", ALICE).await;
+    assert_eq!(snoozed.json, json!({}));
+    drain(&app, now_millis()).await;
+    let message = fake.post(&post).expect("post")["message"].to_string();
+    assert!(message.contains("snoozed until"), "{message}");
+    // The default policy escalates to team-lead after 30 minutes; snoozed
+    // for an hour, it does so an hour from now.
     let later = now_millis() + 31 * 60_000;
+    remedy::engine::escalate::fire_due(&app.app.engine, later)
+        .await
+        .expect("fire");
+    drain(&app, later).await;
+    assert!(fake.replies().is_empty(), "snoozed: {:?}", fake.replies());
+    let later = now_millis() + 62 * 60_000;
     remedy::engine::escalate::fire_due(&app.app.engine, later)
         .await
         .expect("fire");
