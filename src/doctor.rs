@@ -1,6 +1,6 @@
 //! `remedy doctor`: connects to everything the settings and the playbooks
 //! name — each PostgreSQL target, Prometheus, every Alertmanager, the chat
-//! API — and says what is missing, each with the exact fix (a grant to
+//! API (Slack `auth.test`, Discord and Mattermost: the bot's own user) — and says what is missing, each with the exact fix (a grant to
 //! run, a URL that does not answer, a token that is refused). `remedy
 //! check` reads files; this talks to the parts.
 //!
@@ -369,6 +369,32 @@ async fn chat_check(client: &reqwest::Client, settings: &Settings) -> Check {
                     "chat slack",
                     format!("{api}/auth.test: {e}"),
                     "check chat.slack.api_url (https://slack.com/api) and outbound HTTPS from remedy",
+                ),
+            }
+        }
+        ChatPlatform::Mattermost => {
+            let api = chat.mattermost.api_url.trim_end_matches('/');
+            let request = client
+                .get(format!("{api}/users/me"))
+                .bearer_auth(chat.mattermost.bot_token.expose());
+            match probe(request).await {
+                Ok(status) if status.is_success() => {
+                    Check::ok("chat mattermost", "/api/v4/users/me accepts the bot token")
+                }
+                Ok(status) if status == reqwest::StatusCode::UNAUTHORIZED => Check::fail(
+                    "chat mattermost",
+                    "/api/v4/users/me refused the bot token (401)",
+                    "set chat.mattermost.bot_token_file (or REMEDY__CHAT__MATTERMOST__BOT_TOKEN) to the bot account's access token",
+                ),
+                Ok(status) => Check::fail(
+                    "chat mattermost",
+                    format!("/api/v4/users/me answered {status}"),
+                    "check chat.mattermost.api_url (https://chat.example.com/api/v4)",
+                ),
+                Err(e) => Check::fail(
+                    "chat mattermost",
+                    format!("{api}/users/me: {e}"),
+                    "check chat.mattermost.api_url and that the Mattermost server is reachable from remedy",
                 ),
             }
         }

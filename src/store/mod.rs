@@ -251,6 +251,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_people.sql"),
     ),
     (
+        13,
+        "mattermost",
+        include_str!("../../migrations/sqlite/0013_mattermost.sql"),
+    ),
+    (
         15,
         "storm_expiry",
         include_str!("../../migrations/sqlite/0015_storm_expiry.sql"),
@@ -312,6 +317,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "people",
         include_str!("../../migrations/postgres/0011_people.sql"),
+    ),
+    (
+        13,
+        "mattermost",
+        include_str!("../../migrations/postgres/0013_mattermost.sql"),
     ),
     (
         15,

@@ -657,6 +657,8 @@ pub enum ChatTo {
     Console,
     Slack(String),
     Discord(String),
+    /// A fake Mattermost server's API base (`…/api/v4`).
+    Mattermost(String),
 }
 
 /// What one `remedy serve` process is given.
@@ -699,10 +701,12 @@ pub const APPROVERS: &str = r#"
 [approvers.backend-developer]
 slack_users = ["U0DEV"]
 discord_users = ["1001"]
+mattermost_users = ["mmdev000000000000000000000"]
 
 [approvers.team-lead]
 slack_users = ["U0LEAD"]
 discord_users = ["1002"]
+mattermost_users = ["mmlead00000000000000000000"]
 
 [approvers.dba]
 slack_users = ["U0DBA1", "U0DBA2"]
@@ -739,6 +743,16 @@ impl Remedy {
                 format!("{fake}/discord/api/v10"),
                 "1000000000000000001",
             ),
+            ChatTo::Mattermost(_) => (
+                "mattermost",
+                String::new(),
+                String::new(),
+                "e2echannel0000000000000000",
+            ),
+        };
+        let mattermost_api = match &config.chat {
+            ChatTo::Mattermost(api) => api.clone(),
+            _ => "http://127.0.0.1:9/api/v4".to_owned(),
         };
         let public_key = hex::encode(
             ed25519_dalek::SigningKey::from_bytes(&DISCORD_KEY)
@@ -775,6 +789,9 @@ api_url = "{slack_api}"
 [chat.discord]
 api_url = "{discord_api}"
 public_key = "{public_key}"
+
+[chat.mattermost]
+api_url = "{mattermost_api}"
 {APPROVERS}"#,
             playbooks = config.playbooks.display(),
             prometheus = config.prometheus_url,
@@ -805,6 +822,20 @@ public_key = "{public_key}"
                     .env(
                         "REMEDY__CHAT__DISCORD__BOT_TOKEN",
                         common::fake_chat::DISCORD_TOKEN,
+                    )
+                    .env(
+                        "REMEDY__CHAT__MATTERMOST__BOT_TOKEN",
+                        common::fake_mattermost::MATTERMOST_TOKEN,
+                    )
+                    .env(
+                        "REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET",
+                        common::fake_mattermost::CONTEXT_SECRET,
+                    )
+                    // The Mattermost server sends clicks here: this
+                    // process's own port.
+                    .env(
+                        "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
+                        format!("http://127.0.0.1:{port}/v1/interactions/mattermost"),
                     )
                     .env("RUST_LOG", "info,sqlx=warn");
                 for (k, v) in &config.env {
