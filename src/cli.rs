@@ -272,7 +272,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(listen) = listen {
                     settings.server.listen = listen;
                 }
-                app::serve(settings).await?;
+                // A reload reads the same layers again, `--listen` included.
+                let file = cli.config.clone();
+                let source: crate::reload::SettingsSource = std::sync::Arc::new(move || {
+                    let mut settings = Settings::load(file.as_deref())?;
+                    if let Some(listen) = listen {
+                        settings.server.listen = listen;
+                    }
+                    Ok(settings)
+                });
+                app::serve(settings, Some(source)).await?;
             }
             Command::Check | Command::Test { .. } => {
                 unreachable!("handled before the runtime starts")

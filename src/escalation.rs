@@ -441,7 +441,8 @@ impl Matrix {
     }
 
     /// Roles the matrix pages that nobody holds on the configured platform:
-    /// their pings mention no one. One line each, for `remedy check`.
+    /// their pings mention no one. One line naming them all (none when every
+    /// role is held), for `remedy check` and the start-up log.
     #[must_use]
     pub fn unheld_roles(&self, settings: &Settings) -> Vec<String> {
         let mut used: Vec<&str> = Vec::new();
@@ -455,20 +456,23 @@ impl Matrix {
         let roles = crate::approvals::Directory::new(&settings.people, &settings.approvers)
             .map(|d| d.expanded_roles())
             .unwrap_or_else(|_| settings.approvers.clone());
-        used.into_iter()
+        let unheld: Vec<&str> = used
+            .into_iter()
             .filter(|role| {
                 roles
                     .get(*role)
                     .is_none_or(|m| mentions(m, settings.chat.platform).is_empty())
             })
-            .map(|role| {
-                format!(
-                    "{}: responder role `{role}` has no members for chat.platform {:?} in [approvers.{role}]; its pings mention nobody",
-                    self.file.display(),
-                    settings.chat.platform
-                )
-            })
-            .collect()
+            .collect();
+        if unheld.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "{}: responder role(s) {} have no members for chat.platform {:?} ([approvers.ROLE]); their pings mention nobody",
+            self.file.display(),
+            unheld.join(", "),
+            settings.chat.platform
+        )]
     }
 }
 

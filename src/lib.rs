@@ -19,5 +19,6 @@ pub mod intake;
 pub mod net;
 pub mod playbook;
 pub mod postmortem;
+pub mod reload;
 pub mod store;
 pub mod telemetry;

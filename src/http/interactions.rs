@@ -57,7 +57,7 @@ async fn decide(
             crate::approvals::Refusal::UnknownApproval.message(),
         ));
     };
-    let authorized = state.chat.authorized(who, &roles).await;
+    let authorized = state.chat().authorized(who, &roles).await;
     let outcome = state
         .store
         .decide(approval_id, digest, who, decision, authorized, now_millis())
@@ -90,7 +90,7 @@ async fn control(
         .await?
         .map(|e| e.roles)
         .unwrap_or_default();
-    let authorized = state.chat.authorized(who, &roles).await;
+    let authorized = state.chat().authorized(who, &roles).await;
     let approver = who;
     let offered = |list: &[Duration], seconds: u64| list.iter().any(|d| d.as_secs() == seconds);
     let lengths = |list: &[Duration]| {
@@ -107,11 +107,11 @@ async fn control(
                 .acknowledge(incident, approver, authorized, now)
                 .await?,
         ),
-        Control::Snooze(seconds) if !offered(&state.matrix.snooze, seconds) => (
+        Control::Snooze(seconds) if !offered(&state.matrix().snooze, seconds) => (
             "snooze",
             DecisionOutcome::Refused(format!(
                 "snooze for one of: {}",
-                lengths(&state.matrix.snooze)
+                lengths(&state.matrix().snooze)
             )),
         ),
         Control::Snooze(seconds) => (
@@ -136,7 +136,7 @@ async fn control(
             let rules = SilenceRules {
                 seconds,
                 offered: &offered,
-                required: &state.settings.silence.required_labels,
+                required: &state.settings().silence.required_labels,
             };
             let outcome = match crate::engine::execute::silence_action(&key) {
                 Some(action) => {
@@ -174,7 +174,7 @@ async fn control(
 
 /// The matrix's silence lengths, in seconds.
 fn silence_lengths(state: &AppState) -> Vec<u64> {
-    state.matrix.silence.iter().map(Duration::as_secs).collect()
+    state.matrix().silence.iter().map(Duration::as_secs).collect()
 }
 
 /// What a Silence would post, checked by the same rules as the request
@@ -193,7 +193,7 @@ async fn silence_preview(
         .as_ref()
         .map(|e| e.roles.clone())
         .unwrap_or_default();
-    let authorized = state.chat.authorized(who, &roles).await;
+    let authorized = state.chat().authorized(who, &roles).await;
     let Some(scope) = state.store.silence_scope(incident).await? else {
         return Ok(Err(Refusal::NoEscalation.message()));
     };
@@ -206,7 +206,7 @@ async fn silence_preview(
     let rules = SilenceRules {
         seconds,
         offered: &offered,
-        required: &state.settings.silence.required_labels,
+        required: &state.settings().silence.required_labels,
     };
     Ok(match scope.refusal(&rules) {
         Some(refusal) => Err(refusal.message()),
@@ -255,7 +255,7 @@ pub fn parse_slack(body: &[u8]) -> Result<SlackPayload, (&'static str, String)> 
 /// `POST /v1/interactions/slack`: Slack's signed form post with a
 /// `payload` of `block_actions`.
 pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let secret = &state.chat.slack_signing_secret;
+    let secret = &state.chat().slack_signing_secret;
     if secret.is_empty() {
         return refused_signature(&slack::SignatureError::Missing);
     }
@@ -275,7 +275,7 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
     if payload.kind != "block_actions" {
         return StatusCode::OK.into_response();
     }
-    let who = state.chat.directory.slack(&payload.user.id);
+    let who = state.chat().directory.slack(&payload.user.id);
     let task = tokio::spawn(async move {
         for action in &payload.actions {
             let outcome = if let Some(c) = Control::parse_slack(&action.action_id) {
@@ -307,7 +307,7 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
                 }
             };
             if let (ChatClient::Slack(client), Some(url)) =
-                (&state.chat.client, payload.response_url.as_deref())
+                (&state.chat().client, payload.response_url.as_deref())
                 && let Err(error) = client.respond_ephemeral(url, &reason).await
             {
                 tracing::warn!(%error, "ephemeral refusal not delivered");
@@ -383,7 +383,8 @@ fn ephemeral(text: &str) -> Response {
 /// PONG; a button gets a deferred update (the worker edits the message) or
 /// an ephemeral refusal.
 pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(verifier) = state.chat.discord_verifier.as_ref() else {
+    let chat = state.chat();
+    let Some(verifier) = chat.discord_verifier.as_ref() else {
         return refused_signature(&slack::SignatureError::Missing);
     };
     if let Err(e) = discord::verify(
@@ -419,7 +420,7 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         (None, Some(u)) => (u.id, Vec::new()),
         (None, None) => return bad_request("member", "no member or user in the interaction"),
     };
-    let who = state.chat.directory.discord(&user, roles);
+    let who = state.chat().directory.discord(&user, roles);
     let task = tokio::spawn(async move {
         match button {
             DiscordButton::Decide(approve, id, digest) => {
@@ -533,7 +534,7 @@ fn api_actor(
         Some("console") => Channel::Console,
         _ => Channel::Api,
     };
-    Ok(state.chat.directory.person(&person, channel))
+    Ok(state.chat().directory.person(&person, channel))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned + Default>(
