@@ -57,12 +57,14 @@ impl App {
         );
         let limiter =
             http::SourceLimiter::new(settings.server.source_rate, settings.server.source_burst);
+        // The recorder first: the reload gauges are set from the start.
+        let metrics = telemetry::metrics_handle();
         let state = AppState {
             store,
             intake,
             work_ready: work_ready.clone(),
             live: Live::new(Arc::new(settings), engine.clone(), source),
-            metrics: telemetry::metrics_handle(),
+            metrics,
             probes: Arc::default(),
             limiter,
         };
@@ -294,8 +296,7 @@ pub async fn serve(settings: Settings, source: Option<SettingsSource>) -> anyhow
         let current = app.state.live.current();
         let settings = &current.settings;
         let engine = &current.engine;
-        for warning in
-            crate::reload::startup_warnings(settings, &engine.playbooks, &engine.matrix)
+        for warning in crate::reload::startup_warnings(settings, &engine.playbooks, &engine.matrix)
         {
             tracing::warn!("{warning}");
         }

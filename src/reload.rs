@@ -156,7 +156,8 @@ impl Live {
             None => (*old.settings).clone(),
         };
         let needs_restart = keep_restart_only(&old.settings, &mut settings);
-        let (playbooks, matrix) = load_checked(&settings).map_err(|problems| ReloadError { problems })?;
+        let (playbooks, matrix) =
+            load_checked(&settings).map_err(|problems| ReloadError { problems })?;
         for warning in startup_warnings(&settings, &playbooks, &matrix) {
             tracing::warn!("{warning}");
         }
@@ -226,7 +227,11 @@ pub fn load_checked(settings: &Settings) -> Result<(Vec<Playbook>, Matrix), Vec<
 /// Roles that playbooks or the matrix name but nobody holds on the
 /// configured platform, one line per file.
 #[must_use]
-pub fn startup_warnings(settings: &Settings, playbooks: &[Playbook], matrix: &Matrix) -> Vec<String> {
+pub fn startup_warnings(
+    settings: &Settings,
+    playbooks: &[Playbook],
+    matrix: &Matrix,
+) -> Vec<String> {
     let mut out = crate::chat::unheld_roles(settings, playbooks);
     out.extend(matrix.unheld_roles(settings));
     out
@@ -250,7 +255,10 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         "server.request_timeout",
         o.request_timeout != n.request_timeout,
     );
-    check("server.shutdown_grace", o.shutdown_grace != n.shutdown_grace);
+    check(
+        "server.shutdown_grace",
+        o.shutdown_grace != n.shutdown_grace,
+    );
     check(
         "server.header_read_timeout",
         o.header_read_timeout != n.header_read_timeout,
@@ -267,13 +275,19 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         "store.max_connections",
         o.max_connections != n.max_connections,
     );
-    check("store.acquire_timeout", o.acquire_timeout != n.acquire_timeout);
+    check(
+        "store.acquire_timeout",
+        o.acquire_timeout != n.acquire_timeout,
+    );
     check(
         "store.sqlite_synchronous",
         o.sqlite_synchronous != n.sqlite_synchronous,
     );
     let (o, n) = (&old.intake, &new.intake);
-    check("intake.queue_capacity", o.queue_capacity != n.queue_capacity);
+    check(
+        "intake.queue_capacity",
+        o.queue_capacity != n.queue_capacity,
+    );
     check("intake.max_batch", o.max_batch != n.max_batch);
     let (o, n) = (&old.worker, &new.worker);
     check("worker.enabled", o.enabled != n.enabled);

@@ -174,7 +174,12 @@ async fn control(
 
 /// The matrix's silence lengths, in seconds.
 fn silence_lengths(state: &AppState) -> Vec<u64> {
-    state.matrix().silence.iter().map(Duration::as_secs).collect()
+    state
+        .matrix()
+        .silence
+        .iter()
+        .map(Duration::as_secs)
+        .collect()
 }
 
 /// What a Silence would post, checked by the same rules as the request

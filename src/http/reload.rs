@@ -19,16 +19,22 @@ pub async fn reload(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let person = bearer(&headers).and_then(|t| state.chat().directory.authenticate(t).map(str::to_owned));
+    let person =
+        bearer(&headers).and_then(|t| state.chat().directory.authenticate(t).map(str::to_owned));
     if person.is_none() && !bearer_matches(&headers, state.settings().api.token.expose()) {
         return Err(ApiError::Unauthorized);
     }
-    tracing::info!(person = person.as_deref().unwrap_or("api.token"), "reload requested");
+    tracing::info!(
+        person = person.as_deref().unwrap_or("api.token"),
+        "reload requested"
+    );
     let live = state.live.clone();
     // Reading files and building pools: off the async threads.
     match tokio::task::spawn_blocking(move || live.reload()).await {
-        Ok(Ok(reloaded)) => Ok(Json(json!({"result": "reloaded", "playbooks": reloaded.playbooks,
-            "escalation_rows": reloaded.escalation_rows, "needs_restart": reloaded.needs_restart}))),
+        Ok(Ok(reloaded)) => Ok(Json(
+            json!({"result": "reloaded", "playbooks": reloaded.playbooks,
+            "escalation_rows": reloaded.escalation_rows, "needs_restart": reloaded.needs_restart}),
+        )),
         Ok(Err(error)) => Err(ApiError::InvalidConfiguration(error.problems)),
         Err(error) => {
             tracing::error!(%error, "reload task failed");
