@@ -20,5 +20,6 @@ pub mod net;
 pub mod playbook;
 pub mod postmortem;
 pub mod reload;
+pub mod schema;
 pub mod store;
 pub mod telemetry;
