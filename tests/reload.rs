@@ -405,5 +405,24 @@ async fn a_reload_serves_new_incidents_the_new_playbook_while_open_approvals_sti
     server.fire("d4").await;
     let fourth = server.report(4).await;
     assert!(text(&fourth).contains("ran-v4"), "{fourth}");
+    let (url, log) = (server.url.clone(), server.dir.join("remedy.log"));
     server.stop().await;
+
+    // One start-up line says where it listens, on what, and what it loaded.
+    let log = std::fs::read_to_string(log).expect("log");
+    let starting: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("remedy starting"))
+        .collect();
+    assert_eq!(starting.len(), 1, "{log}");
+    let listen = url.trim_start_matches("http://");
+    for part in [
+        &format!("listen={listen}") as &str,
+        "store=sqlite://",
+        "platform=console",
+        "playbooks=1",
+        "escalation_rows=0",
+    ] {
+        assert!(starting[0].contains(part), "{part}: {}", starting[0]);
+    }
 }
