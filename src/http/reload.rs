@@ -31,10 +31,12 @@ pub async fn reload(
     let live = state.live.clone();
     // Reading files and building pools: off the async threads.
     match tokio::task::spawn_blocking(move || live.reload()).await {
-        Ok(Ok(reloaded)) => Ok(Json(
-            json!({"result": "reloaded", "playbooks": reloaded.playbooks,
-            "escalation_rows": reloaded.escalation_rows, "needs_restart": reloaded.needs_restart}),
-        )),
+        Ok(Ok(reloaded)) => Ok(Json(json!({
+            "result": "reloaded",
+            "playbooks": reloaded.playbooks,
+            "escalation_rows": reloaded.escalation_rows,
+            "needs_restart": reloaded.needs_restart,
+        }))),
         Ok(Err(error)) => Err(ApiError::InvalidConfiguration(error.problems)),
         Err(error) => {
             tracing::error!(%error, "reload task failed");
