@@ -17,6 +17,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/remedy /usr/local/bin/remedy
 COPY config /etc/remedy/config
 COPY playbooks /etc/remedy/playbooks
+# The JSON Schemas the YAML files name in their first line (for editors).
+COPY schemas /etc/remedy/schemas
 WORKDIR /var/lib/remedy
 USER remedy
 ENV REMEDY__SERVER__LISTEN=0.0.0.0:9095 \

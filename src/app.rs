@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, SqliteSynchronous};
 use crate::diagnose::Diagnoser;
 use crate::engine::{self, Engine, WorkerSettings};
-use crate::http::{self, AppState, IntakeAuth};
+use crate::http::{self, AppState};
 use crate::intake::Intake;
 use crate::playbook::{self, Playbook, References};
+use crate::reload::{Live, SettingsSource};
 use crate::store::{Store, StoreOptions, redact_url};
 use crate::telemetry;
 
@@ -23,6 +24,9 @@ use crate::telemetry;
 /// tasks it owns.
 pub struct App {
     pub state: AppState,
+    /// The engine built at start-up, for tests that drive [`engine::step`]
+    /// themselves; the worker and the scheduler follow reloads through
+    /// `state.live`.
     pub engine: Engine,
     pub work_ready: Arc<Notify>,
     writer: JoinHandle<()>,
@@ -33,6 +37,15 @@ impl App {
     /// worker is started separately ([`App::spawn_worker`]) so tests can
     /// drive [`engine::step`] themselves.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_reloading(settings, None).await
+    }
+
+    /// As [`App::build`], with where a reload reads the settings again
+    /// (none: a reload re-reads the playbooks and the matrix only).
+    pub async fn build_reloading(
+        settings: Settings,
+        source: Option<SettingsSource>,
+    ) -> anyhow::Result<Self> {
         let store = connect_store(&settings).await?;
         let engine = build_engine(&settings, Some(store.clone()))?;
         let work_ready = Arc::new(Notify::new());
@@ -44,15 +57,14 @@ impl App {
         );
         let limiter =
             http::SourceLimiter::new(settings.server.source_rate, settings.server.source_burst);
+        // The recorder first: the reload gauges are set from the start.
+        let metrics = telemetry::metrics_handle();
         let state = AppState {
             store,
             intake,
-            chat: engine.chat.clone(),
             work_ready: work_ready.clone(),
-            intake_auth: Arc::new(IntakeAuth::from_settings(&settings.intake)),
-            settings: Arc::new(settings),
-            metrics: telemetry::metrics_handle(),
-            matrix: engine.matrix.clone(),
+            live: Live::new(Arc::new(settings), engine.clone(), source),
+            metrics,
             probes: Arc::default(),
             limiter,
         };
@@ -69,7 +81,8 @@ impl App {
     }
 
     pub fn spawn_worker(&self, shutdown: CancellationToken) -> JoinHandle<()> {
-        let worker = &self.state.settings.worker;
+        let settings = self.state.settings();
+        let worker = &settings.worker;
         let settings = WorkerSettings {
             owner: engine::worker_name(),
             lease: worker.lease,
@@ -80,7 +93,7 @@ impl App {
             urgent_slots: usize::try_from(worker.urgent_slots).unwrap_or(usize::MAX),
         };
         tokio::spawn(engine::run(
-            self.engine.clone(),
+            self.state.live.clone(),
             settings,
             self.work_ready.clone(),
             shutdown,
@@ -90,7 +103,7 @@ impl App {
     /// The escalation timer scheduler (runs beside the worker).
     pub fn spawn_scheduler(&self, shutdown: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(engine::escalate::run_scheduler(
-            self.engine.clone(),
+            self.state.live.clone(),
             self.work_ready.clone(),
             shutdown,
         ))
@@ -125,7 +138,7 @@ impl App {
         let upkeep = telemetry::Upkeep::new(
             self.state.metrics.clone(),
             self.state.store.clone(),
-            &self.state.settings.metrics,
+            &self.state.settings().metrics,
         );
         tokio::spawn(upkeep.run(shutdown))
     }
@@ -164,9 +177,47 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
             crate::store::WriteLock::default(),
         ),
     };
+    let playbooks = load_playbooks(settings)?;
+    let matrix = load_matrix(settings)?;
+    assemble_engine(
+        settings,
+        store,
+        playbooks,
+        matrix,
+        Arc::new(Notify::new()),
+        crate::net::client(),
+    )
+}
+
+/// A new engine for reloaded settings, playbooks and matrix, sharing the
+/// store, the scheduler's wake-up and the HTTP client with `old`.
+pub fn rebuild_engine(
+    old: &Engine,
+    settings: &Settings,
+    playbooks: Vec<Playbook>,
+    matrix: crate::escalation::Matrix,
+) -> anyhow::Result<Engine> {
+    assemble_engine(
+        settings,
+        old.store.clone(),
+        playbooks,
+        matrix,
+        old.timers_ready.clone(),
+        old.http.clone(),
+    )
+}
+
+fn assemble_engine(
+    settings: &Settings,
+    store: Store,
+    playbooks: Vec<Playbook>,
+    matrix: crate::escalation::Matrix,
+    timers_ready: Arc<Notify>,
+    http: reqwest::Client,
+) -> anyhow::Result<Engine> {
     Ok(Engine {
         store,
-        playbooks: Arc::new(load_playbooks(settings)?),
+        playbooks: Arc::new(playbooks),
         diagnoser: Arc::new(Diagnoser::from_settings(settings).map_err(anyhow::Error::msg)?),
         probes: Arc::new(settings.probes.clone()),
         chat: Arc::new(
@@ -174,11 +225,11 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
                 .map_err(anyhow::Error::msg)?,
         ),
         executor: Arc::new(settings.executor.clone()),
-        http: crate::net::client(),
-        matrix: Arc::new(load_matrix(settings)?),
+        http,
+        matrix: Arc::new(matrix),
         escalation: Arc::new(settings.escalation.clone()),
         storm: settings.storm.rules(),
-        timers_ready: Arc::new(Notify::new()),
+        timers_ready,
         reconciler: Arc::new(engine::reconcile::Reconciler::from_settings(
             settings,
             crate::net::client(),
@@ -188,32 +239,23 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
 }
 
 /// Loads and validates the escalation matrix; any problem stops start-up
-/// with all of them listed.
+/// with all of them listed. (Roles nobody holds are warned about once, by
+/// `serve`.)
 pub fn load_matrix(settings: &Settings) -> anyhow::Result<crate::escalation::Matrix> {
-    let matrix =
-        crate::escalation::load_file(&settings.escalation.file, settings).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("invalid escalation matrix:\n{}", list.join("\n"))
-        })?;
-    for warning in matrix.unheld_roles(settings) {
-        tracing::warn!("{warning}");
-    }
-    Ok(matrix)
+    crate::escalation::load_file(&settings.escalation.file, settings).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid escalation matrix:\n{}", list.join("\n"))
+    })
 }
 
 /// Loads and validates every playbook; any problem stops start-up with all
 /// of them listed (file:line:column: field: message).
 pub fn load_playbooks(settings: &Settings) -> anyhow::Result<Vec<Playbook>> {
     let refs = References::from_settings(settings);
-    let playbooks = playbook::load_dir(&settings.playbooks.dir, &refs).map_err(|errors| {
+    playbook::load_dir(&settings.playbooks.dir, &refs).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid playbooks:\n{}", list.join("\n"))
-    })?;
-    tracing::info!(count = playbooks.len(), dir = %settings.playbooks.dir.display(), "playbooks loaded");
-    for warning in crate::chat::unheld_roles(settings, &playbooks) {
-        tracing::warn!("{warning}");
-    }
-    Ok(playbooks)
+    })
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -230,8 +272,9 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// `remedy serve`: runs until SIGTERM or Ctrl-C.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// `remedy serve`: runs until SIGTERM or Ctrl-C; SIGHUP reloads the
+/// configuration from `source`.
+pub async fn serve(settings: Settings, source: Option<SettingsSource>) -> anyhow::Result<()> {
     if !settings.intake_has_credentials() {
         tracing::warn!(
             "intake.allow_unauthenticated is set: anyone who can reach the webhook can submit alerts"
@@ -244,32 +287,51 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let listen = settings.server.listen;
     let grace = settings.server.shutdown_grace;
-    let app = App::build(settings).await?;
-    tracing::info!(store = app.state.store.backend(), %listen, "remedy starting");
+    // Registered before the socket is bound: from the moment remedy
+    // answers, a SIGHUP reloads instead of ending the process.
+    let hangups = hangup_signals()?;
+    let store_url = redact_url(settings.store.url.expose());
+    let app = App::build_reloading(settings, source).await?;
+    {
+        let current = app.state.live.current();
+        let settings = &current.settings;
+        let engine = &current.engine;
+        for warning in crate::reload::startup_warnings(settings, &engine.playbooks, &engine.matrix)
+        {
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(
+            %listen,
+            store = %store_url,
+            platform = %format!("{:?}", settings.chat.platform).to_lowercase(),
+            playbooks = engine.playbooks.len(),
+            escalation_rows = engine.matrix.policies.len(),
+            targets = settings.targets.len(),
+            worker = settings.worker.enabled,
+            "remedy starting"
+        );
+    }
     app.schedule_reconcile(crate::domain::now_millis()).await?;
 
     app.schedule_periodic().await?;
     let shutdown = CancellationToken::new();
     let upkeep = app.spawn_metrics_upkeep(shutdown.child_token());
-    let worker = app
-        .state
-        .settings
-        .worker
-        .enabled
-        .then(|| app.spawn_worker(shutdown.child_token()));
-    let scheduler = app
-        .state
-        .settings
-        .worker
-        .enabled
-        .then(|| app.spawn_scheduler(shutdown.child_token()));
+    let reloader = tokio::spawn(reload_on_hangup(
+        hangups,
+        app.state.live.clone(),
+        shutdown.child_token(),
+    ));
+    let worker_enabled = app.state.settings().worker.enabled;
+    let worker = worker_enabled.then(|| app.spawn_worker(shutdown.child_token()));
+    let scheduler = worker_enabled.then(|| app.spawn_scheduler(shutdown.child_token()));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let signal = shutdown.clone();
+    let server = app.state.settings().server.clone();
     let limits = http::ConnectionLimits {
-        max_connections: app.state.settings.server.max_connections,
-        header_read_timeout: app.state.settings.server.header_read_timeout,
+        max_connections: server.max_connections,
+        header_read_timeout: server.header_read_timeout,
     };
     http::serve(listener, app.router(), limits, async move {
         wait_for_signal().await;
@@ -292,6 +354,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         {
             tracing::error!(%error, "escalation scheduler ended abnormally");
         }
+        if let Err(error) = reloader.await {
+            tracing::error!(%error, "reload listener ended abnormally");
+        }
         if let Err(error) = upkeep.await {
             tracing::error!(%error, "metrics upkeep ended abnormally");
         }
@@ -302,6 +367,49 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("remedy stopped");
     Ok(())
+}
+
+/// SIGHUP, as Prometheus and Alertmanager take it: reload the configuration.
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangup_signals() -> anyhow::Result<Hangups> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> anyhow::Result<Hangups> {
+    Ok(())
+}
+
+/// Reloads on every SIGHUP until `shutdown` (the outcome is logged and in
+/// the `remedy_config_last_reload_*` metrics).
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangups: Hangups, live: Live, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = hangups.recv() => {
+                if received.is_none() {
+                    break;
+                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                let live = live.clone();
+                // Reading files and building pools: off the async threads.
+                // `reload` logs its outcome itself.
+                let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup((): Hangups, _live: Live, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
 }
 
 async fn wait_for_signal() {

@@ -97,6 +97,33 @@ enum Command {
         #[command(subcommand)]
         command: IncidentsCommand,
     },
+    /// Print the JSON Schema of a file kind (for editors; `remedy check`
+    /// checks more), or write all of them into a folder
+    /// (`remedy schema --write schemas/`).
+    Schema {
+        #[arg(required_unless_present = "write")]
+        kind: Option<SchemaKind>,
+        /// Write every schema into this folder instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "kind")]
+        write: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchemaKind {
+    Playbook,
+    PlaybookTest,
+    Escalation,
+}
+
+impl From<SchemaKind> for crate::schema::Kind {
+    fn from(kind: SchemaKind) -> Self {
+        match kind {
+            SchemaKind::Playbook => Self::Playbook,
+            SchemaKind::PlaybookTest => Self::PlaybookTest,
+            SchemaKind::Escalation => Self::Escalation,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +280,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Needs no settings: the schemas come from the types alone.
+    if let Command::Schema { kind, write } = &cli.command {
+        return schema(*kind, write.as_deref());
+    }
     // Only the commands that serve webhooks (or check a deployment's
     // settings) insist on webhook credentials.
     let settings = match &cli.command {
@@ -278,9 +309,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(listen) = listen {
                     settings.server.listen = listen;
                 }
-                app::serve(settings).await?;
+                // A reload reads the same layers again, `--listen` included.
+                let file = cli.config.clone();
+                let source: crate::reload::SettingsSource = std::sync::Arc::new(move || {
+                    let mut settings = Settings::load(file.as_deref())?;
+                    if let Some(listen) = listen {
+                        settings.server.listen = listen;
+                    }
+                    Ok(settings)
+                });
+                app::serve(settings, Some(source)).await?;
             }
-            Command::Check | Command::Test { .. } => {
+            Command::Check | Command::Test { .. } | Command::Schema { .. } => {
                 unreachable!("handled before the runtime starts")
             }
             Command::Doctor => return doctor(&settings).await,
@@ -559,6 +599,23 @@ fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {
         matrix.map(|m| m.policies.len()).unwrap_or_default()
     );
     ExitCode::SUCCESS
+}
+
+fn schema(kind: Option<SchemaKind>, write: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    match (kind, write) {
+        (_, Some(dir)) => {
+            for path in crate::schema::write_all(dir)
+                .with_context(|| format!("writing schemas into {}", dir.display()))?
+            {
+                println!("{}", path.display());
+            }
+        }
+        (Some(kind), None) => print!("{}", crate::schema::Kind::from(kind).generate()),
+        (None, None) => {
+            anyhow::bail!("name a schema (playbook, playbook-test, escalation) or --write DIR")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn test(

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
@@ -18,9 +19,10 @@ use crate::config::{ChatPlatform, RoleMembers, Settings};
 use crate::domain::{Labels, Millis};
 use crate::playbook::matcher::{Matcher, matches_all, parse_matchers};
 use crate::playbook::{PlaybookError, Report, template};
+use crate::schema::HumanDuration;
 
 /// The file as operators write it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct MatrixFile {
     /// Responder roles: key → the name people know (`team-lead: Team Lead`).
@@ -28,9 +30,11 @@ struct MatrixFile {
     roles: BTreeMap<String, String>,
     /// Snooze lengths offered as buttons.
     #[serde(default = "default_snooze", with = "humantime_list")]
+    #[schemars(with = "Vec<HumanDuration>")]
     snooze: Vec<Duration>,
     /// Silence lengths offered as buttons.
     #[serde(default = "default_silence", with = "humantime_list")]
+    #[schemars(with = "Vec<HumanDuration>")]
     silence: Vec<Duration>,
     /// Severities whose incidents get a summary in the thread when they
     /// resolve (the runbook's "after resolving a CRITICAL alert").
@@ -39,10 +43,13 @@ struct MatrixFile {
     /// Incidents that lasted longer than this also get the postmortem
     /// checklist.
     #[serde(default = "default_postmortem_after", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     postmortem_after: Duration,
     #[serde(default)]
+    #[schemars(with = "Vec<PolicySpec>")]
     policies: Vec<Spanned<PolicySpec>>,
     /// For alerts that no row matches.
+    #[schemars(with = "PolicySpec")]
     default: Spanned<PolicySpec>,
 }
 
@@ -65,7 +72,13 @@ fn default_silence() -> Vec<Duration> {
 mod humantime_list {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// As people write them (`15m`, `1h`): the defaults the schema shows.
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<String> = list.iter().map(|d| super::human(*d)).collect();
+        texts.serialize(s)
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         Vec::<String>::deserialize(d)?
@@ -75,7 +88,7 @@ mod humantime_list {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicySpec {
     /// Shorthand for `match: [alertname="NAME"]`.
@@ -84,6 +97,7 @@ struct PolicySpec {
     #[serde(default, rename = "match")]
     matchers: Vec<String>,
     /// Mentioned in the report when the incident opens.
+    #[schemars(with = "String")]
     initial: Spanned<String>,
     /// The levels, in order: who is pinged next, and after how long
     /// unresolved (a level without `after` is reached only by a trigger).
@@ -92,10 +106,12 @@ struct PolicySpec {
     /// Escalate at once when this expression over the diagnosis holds
     /// (`steps.ID.rows`, `labels`, `vars` of the playbook).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     threshold: Option<Spanned<String>>,
     /// How often the steps the threshold reads are measured again while
     /// the incident fires (default: the settings' `escalation.recheck_every`).
     #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<HumanDuration>")]
     recheck: Option<Duration>,
     /// Escalate at once when the same alert opened this often in a window.
     #[serde(default)]
@@ -105,6 +121,7 @@ struct PolicySpec {
     on_ineffective_remediation: bool,
     /// Ping nobody; post a review reminder when still open after this long.
     #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<HumanDuration>")]
     review_after: Option<Duration>,
 }
 
@@ -112,29 +129,33 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LevelSpec {
+    #[schemars(with = "String")]
     to: Spanned<String>,
     #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<HumanDuration>")]
     after: Option<Duration>,
     #[serde(default)]
     repeat: Option<RepeatSpec>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RepeatSpec {
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     every: Duration,
     times: u32,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RecurringSpec {
     count: u32,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     within: Duration,
     /// `fingerprint` (the same alert, same labels; default) or `alertname`.
     #[serde(default)]
@@ -142,12 +163,17 @@ struct RecurringSpec {
 }
 
 /// What counts as "the same alert" for recurrence.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecurringBy {
     #[default]
     Fingerprint,
     Alertname,
+}
+
+/// The JSON Schema of the matrix file (`remedy schema escalation`).
+pub fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.root_schema_for::<MatrixFile>()
 }
 
 /// A validated matrix.
@@ -441,7 +467,8 @@ impl Matrix {
     }
 
     /// Roles the matrix pages that nobody holds on the configured platform:
-    /// their pings mention no one. One line each, for `remedy check`.
+    /// their pings mention no one. One line naming them all (none when every
+    /// role is held), for `remedy check` and the start-up log.
     #[must_use]
     pub fn unheld_roles(&self, settings: &Settings) -> Vec<String> {
         let mut used: Vec<&str> = Vec::new();
@@ -455,20 +482,23 @@ impl Matrix {
         let roles = crate::approvals::Directory::new(&settings.people, &settings.approvers)
             .map(|d| d.expanded_roles())
             .unwrap_or_else(|_| settings.approvers.clone());
-        used.into_iter()
+        let unheld: Vec<&str> = used
+            .into_iter()
             .filter(|role| {
                 roles
                     .get(*role)
                     .is_none_or(|m| mentions(m, settings.chat.platform).is_empty())
             })
-            .map(|role| {
-                format!(
-                    "{}: responder role `{role}` has no members for chat.platform {:?} in [approvers.{role}]; its pings mention nobody",
-                    self.file.display(),
-                    settings.chat.platform
-                )
-            })
-            .collect()
+            .collect();
+        if unheld.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "{}: responder role(s) {} have no members for chat.platform {:?} ([approvers.ROLE]); their pings mention nobody",
+            self.file.display(),
+            unheld.join(", "),
+            settings.chat.platform
+        )]
     }
 }
 

@@ -20,5 +20,7 @@ pub mod intake;
 pub mod net;
 pub mod playbook;
 pub mod postmortem;
+pub mod reload;
+pub mod schema;
 pub mod store;
 pub mod telemetry;

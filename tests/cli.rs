@@ -432,3 +432,45 @@ async fn the_cli_acts_with_a_personal_token_and_never_without_one() {
         .status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
+
+#[test]
+fn check_warns_about_unheld_roles_once_per_file_naming_them() {
+    let out = remedy()
+        .arg("check")
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    // The shipped settings give no role members: one line for each playbook
+    // with actions, one for the matrix; none repeats a file.
+    let files: Vec<&str> = warnings
+        .iter()
+        .filter_map(|w| w.strip_prefix("warning: ")?.split(':').next())
+        .collect();
+    let mut distinct = files.clone();
+    distinct.dedup();
+    assert_eq!(files, distinct, "{stderr}");
+    assert_eq!(warnings.len(), 6, "{stderr}");
+    let critical = warnings
+        .iter()
+        .find(|w| w.contains("database-pool-exhaustion-critical.yaml"))
+        .expect("a line for the critical playbook");
+    assert!(
+        critical.contains("on-call-engineer, team-lead")
+            && critical.contains("terminate_leaks, restart_service"),
+        "{critical}"
+    );
+    let matrix = warnings
+        .iter()
+        .find(|w| w.contains("escalation.yaml"))
+        .expect("a line for the matrix");
+    assert!(
+        matrix.contains("team-lead") && matrix.contains("cto"),
+        "{matrix}"
+    );
+}

@@ -46,8 +46,11 @@ fn check_warns_about_actions_nobody_may_approve() {
     // The defaults configure no approvers: valid, but said out loud.
     let out = remedy(&["check"], &[]);
     assert!(out.status.success(), "{}", text(&out));
+    // One line per file, naming the roles nobody holds and the actions.
     assert!(
-        text(&out).contains("action `terminate_blocker`: none of its approver roles (dba)"),
+        text(&out).contains(
+            "database-long-running-queries.yaml: nobody holds approver role(s) backend-developer, dba"
+        ) && text(&out).contains("nobody can approve action(s) cancel_query, terminate_blocker"),
         "{}",
         text(&out)
     );

@@ -450,8 +450,9 @@ impl Chat {
 }
 
 /// Approver roles that playbook actions name but nobody holds on the
-/// configured platform: such actions can never be approved. One line each,
-/// for `remedy check` and the start-up log.
+/// configured platform: such actions can never be approved. One line per
+/// playbook file, naming the roles and the actions, for `remedy check` and
+/// the start-up log.
 #[must_use]
 pub fn unheld_roles(settings: &Settings, playbooks: &[crate::playbook::Playbook]) -> Vec<String> {
     let roles = Directory::new(&settings.people, &settings.approvers)
@@ -471,17 +472,27 @@ pub fn unheld_roles(settings: &Settings, playbooks: &[crate::playbook::Playbook]
     };
     let mut out = Vec::new();
     for playbook in playbooks {
+        let mut unheld: Vec<&str> = Vec::new();
+        let mut actions: Vec<&str> = Vec::new();
         for action in &playbook.spec.actions {
             let action = &action.value;
             if !action.approvers.iter().any(|r| held(r)) {
-                out.push(format!(
-                    "{}: action `{}`: none of its approver roles ({}) has members for chat.platform {:?} in [approvers.*]; nobody can approve it",
-                    playbook.file.display(),
-                    action.id,
-                    action.approvers.join(", "),
-                    settings.chat.platform
-                ));
+                actions.push(&action.id);
+                for role in &action.approvers {
+                    if !unheld.contains(&role.as_str()) {
+                        unheld.push(role);
+                    }
+                }
             }
+        }
+        if !actions.is_empty() {
+            out.push(format!(
+                "{}: nobody holds approver role(s) {} for chat.platform {:?} ([approvers.ROLE]); nobody can approve action(s) {}",
+                playbook.file.display(),
+                if unheld.is_empty() { "(none listed)".to_owned() } else { unheld.join(", ") },
+                settings.chat.platform,
+                actions.join(", ")
+            ));
         }
     }
     out

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 /// What one step produced, as the report shows it and templates read it
 /// (`steps.<id>.rows`, `steps.<id>.value`, `steps.<id>.ok`, `steps.<id>.error`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StepOutput {
     /// The step ran to completion.

@@ -189,9 +189,15 @@ pub async fn fire_due(engine: &Engine, now: Millis) -> Result<usize, StoreError>
 /// Fires due timers until `shutdown`: wakes when the next timer is due,
 /// when a trigger made one due now, and at least every `escalation.tick`
 /// (other replicas add timers too).
-pub async fn run_scheduler(engine: Engine, work_ready: Arc<Notify>, shutdown: CancellationToken) {
-    let tick = engine.escalation.tick;
+pub async fn run_scheduler(
+    source: impl super::EngineSource,
+    work_ready: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     loop {
+        // The configuration in force for this pass (a reload replaces it).
+        let engine = source.engine();
+        let tick = engine.escalation.tick;
         let now = now_millis();
         match fire_due(&engine, now).await {
             Ok(0) => {}

@@ -240,12 +240,15 @@ pub(super) async fn run(
                     timeout: settings.statement_timeout,
                     max_output_bytes: settings.max_output_bytes,
                 };
-                let playbook_dry_run = report.playbook.as_deref().is_some_and(|name| {
-                    engine
-                        .playbooks
-                        .iter()
-                        .any(|p| p.spec.name == name && p.spec.dry_run)
-                });
+                // Dry run when the playbook was when the report was made,
+                // or is now (a reload may have turned it on since).
+                let playbook_dry_run = report.dry_run
+                    || report.playbook.as_deref().is_some_and(|name| {
+                        engine
+                            .playbooks
+                            .iter()
+                            .any(|p| p.spec.name == name && p.spec.dry_run)
+                    });
                 if playbook_dry_run {
                     Outcome {
                         state: "dry_run",

@@ -53,6 +53,20 @@ pub struct Engine {
     pub retention: Arc<crate::config::RetentionSettings>,
 }
 
+/// Where the worker and the scheduler get the engine for each pass: a
+/// fixed one (tests), or the live configuration that a reload replaces
+/// ([`crate::reload::Live`]). Work already claimed keeps the engine it was
+/// claimed with.
+pub trait EngineSource: Send + Sync + 'static {
+    fn engine(&self) -> Engine;
+}
+
+impl EngineSource for Engine {
+    fn engine(&self) -> Engine {
+        self.clone()
+    }
+}
+
 /// How the worker leases and retries.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -132,6 +146,12 @@ impl Worker {
             settings,
             tasks: JoinSet::new(),
         }
+    }
+
+    /// The engine that rows claimed from now on run with (after a reload);
+    /// running handlers keep theirs.
+    pub fn use_engine(&mut self, engine: Engine) {
+        self.engine = engine;
     }
 
     /// Handlers running now.
@@ -391,16 +411,18 @@ fn backoff_ms(attempts: i64) -> i64 {
 /// interval. On shutdown it lets running handlers finish, then gives its
 /// leases back.
 pub async fn run(
-    engine: Engine,
+    source: impl EngineSource,
     settings: WorkerSettings,
     work_ready: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let engine = source.engine();
     let store = engine.store.clone();
     let owner = settings.owner.clone();
     let poll_interval = settings.poll_interval;
     let mut worker = Worker::new(engine, settings);
     loop {
+        worker.use_engine(source.engine());
         let claimed = match worker.claim(now_millis()).await {
             Ok(n) => n,
             Err(error) => {

@@ -30,7 +30,7 @@ pub async fn receive(
 }
 
 async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
-    if !state.intake_auth.allows(headers) {
+    if !state.intake_auth().allows(headers) {
         return Err(ApiError::Unauthorized);
     }
     let content_type = headers
@@ -41,7 +41,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
     }
-    let limit = state.settings.intake.max_body_bytes;
+    let limit = state.settings().intake.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -59,7 +59,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
             ApiError::Unavailable("request body could not be read")
         }
     })?;
-    let notification = intake::parse_with(&bytes, state.settings.intake.limits())?;
+    let notification = intake::parse_with(&bytes, state.settings().intake.limits())?;
     let alerts = notification.alerts.len();
     for alert in &notification.alerts {
         metrics::counter!("remedy_alerts_received_total", "status" => alert.status.as_str())

@@ -26,6 +26,10 @@ pub enum ApiError {
     /// Understood and refused (a decision the person may not take now).
     #[error("{0}")]
     Forbidden(String),
+    /// A reload refused: every problem, one a line; the running
+    /// configuration stays.
+    #[error("the configuration was not reloaded; the running one stays")]
+    InvalidConfiguration(Vec<String>),
     /// Retry later: the store failed or the service is overloaded.
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
@@ -41,6 +45,7 @@ impl ApiError {
             Self::InvalidPayload(_) | Self::BadParameter { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::InvalidConfiguration(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -54,6 +59,7 @@ impl ApiError {
             Self::BadParameter { .. } => "bad_parameter",
             Self::NotFound(_) => "not_found",
             Self::Forbidden(_) => "refused",
+            Self::InvalidConfiguration(_) => "invalid_configuration",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -66,7 +72,10 @@ impl IntoResponse for ApiError {
             Self::BadParameter { field, .. } => Some(field.clone()),
             _ => None,
         };
-        let body = json!({ "error": self.code(), "message": self.to_string(), "field": field });
+        let mut body = json!({ "error": self.code(), "message": self.to_string(), "field": field });
+        if let Self::InvalidConfiguration(problems) = &self {
+            body["problems"] = json!(problems);
+        }
         let mut response = (self.status_code(), Json(body)).into_response();
         match self {
             Self::Unauthorized => {

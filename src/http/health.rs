@@ -67,7 +67,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str)
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         let mut read_at = state.probes.gauges_read_at.lock().await;
-        let refresh = state.settings.metrics.store_refresh;
+        let refresh = state.settings().metrics.store_refresh;
         if read_at.is_none_or(|at| at.elapsed() >= refresh) {
             // Counted as read even when a query fails: a store that is down
             // is not asked again on every scrape.

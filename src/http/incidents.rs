@@ -36,8 +36,8 @@ fn integer(field: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
 
 /// The read routes: `api.token` (read-only) or any person's token.
 pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if bearer_matches(headers, state.settings.api.token.expose())
-        || bearer(headers).is_some_and(|t| state.chat.directory.authenticate(t).is_some())
+    if bearer_matches(headers, state.settings().api.token.expose())
+        || bearer(headers).is_some_and(|t| state.chat().directory.authenticate(t).is_some())
     {
         Ok(())
     } else {
@@ -51,10 +51,11 @@ pub(super) fn authenticate_person(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<String, ApiError> {
-    if let Some(person) = bearer(headers).and_then(|t| state.chat.directory.authenticate(t)) {
+    let chat = state.chat();
+    if let Some(person) = bearer(headers).and_then(|t| chat.directory.authenticate(t)) {
         return Ok(person.to_owned());
     }
-    if bearer_matches(headers, state.settings.api.token.expose()) {
+    if bearer_matches(headers, state.settings().api.token.expose()) {
         return Err(ApiError::Forbidden(
             "api.token is read-only; decide with your personal token ([people.NAME] api_token_file)"
                 .into(),
@@ -63,7 +64,7 @@ pub(super) fn authenticate_person(
     Err(ApiError::Unauthorized)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -205,7 +206,7 @@ pub async fn export(
                 axum::http::header::CONTENT_TYPE,
                 "text/markdown; charset=utf-8",
             )],
-            crate::postmortem::markdown(&record, &state.matrix),
+            crate::postmortem::markdown(&record, &state.matrix()),
         )
             .into_response()),
         "json" => Ok(Json(crate::postmortem::to_json(&record)).into_response()),

@@ -59,7 +59,7 @@ async fn decide(
             crate::approvals::Refusal::UnknownApproval.message(),
         ));
     };
-    let authorized = state.chat.authorized(who, &roles).await;
+    let authorized = state.chat().authorized(who, &roles).await;
     let outcome = state
         .store
         .decide(approval_id, digest, who, decision, authorized, now_millis())
@@ -92,7 +92,7 @@ async fn control(
         .await?
         .map(|e| e.roles)
         .unwrap_or_default();
-    let authorized = state.chat.authorized(who, &roles).await;
+    let authorized = state.chat().authorized(who, &roles).await;
     let approver = who;
     let offered = |list: &[Duration], seconds: u64| list.iter().any(|d| d.as_secs() == seconds);
     let lengths = |list: &[Duration]| {
@@ -109,11 +109,11 @@ async fn control(
                 .acknowledge(incident, approver, authorized, now)
                 .await?,
         ),
-        Control::Snooze(seconds) if !offered(&state.matrix.snooze, seconds) => (
+        Control::Snooze(seconds) if !offered(&state.matrix().snooze, seconds) => (
             "snooze",
             DecisionOutcome::Refused(format!(
                 "snooze for one of: {}",
-                lengths(&state.matrix.snooze)
+                lengths(&state.matrix().snooze)
             )),
         ),
         Control::Snooze(seconds) => (
@@ -138,7 +138,7 @@ async fn control(
             let rules = SilenceRules {
                 seconds,
                 offered: &offered,
-                required: &state.settings.silence.required_labels,
+                required: &state.settings().silence.required_labels,
             };
             let outcome = match crate::engine::execute::silence_action(&key) {
                 Some(action) => {
@@ -176,7 +176,12 @@ async fn control(
 
 /// The matrix's silence lengths, in seconds.
 fn silence_lengths(state: &AppState) -> Vec<u64> {
-    state.matrix.silence.iter().map(Duration::as_secs).collect()
+    state
+        .matrix()
+        .silence
+        .iter()
+        .map(Duration::as_secs)
+        .collect()
 }
 
 /// What a Silence would post, checked by the same rules as the request
@@ -195,7 +200,7 @@ async fn silence_preview(
         .as_ref()
         .map(|e| e.roles.clone())
         .unwrap_or_default();
-    let authorized = state.chat.authorized(who, &roles).await;
+    let authorized = state.chat().authorized(who, &roles).await;
     let Some(scope) = state.store.silence_scope(incident).await? else {
         return Ok(Err(Refusal::NoEscalation.message()));
     };
@@ -208,7 +213,7 @@ async fn silence_preview(
     let rules = SilenceRules {
         seconds,
         offered: &offered,
-        required: &state.settings.silence.required_labels,
+        required: &state.settings().silence.required_labels,
     };
     Ok(match scope.refusal(&rules) {
         Some(refusal) => Err(refusal.message()),
@@ -257,7 +262,7 @@ pub fn parse_slack(body: &[u8]) -> Result<SlackPayload, (&'static str, String)> 
 /// `POST /v1/interactions/slack`: Slack's signed form post with a
 /// `payload` of `block_actions`.
 pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let secret = &state.chat.slack_signing_secret;
+    let secret = &state.chat().slack_signing_secret;
     if secret.is_empty() {
         return refused_signature(&slack::SignatureError::Missing);
     }
@@ -277,7 +282,7 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
     if payload.kind != "block_actions" {
         return StatusCode::OK.into_response();
     }
-    let who = state.chat.directory.slack(&payload.user.id);
+    let who = state.chat().directory.slack(&payload.user.id);
     let task = tokio::spawn(async move {
         for action in &payload.actions {
             let outcome = if let Some(c) = Control::parse_slack(&action.action_id) {
@@ -309,7 +314,7 @@ pub async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Byte
                 }
             };
             if let (ChatClient::Slack(client), Some(url)) =
-                (&state.chat.client, payload.response_url.as_deref())
+                (&state.chat().client, payload.response_url.as_deref())
                 && let Err(error) = client.respond_ephemeral(url, &reason).await
             {
                 tracing::warn!(%error, "ephemeral refusal not delivered");
@@ -385,7 +390,8 @@ fn ephemeral(text: &str) -> Response {
 /// PONG; a button gets a deferred update (the worker edits the message) or
 /// an ephemeral refusal.
 pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(verifier) = state.chat.discord_verifier.as_ref() else {
+    let chat = state.chat();
+    let Some(verifier) = chat.discord_verifier.as_ref() else {
         return refused_signature(&slack::SignatureError::Missing);
     };
     if let Err(e) = discord::verify(
@@ -421,7 +427,7 @@ pub async fn discord(State(state): State<AppState>, headers: HeaderMap, body: By
         (None, Some(u)) => (u.id, Vec::new()),
         (None, None) => return bad_request("member", "no member or user in the interaction"),
     };
-    let who = state.chat.directory.discord(&user, roles);
+    let who = state.chat().directory.discord(&user, roles);
     let task = tokio::spawn(async move {
         match button {
             DiscordButton::Decide(approve, id, digest) => {
@@ -613,7 +619,7 @@ async fn mattermost_confirm(
             };
             // Someone who may not decide is refused (and the refusal
             // recorded) at once, not after confirming.
-            if !state.chat.authorized(who, &roles).await {
+            if !state.chat().authorized(who, &roles).await {
                 return Ok(
                     match mattermost_act(state, who, signed.intent.clone()).await? {
                         DecisionOutcome::Refused(reason) => MattermostAnswer::Refused(reason),
@@ -661,7 +667,8 @@ async fn mattermost_confirm(
 /// answered with `{}` (the worker updates the post) or an `ephemeral_text`
 /// refusal; a submission with `{}` or `{"error": …}`, which the dialog shows.
 pub async fn mattermost(State(state): State<AppState>, body: Bytes) -> Response {
-    let ChatClient::Mattermost(client) = &state.chat.client else {
+    let chat = state.chat();
+    let ChatClient::Mattermost(client) = &chat.client else {
         return refused_context(mattermost::ContextError::Missing);
     };
     let secret = client.context_secret.clone();
@@ -686,11 +693,12 @@ pub async fn mattermost(State(state): State<AppState>, body: Bytes) -> Response 
         Ok(s) => s,
         Err(e) => return refused_context(e),
     };
-    let who = state.chat.directory.mattermost(&request.user_id);
+    let who = chat.directory.mattermost(&request.user_id);
     let context = context.unwrap_or_default();
     let task = tokio::spawn(async move {
         if signed.confirm && !submission {
-            let ChatClient::Mattermost(client) = &state.chat.client else {
+            let chat = state.chat();
+            let ChatClient::Mattermost(client) = &chat.client else {
                 return Ok(MattermostAnswer::Refused("not configured".into()));
             };
             return mattermost_confirm(
@@ -763,7 +771,7 @@ fn api_actor(
         Some("console") => Channel::Console,
         _ => Channel::Api,
     };
-    Ok(state.chat.directory.person(&person, channel))
+    Ok(state.chat().directory.person(&person, channel))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned + Default>(

@@ -8,6 +8,7 @@ mod health;
 mod incidents;
 pub mod interactions;
 mod limit;
+mod reload;
 mod server;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use server::{ConnectionLimits, serve};
 use crate::chat::Chat;
 use crate::config::Settings;
 use crate::intake::Intake;
+use crate::reload::Live;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -40,18 +42,39 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub intake: Intake,
-    pub chat: Arc<Chat>,
     /// Wakes the worker (a decision queued a message update).
     pub work_ready: Arc<tokio::sync::Notify>,
-    pub settings: Arc<Settings>,
-    pub intake_auth: Arc<IntakeAuth>,
+    /// The settings, chat and escalation matrix in force (a reload
+    /// replaces them as a whole).
+    pub live: Live,
     pub metrics: PrometheusHandle,
-    /// The escalation matrix (snooze and silence lengths).
-    pub matrix: Arc<crate::escalation::Matrix>,
     /// Cached store answers for the unauthenticated `/readyz` and `/metrics`.
     pub probes: Arc<health::StoreProbes>,
     /// Per-source rate limits (`server.source_rate`, `server.source_burst`).
     pub limiter: SourceLimiter,
+}
+
+impl AppState {
+    #[must_use]
+    pub fn settings(&self) -> Arc<Settings> {
+        self.live.settings()
+    }
+
+    #[must_use]
+    pub fn chat(&self) -> Arc<Chat> {
+        self.live.current().engine.chat.clone()
+    }
+
+    /// The escalation matrix (snooze and silence lengths).
+    #[must_use]
+    pub fn matrix(&self) -> Arc<crate::escalation::Matrix> {
+        self.live.current().engine.matrix.clone()
+    }
+
+    #[must_use]
+    pub fn intake_auth(&self) -> Arc<IntakeAuth> {
+        self.live.current().intake_auth.clone()
+    }
 }
 
 /// Interaction and API bodies are small (a click, a decision); a larger one
@@ -60,7 +83,7 @@ pub struct AppState {
 pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let timeout = state.settings.server.request_timeout;
+    let timeout = state.settings().server.request_timeout;
     let limited = middleware::from_fn_with_state(state.limiter.clone(), limit::every_request);
     let on_failure = middleware::from_fn_with_state(state.limiter.clone(), limit::failed_auth);
     let api = Router::new()
@@ -76,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/incidents/{id}/export", get(incidents::export))
         .route("/v1/audit", get(incidents::audit))
+        .route("/-/reload", post(reload::reload))
         .layer(on_failure.clone());
     // Slack sends every workspace's clicks from a few addresses: only
     // clicks whose signature fails are charged to their source.
@@ -96,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(SMALL_BODY_LIMIT));
     let probes = Router::new()
         .route("/readyz", get(health::readyz))
+        .route("/-/ready", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .layer(limited);
     Router::new()
@@ -106,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .merge(small)
         .merge(probes)
         .route("/healthz", get(health::healthz))
+        .route("/-/healthy", get(health::healthz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))

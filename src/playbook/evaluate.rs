@@ -136,6 +136,10 @@ pub struct Report {
     /// latest measurement.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub measured: BTreeMap<String, crate::domain::Millis>,
+    /// The playbook was `dry_run` when this report was made: its approved
+    /// actions are recorded, never run, even if a reload changed that.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl Report {
@@ -501,6 +505,7 @@ pub fn evaluate(
         suggestions,
         errors,
         measured: BTreeMap::new(),
+        dry_run: playbook.spec.dry_run,
     }
 }
 

@@ -1,15 +1,20 @@
 //! The playbook file format, as operators write it (see playbooks/README.md).
 //! Unknown fields are errors; values that need more than serde's checks
 //! (matchers, templates, targets, programs) keep their position
-//! (`Spanned`) so `remedy check` can point at them.
+//! (`Spanned`) so `remedy check` can point at them. The JSON Schema in
+//! `schemas/playbook.json` is generated from these types (`remedy schema`):
+//! `Spanned<T>` is described as `T`, durations as text.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Clone, Deserialize)]
+use crate::schema::HumanDuration;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaybookFile {
     pub name: String,
@@ -21,6 +26,7 @@ pub struct PlaybookFile {
     pub dry_run: bool,
     /// Alertmanager matchers; all must match (`alertname="X"`, `severity=~"a|b"`).
     #[serde(rename = "match")]
+    #[schemars(with = "Vec<String>")]
     pub matchers: Vec<Spanned<String>>,
     /// Thresholds and knobs, readable in templates as `vars.NAME`. A value
     /// written as a duration (`5m`) is also given as `vars.NAME_seconds`.
@@ -29,19 +35,24 @@ pub struct PlaybookFile {
     /// Default PostgreSQL target of `sql` steps and actions: a target name
     /// from the settings, or a template over the alert (`{{ labels.cluster }}`).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub target: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<StepSpec>")]
     pub steps: Vec<Spanned<StepSpec>>,
     #[serde(default)]
+    #[schemars(with = "Vec<FindingSpec>")]
     pub findings: Vec<Spanned<FindingSpec>>,
     #[serde(default)]
+    #[schemars(with = "Vec<ActionSpec>")]
     pub actions: Vec<Spanned<ActionSpec>>,
     #[serde(default)]
+    #[schemars(with = "Vec<SuggestionSpec>")]
     pub suggestions: Vec<Spanned<SuggestionSpec>>,
 }
 
 /// One diagnostic step. `id` names its output in templates (`steps.ID`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StepSpec {
     /// A read-only query; `params` are templates whose results are bound as
@@ -54,6 +65,7 @@ pub enum StepSpec {
         #[serde(default)]
         params: Vec<String>,
         #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
         timeout: Option<Duration>,
         #[serde(default)]
         max_rows: Option<usize>,
@@ -63,6 +75,7 @@ pub enum StepSpec {
         id: String,
         query: String,
         #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
         timeout: Option<Duration>,
     },
     /// A probe; `url` may start with `{{ probes.NAME }}` from the settings.
@@ -74,6 +87,7 @@ pub enum StepSpec {
         #[serde(default = "default_status")]
         expect_status: u16,
         #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
         timeout: Option<Duration>,
     },
     /// An allow-listed program with argv (templates, each one argument).
@@ -86,6 +100,7 @@ pub enum StepSpec {
         #[serde(default)]
         pattern: Option<String>,
         #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
         timeout: Option<Duration>,
         #[serde(default)]
         max_lines: Option<usize>,
@@ -120,14 +135,14 @@ impl StepSpec {
 /// itself start with `-` but renders to a value that does (`service:
 /// "--no-deps"` in a label) is refused: a value from an alert never becomes
 /// an option.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ArgSpec {
     Plain(String),
     Marked(MarkedArg),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MarkedArg {
     pub arg: String,
@@ -183,7 +198,9 @@ fn default_status() -> u16 {
     200
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -192,7 +209,7 @@ pub enum Severity {
 }
 
 /// A line for people: shown when `when` is true.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FindingSpec {
     /// An expression over `steps`, `vars`, `labels`; absent means always.
@@ -206,7 +223,9 @@ pub struct FindingSpec {
     pub evidence: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Risk {
     Safe,
@@ -214,7 +233,7 @@ pub enum Risk {
     Destructive,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     Sql,
@@ -225,7 +244,7 @@ pub enum ActionKind {
 
 /// Something that can be executed after approval. With `for_each: STEP`
 /// there is one instance per row of that step, and templates see `row`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionSpec {
     pub id: String,
@@ -271,6 +290,7 @@ pub struct ActionSpec {
     pub expect_status: Option<u16>,
     /// silence: how long.
     #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub duration: Option<Duration>,
     /// Re-checked right before running (by the executor).
     #[serde(default)]
@@ -286,7 +306,7 @@ fn one() -> u32 {
 }
 
 /// A query that must return a row for the action to still be valid.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreconditionSpec {
     pub query: String,
@@ -295,7 +315,7 @@ pub struct PreconditionSpec {
 }
 
 /// Advice and commands for a human to copy; never executed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuggestionSpec {
     pub title: String,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::evaluate::{AlertContext, Report, evaluate};
@@ -15,7 +16,7 @@ use super::{Playbook, find};
 use crate::diagnose::StepOutput;
 use crate::domain::Labels;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
     /// The cases' alerts must be matched by this playbook (by name).
@@ -23,7 +24,7 @@ pub struct TestFile {
     pub cases: Vec<TestCase>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub name: String,
@@ -38,7 +39,7 @@ pub struct TestCase {
     pub expect: Expect,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Every finding, in order: its severity and a part of its text.
@@ -52,14 +53,14 @@ pub struct Expect {
     pub suggestions: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectFinding {
     pub severity: Severity,
     pub contains: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectAction {
     pub id: String,
