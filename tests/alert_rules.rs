@@ -33,8 +33,8 @@ fn promtool(args: &[&str]) -> String {
 
 /// `alert:` names of the rules file, in order.
 fn alert_names() -> Vec<String> {
-    let text = std::fs::read_to_string(alerts_dir().join("database-pool.rules.yml"))
-        .expect("rules file");
+    let text =
+        std::fs::read_to_string(alerts_dir().join("database-pool.rules.yml")).expect("rules file");
     let rules: serde_json::Value = serde_saphyr::from_str(&text).expect("rules YAML");
     rules["groups"]
         .as_array()

@@ -926,8 +926,8 @@ async fn serve_pool_metrics() -> String {
 async fn a_shipped_rule_fires_in_a_real_prometheus_and_reaches_the_slack_report() {
     let scratch = Scratch::new();
     let app = serve_pool_metrics().await;
-    let rules = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("alerts/database-pool.rules.yml");
+    let rules =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("alerts/database-pool.rules.yml");
     let prometheus = Prometheus::start_with_rules(&scratch, &app, Some(&rules)).await;
     let fake = FakeChat::start().await;
     let store = StoreDb::create().await;

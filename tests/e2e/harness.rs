@@ -1101,18 +1101,22 @@ impl Prometheus {
         std::fs::write(&self.config, config).expect("write prometheus config");
         self.proc.signal("HUP");
         let api = format!("{}/api/v1/alertmanagers", self.url);
-        wait_for("Prometheus to use the Alertmanager", Duration::from_secs(30), || {
-            let api = api.clone();
-            let host = host.to_owned();
-            async move {
-                let body: Value = http().get(&api).send().await.ok()?.json().await.ok()?;
-                body["data"]["activeAlertmanagers"]
-                    .as_array()?
-                    .iter()
-                    .any(|a| a["url"].as_str().is_some_and(|u| u.contains(&host)))
-                    .then_some(())
-            }
-        })
+        wait_for(
+            "Prometheus to use the Alertmanager",
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let host = host.to_owned();
+                async move {
+                    let body: Value = http().get(&api).send().await.ok()?.json().await.ok()?;
+                    body["data"]["activeAlertmanagers"]
+                        .as_array()?
+                        .iter()
+                        .any(|a| a["url"].as_str().is_some_and(|u| u.contains(&host)))
+                        .then_some(())
+                }
+            },
+        )
         .await;
     }
 
