@@ -53,7 +53,15 @@ pub enum PlannedStep {
         timeout: Duration,
         max_lines: usize,
     },
+    Redis {
+        target: String,
+        slowlog: usize,
+        timeout: Duration,
+    },
 }
+
+/// `SLOWLOG GET` entries a `redis` step reads unless it says otherwise.
+pub const DEFAULT_SLOWLOG: usize = 10;
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ROWS: usize = 50;
@@ -301,6 +309,16 @@ pub fn plan(
                         method: method.clone(),
                         url: template::render_url(url, &base, probes)?,
                         expect_status: *expect_status,
+                        timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+                    },
+                    StepSpec::Redis {
+                        target,
+                        slowlog,
+                        timeout,
+                        ..
+                    } => PlannedStep::Redis {
+                        target: target.clone(),
+                        slowlog: slowlog.unwrap_or(DEFAULT_SLOWLOG).min(128),
                         timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
                     },
                     StepSpec::Command {

@@ -45,6 +45,8 @@ pub struct References {
     pub targets: BTreeSet<String>,
     pub programs: BTreeSet<PathBuf>,
     pub probes: BTreeSet<String>,
+    /// `[redis.NAME]` names, for `redis` steps.
+    pub redis: BTreeSet<String>,
 }
 
 impl References {
@@ -54,6 +56,7 @@ impl References {
             targets: settings.targets.keys().cloned().collect(),
             programs: settings.commands.allow.iter().cloned().collect(),
             probes: settings.probes.keys().cloned().collect(),
+            redis: settings.redis.keys().cloned().collect(),
         }
     }
 }
@@ -331,6 +334,24 @@ impl Validator<'_> {
                 }
                 StepSpec::Promql { query, .. } => {
                     self.template(at, format!("steps[{i}].query"), query);
+                }
+                StepSpec::Redis {
+                    target, slowlog, ..
+                } => {
+                    if !self.refs.redis.contains(target) {
+                        let known: Vec<&str> = self.refs.redis.iter().map(String::as_str).collect();
+                        self.error(
+                            at,
+                            format!("steps[{i}].target"),
+                            format!(
+                                "unknown redis `{target}` (configured [redis.NAME]: {})",
+                                list(&known)
+                            ),
+                        );
+                    }
+                    if slowlog.is_some_and(|n| n > 128) {
+                        self.error(at, format!("steps[{i}].slowlog"), "at most 128 entries");
+                    }
                 }
                 StepSpec::Http { url, method, .. } => {
                     self.template(at, format!("steps[{i}].url"), url);

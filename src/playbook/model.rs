@@ -76,6 +76,19 @@ pub enum StepSpec {
         #[serde(default, with = "humantime_serde::option")]
         timeout: Option<Duration>,
     },
+    /// The runbook's cache analysis on a named Redis (`[redis.NAME]`):
+    /// read-only `INFO`, `DBSIZE`, `CONFIG GET maxmemory*` and `SLOWLOG`,
+    /// summarised in one row (hit ratio, evictions, memory against
+    /// `maxmemory`, the `slowlog` slowest entries).
+    Redis {
+        id: String,
+        target: String,
+        /// `SLOWLOG GET` entries read (default 10).
+        #[serde(default)]
+        slowlog: Option<usize>,
+        #[serde(default, with = "humantime_serde::option")]
+        timeout: Option<Duration>,
+    },
     /// An allow-listed program with argv (templates, each one argument).
     Command {
         id: String,
@@ -99,6 +112,7 @@ impl StepSpec {
             Self::Sql { id, .. }
             | Self::Promql { id, .. }
             | Self::Http { id, .. }
+            | Self::Redis { id, .. }
             | Self::Command { id, .. } => id,
         }
     }
@@ -109,6 +123,7 @@ impl StepSpec {
             Self::Sql { .. } => "sql",
             Self::Promql { .. } => "promql",
             Self::Http { .. } => "http",
+            Self::Redis { .. } => "redis",
             Self::Command { .. } => "command",
         }
     }
