@@ -1,10 +1,12 @@
 //! Diagnostic step kinds, a closed set, one file each: `sql` (read-only, on a
 //! named PostgreSQL target), `promql` (instant or range query), `http`
-//! (probe), `redis` (read-only cache analysis on a named Redis), `command`
+//! (probe), `redis` (read-only cache analysis on a named Redis), `explain`
+//! (the plans of running statements, for missing indexes), `command`
 //! (allow-listed program, argv only). Each yields a [`StepOutput`]
 //! or a [`StepError`]; a failed step never stops the others.
 
 pub mod command;
+pub mod explain;
 pub mod http;
 pub mod own;
 pub mod promql;
@@ -238,6 +240,20 @@ impl Diagnoser {
                 expect_status,
                 timeout,
             } => http::probe(&self.client, &method, &url, expect_status, timeout, 512).await,
+            PlannedStep::Explain {
+                target,
+                query,
+                params,
+                min_rows,
+                timeout,
+            } => {
+                let pool = self
+                    .targets
+                    .get(&target)
+                    .ok_or_else(|| StepError::Failed(format!("unknown target `{target}`")))?;
+                let own = self.own.get(&target).cloned().unwrap_or_default();
+                explain::explain(pool, &own, &query, &params, min_rows, timeout).await
+            }
             PlannedStep::Redis {
                 target,
                 slowlog,
