@@ -33,6 +33,8 @@ pub const ROLE_SETTINGS: &[&str] = &[
 
 /// `lock_timeout` of an index build unless the action sets one.
 const DEFAULT_LOCK_TIMEOUT_MS: u64 = 5_000;
+/// `lock_timeout` of dropping an invalid leftover, at least.
+const DROP_LOCK_TIMEOUT_MS: u64 = 30_000;
 
 fn failed(e: &sqlx::Error) -> String {
     match e {
@@ -62,6 +64,27 @@ async fn connection(
     conn.close_on_drop();
     Ok(conn)
 }
+
+/// Whether the action's precondition (if any) still returns a row.
+async fn precondition_holds(
+    conn: &mut sqlx::PgConnection,
+    action: &ActionInstance,
+) -> Result<bool, String> {
+    let Some(pre) = &action.precondition else {
+        return Ok(true);
+    };
+    let mut query = sqlx::query(AssertSqlSafe(pre.query.clone()));
+    for p in &pre.params {
+        query = query.bind(p);
+    }
+    query
+        .fetch_optional(conn)
+        .await
+        .map(|row| row.is_some())
+        .map_err(|e| format!("precondition: {}", failed(&e)))
+}
+
+const PRECONDITION_FAILED: &str = "the precondition no longer holds (the setting is not the one this action expects); nothing was run";
 
 /// The role's value of `setting` set by `ALTER ROLE … SET` (for every
 /// database), `None` when it has none.
@@ -98,6 +121,9 @@ pub async fn role_setting(
         .execute(&mut *conn)
         .await
         .map_err(|e| failed(&e))?;
+        if !precondition_holds(&mut conn, action).await? {
+            return Ok(Outcome::new("precondition_failed", PRECONDITION_FAILED));
+        }
         let found = sqlx::query(
             "select coalesce(r.rolsuper, false) or coalesce(r.rolreplication, false)
                     or r.rolname = any($2::text[]) as protected
@@ -189,7 +215,8 @@ const PLAN: &str = "with wanted as (
             (select count(*) from wanted)::int as wanted,
             coalesce((select string_agg(col, ', ' order by o) from cols where attname is null), '') as missing,
             format('create index concurrently %I on %I.%I (%s)', named.name, rel.nspname, rel.relname,
-                   (select string_agg(format('%I', attname), ', ' order by o) from cols)) as create,
+                   (select string_agg(format('%I', attname), ', ' order by o)
+                      from cols where attname is not null)) as create,
             format('drop index concurrently if exists %I.%I', rel.nspname, named.name) as drop
        from rel, named";
 
@@ -222,6 +249,9 @@ pub async fn create_index(diagnoser: &Diagnoser, action: &ActionInstance) -> Out
         .execute(&mut *conn)
         .await
         .map_err(|e| failed(&e))?;
+        if !precondition_holds(&mut conn, action).await? {
+            return Ok(Outcome::new("precondition_failed", PRECONDITION_FAILED));
+        }
         let plan = sqlx::query(PLAN)
             .bind(schema)
             .bind(table)
@@ -304,6 +334,13 @@ pub async fn create_index(diagnoser: &Diagnoser, action: &ActionInstance) -> Out
                     Ok(_) => "the build finished but the index is not valid".to_owned(),
                 };
                 let cleanup = if valid == Some(false) {
+                    // The drop waits for the same transactions the build
+                    // did: longer, but bounded.
+                    let drop_lock_ms = lock_ms.saturating_mul(6).max(DROP_LOCK_TIMEOUT_MS);
+                    let _ =
+                        sqlx::raw_sql(AssertSqlSafe(format!("set lock_timeout = {drop_lock_ms}")))
+                            .execute(&mut *conn)
+                            .await;
                     match sqlx::query(AssertSqlSafe(drop.clone()))
                         .persistent(false)
                         .execute(&mut *conn)
