@@ -86,7 +86,7 @@ fn every_alert_has_a_playbook_and_a_matrix_row_and_nothing_else_does() {
         matched.push(name.to_owned());
     }
     matched.sort();
-    let mut sorted = alerts.clone();
+    let mut sorted = alerts;
     sorted.sort();
     assert_eq!(matched, sorted, "playbooks and rules name the same alerts");
 

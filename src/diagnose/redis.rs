@@ -455,17 +455,17 @@ mod tests {
         );
         assert!(
             RedisTarget::parse("rediss://h")
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("TLS")
         );
         assert!(
             RedisTarget::parse("http://h")
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("scheme")
         );
         assert!(
             RedisTarget::parse("redis://h/x")
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("database number")
         );
     }
