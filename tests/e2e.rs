@@ -620,12 +620,13 @@ async fn slack_pool_exhaustion_critical_leaks_are_terminated_on_two_approvals_an
             "pid {pid} not in the evidence: {text}"
         );
     }
-    // No Prometheus and no docker here: those steps are reported as failed.
+    // No Prometheus here (and no docker where it is not installed): those
+    // steps are reported as failed.
     assert!(text.contains("Steps that failed"), "{text}");
-    assert!(
-        text.contains("`pool_utilization`") && text.contains("`queuepool_errors`"),
-        "{text}"
-    );
+    assert!(text.contains("`pool_utilization`"), "{text}");
+    if !std::path::Path::new("/usr/bin/docker").exists() {
+        assert!(text.contains("`queuepool_errors`"), "{text}");
+    }
     assert!(text.contains("pool_size = cores * 2 + spindles"), "{text}");
     for pid in [pid_a, pid_b] {
         let value = slack_approve_value(&report, &format!("Terminate pid {pid} ("));
@@ -1255,7 +1256,21 @@ async fn an_unreachable_target_database_shows_failed_steps_and_the_next_incident
     .await;
     let report = wait_slack_report(&f.fake, "instance=db-back").await;
     let text = report.to_string();
-    assert!(!text.contains("Steps that failed"), "{text}");
+    // Every database step ran; only the application's gauge, asked of a
+    // Prometheus this test does not run, failed.
+    let failed = text.split("Steps that failed").nth(1).unwrap_or_default();
+    assert!(
+        failed.contains("`app_idle_in_transaction`")
+            && [
+                "idle_sessions",
+                "stale_sessions",
+                "leaking_roles",
+                "connections_by_state"
+            ]
+            .iter()
+            .all(|step| !failed.contains(&format!("`{step}`"))),
+        "{text}"
+    );
     assert!(evidence_has_pid(&text, "pid", pid), "{text}");
     slack_approve_value(&report, &format!("Terminate pid {pid} ("));
     assert_eq!(slack_reports(&f.fake).len(), 2);
