@@ -60,6 +60,9 @@ pub struct Settings {
     /// Named PostgreSQL databases that `sql` steps and actions run against.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetSettings>,
+    /// Named Redis servers that `redis` steps read (`[redis.NAME] url`).
+    #[serde(default)]
+    pub redis: BTreeMap<String, RedisSettings>,
     pub prometheus: PrometheusSettings,
     pub alertmanager: AlertmanagerSettings,
     /// Base URLs for `http` steps, as `{{ probes.NAME }}` in templates.
@@ -541,6 +544,16 @@ pub struct TargetSettings {
     pub max_concurrent_diagnoses: u32,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`; a secret.
+    #[serde(default)]
+    pub url: Secret,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+}
+
 fn default_target_connections() -> u32 {
     4
 }
@@ -893,6 +906,13 @@ impl Settings {
                 "targets.*.url_file",
             )?;
         }
+        for redis in self.redis.values_mut() {
+            read_into(
+                &mut redis.url,
+                redis.url_file.as_deref(),
+                "redis.*.url_file",
+            )?;
+        }
         Ok(())
     }
 
@@ -926,6 +946,15 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "targets.{name}: url or url_file is required"
             )));
+        }
+        for (name, redis) in &self.redis {
+            if redis.url.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "redis.{name}: url or url_file is required"
+                )));
+            }
+            crate::diagnose::redis::RedisTarget::parse(redis.url.expose())
+                .map_err(|e| ConfigError::Invalid(format!("redis.{name}.url: {e}")))?;
         }
         if let Some(program) = self.commands.allow.iter().find(|p| !p.is_absolute()) {
             return Err(ConfigError::Invalid(format!(

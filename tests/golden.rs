@@ -53,6 +53,7 @@ fn reports() -> Vec<(String, ChatReport)> {
         targets: ["main".to_owned()].into(),
         programs: [PathBuf::from("/usr/bin/docker")].into(),
         probes: ["pms".to_owned()].into(),
+        redis: ["cache".to_owned()].into(),
     };
     let playbooks = playbook::load_dir(&root().join("playbooks"), &refs).expect("playbooks load");
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("playbooks/tests"))

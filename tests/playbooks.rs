@@ -304,3 +304,64 @@ async fn simulate_prints_the_real_read_only_diagnosis_of_a_payload() {
             .expect("ok")
     );
 }
+
+#[test]
+fn check_names_mistakes_of_redis_explain_role_setting_and_create_index() {
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: c, kind: redis, target: sessions}}\n"),
+        5,
+        5,
+        "steps[0].target",
+        "unknown redis `sessions` (configured [redis.NAME]: cache)",
+    );
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: c, kind: redis, target: cache, slowlog: 1000}}\n"),
+        5,
+        5,
+        "steps[0].slowlog",
+        "at most 128 entries",
+    );
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: e, kind: explain, query: select 1}}\n"),
+        5,
+        5,
+        "min_rows",
+        "missing field `min_rows`",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: t, title: t, kind: role_setting, risk: disruptive, setting: work_mem, params: [app, 1GB]}}\n"
+        ),
+        5,
+        5,
+        "actions[0].setting",
+        "`work_mem` is not one of idle_in_transaction_session_timeout, statement_timeout",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: t, title: t, kind: role_setting, risk: disruptive, setting: statement_timeout, params: [app]}}\n"
+        ),
+        5,
+        5,
+        "actions[0].params",
+        "takes `params: [ROLE, VALUE]`",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: i, title: t, kind: create_index, risk: safe, params: [public, t, a]}}\n"
+        ),
+        5,
+        5,
+        "actions[0].risk",
+        "at least `disruptive`",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: i, title: t, kind: create_index, risk: disruptive, statement: 'create index x on t (a)', params: [public, t, a]}}\n"
+        ),
+        5,
+        5,
+        "actions[0].statement",
+        "the executor builds this statement itself",
+    );
+}

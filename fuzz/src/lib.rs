@@ -74,6 +74,7 @@ fn references() -> References {
         targets: ["main".to_owned()].into(),
         programs: ["/usr/bin/docker".into()].into(),
         probes: ["pms".to_owned()].into(),
+        redis: ["cache".to_owned()].into(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! for the audit log and the incident's message.
 
 pub mod command;
+pub mod ddl;
 pub mod http;
 pub mod silence;
 pub mod sql;
@@ -48,6 +49,8 @@ pub fn describe(action: &ActionInstance) -> Value {
         "url": action.url,
         "body": action.body,
         "expect_status": action.expect_status,
+        "setting": action.setting,
+        "lock_timeout_ms": action.lock_timeout_ms,
         "precondition": action.precondition,
     })
 }
@@ -83,5 +86,7 @@ pub async fn run(
         ActionKind::Command => command::run(diagnoser, settings, action).await,
         ActionKind::Http => http::run(action, context).await,
         ActionKind::Silence => silence::run(action, context).await,
+        ActionKind::RoleSetting => ddl::role_setting(diagnoser, settings, action).await,
+        ActionKind::CreateIndex => ddl::create_index(diagnoser, action).await,
     }
 }

@@ -1,12 +1,16 @@
 //! Diagnostic step kinds, a closed set, one file each: `sql` (read-only, on a
-//! named PostgreSQL target), `promql` (instant query), `http` (probe),
-//! `command` (allow-listed program, argv only). Each yields a [`StepOutput`]
+//! named PostgreSQL target), `promql` (instant or range query), `http`
+//! (probe), `redis` (read-only cache analysis on a named Redis), `explain`
+//! (the plans of running statements, for missing indexes), `command`
+//! (allow-listed program, argv only). Each yields a [`StepOutput`]
 //! or a [`StepError`]; a failed step never stops the others.
 
 pub mod command;
+pub mod explain;
 pub mod http;
 pub mod own;
 pub mod promql;
+pub mod redis;
 pub mod sql;
 
 use std::time::Duration;
@@ -65,6 +69,8 @@ pub struct Diagnoser {
     bounds: std::collections::BTreeMap<String, u32>,
     /// Per target, the backends its pool holds (remedy's own sessions).
     own: std::collections::BTreeMap<String, own::OwnSessions>,
+    /// `[redis.NAME]`, parsed.
+    redis: std::collections::BTreeMap<String, redis::RedisTarget>,
     prometheus_url: String,
     allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
     /// `commands.env` with remedy's values, read once at start-up: the
@@ -117,10 +123,20 @@ impl Diagnoser {
             targets.insert(name.clone(), pool);
             own.insert(name.clone(), sessions);
         }
+        let redis = settings
+            .redis
+            .iter()
+            .map(|(name, r)| {
+                redis::RedisTarget::parse(r.url.expose())
+                    .map(|t| (name.clone(), t))
+                    .map_err(|e| format!("redis.{name}.url: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             targets,
             bounds,
             own,
+            redis,
             prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
             allowed_programs: settings.commands.allow.iter().cloned().collect(),
             child_env: settings.commands.child_env(),
@@ -224,6 +240,30 @@ impl Diagnoser {
                 expect_status,
                 timeout,
             } => http::probe(&self.client, &method, &url, expect_status, timeout, 512).await,
+            PlannedStep::Explain {
+                target,
+                query,
+                params,
+                min_rows,
+                timeout,
+            } => {
+                let pool = self
+                    .targets
+                    .get(&target)
+                    .ok_or_else(|| StepError::Failed(format!("unknown target `{target}`")))?;
+                let own = self.own.get(&target).cloned().unwrap_or_default();
+                explain::explain(pool, &own, &query, &params, min_rows, timeout).await
+            }
+            PlannedStep::Redis {
+                target,
+                slowlog,
+                timeout,
+            } => {
+                let redis = self.redis.get(&target).ok_or_else(|| {
+                    StepError::Failed(format!("unknown redis `{target}` ([redis.NAME])"))
+                })?;
+                redis::diagnose(redis, slowlog, timeout).await
+            }
             PlannedStep::Command {
                 program,
                 args,

@@ -1,8 +1,10 @@
 //! The `promql` step: one Prometheus instant query (`POST /api/v1/query`,
 //! form-encoded), its response envelope parsed with local serde structs.
 //! A `vector` becomes one row per series (labels plus `value`/`value_text`),
-//! a `scalar` becomes the step's value; API errors, proxy pages that are not
-//! JSON, and unsupported result types become [`StepError::Failed`].
+//! a `scalar` becomes the step's value, a `matrix` (a range selector such as
+//! the runbook's `db_pool_utilization_percent[1h]`) one row per series with
+//! its samples' statistics; API errors, proxy pages that are not JSON, and
+//! `string` results become [`StepError::Failed`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,14 +65,16 @@ struct Series {
 /// (a JSON number, or `null` for `NaN`/`±Inf`/native histograms) and
 /// `value_text` (the sample as Prometheus sent it, `null` for histograms);
 /// `value` is the first series' value when finite. For a `scalar`, `rows` is
-/// empty and `value` is the scalar when finite. A label named `value` or
-/// `value_text` is shadowed by those keys.
+/// empty and `value` is the scalar when finite. For a `matrix`, one row per
+/// series with its labels and the statistics of [`range_row`]; `value` is
+/// the first series' last finite sample. A label named like one of those
+/// keys is shadowed by it.
 ///
 /// # Errors
 /// [`StepError::Timeout`] when `timeout` elapses; [`StepError::Failed`] for
 /// transport errors, an error envelope (`"<errorType>: <error>"`), a body
 /// that is not the envelope (`"HTTP <code> <reason>: <excerpt>"`), or a
-/// `matrix`/`string` result.
+/// `string` result.
 pub async fn query(
     client: &reqwest::Client,
     base_url: &str,
@@ -163,10 +167,85 @@ fn interpret(envelope: Envelope) -> Result<StepOutput, StepError> {
                 ..StepOutput::default()
             })
         }
+        "matrix" => {
+            let series: Vec<RangeSeries> = serde_json::from_value(data.result)
+                .map_err(|e| StepError::Failed(format!("malformed matrix result: {e}")))?;
+            let mut value = None;
+            let mut rows = Vec::with_capacity(series.len());
+            for (index, one) in series.into_iter().enumerate() {
+                let (row, last) = range_row(one);
+                if index == 0 {
+                    value = last;
+                }
+                rows.push(row);
+            }
+            Ok(StepOutput {
+                ok: true,
+                rows,
+                value,
+                ..StepOutput::default()
+            })
+        }
         other => Err(StepError::Failed(format!(
-            "unsupported result type {other:?} (use an instant query that returns a vector or scalar)"
+            "unsupported result type {other:?} (use a query that returns a vector, a scalar or a range of samples)"
         ))),
     }
+}
+
+/// One element of a `matrix` result (a range selector such as
+/// `db_pool_utilization_percent[1h]`): `values` is `[[<unix_time>, "<sample>"], …]`.
+#[derive(Debug, Deserialize)]
+struct RangeSeries {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+/// One row for a range: the series' labels plus, over its finite samples,
+/// `samples`, `first`, `last`, `min`, `max`, `avg`, `first_at` and
+/// `last_at` (Unix seconds), and `change` (`last - first`); `value` is
+/// `last`. Statistics are `null` when no sample is finite.
+fn range_row(series: RangeSeries) -> (Map<String, Value>, Option<f64>) {
+    let mut row: Map<String, Value> = series
+        .metric
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let samples: Vec<(f64, f64)> = series
+        .values
+        .iter()
+        .filter_map(|(at, text)| {
+            parse_sample(text)
+                .filter(|v| v.is_finite())
+                .map(|v| (*at, v))
+        })
+        .collect();
+    let number = |v: Option<f64>| {
+        v.and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number)
+    };
+    let first = samples.first().copied();
+    let last = samples.last().copied();
+    let min = samples.iter().map(|s| s.1).reduce(f64::min);
+    let max = samples.iter().map(|s| s.1).reduce(f64::max);
+    #[allow(clippy::cast_precision_loss, reason = "sample counts are small")]
+    let avg = (!samples.is_empty())
+        .then(|| samples.iter().map(|s| s.1).sum::<f64>() / samples.len() as f64);
+    row.insert("samples".to_owned(), Value::from(samples.len()));
+    row.insert("first".to_owned(), number(first.map(|s| s.1)));
+    row.insert("last".to_owned(), number(last.map(|s| s.1)));
+    row.insert("min".to_owned(), number(min));
+    row.insert("max".to_owned(), number(max));
+    row.insert("avg".to_owned(), number(avg));
+    row.insert(
+        "change".to_owned(),
+        number(first.zip(last).map(|(f, l)| l.1 - f.1)),
+    );
+    row.insert("first_at".to_owned(), number(first.map(|s| s.0)));
+    row.insert("last_at".to_owned(), number(last.map(|s| s.0)));
+    row.insert("value".to_owned(), number(last.map(|s| s.1)));
+    (row, last.map(|s| s.1))
 }
 
 /// One row for a series, and its sample value when it has a float one.
@@ -262,7 +341,7 @@ mod tests {
     const HISTOGRAM: &str = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"rpc_latency"},"histogram":[1435781451.781,{"count":"10","sum":"3.5","buckets":[[0,"0.5","1","10"]]}]}]}}"#;
     const SCALAR: &str =
         r#"{"status":"success","data":{"resultType":"scalar","result":[1435781451.781,"42.5"]}}"#;
-    const MATRIX: &str = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"job":"a"},"values":[[1435781430.781,"1"],[1435781445.781,"1"]]}]}}"#;
+    const MATRIX: &str = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"job":"a"},"values":[[1000,"70"],[1900,"NaN"],[2000,"76"],[2800,"94"]]},{"metric":{"job":"b"},"values":[[1000,"NaN"]]}]}}"#;
     const STRING: &str =
         r#"{"status":"success","data":{"resultType":"string","result":[1435781451.781,"hi"]}}"#;
     const BAD_DATA: &str = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
@@ -291,7 +370,7 @@ mod tests {
             Some("empty") => json_response(StatusCode::OK, EMPTY),
             Some("histogram") => json_response(StatusCode::OK, HISTOGRAM),
             Some("scalar(42.5)") => json_response(StatusCode::OK, SCALAR),
-            Some("up[1m]") => json_response(StatusCode::OK, MATRIX),
+            Some("trend[1h]") => json_response(StatusCode::OK, MATRIX),
             Some("\"hi\"") => json_response(StatusCode::OK, STRING),
             Some("execution") => json_response(StatusCode::UNPROCESSABLE_ENTITY, EXECUTION),
             Some("proxy") => (
@@ -435,14 +514,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn matrix_and_string_are_unsupported() {
-        for promql in ["up[1m]", "\"hi\""] {
-            let err = run(promql).await.expect_err("unsupported");
-            let StepError::Failed(text) = err else {
-                panic!("expected Failed, got {err:?}");
-            };
-            assert!(text.starts_with("unsupported result type"), "{text}");
-        }
+    async fn string_is_unsupported() {
+        let err = run("\"hi\"").await.expect_err("unsupported");
+        let StepError::Failed(text) = err else {
+            panic!("expected Failed, got {err:?}");
+        };
+        assert!(text.starts_with("unsupported result type"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn matrix_gives_one_row_per_series_with_its_statistics() {
+        let out = run("trend[1h]").await.expect("matrix succeeds");
+        assert_eq!(out.rows.len(), 2);
+        let a = &out.rows[0];
+        assert_eq!(a["job"], "a");
+        assert_eq!(a["samples"], 3);
+        assert_eq!(a["first"], 70.0);
+        assert_eq!(a["last"], 94.0);
+        assert_eq!(a["min"], 70.0);
+        assert_eq!(a["max"], 94.0);
+        assert_eq!(a["avg"], 80.0);
+        assert_eq!(a["change"], 24.0);
+        assert_eq!(a["first_at"], 1000.0);
+        assert_eq!(a["last_at"], 2800.0);
+        assert_eq!(out.value, Some(94.0));
+        // A series of NaN only: no statistics.
+        let b = &out.rows[1];
+        assert_eq!(b["samples"], 0);
+        assert_eq!(b["avg"], Value::Null);
+        assert_eq!(b["value"], Value::Null);
     }
 
     #[tokio::test]

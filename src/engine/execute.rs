@@ -19,7 +19,9 @@ const RUN_MARGIN_MS: i64 = 30_000;
 /// What an action acts on, for per-target budgets.
 fn target_of(action: &ActionInstance) -> String {
     match action.kind {
-        ActionKind::Sql => format!("sql:{}", action.target.as_deref().unwrap_or("main")),
+        ActionKind::Sql | ActionKind::RoleSetting | ActionKind::CreateIndex => {
+            format!("sql:{}", action.target.as_deref().unwrap_or("main"))
+        }
         ActionKind::Command => format!("command:{}", action.program.as_deref().unwrap_or_default()),
         ActionKind::Http | ActionKind::Silence => {
             format!(
@@ -77,6 +79,8 @@ pub fn silence_action(key: &str) -> Option<ActionInstance> {
         body: None,
         expect_status: None,
         duration_seconds: Some(length.as_secs()),
+        setting: None,
+        lock_timeout_ms: None,
         precondition: None,
         automatic: false,
     })

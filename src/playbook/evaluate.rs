@@ -53,7 +53,22 @@ pub enum PlannedStep {
         timeout: Duration,
         max_lines: usize,
     },
+    Redis {
+        target: String,
+        slowlog: usize,
+        timeout: Duration,
+    },
+    Explain {
+        target: String,
+        query: String,
+        params: Vec<String>,
+        min_rows: f64,
+        timeout: Duration,
+    },
 }
+
+/// `SLOWLOG GET` entries a `redis` step reads unless it says otherwise.
+pub const DEFAULT_SLOWLOG: usize = 10;
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ROWS: usize = 50;
@@ -95,6 +110,12 @@ pub struct ActionInstance {
     pub expect_status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<u64>,
+    /// role_setting: the setting changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
+    /// create_index: `lock_timeout` in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precondition: Option<BoundQuery>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -307,6 +328,41 @@ pub fn plan(
                         expect_status: *expect_status,
                         timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
                     },
+                    StepSpec::Explain {
+                        target,
+                        query,
+                        params,
+                        min_rows,
+                        timeout,
+                        ..
+                    } => PlannedStep::Explain {
+                        target: match target {
+                            Some(t) => render(&env, t, &ctx)?,
+                            None => default_target.clone().ok_or("no target")??,
+                        },
+                        query: query.clone(),
+                        params: params
+                            .iter()
+                            .map(|p| render(&env, p, &ctx))
+                            .collect::<Result<_, _>>()?,
+                        min_rows: {
+                            let text = render(&env, min_rows, &ctx)?;
+                            text.trim().parse().map_err(|_| {
+                                format!("min_rows renders to `{text}`, not a number")
+                            })?
+                        },
+                        timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+                    },
+                    StepSpec::Redis {
+                        target,
+                        slowlog,
+                        timeout,
+                        ..
+                    } => PlannedStep::Redis {
+                        target: target.clone(),
+                        slowlog: slowlog.unwrap_or(DEFAULT_SLOWLOG).min(128),
+                        timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+                    },
                     StepSpec::Command {
                         program,
                         args,
@@ -370,7 +426,8 @@ pub fn evaluate(
     let mut actions = Vec::new();
     for a in &playbook.spec.actions {
         let a = &a.value;
-        if !applies(a.when.as_deref(), &env, &ctx, &mut errors) {
+        // With `for_each`, `when` is asked per row (it may read `row`).
+        if a.for_each.is_none() && !applies(a.when.as_deref(), &env, &ctx, &mut errors) {
             continue;
         }
         let rows: Vec<Option<serde_json::Value>> = match &a.for_each {
@@ -398,6 +455,9 @@ pub fn evaluate(
                 Some(r) => with(&base, "row", r.clone()),
                 None => ctx.clone(),
             };
+            if row.is_some() && !applies(a.when.as_deref(), &env, &ctx, &mut errors) {
+                continue;
+            }
             let rendered = (|| -> Result<ActionInstance, String> {
                 let all = |items: &[String]| {
                     items
@@ -406,7 +466,10 @@ pub fn evaluate(
                         .collect::<Result<Vec<_>, _>>()
                 };
                 let target = match (a.kind, a.target.as_deref().or(default_target)) {
-                    (ActionKind::Sql, Some(t)) => Some(render(&env, t, &ctx)?),
+                    (
+                        ActionKind::Sql | ActionKind::RoleSetting | ActionKind::CreateIndex,
+                        Some(t),
+                    ) => Some(render(&env, t, &ctx)?),
                     _ => None,
                 };
                 Ok(ActionInstance {
@@ -446,6 +509,10 @@ pub fn evaluate(
                         .transpose()?,
                     expect_status: a.expect_status,
                     duration_seconds: a.duration.map(|d| d.as_secs()),
+                    setting: a.setting.clone(),
+                    lock_timeout_ms: a
+                        .lock_timeout
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     precondition: a
                         .precondition
                         .as_ref()

@@ -45,6 +45,8 @@ pub struct References {
     pub targets: BTreeSet<String>,
     pub programs: BTreeSet<PathBuf>,
     pub probes: BTreeSet<String>,
+    /// `[redis.NAME]` names, for `redis` steps.
+    pub redis: BTreeSet<String>,
 }
 
 impl References {
@@ -54,6 +56,7 @@ impl References {
             targets: settings.targets.keys().cloned().collect(),
             programs: settings.commands.allow.iter().cloned().collect(),
             probes: settings.probes.keys().cloned().collect(),
+            redis: settings.redis.keys().cloned().collect(),
         }
     }
 }
@@ -332,6 +335,52 @@ impl Validator<'_> {
                 StepSpec::Promql { query, .. } => {
                     self.template(at, format!("steps[{i}].query"), query);
                 }
+                StepSpec::Explain {
+                    target,
+                    query,
+                    params,
+                    min_rows,
+                    ..
+                } => {
+                    match (target, default_target) {
+                        (Some(t), _) => self.target(at, format!("steps[{i}].target"), t),
+                        (None, Some(_)) => {}
+                        (None, None) => self.error(
+                            at,
+                            format!("steps[{i}].target"),
+                            "no target here and no playbook `target`",
+                        ),
+                    }
+                    if query.contains("{{") {
+                        self.error(
+                            at,
+                            format!("steps[{i}].query"),
+                            "SQL is not a template: pass values as `params` ($1, $2, …)",
+                        );
+                    }
+                    for (j, p) in params.iter().enumerate() {
+                        self.template(at, format!("steps[{i}].params[{j}]"), p);
+                    }
+                    self.template(at, format!("steps[{i}].min_rows"), min_rows);
+                }
+                StepSpec::Redis {
+                    target, slowlog, ..
+                } => {
+                    if !self.refs.redis.contains(target) {
+                        let known: Vec<&str> = self.refs.redis.iter().map(String::as_str).collect();
+                        self.error(
+                            at,
+                            format!("steps[{i}].target"),
+                            format!(
+                                "unknown redis `{target}` (configured [redis.NAME]: {})",
+                                list(&known)
+                            ),
+                        );
+                    }
+                    if slowlog.is_some_and(|n| n > 128) {
+                        self.error(at, format!("steps[{i}].slowlog"), "at most 128 entries");
+                    }
+                }
                 StepSpec::Http { url, method, .. } => {
                     self.template(at, format!("steps[{i}].url"), url);
                     self.probes(at, &format!("steps[{i}].url"), url);
@@ -450,6 +499,59 @@ impl Validator<'_> {
                 ActionKind::Silence => {
                     if action.duration.is_none() {
                         self.error(at, field("duration"), "a silence needs a duration");
+                    }
+                }
+                ActionKind::RoleSetting | ActionKind::CreateIndex => {
+                    let (wanted, what) = if action.kind == ActionKind::RoleSetting {
+                        (2, "a role_setting action takes `params: [ROLE, VALUE]`")
+                    } else {
+                        (
+                            3,
+                            "a create_index action takes `params: [SCHEMA, TABLE, COLUMNS]`",
+                        )
+                    };
+                    if action.params.len() != wanted {
+                        self.error(at, field("params"), what);
+                    }
+                    if action.statement.is_some() {
+                        self.error(
+                            at,
+                            field("statement"),
+                            "the executor builds this statement itself (identifiers quoted by the server)",
+                        );
+                    }
+                    match (&action.target, spec.target.is_some()) {
+                        (Some(t), _) => self.target(at, field("target"), t),
+                        (None, true) => {}
+                        (None, false) => self.error(
+                            at,
+                            field("target"),
+                            "no target here and no playbook `target`",
+                        ),
+                    }
+                    if action.kind == ActionKind::RoleSetting {
+                        match action.setting.as_deref() {
+                            Some(s) if crate::actions::ddl::ROLE_SETTINGS.contains(&s) => {}
+                            Some(s) => self.error(
+                                at,
+                                field("setting"),
+                                format!(
+                                    "`{s}` is not one of {}",
+                                    crate::actions::ddl::ROLE_SETTINGS.join(", ")
+                                ),
+                            ),
+                            None => self.error(
+                                at,
+                                field("setting"),
+                                "a role_setting action needs a setting",
+                            ),
+                        }
+                    } else if action.risk == crate::playbook::model::Risk::Safe {
+                        self.error(
+                            at,
+                            field("risk"),
+                            "building an index loads the database: at least `disruptive`",
+                        );
                     }
                 }
             }

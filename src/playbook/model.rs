@@ -90,6 +90,37 @@ pub enum StepSpec {
         #[schemars(with = "Option<HumanDuration>")]
         timeout: Option<Duration>,
     },
+    /// The runbook's `validate_indexes.sh`: `query` (read-only, like a
+    /// `sql` step) lists running statements in a `query` column; each one
+    /// without `$n` parameters is planned (`EXPLAIN (FORMAT JSON,
+    /// VERBOSE)`, never `ANALYZE`), and every sequential scan with a filter
+    /// on a table larger than `min_rows` (a template) is a row.
+    Explain {
+        id: String,
+        #[serde(default)]
+        target: Option<String>,
+        query: String,
+        #[serde(default)]
+        params: Vec<String>,
+        min_rows: String,
+        #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
+        timeout: Option<Duration>,
+    },
+    /// The runbook's cache analysis on a named Redis (`[redis.NAME]`):
+    /// read-only `INFO`, `DBSIZE`, `CONFIG GET maxmemory*` and `SLOWLOG`,
+    /// summarised in one row (hit ratio, evictions, memory against
+    /// `maxmemory`, the `slowlog` slowest entries).
+    Redis {
+        id: String,
+        target: String,
+        /// `SLOWLOG GET` entries read (default 10).
+        #[serde(default)]
+        slowlog: Option<usize>,
+        #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
+        timeout: Option<Duration>,
+    },
     /// An allow-listed program with argv (templates, each one argument).
     Command {
         id: String,
@@ -114,6 +145,8 @@ impl StepSpec {
             Self::Sql { id, .. }
             | Self::Promql { id, .. }
             | Self::Http { id, .. }
+            | Self::Redis { id, .. }
+            | Self::Explain { id, .. }
             | Self::Command { id, .. } => id,
         }
     }
@@ -124,6 +157,8 @@ impl StepSpec {
             Self::Sql { .. } => "sql",
             Self::Promql { .. } => "promql",
             Self::Http { .. } => "http",
+            Self::Redis { .. } => "redis",
+            Self::Explain { .. } => "explain",
             Self::Command { .. } => "command",
         }
     }
@@ -240,10 +275,21 @@ pub enum ActionKind {
     Command,
     Http,
     Silence,
+    /// `ALTER ROLE … SET setting = value` (`RESET` for an empty value) on
+    /// the target: `params` are the role and the value; the previous value
+    /// is read first and reported.
+    #[serde(rename = "role_setting")]
+    RoleSetting,
+    /// `CREATE INDEX CONCURRENTLY` on the target: `params` are the schema,
+    /// the table and its comma-separated columns; identifiers are quoted by
+    /// the server, the index is checked valid, an invalid leftover dropped.
+    #[serde(rename = "create_index")]
+    CreateIndex,
 }
 
 /// Something that can be executed after approval. With `for_each: STEP`
-/// there is one instance per row of that step, and templates see `row`.
+/// there is one instance per row of that step, and templates (and `when`,
+/// asked per row) see `row`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionSpec {
@@ -292,6 +338,15 @@ pub struct ActionSpec {
     #[serde(default, with = "humantime_serde::option")]
     #[schemars(with = "Option<HumanDuration>")]
     pub duration: Option<Duration>,
+    /// role_setting: the setting (one of
+    /// `actions::ddl::ROLE_SETTINGS`; not a template).
+    #[serde(default)]
+    pub setting: Option<String>,
+    /// create_index: how long it may wait for a lock (default 5s); the
+    /// build itself runs without a statement timeout.
+    #[serde(default, with = "humantime_serde::option")]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub lock_timeout: Option<Duration>,
     /// Re-checked right before running (by the executor).
     #[serde(default)]
     pub precondition: Option<PreconditionSpec>,

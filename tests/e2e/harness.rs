@@ -1100,17 +1100,28 @@ impl Alertmanager {
 // Prometheus
 
 pub struct Prometheus {
-    _proc: Proc,
+    proc: Proc,
+    config: PathBuf,
     pub url: String,
 }
 
 impl Prometheus {
     /// Scrapes `target` (host:port) every second.
     pub async fn start(scratch: &Scratch, target: &str) -> Self {
+        Self::start_with_rules(scratch, target, None).await
+    }
+
+    /// Scrapes `target` every second and, with `rules`, evaluates that rule
+    /// file every second (as written: its `for` durations are not changed).
+    /// Alerts go nowhere until [`Self::send_alerts_to`].
+    pub async fn start_with_rules(scratch: &Scratch, target: &str, rules: Option<&Path>) -> Self {
         let job = unique("e2e-");
-        let config = format!(
+        let mut config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
         );
+        if let Some(rules) = rules {
+            config.push_str(&format!("rule_files:\n  - '{}'\n", rules.display()));
+        }
         let file = scratch.write(&format!("{job}.yml"), &config);
         let storage = scratch.path(&format!("{job}-tsdb"));
         let client = http();
@@ -1144,9 +1155,40 @@ impl Prometheus {
         )
         .await;
         Self {
-            _proc: proc,
+            proc,
+            config: file,
             url: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Adds the Alertmanager at `url` to the configuration, reloads it
+    /// (SIGHUP), and waits until Prometheus lists it as active.
+    pub async fn send_alerts_to(&self, url: &str) {
+        let host = url.trim_start_matches("http://");
+        let mut config = std::fs::read_to_string(&self.config).expect("prometheus config");
+        config.push_str(&format!(
+            "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{host}']\n"
+        ));
+        std::fs::write(&self.config, config).expect("write prometheus config");
+        self.proc.signal("HUP");
+        let api = format!("{}/api/v1/alertmanagers", self.url);
+        wait_for(
+            "Prometheus to use the Alertmanager",
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let host = host.to_owned();
+                async move {
+                    let body: Value = http().get(&api).send().await.ok()?.json().await.ok()?;
+                    body["data"]["activeAlertmanagers"]
+                        .as_array()?
+                        .iter()
+                        .any(|a| a["url"].as_str().is_some_and(|u| u.contains(&host)))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
     }
 
     /// An instant query's result vector.
