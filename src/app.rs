@@ -55,6 +55,7 @@ impl App {
             matrix: engine.matrix.clone(),
             probes: Arc::default(),
             limiter,
+            pagers: engine.pagers.clone(),
         };
         Ok(Self {
             state,
@@ -184,6 +185,10 @@ pub fn build_engine(settings: &Settings, store: Option<Store>) -> anyhow::Result
             crate::net::client(),
         )),
         retention: Arc::new(settings.retention.clone()),
+        pagers: Arc::new(crate::paging::Pagers::from_settings(
+            settings,
+            crate::net::client(),
+        )),
     })
 }
 

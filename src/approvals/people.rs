@@ -20,6 +20,8 @@ pub enum Channel {
     Console,
     /// Any other client of the HTTP API.
     Api,
+    /// A pager's signed webhook (PagerDuty's acknowledgements).
+    Pager,
 }
 
 impl Channel {
@@ -30,6 +32,7 @@ impl Channel {
             Self::Discord => "discord",
             Self::Console => "console",
             Self::Api => "api",
+            Self::Pager => "pager",
         }
     }
 }

@@ -8,6 +8,7 @@ mod health;
 mod incidents;
 pub mod interactions;
 mod limit;
+mod pagers;
 mod server;
 
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub probes: Arc<health::StoreProbes>,
     /// Per-source rate limits (`server.source_rate`, `server.source_burst`).
     pub limiter: SourceLimiter,
+    /// The pagers, for PagerDuty's webhooks.
+    pub pagers: Arc<crate::paging::Pagers>,
 }
 
 /// Interaction and API bodies are small (a click, a decision); a larger one
@@ -82,6 +85,7 @@ pub fn router(state: AppState) -> Router {
     let chat = Router::new()
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))
+        .route("/v1/pagers/{name}/pagerduty", post(pagers::pagerduty))
         .layer(on_failure.clone());
     // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB
     // otherwise); `RequestBodyLimitLayer` answers 413 from the
