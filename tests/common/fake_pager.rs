@@ -304,15 +304,15 @@ fn check_create(body: &Value) -> Result<(), String> {
     if string(body, "alias")?.chars().count() > 512 {
         return Err("Alias can not be longer than 512 characters".into());
     }
-    if let Some(d) = body.get("description") {
-        if d.as_str().is_none_or(|d| d.chars().count() > 15_000) {
-            return Err("description must be a string of at most 15000 characters".into());
-        }
+    if let Some(d) = body.get("description")
+        && d.as_str().is_none_or(|d| d.chars().count() > 15_000)
+    {
+        return Err("description must be a string of at most 15000 characters".into());
     }
-    if let Some(p) = body.get("priority") {
-        if !["P1", "P2", "P3", "P4", "P5"].contains(&p.as_str().unwrap_or_default()) {
-            return Err("Priority should be one of [P1, P2, P3, P4, P5]".into());
-        }
+    if let Some(p) = body.get("priority")
+        && !["P1", "P2", "P3", "P4", "P5"].contains(&p.as_str().unwrap_or_default())
+    {
+        return Err("Priority should be one of [P1, P2, P3, P4, P5]".into());
     }
     if let Some(details) = body.get("details") {
         let map = details.as_object().ok_or("details must be an object")?;
