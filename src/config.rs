@@ -1226,6 +1226,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pager_needs_its_kinds_key_from_the_environment_and_never_prints_it() {
+        let base = [
+            ("REMEDY__INTAKE__ALLOW_UNAUTHENTICATED", "true"),
+            ("REMEDY__PAGERS__PD__KIND", "pagerduty"),
+        ];
+        let err = Settings::load_from(None, env(&base)).expect_err("no routing key");
+        assert!(err.to_string().contains("pagers.pd.routing_key"), "{err}");
+        let mut with_key = base.to_vec();
+        with_key.push(("REMEDY__PAGERS__PD__ROUTING_KEY", "R0UTING-KEY-VALUE"));
+        let s = Settings::load_from(None, env(&with_key)).expect("loads");
+        assert_eq!(s.pagers["pd"].routing_key.expose(), "R0UTING-KEY-VALUE");
+        assert!(!format!("{s:?}").contains("R0UTING-KEY-VALUE"));
+        let mut wrong = with_key.clone();
+        wrong.push(("REMEDY__PAGERS__PD__API_KEY", "x"));
+        let err = Settings::load_from(None, env(&wrong)).expect_err("an opsgenie key");
+        assert!(err.to_string().contains("pagers.pd.api_key"), "{err}");
+        let hook = [
+            ("REMEDY__INTAKE__ALLOW_UNAUTHENTICATED", "true"),
+            ("REMEDY__PAGERS__HOOK__KIND", "webhook"),
+            ("REMEDY__PAGERS__HOOK__SECRET", "s"),
+        ];
+        let err = Settings::load_from(None, env(&hook)).expect_err("no url");
+        assert!(err.to_string().contains("pagers.hook.url"), "{err}");
+    }
+
+    #[test]
     fn defaults_need_explicit_intake_auth() {
         let err = Settings::load_from(None, env(&[])).expect_err("no credentials");
         assert!(err.to_string().contains("intake.bearer_token"), "{err}");
