@@ -29,6 +29,7 @@ on_both_stores!(
     the_webhook_pager_signs_every_delivery,
     a_rate_limited_page_waits_in_the_queue_and_is_sent_once,
     an_incident_resolved_before_its_level_is_reached_pages_nobody,
+    a_refused_page_is_recorded_and_not_retried,
 );
 
 /// The runbook's CRITICAL row, paging at the 15-minute level.
@@ -590,4 +591,49 @@ async fn an_incident_resolved_before_its_level_is_reached_pages_nobody(backend: 
     )
     .await;
     assert_eq!(pages, 0);
+}
+
+async fn a_refused_page_is_recorded_and_not_retried(backend: Backend) {
+    let s = setup(backend).await;
+    let (id, opened) = s.open("a7a7a7a7a7a7a7a7").await;
+    // PagerDuty refuses the trigger (400, as for an invalid event).
+    s.fake.script(400);
+    let due = opened + 15 * MINUTE;
+    s.tick(due).await;
+    let state: String = common::scalar(
+        &s.app.store,
+        &format!("select state || ':' || coalesce(last_error, '') from pages where incident_id = {id} and pager = 'pd'"),
+    )
+    .await;
+    assert!(
+        state.starts_with("failed:pagerduty answered 400"),
+        "{state}"
+    );
+    assert!(s.events(id).await.contains(&"page_failed".to_owned()));
+    let pending: i64 = common::scalar(
+        &s.app.store,
+        &format!("select count(*) from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
+    )
+    .await;
+    assert_eq!(pending, 0, "a refusal is not retried");
+    // The other pagers were paged; a resolve goes only where a trigger was
+    // accepted (or may still be).
+    s.resolve("a7a7a7a7a7a7a7a7", due + MINUTE).await;
+    let pd = s
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.service == "pagerduty")
+        .count();
+    assert_eq!(pd, 1, "no resolve for a trigger PagerDuty refused");
+    assert_eq!(s.fake.accepted("opsgenie").len(), 2);
+    let resolves: i64 = common::scalar(
+        &s.app.store,
+        &format!("select count(*) from pages where incident_id = {id} and pager = 'pd' and action = 'resolve'"),
+    )
+    .await;
+    assert_eq!(
+        resolves, 0,
+        "nothing to resolve where the trigger was refused"
+    );
 }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use super::{Engine, WorkError};
 use crate::domain::{IncidentStatus, Millis};
 use crate::paging::{Page, PageAction, PageError};
-use crate::store::{ClaimedWork, IncidentRecord, PendingPage};
+use crate::store::{ClaimedWork, IncidentRecord, PageOutcome, PendingPage};
 
-/// How long a worker holds a delivery it is sending (longer than
-/// `paging.timeout`; another worker takes it over after).
+/// How long a worker holds a delivery it is sending, at least (twice
+/// `paging.timeout` when that is longer); another worker takes it over
+/// after.
 const CLAIM_MS: i64 = 60_000;
 
 /// How long the work waits when another worker is sending a delivery of
@@ -86,6 +87,9 @@ pub(super) async fn run(
     let (id, incident) = super::incident_of(engine, work).await?;
     let owner = work.owner.as_str();
     let dedup_key = engine.pagers.dedup_key(id.0);
+    let claim_ms = i64::try_from(engine.pagers.timeout().as_millis().saturating_mul(2))
+        .unwrap_or(i64::MAX)
+        .max(CLAIM_MS);
     let mut held: Vec<String> = Vec::new();
     let mut wait: Option<Duration> = None;
     let mut failure: Option<String> = None;
@@ -95,7 +99,7 @@ pub(super) async fn run(
         }
         if !engine
             .store
-            .claim_page(row.id, owner, now, now.saturating_add(CLAIM_MS))
+            .claim_page(row.id, owner, now, now.saturating_add(claim_ms))
             .await?
         {
             // Another worker is sending it; the pager's next ones wait.
@@ -107,7 +111,7 @@ pub(super) async fn run(
         if let Some(why) = skip_reason(engine, &incident, &row).await? {
             engine
                 .store
-                .page_done(&row, owner, "skipped", None, Some(why), &dedup_key, now)
+                .page_done(&row, owner, PageOutcome::Skipped(why), &dedup_key, now)
                 .await?;
             continue;
         }
@@ -119,7 +123,7 @@ pub(super) async fn run(
                 tracing::info!(incident = id.0, pager = %row.pager, action, level = row.level, "paged");
                 engine
                     .store
-                    .page_done(&row, owner, "sent", Some(status), None, &dedup_key, now)
+                    .page_done(&row, owner, PageOutcome::Sent(status), &dedup_key, now)
                     .await?;
             }
             Err(PageError::Permanent(error)) => {
@@ -128,7 +132,7 @@ pub(super) async fn run(
                 tracing::warn!(incident = id.0, pager = %row.pager, action, %error, "page refused");
                 engine
                     .store
-                    .page_done(&row, owner, "failed", None, Some(&error), &dedup_key, now)
+                    .page_done(&row, owner, PageOutcome::Failed(&error), &dedup_key, now)
                     .await?;
             }
             Err(error @ PageError::RetryAfter(after)) => {

@@ -64,18 +64,23 @@ pub async fn pagerduty(
             .into_response();
         }
     };
-    let Inbound::Acknowledged {
-        event_id,
-        incident_key,
-        pagerduty_incident,
-        agent_id,
-        agent_name,
-    } = event
-    else {
-        let Inbound::Ignored { event_type, .. } = event else {
-            unreachable!("the other variant was matched above");
-        };
-        return ignored(&event_type, "remedy acts on incident.acknowledged only");
+    let (event_id, incident_key, pagerduty_incident, agent_id, agent_name) = match event {
+        Inbound::Acknowledged {
+            event_id,
+            incident_key,
+            pagerduty_incident,
+            agent_id,
+            agent_name,
+        } => (
+            event_id,
+            incident_key,
+            pagerduty_incident,
+            agent_id,
+            agent_name,
+        ),
+        Inbound::Ignored { event_type, .. } => {
+            return ignored(&event_type, "remedy acts on incident.acknowledged only");
+        }
     };
     let Some(incident) = state.pagers.incident_of(&incident_key) else {
         return ignored("incident.acknowledged", "not one of remedy's page keys");

@@ -167,6 +167,12 @@ impl Pagers {
             .filter(|id: &i64| *id > 0)
     }
 
+    /// How long one delivery's HTTP call may take.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The pager's kind, when one of that name is configured.
     #[must_use]
     pub fn kind(&self, name: &str) -> Option<PagerKind> {

@@ -35,7 +35,7 @@ pub use escalation::{EscalationView, FiredTimer, SilenceRules, SilenceScope, Tim
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};
-pub use paging::{PageView, PendingPage};
+pub use paging::{PageOutcome, PageView, PendingPage};
 pub use reconcile::{ReconcileCandidate, SilenceState};
 pub use retention::{Expiring, INCIDENT_CHILDREN, STORE_TABLES};
 pub use storms::{Admission, STORM_MEMBER_RESOLVED, StormCheck, StormRules, StormScope, StormView};

@@ -27,6 +27,17 @@ pub struct PendingPage {
     pub attempts: i64,
 }
 
+/// How a claimed delivery ended (the `pages.state` it leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageOutcome<'a> {
+    /// Accepted, with the answer's HTTP status.
+    Sent(u16),
+    /// Refused for good (bad key, invalid event), with why.
+    Failed(&'a str),
+    /// Not sent (the incident resolved first, nothing was paged there).
+    Skipped(&'a str),
+}
+
 /// A delivery as the API and the export show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct PageView {
@@ -173,25 +184,21 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Ends a claimed delivery: `sent` (with the answer's status),
-    /// `failed` (refused for good, with why) or `skipped` (with why), and
-    /// records it on the timeline. Fenced by the claim: false when another
-    /// worker took the row over.
-    #[allow(clippy::too_many_arguments, reason = "one row's outcome")]
+    /// Ends a claimed delivery (see [`PageOutcome`]) and records it on the
+    /// timeline. Fenced by the claim: false when another worker took the
+    /// row over.
     pub async fn page_done(
         &self,
         page: &PendingPage,
         owner: &str,
-        state: &'static str,
-        status: Option<u16>,
-        detail: Option<&str>,
+        outcome: PageOutcome<'_>,
         dedup_key: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let event = match state {
-            "sent" => "paged",
-            "failed" => "page_failed",
-            _ => "page_skipped",
+        let (state, event, status, detail) = match outcome {
+            PageOutcome::Sent(status) => ("sent", "paged", Some(status), None),
+            PageOutcome::Failed(why) => ("failed", "page_failed", None, Some(why)),
+            PageOutcome::Skipped(why) => ("skipped", "page_skipped", None, Some(why)),
         };
         self.in_transaction(async |conn| {
             let done = conn
