@@ -327,6 +327,16 @@ async fn a_fifteen_minute_level_triggers_pagerduty_once_across_two_replicas() {
         trigger["links"][0]["href"],
         format!("https://remedy.example/v1/incidents/{id}")
     );
+    // The ping in chat says who was paged.
+    let shown = s.app.api(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(
+        shown["escalation"]["timers"][0]["pagers"],
+        json!(["pd", "ops", "hook"])
+    );
+    assert!(
+        s.events(id).await.contains(&"pinged".to_owned()),
+        "the chat ping went out too"
+    );
     // The level's re-ping (15 minutes later) pings in chat but pages no one again.
     let later = due + 15 * MINUTE;
     assert_eq!(s.tick(later).await, 1);

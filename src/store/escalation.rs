@@ -72,6 +72,8 @@ pub struct TimerView {
     pub fired_at: Option<Millis>,
     pub lag_ms: Option<i64>,
     pub pinged_at: Option<Millis>,
+    /// Pagers its first ping triggers (`page:` on the level).
+    pub pagers: Json<Vec<String>>,
 }
 
 /// A timer this scheduler just fired.
@@ -138,7 +140,7 @@ const REPEATS_POSTGRES: &str = "insert into escalation_timers (incident_id, leve
   on conflict (incident_id, level, nth) do nothing";
 
 const TIMER_COLUMNS: &str = "id, incident_id, level, nth, kind, role, reason, due_at, state,
-    fired_at, lag_ms, pinged_at";
+    fired_at, lag_ms, pinged_at, pagers";
 
 impl Store {
     /// Records an incident's policy and creates its timers, once (a retried
