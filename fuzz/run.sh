@@ -14,7 +14,7 @@
 # stable. Logs go to fuzz/logs/<target>.log. Exits 1 if any target failed.
 set -uo pipefail
 
-all=(webhook slack_interaction discord_interaction playbook matcher)
+all=(webhook slack_interaction discord_interaction mattermost_interaction playbook matcher)
 secs=${1:-60}
 [[ $# -gt 0 ]] && shift
 if ! [[ $secs =~ ^[0-9]+$ ]] || ((secs == 0)); then

@@ -43,6 +43,10 @@ enum Command {
     /// Validate the settings and every playbook: 0 when valid, 1 with each
     /// problem as file:line:column: field: message.
     Check,
+    /// Connect to every target, Prometheus, each Alertmanager and the chat
+    /// API, and print what is missing with the exact fix (a grant, a URL, a
+    /// token): 0 when nothing is, 1 otherwise.
+    Doctor,
     /// Run playbook unit tests (canned step outputs, no database or network).
     Test {
         /// A test file or folder; default: the tests/ folder of playbooks.dir.
@@ -252,7 +256,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Only the commands that serve webhooks (or check a deployment's
     // settings) insist on webhook credentials.
     let settings = match &cli.command {
-        Command::Serve { .. } | Command::Check => Settings::load(cli.config.as_deref()),
+        Command::Serve { .. } | Command::Check | Command::Doctor => {
+            Settings::load(cli.config.as_deref())
+        }
         _ => Settings::load_for_tools(cli.config.as_deref()),
     };
     match &cli.command {
@@ -277,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Check | Command::Test { .. } => {
                 unreachable!("handled before the runtime starts")
             }
+            Command::Doctor => return doctor(&settings).await,
             Command::Simulate { file, json } => simulate(settings, &file, json).await?,
             Command::Incidents { command } => incidents(&settings, command).await?,
             Command::Audit {
@@ -466,6 +473,39 @@ async fn silence(settings: &Settings, args: &SilenceArgs) -> anyhow::Result<Exit
         .post(serde_json::json!({"for": args.length.length, "matchers": matchers}))
         .await?;
     print_reply(response).await
+}
+
+/// `remedy doctor`: each check on its own line, fixes under the failures.
+async fn doctor(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let refs = playbook::References::from_settings(settings);
+    let playbooks = match playbook::load_dir(&settings.playbooks.dir, &refs) {
+        Ok(playbooks) => playbooks,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{} problem(s) in playbooks: run `remedy check` first",
+                errors.len()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let checks = crate::doctor::run(settings, &playbooks).await;
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == crate::doctor::Status::Fail)
+        .count();
+    if failed == 0 {
+        println!("doctor: {} check(s), nothing missing", checks.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("doctor: {failed} of {} check(s) failed", checks.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn check(settings: Result<Settings, crate::config::ConfigError>) -> ExitCode {

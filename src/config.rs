@@ -441,6 +441,7 @@ pub enum ChatPlatform {
     Console,
     Slack,
     Discord,
+    Mattermost,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -465,6 +466,7 @@ pub struct ChatSettings {
     pub pace_wait: Duration,
     pub slack: SlackSettings,
     pub discord: DiscordSettings,
+    pub mattermost: MattermostSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -510,6 +512,35 @@ pub struct DiscordSettings {
     pub public_key: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MattermostSettings {
+    /// The server's REST API (`https://chat.example.com/api/v4`).
+    pub api_url: String,
+    /// The bot account's access token.
+    #[serde(default)]
+    pub bot_token: Secret,
+    #[serde(default)]
+    pub bot_token_file: Option<PathBuf>,
+    /// remedy's own key for the HMAC it puts in every button's context
+    /// (Mattermost does not sign interactive requests).
+    #[serde(default)]
+    pub context_secret: Secret,
+    #[serde(default)]
+    pub context_secret_file: Option<PathBuf>,
+    /// Where the Mattermost server reaches remedy's interactions endpoint
+    /// (`https://remedy.internal/v1/interactions/mattermost`); default:
+    /// `chat.public_url` followed by that path.
+    #[serde(default)]
+    pub interactions_url: String,
+    /// Every API call, for the whole server (Mattermost's rate limit is
+    /// per user or per address: 10 a second, bursts of 100, by default).
+    pub request_rate: RateLimit,
+    /// How long a user read from Mattermost (username, roles) is trusted.
+    #[serde(with = "humantime_serde")]
+    pub user_cache_ttl: Duration,
+}
+
 /// One person: the identities that are theirs on each platform, and
 /// their personal API token (stored as a SHA-256 digest once loaded).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -521,7 +552,7 @@ pub struct PersonSettings {
     /// Discord user ID (a snowflake).
     #[serde(default)]
     pub discord: Option<String>,
-    /// Mattermost user ID (read, not used yet).
+    /// Mattermost user ID (26 characters, `x5h7…`).
     #[serde(default)]
     pub mattermost: Option<String>,
     /// Console name (legacy `console_users` lists); default: the person's name.
@@ -551,6 +582,13 @@ pub struct RoleMembers {
     pub discord_users: Vec<String>,
     #[serde(default)]
     pub discord_roles: Vec<String>,
+    /// Mattermost user IDs.
+    #[serde(default)]
+    pub mattermost_users: Vec<String>,
+    /// Mattermost roles (`system_admin`, or a role of the server's own):
+    /// read from `GET /api/v4/users/{id}` for the clicker, cached.
+    #[serde(default)]
+    pub mattermost_roles: Vec<String>,
     /// Console names of people (`[people.NAME] console`, default NAME);
     /// they decide with their personal token.
     #[serde(default)]
@@ -902,6 +940,16 @@ impl Settings {
             "chat.discord.bot_token_file",
         )?;
         read_into(
+            &mut self.chat.mattermost.bot_token,
+            self.chat.mattermost.bot_token_file.as_deref(),
+            "chat.mattermost.bot_token_file",
+        )?;
+        read_into(
+            &mut self.chat.mattermost.context_secret,
+            self.chat.mattermost.context_secret_file.as_deref(),
+            "chat.mattermost.context_secret_file",
+        )?;
+        read_into(
             &mut self.alertmanager.bearer_token,
             self.alertmanager.bearer_token_file.as_deref(),
             "alertmanager.bearer_token_file",
@@ -1173,6 +1221,42 @@ impl Settings {
                 let key = hex::decode(&chat.discord.public_key).ok();
                 if key.is_none_or(|k| k.len() != 32) {
                     return invalid("chat.discord.public_key: 64 hex digits expected".into());
+                }
+            }
+            ChatPlatform::Mattermost => {
+                let mm = &chat.mattermost;
+                if mm.bot_token.is_empty() {
+                    return invalid(
+                        "chat.mattermost.bot_token is required (REMEDY__CHAT__MATTERMOST__BOT_TOKEN)"
+                            .into(),
+                    );
+                }
+                // An HMAC key shorter than this could be guessed offline
+                // from one button's context.
+                if mm.context_secret.expose().len() < 32 {
+                    return invalid(
+                        "chat.mattermost.context_secret: at least 32 characters are required \
+                         (REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET)"
+                            .into(),
+                    );
+                }
+                if mm.interactions_url.is_empty() && chat.public_url.is_empty() {
+                    return invalid(
+                        "chat.mattermost.interactions_url: set it or chat.public_url, so the \
+                         Mattermost server can deliver button clicks"
+                            .into(),
+                    );
+                }
+                for (field, url) in [
+                    ("chat.mattermost.api_url", &mm.api_url),
+                    ("chat.mattermost.interactions_url", &mm.interactions_url),
+                ] {
+                    if !(url.is_empty()
+                        || url.starts_with("http://")
+                        || url.starts_with("https://"))
+                    {
+                        return invalid(format!("{field}: `{url}` is not an http(s) URL"));
+                    }
                 }
             }
         }
@@ -1453,5 +1537,46 @@ mod tests {
         )
         .expect_err("typo");
         assert!(err.to_string().contains("bearer_tokn"), "{err}");
+    }
+
+    #[test]
+    fn mattermost_needs_a_token_a_long_context_secret_and_a_way_back() {
+        let base = [
+            ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+            ("REMEDY__CHAT__PLATFORM", "mattermost"),
+            ("REMEDY__CHAT__DEFAULT_CHANNEL", "chan"),
+            ("REMEDY__CHAT__MATTERMOST__BOT_TOKEN", "bot"),
+        ];
+        let secret = "0123456789abcdef0123456789abcdef";
+        let load = |extra: &[(&str, &str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            Settings::load_from(None, env(&all))
+        };
+        let err = load(&[("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", "short")])
+            .expect_err("short secret");
+        assert!(err.to_string().contains("context_secret"), "{err}");
+        let err =
+            load(&[("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", secret)]).expect_err("no way back");
+        assert!(err.to_string().contains("interactions_url"), "{err}");
+        let err = load(&[
+            ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", secret),
+            (
+                "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
+                "remedy:8080/x",
+            ),
+        ])
+        .expect_err("not a URL");
+        assert!(err.to_string().contains("interactions_url"), "{err}");
+        let s = load(&[
+            ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", secret),
+            ("REMEDY__CHAT__PUBLIC_URL", "https://remedy.internal"),
+        ])
+        .expect("loads");
+        assert_eq!(s.chat.platform, ChatPlatform::Mattermost);
+        assert!(
+            !format!("{s:?}").contains(secret),
+            "the secret never prints"
+        );
     }
 }

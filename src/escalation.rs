@@ -516,7 +516,8 @@ fn cell(name: &str, value: &serde_json::Value) -> String {
 }
 
 /// How a role's members are mentioned on a platform, as message text:
-/// Slack `<@U…>` / `<!subteam^S…>`, Discord `<@…>` / `<@&…>`, console names.
+/// Slack `<@U…>` / `<!subteam^S…>`, Discord `<@…>` / `<@&…>`, Mattermost
+/// `<@ID>` (written as `@username` when posted), console names.
 #[must_use]
 pub fn mentions(members: &RoleMembers, platform: ChatPlatform) -> Vec<String> {
     match platform {
@@ -536,6 +537,12 @@ pub fn mentions(members: &RoleMembers, platform: ChatPlatform) -> Vec<String> {
             .iter()
             .map(|u| format!("<@{u}>"))
             .chain(members.discord_roles.iter().map(|r| format!("<@&{r}>")))
+            .collect(),
+        // `<@ID>` until the Mattermost adapter writes it as `@username`.
+        ChatPlatform::Mattermost => members
+            .mattermost_users
+            .iter()
+            .map(|u| format!("<@{u}>"))
             .collect(),
         ChatPlatform::Console => members.console_users.clone(),
     }

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod diagnose;
+pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod escalation;

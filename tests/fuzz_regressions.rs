@@ -81,6 +81,19 @@ fn discord_interaction() {
 }
 
 #[test]
+fn mattermost_interaction() {
+    // The seeds are a click and a dialog submission as the server sends them.
+    seeds("mattermost_interaction", |path, data| {
+        assert!(
+            targets::mattermost_interaction(data),
+            "{} is refused",
+            path.display()
+        );
+    });
+    regressions("mattermost_interaction", targets::mattermost_interaction);
+}
+
+#[test]
 fn playbook() {
     // The seeds are the shipped playbooks, valid against the default config.
     seeds("playbook", |path, data| match targets::playbook(data) {

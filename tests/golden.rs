@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use remedy::chat::report::{ChatReport, EVIDENCE_ROWS};
-use remedy::chat::{discord, slack};
+use remedy::chat::{discord, mattermost, slack};
 use remedy::engine::diagnose::approval_requests;
 use remedy::playbook::testing::{TestFile, case_report};
 use remedy::playbook::{self, References};
@@ -629,4 +629,247 @@ fn silence_confirmations_show_hostile_matchers_inertly() {
     assert_inert("discord", content);
     assert_code_spans_closed("discord", content);
     assert_eq!(discord["data"]["flags"], 64);
+}
+
+// ---------------------------------------------------------------------------
+// Mattermost
+
+const MM_BUTTONS: mattermost::Buttons<'static> = mattermost::Buttons {
+    url: "https://remedy.example/v1/interactions/mattermost",
+    secret: "golden-context-secret-of-32-characters-or-more",
+};
+
+/// The server's limits on a post and remedy's own on its attachments
+/// (`remedy::chat::mattermost`), and the rules for buttons.
+fn check_mattermost_limits(name: &str, body: &Value) {
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.chars().count() <= mattermost::MAX_MESSAGE,
+        "{name}: message of {} characters",
+        message.chars().count()
+    );
+    assert!(body["props"].to_string().chars().count() <= mattermost::MAX_PROPS);
+    let attachments = body["props"]["attachments"]
+        .as_array()
+        .expect("attachments");
+    assert!(attachments.len() <= mattermost::MAX_ATTACHMENTS, "{name}");
+    let mut ids = std::collections::HashSet::new();
+    for a in attachments {
+        for field in ["text", "fallback", "title"] {
+            assert!(
+                a[field].as_str().unwrap_or_default().chars().count()
+                    <= mattermost::MAX_ATTACHMENT_TEXT,
+                "{name}: {field}"
+            );
+        }
+        assert!(
+            !a["fallback"].as_str().unwrap_or_default().is_empty(),
+            "{name}: fallback"
+        );
+        let fields = a["fields"].as_array().cloned().unwrap_or_default();
+        assert!(fields.len() <= mattermost::MAX_FIELDS, "{name}: fields");
+        for f in &fields {
+            assert!(
+                f["value"].as_str().unwrap_or_default().chars().count()
+                    <= mattermost::MAX_FIELD_VALUE,
+                "{name}: field value"
+            );
+        }
+        for b in a["actions"].as_array().into_iter().flatten() {
+            let id = b["id"].as_str().expect("id");
+            assert!(
+                !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{name}: action id {id:?}"
+            );
+            assert!(ids.insert(id.to_owned()), "{name}: action id {id} twice");
+            assert_eq!(b["type"], "button");
+            assert!(
+                b["name"].as_str().expect("name").chars().count() <= mattermost::MAX_BUTTON_NAME
+            );
+            assert_eq!(b["integration"]["url"], MM_BUTTONS.url);
+            let context = Some(&b["integration"]["context"]);
+            assert!(
+                mattermost::verify(MM_BUTTONS.secret, context).is_ok(),
+                "{name}: {id} is not signed"
+            );
+        }
+    }
+}
+
+/// Everything in a Mattermost body a reader sees (button contexts aside).
+fn mattermost_texts(body: &Value) -> Vec<String> {
+    let mut shown = body.clone();
+    for a in shown["props"]["attachments"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        for b in a["actions"].as_array_mut().into_iter().flatten() {
+            b["integration"] = Value::Null;
+        }
+    }
+    let mut texts = Vec::new();
+    text_of(&shown, &mut texts);
+    texts
+}
+
+/// On Mattermost any `@name` notifies that user: outside remedy's own
+/// mentions, every `@` in alert text is followed by a zero-width space.
+fn assert_no_mattermost_mention(name: &str, text: &str) {
+    for (i, _) in text.match_indices('@') {
+        assert!(
+            text[i + 1..].starts_with('\u{200B}'),
+            "{name}: a live mention in {text:?}"
+        );
+    }
+}
+
+#[test]
+fn each_runbook_report_renders_as_its_golden_mattermost_post() {
+    for (name, mut report) in reports() {
+        if let Some(e) = report.escalation.as_mut() {
+            e.mentions = vec!["<@mmoncall00000000000000000>".into()];
+        }
+        let body = mattermost::render(&report, MM_BUTTONS);
+        check_mattermost_limits(&name, &body);
+        compare_golden(&format!("mattermost/{name}.json"), &body);
+        let names: Vec<String> = body["props"]["attachments"]
+            .as_array()
+            .expect("attachments")
+            .iter()
+            .flat_map(|a| a["actions"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b["name"].as_str().map(str::to_owned))
+            .collect();
+        for a in &report.actions {
+            assert!(
+                names.contains(&format!("Approve {}", a.key)),
+                "{name}: {}",
+                a.key
+            );
+        }
+        assert!(
+            names.contains(&"Acknowledge".to_owned()),
+            "{name}: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn the_hostile_corpus_renders_inertly_on_mattermost() {
+    let mut report = hostile_report();
+    report.escalation = None;
+    report.silence_matchers = HOSTILE
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            remedy::approvals::SilenceMatcher {
+                name: format!("x{i}"),
+                value: (*v).to_owned(),
+            }
+            .text()
+        })
+        .collect();
+    let body = mattermost::render(&report, MM_BUTTONS);
+    check_mattermost_limits("hostile", &body);
+    compare_golden("hostile/mattermost.json", &body);
+    for t in mattermost_texts(&body) {
+        assert_inert("mattermost", &t);
+        assert_code_spans_closed("mattermost", &t);
+        assert_no_mattermost_mention("mattermost", &t);
+    }
+    // Outside ``` fences (where lines are literal), alert text starts no
+    // heading or quote.
+    let message = body["message"].as_str().expect("message");
+    let mut fenced = false;
+    for line in message.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        assert!(
+            fenced || !(line.starts_with("# heading") || line.starts_with("> quote")),
+            "alert text started a heading or a quote: {line}"
+        );
+    }
+    // The Silence dialog shows every matcher, inertly.
+    let text = mattermost::silence_text(3600, &report.silence_matchers);
+    assert_inert("mattermost", &text);
+    assert_code_spans_closed("mattermost", &text);
+    assert_no_mattermost_mention("mattermost", &text);
+    assert!(text.contains("x8="), "{text}");
+    // Pings and outcome replies: remedy's own `<@ID>` only.
+    let members = remedy::config::RoleMembers {
+        mattermost_users: vec!["mmdba0000000000000000000000".into()],
+        ..Default::default()
+    };
+    let ping = mattermost::ping_body("C1", Some("P1"), Some(&members), &HOSTILE.join(" "));
+    let m = ping["message"].as_str().expect("message");
+    let alert_part = m
+        .strip_prefix("<@mmdba0000000000000000000000> ")
+        .unwrap_or_else(|| panic!("{m}"));
+    assert_inert("mattermost", alert_part);
+    assert_no_mattermost_mention("mattermost", alert_part);
+    assert_eq!(ping["root_id"], "P1");
+    let outcome = remedy::engine::notify::outcome_reply(
+        "kill_stale#1",
+        "succeeded",
+        None,
+        &["<@mmclicker000000000000000>".to_owned(), "olga".to_owned()],
+        &HOSTILE.join(" "),
+    );
+    let reply = mattermost::reply_body("C1", "P1", &outcome);
+    let m = reply["message"].as_str().expect("message");
+    let head = "kill\\_stale\\#1: succeeded — approved by <@mmclicker000000000000000>, olga — ";
+    assert!(m.starts_with(head), "{m}");
+    assert_inert("mattermost", m.trim_start_matches(head));
+    assert_no_mattermost_mention("mattermost", m.trim_start_matches(head));
+}
+
+#[test]
+fn a_huge_report_fits_a_mattermost_post_and_says_what_was_cut() {
+    let (_, base) = reports().into_iter().next().expect("a report");
+    let mut report = base.clone();
+    let finding = report.findings[0].clone();
+    report.findings = (0..80)
+        .map(|i| {
+            let mut f = finding.clone();
+            f.text = format!("finding {i}: {}", "x".repeat(400));
+            f.evidence = (0..EVIDENCE_ROWS)
+                .map(|r| format!("row {r} {}", "y".repeat(900)))
+                .collect();
+            f.more_rows = 200;
+            f
+        })
+        .collect();
+    let action = base.actions.first().cloned().expect("an action");
+    report.actions = (0..40)
+        .map(|i| {
+            let mut a = action.clone();
+            a.approval_id = i + 1;
+            a.key = format!("{}#{}", a.key, i + 1);
+            a.title = format!("{} {}", a.title, "z".repeat(5000));
+            a.roles = vec!["r".repeat(900)];
+            a
+        })
+        .collect();
+    report.escalation = Some(escalation());
+    let body = mattermost::render(&report, MM_BUTTONS);
+    check_mattermost_limits("huge", &body);
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("more sections"),
+        "cut findings are announced"
+    );
+    assert!(
+        message.contains("remedy incidents show"),
+        "the full report is pointed to"
+    );
+    let attachments = body["props"]["attachments"]
+        .as_array()
+        .expect("attachments");
+    assert_eq!(attachments.len(), mattermost::MAX_ATTACHMENTS);
+    let last = attachments.last().expect("last")["text"]
+        .as_str()
+        .expect("text");
+    assert!(last.contains("22 more actions"), "{last}");
 }

@@ -604,6 +604,125 @@ async fn deleting_incidents_does_not_cache_a_statement_per_batch_size(backend: B
     store.close().await;
 }
 
+/// Inserts a bare incident (`status` resolved at `resolved_at`, or firing)
+/// in storm `storm`; returns its id.
+async fn bare_incident(store: &Store, fp: &str, resolved_at: Option<Millis>) -> i64 {
+    let (status, at) = match resolved_at {
+        Some(at) => ("resolved", at.to_string()),
+        None => ("firing", "null".to_owned()),
+    };
+    execute(
+        store,
+        &format!(
+            "insert into incidents (fingerprint, starts_at, alertname, severity, status,
+                 labels, annotations, generator_url, receiver, group_key, opened_at,
+                 last_seen_at, seen_count, resolved_at)
+             values ('{fp}', '2026-01-01T00:00:00Z', 'A', 'warning', '{status}', '{{}}',
+                 '{{}}', '', 'r', 'g', 0, 0, 1, {at})"
+        ),
+    )
+    .await;
+    scalar(
+        store,
+        &format!("select id from incidents where fingerprint = '{fp}'"),
+    )
+    .await
+}
+
+/// A storm that never ends (a noisy group always over the threshold) must
+/// not keep every member it ever had: its members resolved before the
+/// window go like any other resolved incident, the storm still counts
+/// them, and its representative and its firing or recent members stay.
+/// Once the storm itself resolves and expires, the rest go with it.
+async fn an_endless_storm_loses_its_expired_members_but_keeps_their_count(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let store = &app.store;
+    let old = NOW - 100 * DAY;
+    let storm = bare_incident(store, "storm", None).await;
+    let representative = bare_incident(store, "representative", Some(old)).await;
+    execute(
+        store,
+        &format!(
+            "insert into storms (incident_id, scope, key, representative_id, opened_at)
+             values ({storm}, 'group', 'g', {representative}, 0)"
+        ),
+    )
+    .await;
+    let expired = [
+        bare_incident(store, "m1", Some(old)).await,
+        bare_incident(store, "m2", Some(old + DAY)).await,
+    ];
+    let recent = bare_incident(store, "m3", Some(NOW - DAY)).await;
+    let firing_member = bare_incident(store, "m4", None).await;
+    let members = [
+        representative,
+        expired[0],
+        expired[1],
+        recent,
+        firing_member,
+    ];
+    for id in members {
+        execute(
+            store,
+            &format!("update incidents set storm_id = {storm} where id = {id}"),
+        )
+        .await;
+    }
+    let cutoff = NOW - 90 * DAY;
+
+    let deleted = store
+        .delete_resolved_incidents(cutoff, 100)
+        .await
+        .expect("deletes");
+    assert_eq!(deleted.last(), Some(&("incidents", 2)));
+    for id in expired {
+        assert_gone(store, id).await;
+    }
+    let left: Vec<i64> = column(
+        store,
+        &format!("select id from incidents where storm_id = {storm} order by id"),
+    )
+    .await;
+    assert_eq!(left, vec![representative, recent, firing_member]);
+    let shown = store
+        .storm(IncidentId(storm))
+        .await
+        .expect("storm")
+        .expect("still a storm");
+    assert_eq!((shown.members, shown.firing), (5, 1));
+    let api = app.api(&format!("/v1/incidents/{storm}")).await;
+    assert_eq!(api["storm"]["members"], 5);
+    // A second pass finds nothing more: the representative stays with its
+    // open storm.
+    let again = store
+        .delete_resolved_incidents(cutoff, 100)
+        .await
+        .expect("deletes");
+    assert!(again.is_empty(), "{again:?}");
+
+    // The storm ends and expires: it goes with everything it had left.
+    execute(
+        store,
+        &format!(
+            "update incidents set status = 'resolved', resolved_at = {old}
+              where id in ({storm}, {firing_member}, {recent})"
+        ),
+    )
+    .await;
+    execute(
+        store,
+        &format!("update storms set resolved_at = {old} where incident_id = {storm}"),
+    )
+    .await;
+    let last = store
+        .delete_resolved_incidents(cutoff, 100)
+        .await
+        .expect("deletes");
+    assert_eq!(last.last(), Some(&("incidents", 4)));
+    assert_eq!(app.count("incidents").await, 0);
+    assert_eq!(app.count("storms").await, 0);
+}
+
 on_both_stores!(
     retention_deletes_exactly_what_is_past_each_window,
     a_zero_window_keeps_everything,
@@ -611,6 +730,7 @@ on_both_stores!(
     the_retention_job_is_one_pending_row_that_runs_and_schedules_the_next,
     upkeep_reads_store_rows_at_most_once_per_refresh,
     deleting_incidents_does_not_cache_a_statement_per_batch_size,
+    an_endless_storm_loses_its_expired_members_but_keeps_their_count,
 );
 
 /// Deleting many rows shrinks the SQLite file: pages go back through

@@ -49,6 +49,25 @@ pub fn discord_interaction(data: &[u8]) -> bool {
     }
 }
 
+/// `mattermost_interaction`: what the Mattermost server sends to remedy
+/// (a click or a dialog submission), then its context (or the dialog's
+/// `state`) verified with a fixed key. Whether the body parsed.
+pub fn mattermost_interaction(data: &[u8]) -> bool {
+    const KEY: &str = "fuzz-context-secret-of-32-characters-or-more";
+    match remedy::http::interactions::parse_mattermost(data) {
+        Ok(request) => {
+            let _ = remedy::chat::mattermost::verify(KEY, request.context.as_ref());
+            if let Some(state) = request.state.as_deref()
+                && let Ok(context) = serde_json::from_str::<serde_json::Value>(state)
+            {
+                let _ = remedy::chat::mattermost::verify(KEY, Some(&context));
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// What the shipped `config/default.toml` lets playbooks refer to.
 fn references() -> References {
     References {

@@ -16,6 +16,7 @@ use crate::config::{PersonSettings, RoleMembers};
 pub enum Channel {
     Slack,
     Discord,
+    Mattermost,
     /// `remedy approve …` (the CLI says so in `x-remedy-channel`).
     Console,
     /// Any other client of the HTTP API.
@@ -30,6 +31,7 @@ impl Channel {
         match self {
             Self::Slack => "slack",
             Self::Discord => "discord",
+            Self::Mattermost => "mattermost",
             Self::Console => "console",
             Self::Api => "api",
             Self::Pager => "pager",
@@ -55,6 +57,11 @@ pub struct Actor {
     pub discord_user: Option<String>,
     /// The Discord roles the interaction carried (known only on Discord).
     pub discord_roles: Vec<String>,
+    /// The Mattermost user behind the click, or the person's identity.
+    pub mattermost_user: Option<String>,
+    /// The clicker's Mattermost roles, once read from Mattermost (empty
+    /// until then).
+    pub mattermost_roles: Vec<String>,
     /// The person's console name (`[people.NAME] console`, default NAME).
     pub console_name: Option<String>,
 }
@@ -63,7 +70,14 @@ pub struct Actor {
 struct Person {
     slack: Option<String>,
     discord: Option<String>,
+    mattermost: Option<String>,
     console: String,
+}
+
+/// A Mattermost user id as remedy writes it into mentions (`<@ID>`) and
+/// API paths: ASCII letters and digits only (the server's are 26).
+fn mattermost_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 /// SHA-256 of a token; tokens are kept only as digests.
@@ -78,6 +92,7 @@ pub struct Directory {
     people: BTreeMap<String, Person>,
     by_slack: HashMap<String, String>,
     by_discord: HashMap<String, String>,
+    by_mattermost: HashMap<String, String>,
     tokens: Vec<([u8; 32], String)>,
     roles: BTreeMap<String, RoleMembers>,
 }
@@ -107,6 +122,12 @@ impl Directory {
             };
             unique(&mut dir.by_slack, &p.slack, "slack")?;
             unique(&mut dir.by_discord, &p.discord, "discord")?;
+            unique(&mut dir.by_mattermost, &p.mattermost, "mattermost")?;
+            if let Some(id) = p.mattermost.as_ref().filter(|id| !mattermost_id(id)) {
+                return Err(format!(
+                    "people.{name}.mattermost: {id:?} is not a Mattermost user id (letters and digits)"
+                ));
+            }
             let console = p.console.clone().unwrap_or_else(|| name.clone());
             unique(&mut consoles, &Some(console.clone()), "console")?;
             if !p.api_token.is_empty() {
@@ -123,11 +144,21 @@ impl Directory {
                 Person {
                     slack: p.slack.clone().filter(|s| !s.is_empty()),
                     discord: p.discord.clone().filter(|s| !s.is_empty()),
+                    mattermost: p.mattermost.clone().filter(|s| !s.is_empty()),
                     console,
                 },
             );
         }
         for (role, members) in roles {
+            if let Some(id) = members
+                .mattermost_users
+                .iter()
+                .find(|id| !mattermost_id(id))
+            {
+                return Err(format!(
+                    "approvers.{role}.mattermost_users: {id:?} is not a Mattermost user id (letters and digits)"
+                ));
+            }
             if let Some(unknown) = members.people.iter().find(|p| !people.contains_key(*p)) {
                 return Err(format!(
                     "approvers.{role}.people: {unknown:?} is not in [people]"
@@ -166,6 +197,8 @@ impl Directory {
             slack_user: p.and_then(|p| p.slack.clone()),
             discord_user: p.and_then(|p| p.discord.clone()),
             discord_roles: Vec::new(),
+            mattermost_user: p.and_then(|p| p.mattermost.clone()),
+            mattermost_roles: Vec::new(),
             console_name: p.map(|p| p.console.clone()),
         }
     }
@@ -186,6 +219,8 @@ impl Directory {
                 slack_user: Some(user.to_owned()),
                 discord_user: None,
                 discord_roles: Vec::new(),
+                mattermost_user: None,
+                mattermost_roles: Vec::new(),
                 console_name: None,
             },
         }
@@ -208,9 +243,45 @@ impl Directory {
                 slack_user: None,
                 discord_user: Some(user.to_owned()),
                 discord_roles: roles,
+                mattermost_user: None,
+                mattermost_roles: Vec::new(),
                 console_name: None,
             },
         }
+    }
+
+    /// The actor behind a Mattermost click (its context verified). Shown
+    /// as `<@ID>`: the Mattermost adapter writes it as `@username`.
+    #[must_use]
+    pub fn mattermost(&self, user: &str) -> Actor {
+        match self.by_mattermost.get(user) {
+            Some(name) => Actor {
+                mattermost_user: Some(user.to_owned()),
+                ..self.person(name, Channel::Mattermost)
+            },
+            None => Actor {
+                key: format!("mattermost:{user}"),
+                person: None,
+                display: format!("<@{user}>"),
+                channel: Channel::Mattermost,
+                slack_user: None,
+                discord_user: None,
+                discord_roles: Vec::new(),
+                mattermost_user: Some(user.to_owned()),
+                mattermost_roles: Vec::new(),
+                console_name: None,
+            },
+        }
+    }
+
+    /// Whether any of `roles` lists Mattermost roles, which only a lookup
+    /// of the clicker can tell.
+    #[must_use]
+    pub fn needs_mattermost_roles(&self, roles: &[String]) -> bool {
+        roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .any(|m| !m.mattermost_roles.is_empty())
     }
 
     /// The Slack user groups of `roles`, whose membership the caller looks
@@ -227,7 +298,8 @@ impl Directory {
     /// Whether `actor` holds one of `roles`: as a listed person, through
     /// any of the person's identities in the role's platform lists, or
     /// through a Slack user group (`in_groups`: the groups found to contain
-    /// the actor's Slack user) or a Discord role the click carried.
+    /// the actor's Slack user), a Discord role the click carried, or a
+    /// Mattermost role read for the clicker.
     #[must_use]
     pub fn holds(&self, actor: &Actor, roles: &[String], in_groups: &[String]) -> bool {
         roles.iter().filter_map(|r| self.roles.get(r)).any(|m| {
@@ -237,12 +309,17 @@ impl Directory {
             actor.person.as_ref().is_some_and(|p| m.people.contains(p))
                 || listed(&m.slack_users, &actor.slack_user)
                 || listed(&m.discord_users, &actor.discord_user)
+                || listed(&m.mattermost_users, &actor.mattermost_user)
                 || listed(&m.console_users, &actor.console_name)
                 || m.slack_groups.iter().any(|g| in_groups.contains(g))
                 || actor
                     .discord_roles
                     .iter()
                     .any(|r| m.discord_roles.contains(r))
+                || actor
+                    .mattermost_roles
+                    .iter()
+                    .any(|r| m.mattermost_roles.contains(r))
         })
     }
 
@@ -261,6 +338,9 @@ impl Directory {
                     || p.discord
                         .as_ref()
                         .is_some_and(|d| m.discord_users.contains(d))
+                    || p.mattermost
+                        .as_ref()
+                        .is_some_and(|d| m.mattermost_users.contains(d))
                     || m.console_users.contains(&p.console)
             })
             .map(|(name, _)| name.clone())
@@ -287,6 +367,7 @@ impl Directory {
                 };
                 add(&mut m.slack_users, p.slack.as_ref());
                 add(&mut m.discord_users, p.discord.as_ref());
+                add(&mut m.mattermost_users, p.mattermost.as_ref());
                 add(&mut m.console_users, Some(&p.console));
             }
         }
@@ -387,6 +468,68 @@ mod tests {
         assert!(d.holds(&d.discord("5", vec!["777".into()]), &roles, &[]));
         assert!(!d.holds(&d.discord("5", vec!["778".into()]), &roles, &[]));
         assert!(!d.holds(&d.slack("U0X"), &["nope".into()], &["S0OPS".into()]));
+    }
+
+    #[test]
+    fn a_mattermost_identity_is_its_person_and_roles_read_from_mattermost_count() {
+        let people = BTreeMap::from([(
+            "alice".to_owned(),
+            PersonSettings {
+                mattermost: Some("mmalice".into()),
+                ..PersonSettings::default()
+            },
+        )]);
+        let roles = BTreeMap::from([
+            (
+                "dba".to_owned(),
+                RoleMembers {
+                    people: vec!["alice".into()],
+                    ..RoleMembers::default()
+                },
+            ),
+            (
+                "ops".to_owned(),
+                RoleMembers {
+                    mattermost_users: vec!["mmbob".into()],
+                    mattermost_roles: vec!["custom_ops".into()],
+                    ..RoleMembers::default()
+                },
+            ),
+        ]);
+        let d = Directory::new(&people, &roles).expect("valid");
+        let alice = d.mattermost("mmalice");
+        assert_eq!(alice.key, "person:alice");
+        assert_eq!(alice.channel, Channel::Mattermost);
+        assert!(d.holds(&alice, &["dba".into()], &[]));
+        let bob = d.mattermost("mmbob");
+        assert_eq!(
+            (bob.key.as_str(), bob.display.as_str()),
+            ("mattermost:mmbob", "<@mmbob>")
+        );
+        assert!(d.holds(&bob, &["ops".into()], &[]));
+        let carol = d.mattermost("mmcarol");
+        assert!(!d.holds(&carol, &["ops".into()], &[]));
+        assert!(d.needs_mattermost_roles(&["ops".into()]));
+        assert!(!d.needs_mattermost_roles(&["dba".into()]));
+        let carol = Actor {
+            mattermost_roles: vec!["custom_ops".into()],
+            ..carol
+        };
+        assert!(d.holds(&carol, &["ops".into()], &[]));
+        assert!(!d.holds(&carol, &["dba".into()], &[]));
+        assert_eq!(
+            d.expanded_roles()["dba"].mattermost_users,
+            ["mmalice".to_owned()]
+        );
+        let bad = BTreeMap::from([(
+            "ops".to_owned(),
+            RoleMembers {
+                mattermost_users: vec!["<@x> @all".into()],
+                ..RoleMembers::default()
+            },
+        )]);
+        let err = Directory::new(&BTreeMap::new(), &bad).expect_err("not an id");
+        assert!(err.contains("approvers.ops.mattermost_users"), "{err}");
     }
 
     #[test]

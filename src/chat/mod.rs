@@ -1,7 +1,8 @@
-//! Where people meet remedy: one report per incident in Slack, Discord or
-//! the console, with Approve / Reject per action; who may decide what.
+//! Where people meet remedy: one report per incident in Slack, Discord,
+//! Mattermost or the console, with Approve / Reject per action; who may decide what.
 
 pub mod discord;
+pub mod mattermost;
 pub mod pace;
 pub mod report;
 pub mod slack;
@@ -206,6 +207,7 @@ pub enum ChatClient {
     Console,
     Slack(slack::SlackClient),
     Discord(discord::DiscordClient),
+    Mattermost(mattermost::MattermostClient),
 }
 
 /// Chat as the engine and the HTTP handlers use it.
@@ -245,6 +247,9 @@ impl Chat {
                 chat.discord.bot_token.expose(),
                 chat.pace_wait,
             )),
+            ChatPlatform::Mattermost => {
+                ChatClient::Mattermost(mattermost::MattermostClient::new(http, chat))
+            }
         };
         let discord_verifier = if chat.discord.public_key.is_empty() {
             None
@@ -284,6 +289,7 @@ impl Chat {
             ChatPlatform::Console => "console",
             ChatPlatform::Slack => "slack",
             ChatPlatform::Discord => "discord",
+            ChatPlatform::Mattermost => "mattermost",
         }
     }
 
@@ -298,11 +304,32 @@ impl Chat {
 
     /// Whether `actor` holds one of `roles` ([`Directory::holds`]). Slack
     /// user groups are read from Slack (cached) for the actor's Slack user,
-    /// only when nothing else grants the role; a lookup failure refuses
-    /// rather than guesses.
+    /// and a Mattermost clicker's roles from Mattermost (cached), only when
+    /// nothing else grants the role; a lookup failure refuses rather than
+    /// guesses.
     pub async fn authorized(&self, actor: &Actor, roles: &[String]) -> bool {
         if self.directory.holds(actor, roles, &[]) {
             return true;
+        }
+        if let (ChatClient::Mattermost(client), Some(user)) = (&self.client, &actor.mattermost_user)
+        {
+            if !self.directory.needs_mattermost_roles(roles) {
+                return false;
+            }
+            return match client.user(user).await {
+                Ok(found) if found.active => {
+                    let with_roles = Actor {
+                        mattermost_roles: found.roles,
+                        ..actor.clone()
+                    };
+                    self.directory.holds(&with_roles, roles, &[])
+                }
+                Ok(_) => false,
+                Err(error) => {
+                    tracing::warn!(%user, %error, "mattermost user lookup failed");
+                    false
+                }
+            };
         }
         let (ChatClient::Slack(client), Some(user)) = (&self.client, &actor.slack_user) else {
             return false;
@@ -329,6 +356,7 @@ impl Chat {
             }
             ChatClient::Slack(c) => c.post(channel, report).await,
             ChatClient::Discord(c) => c.post(channel, report).await,
+            ChatClient::Mattermost(c) => c.post(channel, report).await,
         }
     }
 
@@ -345,6 +373,7 @@ impl Chat {
             }
             ChatClient::Slack(c) => c.update(channel, message, report).await,
             ChatClient::Discord(c) => c.update(channel, message, report).await,
+            ChatClient::Mattermost(c) => c.update(channel, message, report).await,
         }
     }
 }
@@ -375,6 +404,7 @@ impl Chat {
                 c.ping(channel, message, &mentions, text).await
             }
             ChatClient::Discord(c) => c.ping(channel, message, members, text).await,
+            ChatClient::Mattermost(c) => c.ping(channel, message, members, text).await,
         }
     }
 
@@ -385,8 +415,8 @@ impl Chat {
     }
 
     /// How a role's members are mentioned in a report (the mention itself
-    /// notifies only where the platform allows it: on Slack, and on Discord
-    /// for the first post only).
+    /// notifies only where the platform allows it: on Slack and Mattermost,
+    /// and on Discord for the first post only).
     #[must_use]
     pub fn mentions(&self, role: &str) -> Vec<String> {
         self.approvers
@@ -414,6 +444,7 @@ impl Chat {
             }
             ChatClient::Slack(c) => c.reply(channel, message, reply).await,
             ChatClient::Discord(c) => c.reply(channel, message, reply).await,
+            ChatClient::Mattermost(c) => c.reply(channel, message, reply).await,
         }
     }
 }
@@ -433,6 +464,9 @@ pub fn unheld_roles(settings: &Settings, playbooks: &[crate::playbook::Playbook]
                 ChatPlatform::Console => !m.console_users.is_empty(),
                 ChatPlatform::Slack => !m.slack_users.is_empty() || !m.slack_groups.is_empty(),
                 ChatPlatform::Discord => !m.discord_users.is_empty() || !m.discord_roles.is_empty(),
+                ChatPlatform::Mattermost => {
+                    !m.mattermost_users.is_empty() || !m.mattermost_roles.is_empty()
+                }
             })
     };
     let mut out = Vec::new();

@@ -1,5 +1,7 @@
 //! Decisions: button clicks from Slack and Discord (signature checked over
-//! the raw body before anything is parsed) and the local API behind
+//! the raw body before anything is parsed), from Mattermost (whose server
+//! signs nothing: the HMAC remedy put in each button's context is checked
+//! before the click is acted on) and the local API behind
 //! `remedy approve` / `remedy reject`. Each click is authorized against the
 //! action's approver roles and recorded once; the chat message is updated
 //! by the worker afterwards, so a reply always leaves within Slack's and
@@ -18,7 +20,7 @@ use serde_json::{Value, json};
 use super::incidents::{authenticate_person, unavailable};
 use super::{ApiError, AppState};
 use crate::approvals::{Actor, Channel, Refusal};
-use crate::chat::{ChatClient, Control, discord, slack};
+use crate::chat::{ChatClient, Control, discord, mattermost, slack};
 use crate::domain::{IncidentId, now_millis};
 use crate::store::{Decision, DecisionOutcome, SilenceRules, StoreError};
 
@@ -499,6 +501,234 @@ enum DiscordButton {
 enum DiscordAnswer {
     Outcome(DecisionOutcome),
     Reply(Value),
+}
+
+/// What remedy reads of the two requests a Mattermost server sends to
+/// `integration.url`: a button click (`PostActionIntegrationRequest`, with
+/// the button's `context`) and a dialog submission (`SubmitDialogRequest`,
+/// `type: "dialog_submission"`, with the dialog's `state`). Other fields
+/// are ignored.
+#[derive(Debug, Deserialize)]
+pub struct MattermostRequest {
+    pub user_id: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub trigger_id: String,
+    #[serde(default)]
+    pub context: Option<Value>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
+/// Parses a Mattermost request; the error names the field.
+pub fn parse_mattermost(body: &[u8]) -> Result<MattermostRequest, (&'static str, String)> {
+    let request: MattermostRequest =
+        serde_json::from_slice(body).map_err(|e| ("body", e.to_string()))?;
+    if request.user_id.is_empty() || !request.user_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(("user_id", "a Mattermost user id is required".into()));
+    }
+    Ok(request)
+}
+
+fn refused_context(error: mattermost::ContextError) -> Response {
+    metrics::counter!("remedy_interactions_refused_total", "reason" => "context").increment(1);
+    tracing::warn!(%error, "mattermost interaction refused");
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "unauthorized", "message": error.to_string()})),
+    )
+        .into_response()
+}
+
+/// Carries out what a verified context asks for.
+async fn mattermost_act(
+    state: &AppState,
+    who: &Actor,
+    intent: mattermost::Intent,
+) -> Result<DecisionOutcome, StoreError> {
+    match intent {
+        mattermost::Intent::Decide {
+            approve,
+            approval,
+            digest,
+        } => {
+            let decision = if approve {
+                Decision::Approve
+            } else {
+                Decision::Reject
+            };
+            decide(state, who, approval, &digest, decision).await
+        }
+        mattermost::Intent::Control {
+            incident,
+            control: c,
+        } => control(state, who, IncidentId(incident), c).await,
+    }
+}
+
+/// How a Mattermost click or submission is answered.
+enum MattermostAnswer {
+    /// Recorded: the worker updates the post.
+    Done,
+    /// Shown to the clicker alone.
+    Refused(String),
+    /// A confirmation dialog was opened.
+    Confirming,
+}
+
+/// The confirmation a signed click needs first: Silence shows the exact
+/// matchers (or why it would be refused); approving an action that is not
+/// `safe` asks once more, as Slack's confirm dialog does.
+async fn mattermost_confirm(
+    state: &AppState,
+    client: &mattermost::MattermostClient,
+    who: &Actor,
+    trigger_id: &str,
+    signed: &mattermost::Signed,
+    context: &Value,
+) -> Result<MattermostAnswer, StoreError> {
+    let (title, text, submit) = match &signed.intent {
+        mattermost::Intent::Control {
+            incident,
+            control: Control::Silence(seconds),
+        } => match silence_preview(state, who, IncidentId(*incident), *seconds).await? {
+            Ok(matchers) => {
+                let length = crate::escalation::human(Duration::from_secs(*seconds));
+                (
+                    format!("Silence for {length}?"),
+                    mattermost::silence_text(*seconds, &matchers),
+                    format!("Silence {length}"),
+                )
+            }
+            Err(reason) => return Ok(MattermostAnswer::Refused(reason)),
+        },
+        mattermost::Intent::Decide { approval, .. } => {
+            let Some((incident, roles)) = state.store.approval(*approval).await? else {
+                return Ok(MattermostAnswer::Refused(
+                    Refusal::UnknownApproval.message(),
+                ));
+            };
+            // Someone who may not decide is refused (and the refusal
+            // recorded) at once, not after confirming.
+            if !state.chat.authorized(who, &roles).await {
+                return Ok(
+                    match mattermost_act(state, who, signed.intent.clone()).await? {
+                        DecisionOutcome::Refused(reason) => MattermostAnswer::Refused(reason),
+                        DecisionOutcome::Recorded { .. } => MattermostAnswer::Done,
+                    },
+                );
+            }
+            let incident = incident.0;
+            (
+                "Approve this action?".to_owned(),
+                format!(
+                    "Approve action request {approval} of incident #{incident}? It is disruptive \
+                     or destructive: the report shows exactly what it runs."
+                ),
+                "Approve".to_owned(),
+            )
+        }
+        mattermost::Intent::Control { .. } => {
+            return Ok(MattermostAnswer::Refused("nothing to confirm".into()));
+        }
+    };
+    let dialog = mattermost::confirmation_dialog(
+        trigger_id,
+        &client.interactions_url,
+        &title,
+        &text,
+        &submit,
+        context,
+    );
+    Ok(match client.open_dialog(&dialog).await {
+        Ok(()) => MattermostAnswer::Confirming,
+        Err(error) => {
+            tracing::warn!(%error, "mattermost confirmation dialog not opened");
+            MattermostAnswer::Refused(
+                "remedy could not open the confirmation; click again".to_owned(),
+            )
+        }
+    })
+}
+
+/// `POST /v1/interactions/mattermost`: button clicks and dialog
+/// submissions from the Mattermost server. The signed context (or the
+/// dialog's `state`, the same context) is verified before anything else;
+/// then the clicker is authorized as on the other platforms. A click is
+/// answered with `{}` (the worker updates the post) or an `ephemeral_text`
+/// refusal; a submission with `{}` or `{"error": …}`, which the dialog shows.
+pub async fn mattermost(State(state): State<AppState>, body: Bytes) -> Response {
+    let ChatClient::Mattermost(client) = &state.chat.client else {
+        return refused_context(mattermost::ContextError::Missing);
+    };
+    let secret = client.context_secret.clone();
+    let request = match parse_mattermost(&body) {
+        Ok(r) => r,
+        Err((field, message)) => return bad_request(field, &message),
+    };
+    // remedy's dialogs do not ask to hear of a cancel; one is ignored.
+    if request.kind == "dialog_cancellation" || request.cancelled {
+        return Json(json!({})).into_response();
+    }
+    let submission = request.kind == "dialog_submission";
+    let context = if submission {
+        request
+            .state
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    } else {
+        request.context.clone()
+    };
+    let signed = match mattermost::verify(&secret, context.as_ref()) {
+        Ok(s) => s,
+        Err(e) => return refused_context(e),
+    };
+    let who = state.chat.directory.mattermost(&request.user_id);
+    let context = context.unwrap_or_default();
+    let task = tokio::spawn(async move {
+        if signed.confirm && !submission {
+            let ChatClient::Mattermost(client) = &state.chat.client else {
+                return Ok(MattermostAnswer::Refused("not configured".into()));
+            };
+            return mattermost_confirm(
+                &state,
+                client,
+                &who,
+                &request.trigger_id,
+                &signed,
+                &context,
+            )
+            .await;
+        }
+        Ok(match mattermost_act(&state, &who, signed.intent).await? {
+            DecisionOutcome::Refused(reason) => MattermostAnswer::Refused(reason),
+            DecisionOutcome::Recorded { .. } => MattermostAnswer::Done,
+        })
+    });
+    let answer = match tokio::time::timeout(REPLY_WITHIN, task).await {
+        Ok(Ok(Ok(answer))) => answer,
+        Ok(Ok(Err(error))) => {
+            tracing::error!(%error, "click could not be recorded");
+            MattermostAnswer::Refused("remedy could not record this click; try again".into())
+        }
+        // Still recording: acknowledge; the worker updates the post.
+        _ => MattermostAnswer::Done,
+    };
+    // Refusals may quote alert values: escaped as in the report.
+    match (answer, submission) {
+        (MattermostAnswer::Refused(reason), false) => {
+            Json(json!({"ephemeral_text": mattermost::escape(&reason)})).into_response()
+        }
+        (MattermostAnswer::Refused(reason), true) => {
+            Json(json!({"error": crate::chat::text::one_line(&reason)})).into_response()
+        }
+        (MattermostAnswer::Done | MattermostAnswer::Confirming, _) => {
+            Json(json!({})).into_response()
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -85,6 +85,10 @@ pub fn router(state: AppState) -> Router {
     let chat = Router::new()
         .route("/v1/interactions/slack", post(interactions::slack))
         .route("/v1/interactions/discord", post(interactions::discord))
+        .route(
+            "/v1/interactions/mattermost",
+            post(interactions::mattermost),
+        )
         .route("/v1/pagers/{name}/pagerduty", post(pagers::pagerduty))
         .layer(on_failure.clone());
     // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB

@@ -110,6 +110,8 @@ pub async fn pagerduty(
         slack_user: None,
         discord_user: None,
         discord_roles: Vec::new(),
+        mattermost_user: None,
+        mattermost_roles: Vec::new(),
         console_name: None,
     };
     // PagerDuty decided who may acknowledge there; its signature is the

@@ -257,6 +257,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "paging",
         include_str!("../../migrations/sqlite/0012_paging.sql"),
     ),
+    (
+        13,
+        "mattermost",
+        include_str!("../../migrations/sqlite/0013_mattermost.sql"),
+    ),
+    (
+        15,
+        "storm_expiry",
+        include_str!("../../migrations/sqlite/0015_storm_expiry.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -319,6 +329,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "paging",
         include_str!("../../migrations/postgres/0012_paging.sql"),
+    ),
+    (
+        13,
+        "mattermost",
+        include_str!("../../migrations/postgres/0013_mattermost.sql"),
+    ),
+    (
+        15,
+        "storm_expiry",
+        include_str!("../../migrations/postgres/0015_storm_expiry.sql"),
     ),
 ];
 

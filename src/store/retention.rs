@@ -63,12 +63,21 @@ pub const STORE_TABLES: &[&str] = &[
 /// `keep`: `$1` the cut-off, `$2` how many. `$lock` ends the statement
 /// (PostgreSQL: skip rows another transaction holds, e.g. one marking an
 /// incident `keep` right now).
+///
+/// A member of a resolved storm is not selected alone: it goes with its
+/// storm. A member of a storm still open (one that never ends, a noisy
+/// group always over the threshold) is, so such a storm does not keep
+/// every member it ever had; the storm counts it in `expired_members`.
+/// A storm's representative stays as long as its storm.
 macro_rules! expired_incidents {
     ($lock:literal) => {
         concat!(
             "select id from incidents
               where status = 'resolved' and resolved_at < $1 and not keep
-                and storm_id is null
+                and (storm_id is null
+                     or exists (select 1 from storms s
+                                 where s.incident_id = incidents.storm_id
+                                   and s.resolved_at is null))
                 and not exists (select 1 from storms s where s.representative_id = incidents.id)
               order by resolved_at, id limit $2 ",
             $lock
@@ -90,6 +99,8 @@ const IDS_POSTGRES: &str = "(select value::bigint from jsonb_array_elements_text
 struct IncidentDeletes {
     /// The members of the storms among the ids.
     members: String,
+    /// Counts the members among the ids on their (open) storms.
+    count_expired: String,
     /// Unlinks the ids from their storms before the storms go.
     unlink: String,
     /// One delete per table, children first, `incidents` last.
@@ -101,6 +112,13 @@ impl IncidentDeletes {
         let parent = ("incidents", "id in {ids}");
         Self {
             members: format!("select id from incidents where storm_id in {ids}"),
+            count_expired: format!(
+                "update storms set expired_members = expired_members
+                        + (select count(*) from incidents m
+                            where m.storm_id = storms.incident_id and m.id in {ids})
+                  where incident_id in (select storm_id from incidents
+                                         where id in {ids} and storm_id is not null)"
+            ),
             unlink: format!("update incidents set storm_id = null where id in {ids}"),
             deletes: INCIDENT_CHILDREN
                 .iter()
@@ -217,6 +235,10 @@ impl Store {
                 .await?;
             ids.extend(members);
             let ids = id_list(&ids);
+            sqlx::query(statements.count_expired.as_str())
+                .bind(&ids)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(statements.unlink.as_str())
                 .bind(&ids)
                 .execute(&mut *conn)

@@ -161,7 +161,7 @@ pub struct StormView {
     pub representative_id: i64,
     pub opened_at: Millis,
     pub resolved_at: Option<Millis>,
-    /// Live counts.
+    /// Live counts; `members` includes those retention has since deleted.
     pub members: i64,
     pub firing: i64,
 }
@@ -433,7 +433,8 @@ impl Store {
                 .await?;
             let (members, firing): (i64, i64) = conn
                 .fetch_one(
-                    "select count(*), count(case when status = 'firing' then 1 end)
+                    "select count(*) + (select expired_members from storms where incident_id = $1),
+                            count(case when status = 'firing' then 1 end)
                        from incidents where storm_id = $1",
                     &[storm.0.into()],
                 )
@@ -597,7 +598,7 @@ impl Store {
                 "select s.incident_id, s.scope, s.key, s.representative_id, s.opened_at,
                         s.resolved_at,
                         (select count(*) from incidents m where m.storm_id = s.incident_id)
-                            as members,
+                            + s.expired_members as members,
                         (select count(*) from incidents m
                           where m.storm_id = s.incident_id and m.status = 'firing') as firing
                    from storms s where s.incident_id = $1",

@@ -273,6 +273,12 @@ async fn slack_api(
             Json(json!({"ok": true, "channel": body["channel"], "ts": ts, "message": {"text": body["text"]}}))
                 .into_response()
         }
+        // `remedy doctor`: who the token belongs to.
+        "auth.test" => Json(json!({
+            "ok": true, "url": "https://remedy-tests.slack.com/", "team": "remedy-tests",
+            "user": "remedy", "team_id": "T0TESTS", "user_id": "U0REMEDY", "bot_id": "B0REMEDY"
+        }))
+        .into_response(),
         "usergroups.users.list" => {
             let group = body["usergroup"].as_str().unwrap_or_default();
             let groups = state.groups.lock().expect("fake chat lock");

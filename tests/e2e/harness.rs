@@ -25,6 +25,45 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// never touches superusers' sessions).
 pub const APP_ROLE: &str = "remedy_e2e_app";
 
+/// The role remedy itself connects to its target as, in every end-to-end
+/// test: what the README's least-privilege section grants (`pg_monitor`,
+/// `pg_signal_backend`), not a superuser, so the shipped playbooks are
+/// shown to work with exactly that.
+pub const REMEDY_ROLE: &str = "remedy_e2e_monitor";
+
+/// The target URL (a superuser's, as the tests create databases) turned
+/// into the same database as [`REMEDY_ROLE`], the role created and granted
+/// first when missing. A URL that does not answer is returned as it is
+/// (the tests of an unreachable target).
+async fn least_privilege(url: &str) -> String {
+    if !url.contains("//postgres@") {
+        return url.to_owned();
+    }
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url)).await
+    else {
+        return url.to_owned();
+    };
+    let grant = format!(
+        "do $$ begin create role {REMEDY_ROLE} login;
+            exception when duplicate_object or unique_violation then null; end $$;
+         grant pg_monitor, pg_signal_backend to {REMEDY_ROLE};"
+    );
+    // Tests starting at once may grant at once ("tuple concurrently updated").
+    for _ in 0..10 {
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(grant.clone()))
+            .execute(&mut conn)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = conn.close().await;
+    url.replacen("//postgres@", &format!("//{REMEDY_ROLE}@"), 1)
+}
+
 /// A port nobody listens on right now (the child binds it; a clash with a
 /// parallel test is detected by the readiness checks, which ask for
 /// something only this test's child knows, and retried).
@@ -618,6 +657,8 @@ pub enum ChatTo {
     Console,
     Slack(String),
     Discord(String),
+    /// A fake Mattermost server's API base (`…/api/v4`).
+    Mattermost(String),
 }
 
 /// What one `remedy serve` process is given.
@@ -660,10 +701,12 @@ pub const APPROVERS: &str = r#"
 [approvers.backend-developer]
 slack_users = ["U0DEV"]
 discord_users = ["1001"]
+mattermost_users = ["mmdev000000000000000000000"]
 
 [approvers.team-lead]
 slack_users = ["U0LEAD"]
 discord_users = ["1002"]
+mattermost_users = ["mmlead00000000000000000000"]
 
 [approvers.dba]
 slack_users = ["U0DBA1", "U0DBA2"]
@@ -700,6 +743,16 @@ impl Remedy {
                 format!("{fake}/discord/api/v10"),
                 "1000000000000000001",
             ),
+            ChatTo::Mattermost(_) => (
+                "mattermost",
+                String::new(),
+                String::new(),
+                "e2echannel0000000000000000",
+            ),
+        };
+        let mattermost_api = match &config.chat {
+            ChatTo::Mattermost(api) => api.clone(),
+            _ => "http://127.0.0.1:9/api/v4".to_owned(),
         };
         let public_key = hex::encode(
             ed25519_dalek::SigningKey::from_bytes(&DISCORD_KEY)
@@ -736,6 +789,9 @@ api_url = "{slack_api}"
 [chat.discord]
 api_url = "{discord_api}"
 public_key = "{public_key}"
+
+[chat.mattermost]
+api_url = "{mattermost_api}"
 {APPROVERS}"#,
             playbooks = config.playbooks.display(),
             prometheus = config.prometheus_url,
@@ -743,6 +799,7 @@ public_key = "{public_key}"
             pms = config.pms_url,
         );
         let file = scratch.write(&format!("{name}.toml"), &settings);
+        let target_url = least_privilege(&config.target_url).await;
         let client = http();
         let (proc, port) = start_on_free_port(
             &name,
@@ -754,7 +811,7 @@ public_key = "{public_key}"
                     .arg(&file)
                     .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
                     .env("REMEDY__STORE__URL", &config.store_url)
-                    .env("REMEDY__TARGETS__MAIN__URL", &config.target_url)
+                    .env("REMEDY__TARGETS__MAIN__URL", &target_url)
                     .env("REMEDY__INTAKE__BEARER_TOKEN", WEBHOOK_TOKEN)
                     .env("REMEDY__API__TOKEN", &api_token)
                     .env(
@@ -765,6 +822,20 @@ public_key = "{public_key}"
                     .env(
                         "REMEDY__CHAT__DISCORD__BOT_TOKEN",
                         common::fake_chat::DISCORD_TOKEN,
+                    )
+                    .env(
+                        "REMEDY__CHAT__MATTERMOST__BOT_TOKEN",
+                        common::fake_mattermost::MATTERMOST_TOKEN,
+                    )
+                    .env(
+                        "REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET",
+                        common::fake_mattermost::CONTEXT_SECRET,
+                    )
+                    // The Mattermost server sends clicks here: this
+                    // process's own port.
+                    .env(
+                        "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
+                        format!("http://127.0.0.1:{port}/v1/interactions/mattermost"),
                     )
                     .env("RUST_LOG", "info,sqlx=warn");
                 for (k, v) in &config.env {

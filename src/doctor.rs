@@ -1,0 +1,440 @@
+//! `remedy doctor`: connects to everything the settings and the playbooks
+//! name — each PostgreSQL target, Prometheus, every Alertmanager, the chat
+//! API (Slack `auth.test`, Discord and Mattermost: the bot's own user) — and says what is missing, each with the exact fix (a grant to
+//! run, a URL that does not answer, a token that is refused). `remedy
+//! check` reads files; this talks to the parts.
+//!
+//! A target needs what the playbooks that use it do, no more: `pg_monitor`
+//! to read every session in `pg_stat_activity` (without it other roles'
+//! queries and states read `<insufficient privilege>`), and
+//! `pg_signal_backend` where an action cancels or terminates sessions. A
+//! superuser has both, and is reported as a warning: remedy should not hold
+//! more than it uses.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{AlertmanagerAuth, ChatPlatform, Settings};
+use crate::playbook::{Playbook, model::ActionKind, model::StepSpec, signals_backends};
+
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the doctor's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub status: Status,
+    /// What was checked: `target main`, `prometheus`, `chat slack`.
+    pub subject: String,
+    pub message: String,
+    /// The exact fix, when there is one.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(subject: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: Status::Ok,
+            subject: subject.to_owned(),
+            message: message.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(subject: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            status: Status::Warn,
+            subject: subject.to_owned(),
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(subject: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            status: Status::Fail,
+            subject: subject.to_owned(),
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{status} {}: {}", self.subject, self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n       fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the playbooks need of one target.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Needs {
+    /// A `sql` step reads it (sessions of every role).
+    monitor: bool,
+    /// An action cancels or terminates sessions on it.
+    signal: bool,
+}
+
+/// Whether a playbook's target field (a name or a template) may mean `name`.
+fn may_name(target: Option<&str>, name: &str) -> bool {
+    target.is_none_or(|t| t.contains("{{") || t == name)
+}
+
+fn needs_of(playbooks: &[Playbook], name: &str) -> Needs {
+    let mut needs = Needs::default();
+    for playbook in playbooks {
+        let default = playbook.spec.target.as_ref().map(|t| t.value.as_str());
+        for step in &playbook.spec.steps {
+            if let StepSpec::Sql { target, .. } = &step.value
+                && may_name(target.as_deref().or(default), name)
+            {
+                needs.monitor = true;
+            }
+        }
+        for action in &playbook.spec.actions {
+            let action = &action.value;
+            if action.kind == ActionKind::Sql
+                && action.statement.as_deref().is_some_and(signals_backends)
+                && may_name(action.target.as_deref().or(default), name)
+            {
+                needs.signal = true;
+            }
+        }
+    }
+    needs
+}
+
+/// Runs every check. Never fails as a whole: each problem is a line.
+pub async fn run(settings: &Settings, playbooks: &[Playbook]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (name, target) in &settings.targets {
+        checks.extend(target_checks(name, target.url.expose(), needs_of(playbooks, name)).await);
+    }
+    let client = crate::net::client();
+    checks.push(prometheus_check(&client, settings, playbooks).await);
+    checks.extend(alertmanager_checks(&client, settings).await);
+    checks.push(chat_check(&client, settings).await);
+    checks
+}
+
+/// The role's name quoted as SQL writes it in a GRANT.
+fn quoted(role: &str) -> String {
+    format!("\"{}\"", role.replace('"', "\"\""))
+}
+
+async fn target_checks(name: &str, url: &str, needs: Needs) -> Vec<Check> {
+    let subject = format!("target {name}");
+    let options: sqlx::postgres::PgConnectOptions = match url.parse() {
+        Ok(options) => options,
+        Err(e) => {
+            return vec![Check::fail(
+                &subject,
+                format!("targets.{name}.url does not parse: {e}"),
+                format!(
+                    "set targets.{name}.url (or REMEDY__TARGETS__{}__URL) to postgres://ROLE@HOST:PORT/DATABASE",
+                    name.to_ascii_uppercase()
+                ),
+            )];
+        }
+    };
+    let options = options
+        .application_name("remedy-doctor")
+        .options([("search_path", "pg_catalog")]);
+    let connect = sqlx::ConnectOptions::connect(&options);
+    let mut conn = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            return vec![Check::fail(
+                &subject,
+                format!("cannot connect: {e}"),
+                "check the host, port, database and role in the target's URL, the server's pg_hba.conf, and that the role may LOGIN",
+            )];
+        }
+        Err(_) => {
+            return vec![Check::fail(
+                &subject,
+                format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
+                "check that PostgreSQL listens on the URL's host and port and that no firewall drops the connection",
+            )];
+        }
+    };
+    let row: Result<(String, bool, bool, bool, String, String), sqlx::Error> = sqlx::query_as(
+        "select current_user::text, r.rolsuper,
+                pg_has_role(current_user, 'pg_monitor', 'member'),
+                pg_has_role(current_user, 'pg_signal_backend', 'member'),
+                current_database()::text, current_setting('server_version')
+           from pg_roles r where r.rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await;
+    let _ = sqlx::Connection::close(conn).await;
+    let (role, superuser, monitor, signal, database, version) = match row {
+        Ok(row) => row,
+        Err(e) => {
+            return vec![Check::fail(
+                &subject,
+                format!("connected, but reading the role's privileges failed: {e}"),
+                "run `remedy doctor` against PostgreSQL 10 or later",
+            )];
+        }
+    };
+    let mut checks = vec![Check::ok(
+        &subject,
+        format!("connected to {database} as {role} (PostgreSQL {version})"),
+    )];
+    if superuser {
+        checks.push(Check::warn(
+            &subject,
+            format!("{role} is a superuser: remedy needs far less"),
+            "connect as a dedicated role (README, Security: least privilege): CREATE ROLE remedy LOGIN; GRANT pg_monitor, pg_signal_backend TO remedy;",
+        ));
+        return checks;
+    }
+    if needs.monitor && !monitor {
+        checks.push(Check::fail(
+            &subject,
+            format!("{role} is not a member of pg_monitor: sql steps see other roles' sessions without their query or state"),
+            format!("GRANT pg_monitor TO {};", quoted(&role)),
+        ));
+    }
+    if needs.signal && !signal {
+        checks.push(Check::fail(
+            &subject,
+            format!("{role} is not a member of pg_signal_backend: approved cancel/terminate actions would fail"),
+            format!("GRANT pg_signal_backend TO {};", quoted(&role)),
+        ));
+    }
+    checks
+}
+
+fn uses_promql(playbooks: &[Playbook]) -> bool {
+    playbooks.iter().any(|p| {
+        p.spec
+            .steps
+            .iter()
+            .any(|s| matches!(s.value, StepSpec::Promql { .. }))
+    })
+}
+
+/// GETs `url` and gives the status, or what went wrong.
+async fn probe(request: reqwest::RequestBuilder) -> Result<reqwest::StatusCode, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, request.send()).await {
+        Ok(Ok(response)) => Ok(response.status()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+    }
+}
+
+async fn prometheus_check(
+    client: &reqwest::Client,
+    settings: &Settings,
+    playbooks: &[Playbook],
+) -> Check {
+    let url = settings.prometheus.url.trim_end_matches('/');
+    if url.is_empty() {
+        return if uses_promql(playbooks) {
+            Check::fail(
+                "prometheus",
+                "not configured, and playbooks have promql steps",
+                "set prometheus.url (REMEDY__PROMETHEUS__URL) to the Prometheus server, e.g. http://prometheus:9090",
+            )
+        } else {
+            Check::ok("prometheus", "not configured (no playbook queries it)")
+        };
+    }
+    let query = client
+        .get(format!("{url}/api/v1/query"))
+        .query(&[("query", "vector(1)")]);
+    match probe(query).await {
+        Ok(status) if status.is_success() => {
+            Check::ok("prometheus", format!("{url} answers queries"))
+        }
+        Ok(status) => Check::fail(
+            "prometheus",
+            format!("{url}/api/v1/query answered {status}"),
+            "point prometheus.url at the server's base URL (without /api/v1), and check any proxy in front of it",
+        ),
+        Err(e) => Check::fail(
+            "prometheus",
+            format!("{url}: {e}"),
+            "check prometheus.url and that Prometheus is reachable from remedy",
+        ),
+    }
+}
+
+async fn alertmanager_checks(client: &reqwest::Client, settings: &Settings) -> Vec<Check> {
+    let am = &settings.alertmanager;
+    let mut urls: BTreeSet<String> = am
+        .urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    if !am.url.is_empty() {
+        urls.insert(am.url.trim_end_matches('/').to_owned());
+    }
+    if urls.is_empty() {
+        return vec![Check::ok(
+            "alertmanager",
+            "not configured (silence actions and reconciliation are off)",
+        )];
+    }
+    let mut checks = Vec::new();
+    for url in urls {
+        let mut request = client.get(format!("{url}/api/v2/status"));
+        request = match am.auth() {
+            AlertmanagerAuth::None => request,
+            AlertmanagerAuth::Bearer(token) => request.bearer_auth(token.expose()),
+            AlertmanagerAuth::Basic { username, password } => {
+                request.basic_auth(username, Some(password.expose()))
+            }
+        };
+        let subject = format!("alertmanager {url}");
+        checks.push(match probe(request).await {
+            Ok(status) if status.is_success() => Check::ok(&subject, "answers /api/v2/status"),
+            Ok(status) if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN => {
+                Check::fail(
+                    &subject,
+                    format!("refused remedy's credentials ({status})"),
+                    "set alertmanager.bearer_token_file or alertmanager.basic_auth to what the proxy in front of Alertmanager expects",
+                )
+            }
+            Ok(status) => Check::fail(
+                &subject,
+                format!("/api/v2/status answered {status}"),
+                "point alertmanager.url(s) at Alertmanager's base URL (without /api/v2)",
+            ),
+            Err(e) => Check::fail(
+                &subject,
+                e,
+                "check alertmanager.url(s) and that Alertmanager is reachable from remedy",
+            ),
+        });
+    }
+    checks
+}
+
+async fn chat_check(client: &reqwest::Client, settings: &Settings) -> Check {
+    let chat = &settings.chat;
+    match chat.platform {
+        ChatPlatform::Console => Check::ok("chat console", "reports go to the log"),
+        ChatPlatform::Slack => {
+            let api = chat.slack.api_url.trim_end_matches('/');
+            let request = client
+                .post(format!("{api}/auth.test"))
+                .bearer_auth(chat.slack.bot_token.expose())
+                .json(&serde_json::json!({}));
+            let answer = match tokio::time::timeout(PROBE_TIMEOUT, request.send()).await {
+                Ok(Ok(response)) => response
+                    .json::<serde_json::Value>()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+            };
+            match answer {
+                Ok(body) if body["ok"] == true => Check::ok(
+                    "chat slack",
+                    format!(
+                        "auth.test: bot {} in workspace {}",
+                        body["user"].as_str().unwrap_or("?"),
+                        body["team"].as_str().unwrap_or("?")
+                    ),
+                ),
+                Ok(body) => Check::fail(
+                    "chat slack",
+                    format!(
+                        "auth.test refused the bot token: {}",
+                        body["error"].as_str().unwrap_or("unknown error")
+                    ),
+                    "set chat.slack.bot_token_file (or REMEDY__CHAT__SLACK__BOT_TOKEN) to the app's Bot User OAuth Token (xoxb-…)",
+                ),
+                Err(e) => Check::fail(
+                    "chat slack",
+                    format!("{api}/auth.test: {e}"),
+                    "check chat.slack.api_url (https://slack.com/api) and outbound HTTPS from remedy",
+                ),
+            }
+        }
+        ChatPlatform::Mattermost => {
+            let api = chat.mattermost.api_url.trim_end_matches('/');
+            let request = client
+                .get(format!("{api}/users/me"))
+                .bearer_auth(chat.mattermost.bot_token.expose());
+            match probe(request).await {
+                Ok(status) if status.is_success() => {
+                    Check::ok("chat mattermost", "/api/v4/users/me accepts the bot token")
+                }
+                Ok(status) if status == reqwest::StatusCode::UNAUTHORIZED => Check::fail(
+                    "chat mattermost",
+                    "/api/v4/users/me refused the bot token (401)",
+                    "set chat.mattermost.bot_token_file (or REMEDY__CHAT__MATTERMOST__BOT_TOKEN) to the bot account's access token",
+                ),
+                Ok(status) => Check::fail(
+                    "chat mattermost",
+                    format!("/api/v4/users/me answered {status}"),
+                    "check chat.mattermost.api_url (https://chat.example.com/api/v4)",
+                ),
+                Err(e) => Check::fail(
+                    "chat mattermost",
+                    format!("{api}/users/me: {e}"),
+                    "check chat.mattermost.api_url and that the Mattermost server is reachable from remedy",
+                ),
+            }
+        }
+        ChatPlatform::Discord => {
+            let api = chat.discord.api_url.trim_end_matches('/');
+            let request = client.get(format!("{api}/users/@me")).header(
+                "authorization",
+                format!("Bot {}", chat.discord.bot_token.expose()),
+            );
+            match probe(request).await {
+                Ok(status) if status.is_success() => {
+                    Check::ok("chat discord", "/users/@me accepts the bot token")
+                }
+                Ok(status) if status == reqwest::StatusCode::UNAUTHORIZED => Check::fail(
+                    "chat discord",
+                    "/users/@me refused the bot token (401)",
+                    "set chat.discord.bot_token_file (or REMEDY__CHAT__DISCORD__BOT_TOKEN) to the bot's token from the Developer Portal",
+                ),
+                Ok(status) => Check::fail(
+                    "chat discord",
+                    format!("/users/@me answered {status}"),
+                    "check chat.discord.api_url (https://discord.com/api/v10)",
+                ),
+                Err(e) => Check::fail(
+                    "chat discord",
+                    format!("{api}/users/@me: {e}"),
+                    "check chat.discord.api_url and outbound HTTPS from remedy",
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_role_name_is_quoted_as_an_identifier() {
+        assert_eq!(quoted("remedy"), "\"remedy\"");
+        assert_eq!(quoted("a\"b"), "\"a\"\"b\"");
+    }
+}

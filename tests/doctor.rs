@@ -1,0 +1,176 @@
+//! `remedy doctor` against real parts: a PostgreSQL role with and without
+//! the grants the shipped playbooks need, an Alertmanager-like endpoint that
+//! checks its bearer token, a Prometheus query endpoint, and the Slack fake's
+//! `auth.test`. Each missing piece is a failing line with its exact fix.
+
+mod common;
+
+use std::process::Command;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use common::{Backend, fake_chat::FakeChat};
+use sqlx::Connection;
+
+const AM_TOKEN: &str = "doctor-am-token";
+
+/// `GET /api/v2/status` answering 200 only with the right bearer token, and
+/// `GET /api/v1/query` answering a Prometheus vector.
+async fn fake_monitoring() -> String {
+    let app = Router::new()
+        .route(
+            "/api/v2/status",
+            get(|headers: HeaderMap| async move {
+                let ok = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    == Some(&format!("Bearer {AM_TOKEN}"));
+                if ok {
+                    (StatusCode::OK, r#"{"cluster":{"status":"ready"}}"#)
+                } else {
+                    (StatusCode::UNAUTHORIZED, "unauthorized")
+                }
+            }),
+        )
+        .route(
+            "/api/v1/query",
+            get(|| async {
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn admin(url: &str) -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(url).await.expect("admin")
+}
+
+fn doctor(
+    target: &str,
+    monitoring: &str,
+    slack: &str,
+    am_token: &str,
+    slack_token: &str,
+) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remedy"));
+    cmd.env_remove("RUST_LOG");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("REMEDY__")) {
+        cmd.env_remove(key);
+    }
+    let out = cmd
+        .arg("doctor")
+        .env("REMEDY__INTAKE__BEARER_TOKEN", "t")
+        .env("REMEDY__TARGETS__MAIN__URL", target)
+        .env("REMEDY__PROMETHEUS__URL", monitoring)
+        .env("REMEDY__ALERTMANAGER__URL", monitoring)
+        .env("REMEDY__ALERTMANAGER__BEARER_TOKEN", am_token)
+        .env("REMEDY__CHAT__PLATFORM", "slack")
+        .env("REMEDY__CHAT__DEFAULT_CHANNEL", "C0DOCTOR")
+        .env("REMEDY__CHAT__SLACK__API_URL", format!("{slack}/slack/api"))
+        .env("REMEDY__CHAT__SLACK__BOT_TOKEN", slack_token)
+        .env("REMEDY__CHAT__SLACK__SIGNING_SECRET", "doctor-signing")
+        .output()
+        .expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
+    let db = common::fresh_store_url(Backend::Postgres).await;
+    let role = format!("remedy_doctor_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = admin(&db).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create role {role} login")))
+        .execute(&mut conn)
+        .await
+        .expect("create role");
+    let target = db.replacen("postgres@", &format!("{role}@"), 1);
+    let monitoring = fake_monitoring().await;
+    let slack = FakeChat::start().await;
+
+    // A bare role, a wrong Alertmanager token, a wrong Slack token.
+    let (ok, text) = doctor(&target, &monitoring, &slack.url, "wrong", "xoxb-wrong");
+    assert!(!ok, "{text}");
+    assert!(text.contains("ok   target main: connected to"), "{text}");
+    assert!(
+        text.contains(&format!("fix: GRANT pg_monitor TO \"{role}\";")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("fix: GRANT pg_signal_backend TO \"{role}\";")),
+        "{text}"
+    );
+    assert!(text.contains("ok   prometheus:"), "{text}");
+    assert!(
+        text.contains("FAIL alertmanager") && text.contains("refused remedy's credentials (401"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL chat slack: auth.test refused the bot token: not_authed"),
+        "{text}"
+    );
+    assert!(text.contains("doctor: 4 of"), "{text}");
+
+    // What the fixes say, done: nothing missing.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "grant pg_monitor to {role}; grant pg_signal_backend to {role}"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("grant");
+    let (ok, text) = doctor(
+        &target,
+        &monitoring,
+        &slack.url,
+        AM_TOKEN,
+        common::fake_chat::SLACK_TOKEN,
+    );
+    assert!(ok, "{text}");
+    assert!(!text.contains("FAIL") && !text.contains("warn"), "{text}");
+    assert!(
+        text.contains("ok   chat slack: auth.test: bot remedy in workspace remedy-tests"),
+        "{text}"
+    );
+    assert!(text.contains("nothing missing"), "{text}");
+
+    // A superuser passes, with a warning that it holds far more than needed.
+    let (ok, text) = doctor(
+        &db,
+        &monitoring,
+        &slack.url,
+        AM_TOKEN,
+        common::fake_chat::SLACK_TOKEN,
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warn target main: postgres is a superuser"),
+        "{text}"
+    );
+
+    // Nothing listening: the target fails with a connection error.
+    let (ok, text) = doctor(
+        "postgres://remedy@127.0.0.1:9/none",
+        &monitoring,
+        &slack.url,
+        AM_TOKEN,
+        common::fake_chat::SLACK_TOKEN,
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL target main: cannot connect"), "{text}");
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role {role}")))
+        .execute(&mut conn)
+        .await
+        .expect("drop role");
+    conn.close().await.ok();
+}
