@@ -67,6 +67,7 @@ impl App {
             metrics,
             probes: Arc::default(),
             limiter,
+            pagers: engine.pagers.clone(),
         };
         Ok(Self {
             state,
@@ -235,6 +236,10 @@ fn assemble_engine(
             crate::net::client(),
         )),
         retention: Arc::new(settings.retention.clone()),
+        pagers: Arc::new(crate::paging::Pagers::from_settings(
+            settings,
+            crate::net::client(),
+        )),
     })
 }
 

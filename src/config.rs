@@ -86,6 +86,86 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub storm: StormSettings,
     pub silence: SilenceSettings,
+    /// Where pages go and how ([`PagingSettings`]); the pagers themselves
+    /// are `[pagers.NAME]`, named by escalation levels (`page: [NAME]`).
+    pub paging: PagingSettings,
+    #[serde(default)]
+    pub pagers: BTreeMap<String, PagerSettings>,
+}
+
+/// What every pager shares: the services' base URLs (a pager's own `url`
+/// overrides them: Opsgenie's EU instance, a test's loopback fake) and the
+/// prefix of the key that ties an incident to its page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingSettings {
+    /// PagerDuty Events API v2 (`POST {url}/v2/enqueue`).
+    pub pagerduty_url: String,
+    /// Opsgenie Alert API (`POST {url}/v2/alerts`).
+    pub opsgenie_url: String,
+    /// Pages carry `PREFIX-INCIDENT` as PagerDuty's `dedup_key`, Opsgenie's
+    /// `alias` and the webhook's `dedup_key`: one per deployment sharing a
+    /// PagerDuty service or an Opsgenie team.
+    pub dedup_prefix: String,
+    /// A 429 without `Retry-After` waits this long in the queue.
+    #[serde(with = "humantime_serde")]
+    pub rate_limited_wait: Duration,
+    /// One delivery's HTTP call gives up after this (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// The kinds of pager: a closed set (`paging::{pagerduty, opsgenie, webhook}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PagerKind {
+    Pagerduty,
+    Opsgenie,
+    Webhook,
+}
+
+impl PagerKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pagerduty => "pagerduty",
+            Self::Opsgenie => "opsgenie",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// One pager, `[pagers.NAME]`. Credentials from the environment
+/// (`REMEDY__PAGERS__NAME__ROUTING_KEY`) or, better, from `*_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerSettings {
+    pub kind: PagerKind,
+    /// The base URL (pagerduty, opsgenie: default `paging.*_url`) or the
+    /// full URL to post to (webhook: required).
+    #[serde(default)]
+    pub url: String,
+    /// PagerDuty: the service integration's routing key (Events API v2).
+    #[serde(default)]
+    pub routing_key: Secret,
+    #[serde(default)]
+    pub routing_key_file: Option<PathBuf>,
+    /// PagerDuty: the v3 webhook subscription's signing secret; with it,
+    /// `POST /v1/pagers/NAME/pagerduty` takes acknowledgements.
+    #[serde(default)]
+    pub webhook_secret: Secret,
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Opsgenie: an API integration's key (`Authorization: GenieKey …`).
+    #[serde(default)]
+    pub api_key: Secret,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Webhook: the HMAC-SHA256 key of `X-Remedy-Signature`.
+    #[serde(default)]
+    pub secret: Secret,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
 }
 
 /// What the Silence control may mute.
@@ -913,6 +993,28 @@ impl Settings {
                 "redis.*.url_file",
             )?;
         }
+        for pager in self.pagers.values_mut() {
+            read_into(
+                &mut pager.routing_key,
+                pager.routing_key_file.as_deref(),
+                "pagers.*.routing_key_file",
+            )?;
+            read_into(
+                &mut pager.webhook_secret,
+                pager.webhook_secret_file.as_deref(),
+                "pagers.*.webhook_secret_file",
+            )?;
+            read_into(
+                &mut pager.api_key,
+                pager.api_key_file.as_deref(),
+                "pagers.*.api_key_file",
+            )?;
+            read_into(
+                &mut pager.secret,
+                pager.secret_file.as_deref(),
+                "pagers.*.secret_file",
+            )?;
+        }
         Ok(())
     }
 
@@ -964,6 +1066,7 @@ impl Settings {
         }
         self.validate_chat()?;
         self.validate_alertmanager()?;
+        self.validate_pagers()?;
         if self.store.url.is_empty() {
             return Err(ConfigError::Invalid("store.url: must not be empty".into()));
         }
@@ -1017,6 +1120,83 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "targets.{name}.max_concurrent_diagnoses must be positive"
             )));
+        }
+        Ok(())
+    }
+
+    /// Each pager has what its kind needs, and nothing of another kind's.
+    fn validate_pagers(&self) -> Result<(), ConfigError> {
+        let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        let paging = &self.paging;
+        for (field, url) in [
+            ("paging.pagerduty_url", &paging.pagerduty_url),
+            ("paging.opsgenie_url", &paging.opsgenie_url),
+        ] {
+            if !http(url) {
+                return Err(ConfigError::Invalid(format!(
+                    "{field}: an http(s) URL expected"
+                )));
+            }
+        }
+        let prefix_ok = !paging.dedup_prefix.is_empty()
+            && paging.dedup_prefix.len() <= 64
+            && paging
+                .dedup_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !prefix_ok {
+            return Err(ConfigError::Invalid(
+                "paging.dedup_prefix: 1 to 64 letters, digits, `-`, `_` or `.`".into(),
+            ));
+        }
+        if paging.timeout.is_zero() || paging.rate_limited_wait.is_zero() {
+            return Err(ConfigError::Invalid(
+                "paging: timeout and rate_limited_wait must be positive".into(),
+            ));
+        }
+        for (name, pager) in &self.pagers {
+            let invalid = |m: &str| Err(ConfigError::Invalid(format!("pagers.{name}.{m}")));
+            if !pager.url.is_empty() && !http(&pager.url) {
+                return invalid("url: an http(s) URL expected");
+            }
+            let (needs, needs_what, others) = match pager.kind {
+                PagerKind::Pagerduty => (
+                    &pager.routing_key,
+                    "routing_key (or routing_key_file) is required for kind pagerduty",
+                    [("api_key", &pager.api_key), ("secret", &pager.secret)],
+                ),
+                PagerKind::Opsgenie => (
+                    &pager.api_key,
+                    "api_key (or api_key_file) is required for kind opsgenie",
+                    [
+                        ("routing_key", &pager.routing_key),
+                        ("secret", &pager.secret),
+                    ],
+                ),
+                PagerKind::Webhook => (
+                    &pager.secret,
+                    "secret (or secret_file) is required for kind webhook: its body is signed",
+                    [
+                        ("routing_key", &pager.routing_key),
+                        ("api_key", &pager.api_key),
+                    ],
+                ),
+            };
+            if needs.is_empty() {
+                return invalid(needs_what);
+            }
+            if let Some((other, _)) = others.iter().find(|(_, v)| !v.is_empty()) {
+                return invalid(&format!(
+                    "{other}: not a setting of kind {}",
+                    pager.kind.as_str()
+                ));
+            }
+            if pager.kind != PagerKind::Pagerduty && !pager.webhook_secret.is_empty() {
+                return invalid("webhook_secret: only PagerDuty pagers take acknowledgements");
+            }
+            if pager.kind == PagerKind::Webhook && pager.url.is_empty() {
+                return invalid("url is required for kind webhook");
+            }
         }
         Ok(())
     }
@@ -1156,6 +1336,32 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_pager_needs_its_kinds_key_from_the_environment_and_never_prints_it() {
+        let base = [
+            ("REMEDY__INTAKE__ALLOW_UNAUTHENTICATED", "true"),
+            ("REMEDY__PAGERS__PD__KIND", "pagerduty"),
+        ];
+        let err = Settings::load_from(None, env(&base)).expect_err("no routing key");
+        assert!(err.to_string().contains("pagers.pd.routing_key"), "{err}");
+        let mut with_key = base.to_vec();
+        with_key.push(("REMEDY__PAGERS__PD__ROUTING_KEY", "R0UTING-KEY-VALUE"));
+        let s = Settings::load_from(None, env(&with_key)).expect("loads");
+        assert_eq!(s.pagers["pd"].routing_key.expose(), "R0UTING-KEY-VALUE");
+        assert!(!format!("{s:?}").contains("R0UTING-KEY-VALUE"));
+        let mut wrong = with_key.clone();
+        wrong.push(("REMEDY__PAGERS__PD__API_KEY", "x"));
+        let err = Settings::load_from(None, env(&wrong)).expect_err("an opsgenie key");
+        assert!(err.to_string().contains("pagers.pd.api_key"), "{err}");
+        let hook = [
+            ("REMEDY__INTAKE__ALLOW_UNAUTHENTICATED", "true"),
+            ("REMEDY__PAGERS__HOOK__KIND", "webhook"),
+            ("REMEDY__PAGERS__HOOK__SECRET", "s"),
+        ];
+        let err = Settings::load_from(None, env(&hook)).expect_err("no url");
+        assert!(err.to_string().contains("pagers.hook.url"), "{err}");
     }
 
     #[test]

@@ -139,6 +139,11 @@ struct LevelSpec {
     after: Option<Duration>,
     #[serde(default)]
     repeat: Option<RepeatSpec>,
+    /// Pagers (`[pagers.NAME]` in the settings) triggered when the level
+    /// is reached, besides the chat ping.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    page: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
@@ -211,6 +216,8 @@ pub struct Level {
     pub to: String,
     pub after: Option<Duration>,
     pub repeat: Option<(Duration, u32)>,
+    /// The pagers this level triggers (once; re-pings do not page again).
+    pub pagers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +242,8 @@ pub struct PlannedTimer {
     pub due_at: Option<Millis>,
     pub repeat_every_ms: Option<i64>,
     pub repeats: i64,
+    /// Pagers triggered when the timer fires (its first ping only).
+    pub pagers: Vec<String>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -281,6 +290,7 @@ impl Policy {
                 due_at: level.after.map(|a| opened_at.saturating_add(millis(a))),
                 repeat_every_ms: level.repeat.map(|(every, _)| millis(every)),
                 repeats: level.repeat.map_or(0, |(_, times)| i64::from(times)),
+                pagers: level.pagers.clone(),
             })
             .collect();
         if let Some(after) = self.review_after {
@@ -292,6 +302,7 @@ impl Policy {
                 due_at: Some(opened_at.saturating_add(millis(after))),
                 repeat_every_ms: None,
                 repeats: 0,
+                pagers: Vec::new(),
             });
         }
         timers
@@ -588,7 +599,7 @@ pub fn load_file(path: &Path, settings: &Settings) -> Result<Matrix, Vec<Playboo
 pub fn load_str(
     path: &Path,
     text: &str,
-    _settings: &Settings,
+    settings: &Settings,
 ) -> Result<Matrix, Vec<PlaybookError>> {
     let error = |at: Location, field: String, message: String| PlaybookError {
         file: path.to_owned(),
@@ -636,6 +647,7 @@ pub fn load_str(
         let field = format!("policies[{i}]");
         if let Some(policy) = validate(
             &spec,
+            settings,
             &row.value,
             row.referenced,
             &field,
@@ -656,6 +668,7 @@ pub fn load_str(
     }
     let default = validate(
         &spec,
+        settings,
         &spec.default.value,
         spec.default.referenced,
         "default",
@@ -687,6 +700,7 @@ pub fn load_str(
 
 fn validate(
     spec: &MatrixFile,
+    settings: &Settings,
     row: &PolicySpec,
     at: Location,
     field: &str,
@@ -749,10 +763,29 @@ fn validate(
                 "`every` longer than 0s and `times` from 1 to 10 (repeats are bounded)".into(),
             ));
         }
+        for (k, pager) in level.page.iter().enumerate() {
+            if !settings.pagers.contains_key(&pager.value) {
+                let known: Vec<&str> = settings.pagers.keys().map(String::as_str).collect();
+                errors.push(error(
+                    pager.referenced,
+                    format!("{field}.escalate[{j}].page[{k}]"),
+                    format!(
+                        "unknown pager `{}` (configured as [pagers.NAME] in the settings: {})",
+                        pager.value,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
         levels.push(Level {
             to: level.to.value.clone(),
             after: level.after,
             repeat: level.repeat.map(|r| (r.every, r.times)),
+            pagers: level.page.iter().map(|p| p.value.clone()).collect(),
         });
     }
     if let Some(expression) = &row.threshold
@@ -934,6 +967,19 @@ default:
         assert_eq!(
             count.policies[0].measurement(&report, &steps, at),
             "measured at 03:15:07 UTC: q: 2 rows"
+        );
+    }
+
+    #[test]
+    fn a_level_pages_only_configured_pagers() {
+        let errors = load(
+            "roles: {a: A}\ndefault:\n  initial: a\n  escalate: [{to: a, after: 15m, page: [pd]}]\n",
+        )
+        .expect_err("no such pager");
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("default.escalate[0].page[0]") && text.contains("unknown pager `pd`"),
+            "{text}"
         );
     }
 

@@ -18,6 +18,7 @@ pub mod escalation;
 pub mod http;
 pub mod intake;
 pub mod net;
+pub mod paging;
 pub mod playbook;
 pub mod postmortem;
 pub mod reload;

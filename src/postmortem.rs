@@ -14,7 +14,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::domain::{Decision, IncidentId, IncidentStatus, Millis, TimerState, format_millis};
 use crate::escalation::{Matrix, human};
 use crate::store::{
-    ApprovalView, EscalationView, ExecutionView, IncidentRecord, Store, StoreError, TimelineEntry,
+    ApprovalView, EscalationView, ExecutionView, IncidentRecord, PageView, Store, StoreError,
+    TimelineEntry,
 };
 
 /// One incident with everything recorded about it.
@@ -25,6 +26,8 @@ pub struct Record {
     pub approvals: Vec<ApprovalView>,
     pub executions: Vec<ExecutionView>,
     pub escalation: Option<EscalationView>,
+    /// Deliveries to pagers (PagerDuty, Opsgenie, webhooks).
+    pub pages: Vec<PageView>,
 }
 
 impl Record {
@@ -38,6 +41,7 @@ impl Record {
             approvals: store.approvals(id).await?,
             executions: store.executions(id).await?,
             escalation: store.escalation(id).await?,
+            pages: store.pages(id).await?,
         }))
     }
 
@@ -338,6 +342,34 @@ fn describe(entry: &TimelineEntry) -> String {
         "pinged" => format!("pinged {}", s("role")),
         "review_reminder" => format!("review reminder: {}", s("reason")),
         "acknowledged" => format!("acknowledged by {}", s("display")),
+        "page_queued" => format!(
+            "page queued: {} to {}",
+            s("action"),
+            if d.get("pager").is_some() {
+                s("pager")
+            } else {
+                format!("{} pagers", n("pagers"))
+            }
+        ),
+        "paged" => format!(
+            "paged {}: {} (level {}, {})",
+            s("pager"),
+            s("action"),
+            n("level"),
+            s("dedup_key")
+        ),
+        "page_failed" => format!(
+            "page to {} refused: {} — {}",
+            s("pager"),
+            s("action"),
+            s("detail")
+        ),
+        "page_skipped" => format!(
+            "page to {} not sent: {} — {}",
+            s("pager"),
+            s("action"),
+            s("detail")
+        ),
         "snoozed" => format!(
             "snoozed by {} until {}",
             s("display"),
@@ -454,6 +486,7 @@ pub fn to_json(record: &Record) -> Value {
         "approvals": record.approvals,
         "executions": record.executions,
         "escalation": record.escalation,
+        "pages": record.pages,
     })
 }
 

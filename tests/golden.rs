@@ -443,6 +443,7 @@ fn the_hostile_label_corpus_renders_inertly_on_every_platform_and_the_export() {
         approvals: Vec::new(),
         executions: Vec::new(),
         escalation: None,
+        pages: Vec::new(),
     };
     let settings = common::test_settings("sqlite::memory:", &[]);
     let matrix =

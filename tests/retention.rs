@@ -116,6 +116,14 @@ async fn incident_with_everything(app: &TestApp, fp: &str, resolved_at: Option<M
     .await;
     execute(
         s,
+        &format!(
+            "insert into pages (incident_id, pager, action, level, reason, state, created_at)
+             values ({id}, 'pd', 'trigger', 1, 'r', 'sent', 0)"
+        ),
+    )
+    .await;
+    execute(
+        s,
         &format!("insert into incident_absences (incident_id, since) values ({id}, 0)"),
     )
     .await;

@@ -21,6 +21,8 @@ pub enum Channel {
     Console,
     /// Any other client of the HTTP API.
     Api,
+    /// A pager's signed webhook (PagerDuty's acknowledgements).
+    Pager,
 }
 
 impl Channel {
@@ -32,6 +34,7 @@ impl Channel {
             Self::Mattermost => "mattermost",
             Self::Console => "console",
             Self::Api => "api",
+            Self::Pager => "pager",
         }
     }
 }

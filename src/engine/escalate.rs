@@ -233,13 +233,20 @@ fn ping_text(engine: &Engine, incident: &IncidentRecord, timer: &TimerView, now:
                 timer.reason
             )
         }
-        (TimerKind::Escalate, 0) => format!(
-            "⏫ Escalation to {}: {} (incident #{}), {}. Acknowledge on the report to stop further escalation.",
-            matrix.role_name(timer.role.as_deref().unwrap_or_default()),
-            incident.alertname,
-            incident.id,
-            timer.reason
-        ),
+        (TimerKind::Escalate, 0) => {
+            let mut text = format!(
+                "⏫ Escalation to {}: {} (incident #{}), {}.",
+                matrix.role_name(timer.role.as_deref().unwrap_or_default()),
+                incident.alertname,
+                incident.id,
+                timer.reason
+            );
+            if !timer.pagers.is_empty() {
+                text.push_str(&format!(" Paged: {}.", timer.pagers.join(", ")));
+            }
+            text.push_str(" Acknowledge on the report to stop further escalation.");
+            text
+        }
         (TimerKind::Escalate, nth) => format!(
             "⏫ Reminder {nth} for {}: {} (incident #{}) is still not acknowledged.",
             matrix.role_name(timer.role.as_deref().unwrap_or_default()),

@@ -9,6 +9,7 @@ pub mod diagnose;
 pub mod escalate;
 pub mod execute;
 pub mod notify;
+pub mod page;
 pub mod recheck;
 pub mod reconcile;
 pub mod retention;
@@ -51,6 +52,8 @@ pub struct Engine {
     pub reconciler: Arc<reconcile::Reconciler>,
     /// The retention windows (`retention` work).
     pub retention: Arc<crate::config::RetentionSettings>,
+    /// The pagers escalation levels name (`page` work).
+    pub pagers: Arc<crate::paging::Pagers>,
 }
 
 /// Where the worker and the scheduler get the engine for each pass: a
@@ -345,6 +348,8 @@ pub enum WorkError {
     TargetBusy(String),
     #[error("chat: {0}")]
     Chat(String),
+    #[error("page: {0}")]
+    Page(String),
     /// Another worker is posting this incident's first message.
     #[error("another worker is posting this message")]
     Busy,
@@ -362,6 +367,7 @@ impl WorkError {
             | Self::Report(_)
             | Self::Store(_)
             | Self::Chat(_)
+            | Self::Page(_)
             | Self::Busy => None,
         }
     }
@@ -384,6 +390,7 @@ async fn handle(engine: &Engine, work: &ClaimedWork, now: Millis) -> Result<bool
         WorkKind::Retention => retention::run(engine, work, now).await,
         WorkKind::StormCheck => storm::run(engine, work, now).await,
         WorkKind::Recheck => recheck::run(engine, work, now).await,
+        WorkKind::Page => page::run(engine, work, now).await,
     }
 }
 

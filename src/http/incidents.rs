@@ -166,12 +166,14 @@ pub async fn show(
     // A storm incident: what it groups and its live member counts (a
     // member links to it by `incident.storm_id`).
     let storm = state.store.storm(id).await.map_err(|e| unavailable(&e))?;
+    let pages = state.store.pages(id).await.map_err(|e| unavailable(&e))?;
     Ok(Json(json!({
         "incident": incident,
         "storm": storm,
         "approvals": approvals,
         "executions": executions,
         "escalation": escalation,
+        "pages": pages,
         "chat_message": message,
         "timeline": timeline,
     })))

@@ -8,6 +8,7 @@ mod health;
 mod incidents;
 pub mod interactions;
 mod limit;
+mod pagers;
 mod reload;
 mod server;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub probes: Arc<health::StoreProbes>,
     /// Per-source rate limits (`server.source_rate`, `server.source_burst`).
     pub limiter: SourceLimiter,
+    /// The pagers, for PagerDuty's webhooks.
+    pub pagers: Arc<crate::paging::Pagers>,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/interactions/mattermost",
             post(interactions::mattermost),
         )
+        .route("/v1/pagers/{name}/pagerduty", post(pagers::pagerduty))
         .layer(on_failure.clone());
     // `DefaultBodyLimit` sets what `Bytes` reads (axum's own 2 MB
     // otherwise); `RequestBodyLimitLayer` answers 413 from the

@@ -16,6 +16,7 @@ use super::{Store, StoreError, WorkKind, enqueue_notify, on_pool, record_event, 
 use crate::approvals::{self, Refusal};
 use crate::domain::{IncidentId, IncidentStatus, Millis, TimerKind, TimerState};
 use crate::escalation::PlannedTimer;
+use crate::paging::PageAction;
 
 /// An incident's escalation as the report, the API and the export show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,6 +72,8 @@ pub struct TimerView {
     pub fired_at: Option<Millis>,
     pub lag_ms: Option<i64>,
     pub pinged_at: Option<Millis>,
+    /// Pagers its first ping triggers (`page:` on the level).
+    pub pagers: Json<Vec<String>>,
 }
 
 /// A timer this scheduler just fired.
@@ -87,6 +90,8 @@ pub struct FiredTimer {
     pub due_at: Millis,
     pub repeat_every: Option<i64>,
     pub repeats_left: i64,
+    /// Pagers to trigger (the first ping of a level that names them).
+    pub pagers: Json<Vec<String>>,
 }
 
 /// Claims due timers and marks them fired: `$1` now, `$2` how many.
@@ -95,7 +100,8 @@ const FIRE_SQLITE: &str = "update escalation_timers
   where id in (select id from escalation_timers
                 where state = 'pending' and due_at is not null and due_at <= $1
                 order by due_at, id limit $2)
-  returning id, incident_id, level, nth, kind, role, reason, due_at, repeat_every, repeats_left";
+  returning id, incident_id, level, nth, kind, role, reason, due_at, repeat_every, repeats_left,
+            pagers";
 
 const FIRE_POSTGRES: &str = "update escalation_timers t
     set state = 'fired', fired_at = $1, lag_ms = $1 - t.due_at
@@ -105,7 +111,7 @@ const FIRE_POSTGRES: &str = "update escalation_timers t
           for update skip locked) due
   where t.id = due.id
   returning t.id, t.incident_id, t.level, t.nth, t.kind, t.role, t.reason, t.due_at,
-            t.repeat_every, t.repeats_left";
+            t.repeat_every, t.repeats_left, t.pagers";
 
 /// One timeline event per fired timer, from a JSON array: `$1` rows, `$2` now.
 const EVENTS_SQLITE: &str = "insert into incident_events (incident_id, at, kind, detail)
@@ -134,7 +140,7 @@ const REPEATS_POSTGRES: &str = "insert into escalation_timers (incident_id, leve
   on conflict (incident_id, level, nth) do nothing";
 
 const TIMER_COLUMNS: &str = "id, incident_id, level, nth, kind, role, reason, due_at, state,
-    fired_at, lag_ms, pinged_at";
+    fired_at, lag_ms, pinged_at, pagers";
 
 impl Store {
     /// Records an incident's policy and creates its timers, once (a retried
@@ -170,8 +176,8 @@ impl Store {
             for t in timers {
                 sqlx::query(
                     "insert into escalation_timers (incident_id, level, nth, kind, role, reason,
-                         due_at, repeat_every, repeats_left, created_at)
-                     values ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9)",
+                         due_at, repeat_every, repeats_left, created_at, pagers)
+                     values ($1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(incident.0)
                 .bind(t.level)
@@ -182,6 +188,7 @@ impl Store {
                 .bind(t.repeat_every_ms)
                 .bind(t.repeats)
                 .bind(now)
+                .bind(Json(&t.pagers))
                 .execute(&mut *conn)
                 .await?;
             }
@@ -195,7 +202,7 @@ impl Store {
                     "initial": initial_role,
                     "timers": timers.iter().map(|t| json!({
                         "level": t.level, "kind": t.kind, "role": t.role,
-                        "due_at": t.due_at, "reason": t.reason,
+                        "due_at": t.due_at, "reason": t.reason, "pagers": t.pagers,
                     })).collect::<Vec<_>>(),
                 })
             );
@@ -372,6 +379,52 @@ impl Store {
                     .execute(&mut *conn)
                     .await?;
             }
+            // A level's pagers are triggered once, with its first ping.
+            let mut paged: Vec<i64> = Vec::new();
+            for t in fired
+                .iter()
+                .filter(|t| t.nth == 0 && t.kind == TimerKind::Escalate)
+            {
+                for pager in t.pagers.iter() {
+                    let queued = sqlx::query(
+                        "insert into pages (incident_id, pager, action, level, role, reason,
+                             created_at)
+                         values ($1, $2, 'trigger', $3, $4, $5, $6)
+                         on conflict (incident_id, pager, action, level) do nothing",
+                    )
+                    .bind(t.incident_id)
+                    .bind(pager)
+                    .bind(t.level)
+                    .bind(t.role.as_deref())
+                    .bind(&t.reason)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if queued == 1 {
+                        record_event!(
+                            conn,
+                            t.incident_id,
+                            now,
+                            "page_queued",
+                            json!({ "pager": pager, "action": "trigger", "level": t.level,
+                                    "role": t.role, "timer": t.id })
+                        );
+                        paged.push(t.incident_id);
+                    }
+                }
+            }
+            paged.sort_unstable();
+            paged.dedup();
+            for incident in paged {
+                sqlx::query(ENQUEUE_NOTIFY)
+                    .bind(incident)
+                    .bind(now)
+                    .bind(now)
+                    .bind(WorkKind::Page.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let mut incidents: Vec<i64> = fired.iter().map(|t| t.incident_id).collect();
             incidents.sort_unstable();
             incidents.dedup();
@@ -517,6 +570,21 @@ impl Store {
         authorized: bool,
         now: Millis,
     ) -> Result<DecisionOutcome, StoreError> {
+        self.acknowledge_from(incident, who, authorized, None, now)
+            .await
+    }
+
+    /// [`Store::acknowledge`], told by a pager (`from`: a PagerDuty
+    /// webhook). Every pager the incident paged is told too, except the
+    /// one the acknowledgement came from.
+    pub async fn acknowledge_from(
+        &self,
+        incident: IncidentId,
+        who: &Approver,
+        authorized: bool,
+        from: Option<&str>,
+        now: Millis,
+    ) -> Result<DecisionOutcome, StoreError> {
         self.in_transaction(async |conn| {
             let state = control_state(conn, incident).await?;
             if let Some(refusal) = approvals::control_refusal(authorized, status_of(&state)?) {
@@ -553,7 +621,16 @@ impl Store {
                 now,
                 "acknowledged",
                 json!({ "by": who.key, "person": who.person, "channel": who.channel.as_str(),
-                    "display": who.display, "paused_timers": paused }),
+                    "display": who.display, "paused_timers": paused, "pager": from }),
+            )
+            .await?;
+            super::paging::queue_followups(
+                conn,
+                incident.0,
+                PageAction::Acknowledge,
+                from,
+                &format!("acknowledged in remedy by {}", who.display),
+                now,
             )
             .await?;
             conn.enqueue_notify(incident.0, now, now).await?;

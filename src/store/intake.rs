@@ -646,8 +646,9 @@ pub(super) async fn resolve(
 /// why (`kind`: `resolved`, `resolved_by_reconciliation`), cancels its
 /// pending work (a message update in flight finishes; the one queued here
 /// follows it), expires its requests (their buttons say so), cancels its
-/// timers (nobody is paged about a resolved incident) and queues the update
-/// of its message when one was posted.
+/// timers (nobody is paged about a resolved incident), queues a resolve for
+/// every pager that was paged, and queues the update of its message when
+/// one was posted.
 pub(super) async fn close_incident(
     conn: &mut Conn<'_>,
     id: i64,
@@ -662,10 +663,11 @@ pub(super) async fn close_incident(
         &[id.into(), now.into()],
     )
     .await?;
+    // Pages stay: the resolve queued below goes to every pager paged.
     conn.execute(
         "update work set state = 'cancelled', lease_owner = null,
                 lease_until = null, updated_at = $2
-          where incident_id = $1 and state = 'pending'
+          where incident_id = $1 and state = 'pending' and kind <> 'page'
             and not (kind = 'notify' and lease_owner is not null)",
         &[id.into(), now.into()],
     )
@@ -692,6 +694,15 @@ pub(super) async fn close_incident(
         )
         .await?;
     }
+    super::paging::queue_followups(
+        conn,
+        id,
+        crate::paging::PageAction::Resolve,
+        None,
+        &format!("{kind} in remedy"),
+        now,
+    )
+    .await?;
     conn.execute(
         "insert into work (kind, incident_id, due_at, created_at, updated_at)
          select $3, id, $2, $2, $2 from incidents where id = $1 and report is not null",

@@ -9,6 +9,7 @@ mod escalation;
 mod execution;
 mod incidents;
 mod intake;
+mod paging;
 mod periodic;
 mod reconcile;
 mod retention;
@@ -34,6 +35,7 @@ pub use escalation::{EscalationView, FiredTimer, SilenceRules, SilenceScope, Tim
 pub use execution::{AuditEntry, BeginExecution, Budget, ExecutionRef, ExecutionView, NewRun};
 pub use incidents::{IncidentEvent, IncidentFilter, IncidentRecord, TimelineEntry};
 pub use intake::{BatchOutcome, IntakeWriter, RecordError};
+pub use paging::{PageOutcome, PageView, PendingPage};
 pub use reconcile::{ReconcileCandidate, SilenceState};
 pub use retention::{Expiring, INCIDENT_CHILDREN, STORE_TABLES};
 pub use storms::{Admission, STORM_MEMBER_RESOLVED, StormCheck, StormRules, StormScope, StormView};
@@ -251,6 +253,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_people.sql"),
     ),
     (
+        12,
+        "paging",
+        include_str!("../../migrations/sqlite/0012_paging.sql"),
+    ),
+    (
         13,
         "mattermost",
         include_str!("../../migrations/sqlite/0013_mattermost.sql"),
@@ -317,6 +324,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "people",
         include_str!("../../migrations/postgres/0011_people.sql"),
+    ),
+    (
+        12,
+        "paging",
+        include_str!("../../migrations/postgres/0012_paging.sql"),
     ),
     (
         13,

@@ -29,6 +29,7 @@ pub const INCIDENT_CHILDREN: &[(&str, &str)] = &[
     ("chat_messages", "incident_id in {ids}"),
     ("escalation_timers", "incident_id in {ids}"),
     ("escalations", "incident_id in {ids}"),
+    ("pages", "incident_id in {ids}"),
     ("incident_events", "incident_id in {ids}"),
     ("incident_absences", "incident_id in {ids}"),
     // A storm goes with its members (they are never selected alone).
@@ -54,6 +55,7 @@ pub const STORE_TABLES: &[&str] = &[
     "audit_log",
     "escalations",
     "escalation_timers",
+    "pages",
     "action_suspensions",
 ];
 

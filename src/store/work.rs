@@ -33,6 +33,9 @@ pub enum WorkKind {
     /// it holds, and freshen the report's evidence. Re-armed every
     /// `recheck_every` while the incident fires and a level is left.
     Recheck,
+    /// Send the incident's pending pages (triggers, acknowledges,
+    /// resolves) to its pagers, in order.
+    Page,
 }
 
 impl WorkKind {
@@ -48,6 +51,7 @@ impl WorkKind {
             Self::Retention => "retention",
             Self::StormCheck => "storm_check",
             Self::Recheck => "recheck",
+            Self::Page => "page",
         }
     }
 
@@ -63,6 +67,7 @@ impl WorkKind {
             "retention" => Some(Self::Retention),
             "storm_check" => Some(Self::StormCheck),
             "recheck" => Some(Self::Recheck),
+            "page" => Some(Self::Page),
             _ => None,
         }
     }
@@ -96,7 +101,7 @@ pub struct QueueStats {
 /// own slots, so slow diagnoses never hold the urgent work back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
-    /// `execute`, `escalate`, `notify`.
+    /// `execute`, `escalate`, `notify`, `page`.
     Urgent,
     /// `diagnose`, `verify`, `recheck`, the periodic kinds (and kinds this
     /// version does not know).
@@ -115,7 +120,9 @@ impl Lane {
     #[must_use]
     pub fn of(kind: &str) -> Self {
         match WorkKind::parse(kind) {
-            Some(WorkKind::Execute | WorkKind::Escalate | WorkKind::Notify) => Self::Urgent,
+            Some(WorkKind::Execute | WorkKind::Escalate | WorkKind::Notify | WorkKind::Page) => {
+                Self::Urgent
+            }
             Some(
                 WorkKind::Diagnose
                 | WorkKind::Verify
@@ -411,7 +418,7 @@ const GIVE_UP_EXPIRED: &str = "update work set state = 'failed', lease_owner = n
 /// (migration 0008) is on exactly this expression.
 macro_rules! lane {
     () => {
-        "(case when kind in ('execute', 'escalate', 'notify') then 0 else 1 end)"
+        "(case when kind in ('execute', 'escalate', 'notify', 'page') then 0 else 1 end)"
     };
 }
 

@@ -6,6 +6,7 @@
 pub mod fake_alertmanager;
 pub mod fake_chat;
 pub mod fake_mattermost;
+pub mod fake_pager;
 
 use std::path::{Path, PathBuf};
 
