@@ -66,6 +66,16 @@ pub struct Settings {
     #[serde(default)]
     pub probes: BTreeMap<String, String>,
     pub commands: CommandSettings,
+    /// Docker Compose projects that `compose` steps and actions name
+    /// (`project: app`): how to call compose, from which folder, with which
+    /// files and project name, so none of that is left to the process's
+    /// working directory.
+    #[serde(default)]
+    pub compose: BTreeMap<String, ComposeSettings>,
+    /// Environment files that `env_file` actions may edit, and the only
+    /// keys they may set.
+    #[serde(default)]
+    pub env_files: BTreeMap<String, EnvFileSettings>,
     pub chat: ChatSettings,
     pub executor: ExecutorSettings,
     /// Approver roles (the names playbook actions list) and who holds them.
@@ -553,6 +563,45 @@ impl CommandSettings {
     }
 }
 
+/// One Docker Compose project (`[compose.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeSettings {
+    /// The argv prefix that is compose: `["/usr/bin/docker", "compose"]`
+    /// (the v2 plugin) or `["/usr/bin/docker-compose"]` (v1). Its first
+    /// element must be in `commands.allow`.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub program: Vec<String>,
+    /// The project folder: compose runs there, with `--project-directory`.
+    pub project_dir: PathBuf,
+    /// The compose files, each passed as `-f`; relative to `project_dir`.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub files: Vec<String>,
+    /// Passed as `-p`.
+    pub project_name: String,
+    /// Whether `logs` takes `--since` (compose v2 does; docker-compose 1.x
+    /// does not). Either way remedy asks for `--timestamps` and drops the
+    /// lines older than the step's `since` itself.
+    #[serde(default = "yes")]
+    pub logs_since: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One environment file that `env_file` actions may edit (`[env_files.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvFileSettings {
+    /// Absolute path of the file (the compose project's `.env`, or a
+    /// service's `env_file`).
+    pub path: PathBuf,
+    /// The only keys an action may set.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub allowed_keys: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
@@ -885,6 +934,7 @@ impl Settings {
                 program.display()
             )));
         }
+        self.validate_compose()?;
         self.validate_chat()?;
         self.validate_alertmanager()?;
         if self.store.url.is_empty() {
@@ -940,6 +990,61 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "targets.{name}.max_concurrent_diagnoses must be positive"
             )));
+        }
+        Ok(())
+    }
+
+    fn validate_compose(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (name, c) in &self.compose {
+            match c.program.first() {
+                None => return invalid(format!("compose.{name}.program: must not be empty")),
+                Some(p)
+                    if !self
+                        .commands
+                        .allow
+                        .iter()
+                        .any(|a| a.as_os_str() == p.as_str()) =>
+                {
+                    return invalid(format!(
+                        "compose.{name}.program: {p} is not in commands.allow"
+                    ));
+                }
+                Some(_) => {}
+            }
+            if !c.project_dir.is_absolute() {
+                return invalid(format!(
+                    "compose.{name}.project_dir: {} must be an absolute path",
+                    c.project_dir.display()
+                ));
+            }
+            if c.files.is_empty() || c.files.iter().any(String::is_empty) {
+                return invalid(format!(
+                    "compose.{name}.files: name at least one compose file"
+                ));
+            }
+            if c.project_name.is_empty() || c.project_name.starts_with('-') {
+                return invalid(format!(
+                    "compose.{name}.project_name: must be a name, not empty nor starting with -"
+                ));
+            }
+        }
+        for (name, f) in &self.env_files {
+            if !f.path.is_absolute() {
+                return invalid(format!(
+                    "env_files.{name}.path: {} must be an absolute path",
+                    f.path.display()
+                ));
+            }
+            if let Some(key) = f
+                .allowed_keys
+                .iter()
+                .find(|k| !crate::domain::env_file::is_key(k))
+            {
+                return invalid(format!(
+                    "env_files.{name}.allowed_keys: `{key}` is not a variable name"
+                ));
+            }
         }
         Ok(())
     }

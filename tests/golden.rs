@@ -53,6 +53,15 @@ fn reports() -> Vec<(String, ChatReport)> {
         targets: ["main".to_owned()].into(),
         programs: [PathBuf::from("/usr/bin/docker")].into(),
         probes: ["pms".to_owned()].into(),
+        compose: ["app".to_owned()].into(),
+        env_files: [(
+            "app".to_owned(),
+            vec![
+                "POSTGRES_POOL_SIZE".to_owned(),
+                "POSTGRES_MAX_OVERFLOW".to_owned(),
+            ],
+        )]
+        .into(),
     };
     let playbooks = playbook::load_dir(&root().join("playbooks"), &refs).expect("playbooks load");
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("playbooks/tests"))

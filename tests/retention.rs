@@ -646,7 +646,13 @@ async fn an_endless_storm_loses_its_expired_members_but_keeps_their_count(backen
     ];
     let recent = bare_incident(store, "m3", Some(NOW - DAY)).await;
     let firing_member = bare_incident(store, "m4", None).await;
-    let members = [representative, expired[0], expired[1], recent, firing_member];
+    let members = [
+        representative,
+        expired[0],
+        expired[1],
+        recent,
+        firing_member,
+    ];
     for id in members {
         execute(
             store,

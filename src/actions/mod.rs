@@ -4,6 +4,8 @@
 //! for the audit log and the incident's message.
 
 pub mod command;
+pub mod compose;
+pub mod env_file;
 pub mod http;
 pub mod silence;
 pub mod sql;
@@ -49,6 +51,11 @@ pub fn describe(action: &ActionInstance) -> Value {
         "body": action.body,
         "expect_status": action.expect_status,
         "precondition": action.precondition,
+        "project": action.project,
+        "service": action.service,
+        "operation": action.operation,
+        "env_file": action.env_file,
+        "changes": action.changes,
     })
 }
 
@@ -83,5 +90,7 @@ pub async fn run(
         ActionKind::Command => command::run(diagnoser, settings, action).await,
         ActionKind::Http => http::run(action, context).await,
         ActionKind::Silence => silence::run(action, context).await,
+        ActionKind::Compose => compose::run(diagnoser, settings, action).await,
+        ActionKind::EnvFile => env_file::run(diagnoser, settings, action).await,
     }
 }
