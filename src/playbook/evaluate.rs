@@ -242,6 +242,9 @@ impl Report {
                     "  {} [{:?}, {} approver(s)]: {}",
                     a.id, a.risk, a.quorum, a.title
                 );
+                for line in a.diff_lines() {
+                    let _ = writeln!(out, "      {line}");
+                }
             }
         }
         if !self.suggestions.is_empty() {
