@@ -569,7 +569,7 @@ impl CommandSettings {
 pub struct ComposeSettings {
     /// The argv prefix that is compose: `["/usr/bin/docker", "compose"]`
     /// (the v2 plugin) or `["/usr/bin/docker-compose"]` (v1). Its first
-    /// element must be in `commands.allow`.
+    /// element must be in `commands.allow` for a playbook to use it.
     #[serde(deserialize_with = "strings_or_comma_separated")]
     pub program: Vec<String>,
     /// The project folder: compose runs there, with `--project-directory`.
@@ -997,20 +997,16 @@ impl Settings {
     fn validate_compose(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (name, c) in &self.compose {
-            match c.program.first() {
-                None => return invalid(format!("compose.{name}.program: must not be empty")),
-                Some(p)
-                    if !self
-                        .commands
-                        .allow
-                        .iter()
-                        .any(|a| a.as_os_str() == p.as_str()) =>
-                {
-                    return invalid(format!(
-                        "compose.{name}.program: {p} is not in commands.allow"
-                    ));
-                }
-                Some(_) => {}
+            // Whether the program is in commands.allow is checked where a
+            // playbook names the project (`remedy check`) and again when it
+            // runs: a project no playbook uses needs no allowed program.
+            if c.program
+                .first()
+                .is_none_or(|p| !Path::new(p).is_absolute())
+            {
+                return invalid(format!(
+                    "compose.{name}.program: must start with an absolute path"
+                ));
             }
             if !c.project_dir.is_absolute() {
                 return invalid(format!(

@@ -53,7 +53,7 @@ fn reports() -> Vec<(String, ChatReport)> {
         targets: ["main".to_owned()].into(),
         programs: [PathBuf::from("/usr/bin/docker")].into(),
         probes: ["pms".to_owned()].into(),
-        compose: ["app".to_owned()].into(),
+        compose: [("app".to_owned(), "/usr/bin/docker".into())].into(),
         env_files: [(
             "app".to_owned(),
             vec![

@@ -55,6 +55,15 @@ fn references() -> References {
         targets: ["main".to_owned()].into(),
         programs: ["/usr/bin/docker".into()].into(),
         probes: ["pms".to_owned()].into(),
+        compose: [("app".to_owned(), "/usr/bin/docker".into())].into(),
+        env_files: [(
+            "app".to_owned(),
+            vec![
+                "POSTGRES_POOL_SIZE".to_owned(),
+                "POSTGRES_MAX_OVERFLOW".to_owned(),
+            ],
+        )]
+        .into(),
     }
 }
 

@@ -45,8 +45,8 @@ pub struct References {
     pub targets: BTreeSet<String>,
     pub programs: BTreeSet<PathBuf>,
     pub probes: BTreeSet<String>,
-    /// `[compose.NAME]` names.
-    pub compose: BTreeSet<String>,
+    /// `[compose.NAME]` names and their programs (the argv's first element).
+    pub compose: BTreeMap<String, PathBuf>,
     /// `[env_files.NAME]` names and their allowed keys.
     pub env_files: BTreeMap<String, Vec<String>>,
 }
@@ -58,7 +58,16 @@ impl References {
             targets: settings.targets.keys().cloned().collect(),
             programs: settings.commands.allow.iter().cloned().collect(),
             probes: settings.probes.keys().cloned().collect(),
-            compose: settings.compose.keys().cloned().collect(),
+            compose: settings
+                .compose
+                .iter()
+                .map(|(name, c)| {
+                    (
+                        name.clone(),
+                        PathBuf::from(c.program.first().cloned().unwrap_or_default()),
+                    )
+                })
+                .collect(),
             env_files: settings
                 .env_files
                 .iter()
@@ -283,16 +292,26 @@ impl Validator<'_> {
     }
 
     fn compose_project(&mut self, at: Location, field: String, name: &str) {
-        if !self.refs.compose.contains(name) {
-            let known: Vec<&str> = self.refs.compose.iter().map(String::as_str).collect();
-            self.error(
-                at,
-                field,
-                format!(
-                    "unknown compose project `{name}` (configured: {})",
-                    list(&known)
-                ),
-            );
+        match self.refs.compose.get(name) {
+            None => {
+                let known: Vec<&str> = self.refs.compose.keys().map(String::as_str).collect();
+                self.error(
+                    at,
+                    field,
+                    format!(
+                        "unknown compose project `{name}` (configured: {})",
+                        list(&known)
+                    ),
+                );
+            }
+            Some(program) if !self.refs.programs.contains(program) => {
+                let message = format!(
+                    "compose.{name}.program: `{}` is not in commands.allow",
+                    program.display()
+                );
+                self.error(at, field, message);
+            }
+            Some(_) => {}
         }
     }
 
