@@ -1174,6 +1174,59 @@ mod tests {
     }
 
     #[test]
+    fn compose_projects_and_env_files_come_from_env_and_are_checked() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__COMPOSE__APP__PROGRAM", "/usr/bin/docker-compose"),
+                ("REMEDY__COMPOSE__APP__FILES", "a.yml,b.yml"),
+                ("REMEDY__COMPOSE__APP__LOGS_SINCE", "false"),
+            ]),
+        )
+        .expect("loads");
+        let app = &s.compose["app"];
+        assert_eq!(app.program, ["/usr/bin/docker-compose"]);
+        assert_eq!(app.files, ["a.yml", "b.yml"]);
+        assert!(!app.logs_since);
+        assert_eq!(app.project_name, "agente");
+        assert_eq!(
+            s.env_files["app"].allowed_keys,
+            ["POSTGRES_POOL_SIZE", "POSTGRES_MAX_OVERFLOW"]
+        );
+        for (key, value, message) in [
+            (
+                "REMEDY__COMPOSE__APP__PROJECT_DIR",
+                "srv/agente",
+                "compose.app.project_dir",
+            ),
+            (
+                "REMEDY__COMPOSE__APP__PROGRAM",
+                "docker",
+                "compose.app.program",
+            ),
+            (
+                "REMEDY__COMPOSE__APP__PROJECT_NAME",
+                "-x",
+                "compose.app.project_name",
+            ),
+            ("REMEDY__ENV_FILES__APP__PATH", ".env", "env_files.app.path"),
+            (
+                "REMEDY__ENV_FILES__APP__ALLOWED_KEYS",
+                "POOL,1BAD",
+                "env_files.app.allowed_keys: `1BAD`",
+            ),
+        ] {
+            let err = Settings::load_from(
+                None,
+                env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t"), (key, value)]),
+            )
+            .expect_err(key);
+            assert!(err.to_string().contains(message), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = Settings::load_from(
             None,

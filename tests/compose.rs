@@ -65,25 +65,6 @@ services:
 
 const ENV: &str = "# the API's pool\nPOSTGRES_POOL_SIZE=10  # default: 10\nOTHER=kept\n";
 
-/// The test Docker engine, or a clear failure saying how to start it.
-fn docker_host() -> String {
-    let Ok(host) = std::env::var("DOCKER_HOST") else {
-        panic!(
-            "DOCKER_HOST is not set: these tests need the test Docker engine; run \
-             `contrib/ci/docker.sh start && contrib/ci/docker.sh base` and \
-             `eval $(contrib/ci/docker.sh env)` first"
-        );
-    };
-    let socket = host.strip_prefix("unix://").unwrap_or(&host);
-    if let Err(e) = std::os::unix::net::UnixStream::connect(socket) {
-        panic!(
-            "the Docker engine at {host} is not reachable ({e}); start it with \
-             `contrib/ci/docker.sh start && contrib/ci/docker.sh base`"
-        );
-    }
-    host
-}
-
 /// A compose project in its own folder, taken down when dropped.
 struct Project {
     dir: PathBuf,
@@ -93,7 +74,7 @@ struct Project {
 
 impl Project {
     fn new(compose_file: &str) -> Self {
-        let host = docker_host();
+        let host = common::docker::docker_host();
         let name = format!(
             "remedyt{}",
             &uuid::Uuid::now_v7().simple().to_string()[20..]
