@@ -68,6 +68,9 @@ pub enum PlannedStep {
 
 /// How far back a `compose` logs step reads by default.
 pub const DEFAULT_LOGS_SINCE: Duration = Duration::from_secs(3600);
+/// A `compose` step's default timeout: compose itself takes seconds to
+/// start (docker-compose 1.x is a Python program).
+pub const DEFAULT_COMPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ROWS: usize = 50;
@@ -396,7 +399,7 @@ pub fn plan(
                         service: service_name(&env, logs, &ctx)?,
                         since: since.unwrap_or(DEFAULT_LOGS_SINCE),
                         pattern: pattern.clone(),
-                        timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+                        timeout: timeout.unwrap_or(DEFAULT_COMPOSE_TIMEOUT),
                         max_lines: max_lines.unwrap_or(DEFAULT_MAX_ROWS),
                     },
                     StepSpec::EnvFile { env_file, .. } => PlannedStep::EnvFile {
