@@ -69,6 +69,16 @@ pub struct Settings {
     #[serde(default)]
     pub probes: BTreeMap<String, String>,
     pub commands: CommandSettings,
+    /// Docker Compose projects that `compose` steps and actions name
+    /// (`project: app`): how to call compose, from which folder, with which
+    /// files and project name, so none of that is left to the process's
+    /// working directory.
+    #[serde(default)]
+    pub compose: BTreeMap<String, ComposeSettings>,
+    /// Environment files that `env_file` actions may edit, and the only
+    /// keys they may set.
+    #[serde(default)]
+    pub env_files: BTreeMap<String, EnvFileSettings>,
     pub chat: ChatSettings,
     pub executor: ExecutorSettings,
     /// Approver roles (the names playbook actions list) and who holds them.
@@ -684,6 +694,45 @@ impl CommandSettings {
     }
 }
 
+/// One Docker Compose project (`[compose.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeSettings {
+    /// The argv prefix that is compose: `["/usr/bin/docker", "compose"]`
+    /// (the v2 plugin) or `["/usr/bin/docker-compose"]` (v1). Its first
+    /// element must be in `commands.allow` for a playbook to use it.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub program: Vec<String>,
+    /// The project folder: compose runs there, with `--project-directory`.
+    pub project_dir: PathBuf,
+    /// The compose files, each passed as `-f`; relative to `project_dir`.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub files: Vec<String>,
+    /// Passed as `-p`.
+    pub project_name: String,
+    /// Whether `logs` takes `--since` (compose v2 does; docker-compose 1.x
+    /// does not). Either way remedy asks for `--timestamps` and drops the
+    /// lines older than the step's `since` itself.
+    #[serde(default = "yes")]
+    pub logs_since: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One environment file that `env_file` actions may edit (`[env_files.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvFileSettings {
+    /// Absolute path of the file (the compose project's `.env`, or a
+    /// service's `env_file`).
+    pub path: PathBuf,
+    /// The only keys an action may set.
+    #[serde(deserialize_with = "strings_or_comma_separated")]
+    pub allowed_keys: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
@@ -1064,6 +1113,7 @@ impl Settings {
                 program.display()
             )));
         }
+        self.validate_compose()?;
         self.validate_chat()?;
         self.validate_alertmanager()?;
         self.validate_pagers()?;
@@ -1196,6 +1246,57 @@ impl Settings {
             }
             if pager.kind == PagerKind::Webhook && pager.url.is_empty() {
                 return invalid("url is required for kind webhook");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_compose(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (name, c) in &self.compose {
+            // Whether the program is in commands.allow is checked where a
+            // playbook names the project (`remedy check`) and again when it
+            // runs: a project no playbook uses needs no allowed program.
+            if c.program
+                .first()
+                .is_none_or(|p| !Path::new(p).is_absolute())
+            {
+                return invalid(format!(
+                    "compose.{name}.program: must start with an absolute path"
+                ));
+            }
+            if !c.project_dir.is_absolute() {
+                return invalid(format!(
+                    "compose.{name}.project_dir: {} must be an absolute path",
+                    c.project_dir.display()
+                ));
+            }
+            if c.files.is_empty() || c.files.iter().any(String::is_empty) {
+                return invalid(format!(
+                    "compose.{name}.files: name at least one compose file"
+                ));
+            }
+            if c.project_name.is_empty() || c.project_name.starts_with('-') {
+                return invalid(format!(
+                    "compose.{name}.project_name: must be a name, not empty nor starting with -"
+                ));
+            }
+        }
+        for (name, f) in &self.env_files {
+            if !f.path.is_absolute() {
+                return invalid(format!(
+                    "env_files.{name}.path: {} must be an absolute path",
+                    f.path.display()
+                ));
+            }
+            if let Some(key) = f
+                .allowed_keys
+                .iter()
+                .find(|k| !crate::domain::env_file::is_key(k))
+            {
+                return invalid(format!(
+                    "env_files.{name}.allowed_keys: `{key}` is not a variable name"
+                ));
             }
         }
         Ok(())
@@ -1389,6 +1490,59 @@ mod tests {
         assert_eq!(s.server.listen.port(), 1234);
         assert_eq!(s.intake.basic_auth.username, "am");
         assert_eq!(s.intake.max_batch, 7);
+    }
+
+    #[test]
+    fn compose_projects_and_env_files_come_from_env_and_are_checked() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REMEDY__INTAKE__BEARER_TOKEN", "t"),
+                ("REMEDY__COMPOSE__APP__PROGRAM", "/usr/bin/docker-compose"),
+                ("REMEDY__COMPOSE__APP__FILES", "a.yml,b.yml"),
+                ("REMEDY__COMPOSE__APP__LOGS_SINCE", "false"),
+            ]),
+        )
+        .expect("loads");
+        let app = &s.compose["app"];
+        assert_eq!(app.program, ["/usr/bin/docker-compose"]);
+        assert_eq!(app.files, ["a.yml", "b.yml"]);
+        assert!(!app.logs_since);
+        assert_eq!(app.project_name, "agente");
+        assert_eq!(
+            s.env_files["app"].allowed_keys,
+            ["POSTGRES_POOL_SIZE", "POSTGRES_MAX_OVERFLOW"]
+        );
+        for (key, value, message) in [
+            (
+                "REMEDY__COMPOSE__APP__PROJECT_DIR",
+                "srv/agente",
+                "compose.app.project_dir",
+            ),
+            (
+                "REMEDY__COMPOSE__APP__PROGRAM",
+                "docker",
+                "compose.app.program",
+            ),
+            (
+                "REMEDY__COMPOSE__APP__PROJECT_NAME",
+                "-x",
+                "compose.app.project_name",
+            ),
+            ("REMEDY__ENV_FILES__APP__PATH", ".env", "env_files.app.path"),
+            (
+                "REMEDY__ENV_FILES__APP__ALLOWED_KEYS",
+                "POOL,1BAD",
+                "env_files.app.allowed_keys: `1BAD`",
+            ),
+        ] {
+            let err = Settings::load_from(
+                None,
+                env(&[("REMEDY__INTAKE__BEARER_TOKEN", "t"), (key, value)]),
+            )
+            .expect_err(key);
+            assert!(err.to_string().contains(message), "{key}: {err}");
+        }
     }
 
     #[test]

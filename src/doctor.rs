@@ -1,6 +1,7 @@
 //! `remedy doctor`: connects to everything the settings and the playbooks
-//! name — each PostgreSQL target, Prometheus, every Alertmanager, the chat
-//! API (Slack `auth.test`, Discord and Mattermost: the bot's own user) — and says what is missing, each with the exact fix (a grant to
+//! name — each PostgreSQL target, each Redis, each compose project a
+//! playbook uses, Prometheus, every Alertmanager, the chat API (Slack
+//! `auth.test`, Discord and Mattermost: the bot's own user) — and says what is missing, each with the exact fix (a grant to
 //! run, a URL that does not answer, a token that is refused). `remedy
 //! check` reads files; this talks to the parts.
 //!
@@ -127,6 +128,14 @@ pub async fn run(settings: &Settings, playbooks: &[Playbook]) -> Vec<Check> {
     for (name, target) in &settings.targets {
         checks.extend(target_checks(name, target.url.expose(), needs_of(playbooks, name)).await);
     }
+    for (name, redis) in &settings.redis {
+        checks.push(redis_check(name, redis.url.expose()).await);
+    }
+    for (name, project) in &settings.compose {
+        if uses_compose(playbooks, name) {
+            checks.push(compose_check(name, project, &settings.commands.child_env()).await);
+        }
+    }
     let client = crate::net::client();
     checks.push(prometheus_check(&client, settings, playbooks).await);
     checks.extend(alertmanager_checks(&client, settings).await);
@@ -222,6 +231,106 @@ async fn target_checks(name: &str, url: &str, needs: Needs) -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// `INFO` through the `redis` step's own client (read-only commands only).
+async fn redis_check(name: &str, url: &str) -> Check {
+    let subject = format!("redis {name}");
+    let target = match crate::diagnose::redis::RedisTarget::parse(url) {
+        Ok(target) => target,
+        Err(e) => {
+            return Check::fail(
+                &subject,
+                format!("redis.{name}.url: {e}"),
+                format!(
+                    "set redis.{name}.url_file (or REMEDY__REDIS__{}__URL) to redis://[:PASSWORD@]HOST:PORT/DB",
+                    name.to_ascii_uppercase()
+                ),
+            );
+        }
+    };
+    match crate::diagnose::redis::diagnose(&target, 1, PROBE_TIMEOUT).await {
+        Ok(out) => Check::ok(
+            &subject,
+            format!(
+                "answers INFO ({} keys)",
+                out.rows
+                    .first()
+                    .and_then(|r| r.get("dbsize"))
+                    .map_or_else(|| "?".to_owned(), ToString::to_string)
+            ),
+        ),
+        Err(e) => Check::fail(
+            &subject,
+            e.to_string(),
+            "check the host, port, password and database in the URL, and that Redis accepts remedy's address",
+        ),
+    }
+}
+
+/// Whether a playbook names compose project `name` in a step or an action.
+fn uses_compose(playbooks: &[Playbook], name: &str) -> bool {
+    playbooks.iter().any(|p| {
+        p.spec
+            .steps
+            .iter()
+            .any(|s| matches!(&s.value, StepSpec::Compose { project, .. } if project == name))
+            || p.spec
+                .actions
+                .iter()
+                .any(|a| a.value.project.as_deref() == Some(name))
+    })
+}
+
+/// `ps` of the project, as the compose steps and actions will run it: the
+/// program, the folder, the files and the engine must all be there.
+async fn compose_check(
+    name: &str,
+    project: &crate::config::ComposeSettings,
+    env: &[(String, std::ffi::OsString)],
+) -> Check {
+    let subject = format!("compose {name}");
+    let call = crate::diagnose::compose::invocation(project, &["ps"]);
+    let mut command = tokio::process::Command::new(&call.program);
+    command
+        .args(&call.args)
+        .current_dir(&call.dir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(Duration::from_secs(20), command.output()).await {
+        Ok(Ok(out)) if out.status.success() => {
+            Check::ok(&subject, format!("`{}` works", call.display()))
+        }
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            Check::fail(
+                &subject,
+                format!("`{}` failed: {last}", call.display()),
+                format!(
+                    "check compose.{name}.project_dir and .files, that the Docker engine is reachable (DOCKER_HOST in commands.env, or the socket and its group), and that remedy's user may use it"
+                ),
+            )
+        }
+        Ok(Err(e)) => Check::fail(
+            &subject,
+            format!("cannot run {}: {e}", call.program.display()),
+            format!(
+                "install it, or set compose.{name}.program to the compose command on this machine (/usr/bin/docker-compose, or /usr/bin/docker with compose), and list it in commands.allow"
+            ),
+        ),
+        Err(_) => Check::fail(
+            &subject,
+            format!("`{}` did not finish within 20s", call.display()),
+            "check that the Docker engine answers",
+        ),
+    }
 }
 
 fn uses_promql(playbooks: &[Playbook]) -> bool {

@@ -51,12 +51,36 @@ async fn admin(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url).await.expect("admin")
 }
 
+/// A compose project folder for `[compose.app]`: one tiny service; `ps`
+/// needs the engine (DOCKER_HOST, as `.ci/run` exports it), not the image.
+fn compose_project() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("remedy-doctor-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("project dir");
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "version: \"3\"\nservices:\n  api:\n    image: debian:bookworm-slim\n    network_mode: host\n",
+    )
+    .expect("compose file");
+    dir
+}
+
 fn doctor(
     target: &str,
     monitoring: &str,
     slack: &str,
     am_token: &str,
     slack_token: &str,
+) -> (bool, String) {
+    doctor_with(target, monitoring, slack, am_token, slack_token, &[])
+}
+
+fn doctor_with(
+    target: &str,
+    monitoring: &str,
+    slack: &str,
+    am_token: &str,
+    slack_token: &str,
+    extra: &[(&str, String)],
 ) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_remedy"));
     cmd.env_remove("RUST_LOG");
@@ -75,6 +99,8 @@ fn doctor(
         .env("REMEDY__CHAT__SLACK__API_URL", format!("{slack}/slack/api"))
         .env("REMEDY__CHAT__SLACK__BOT_TOKEN", slack_token)
         .env("REMEDY__CHAT__SLACK__SIGNING_SECRET", "doctor-signing")
+        .env("REMEDY__REDIS__CACHE__URL", "redis://127.0.0.1:6379/9")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("runs");
     let text = format!(
@@ -98,8 +124,39 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     let monitoring = fake_monitoring().await;
     let slack = FakeChat::start().await;
 
-    // A bare role, a wrong Alertmanager token, a wrong Slack token.
-    let (ok, text) = doctor(&target, &monitoring, &slack.url, "wrong", "xoxb-wrong");
+    let docker_host = std::env::var("DOCKER_HOST").expect(
+        "DOCKER_HOST names the test Docker engine: run `contrib/ci/docker.sh start` and `eval \"$(contrib/ci/docker.sh env)\"`",
+    );
+    let project = compose_project();
+    let compose = |dir: &std::path::Path| {
+        vec![
+            (
+                "REMEDY__COMPOSE__APP__PROGRAM",
+                "/usr/bin/docker-compose".to_owned(),
+            ),
+            (
+                "REMEDY__COMPOSE__APP__PROJECT_DIR",
+                dir.display().to_string(),
+            ),
+            (
+                "REMEDY__COMMANDS__ALLOW",
+                "/usr/bin/docker-compose".to_owned(),
+            ),
+            ("REMEDY__COMMANDS__ENV", "PATH,HOME,DOCKER_HOST".to_owned()),
+            ("DOCKER_HOST", docker_host.clone()),
+        ]
+    };
+
+    // A bare role, a wrong Alertmanager token, a wrong Slack token, a
+    // compose project whose folder is not there.
+    let (ok, text) = doctor_with(
+        &target,
+        &monitoring,
+        &slack.url,
+        "wrong",
+        "xoxb-wrong",
+        &compose(&project.join("missing")),
+    );
     assert!(!ok, "{text}");
     assert!(text.contains("ok   target main: connected to"), "{text}");
     assert!(
@@ -119,7 +176,9 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
         text.contains("FAIL chat slack: auth.test refused the bot token: not_authed"),
         "{text}"
     );
-    assert!(text.contains("doctor: 4 of"), "{text}");
+    assert!(text.contains("FAIL compose app:"), "{text}");
+    assert!(text.contains("ok   redis cache: answers INFO"), "{text}");
+    assert!(text.contains("doctor: 5 of"), "{text}");
 
     // What the fixes say, done: nothing missing.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -128,15 +187,20 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     .execute(&mut conn)
     .await
     .expect("grant");
-    let (ok, text) = doctor(
+    let (ok, text) = doctor_with(
         &target,
         &monitoring,
         &slack.url,
         AM_TOKEN,
         common::fake_chat::SLACK_TOKEN,
+        &compose(&project),
     );
     assert!(ok, "{text}");
     assert!(!text.contains("FAIL") && !text.contains("warn"), "{text}");
+    assert!(
+        text.contains("ok   compose app: `/usr/bin/docker-compose --project-directory"),
+        "{text}"
+    );
     assert!(
         text.contains("ok   chat slack: auth.test: bot remedy in workspace remedy-tests"),
         "{text}"
@@ -144,12 +208,13 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     assert!(text.contains("nothing missing"), "{text}");
 
     // A superuser passes, with a warning that it holds far more than needed.
-    let (ok, text) = doctor(
+    let (ok, text) = doctor_with(
         &db,
         &monitoring,
         &slack.url,
         AM_TOKEN,
         common::fake_chat::SLACK_TOKEN,
+        &compose(&project),
     );
     assert!(ok, "{text}");
     assert!(

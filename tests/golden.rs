@@ -54,6 +54,15 @@ fn reports() -> Vec<(String, ChatReport)> {
         programs: [PathBuf::from("/usr/bin/docker")].into(),
         probes: ["pms".to_owned()].into(),
         redis: ["cache".to_owned()].into(),
+        compose: [("app".to_owned(), "/usr/bin/docker".into())].into(),
+        env_files: [(
+            "app".to_owned(),
+            vec![
+                "POSTGRES_POOL_SIZE".to_owned(),
+                "POSTGRES_MAX_OVERFLOW".to_owned(),
+            ],
+        )]
+        .into(),
     };
     let playbooks = playbook::load_dir(&root().join("playbooks"), &refs).expect("playbooks load");
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("playbooks/tests"))
@@ -70,7 +79,18 @@ fn reports() -> Vec<(String, ChatReport)> {
                     .expect("parse");
             let case = &tests.cases[0];
             let pb = playbook::find(&playbooks, &case.labels).expect("a playbook matches");
-            let report = case_report(pb, case, &settings_probes);
+            let mut report = case_report(pb, case, &settings_probes);
+            // What the diagnosis reads from the project's .env: the exact
+            // lines an env_file action changes, shown with its buttons.
+            for action in &mut report.actions {
+                if action.kind == remedy::playbook::model::ActionKind::EnvFile {
+                    action.changes = remedy::domain::env_file::plan(
+                        "POSTGRES_POOL_SIZE=10  # default\nPOSTGRES_MAX_OVERFLOW=20\n",
+                        &action.set,
+                    )
+                    .expect("plain values");
+                }
+            }
             let approvals: Vec<ApprovalView> = approval_requests(&report, 0)
                 .into_iter()
                 .enumerate()

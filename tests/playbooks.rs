@@ -265,6 +265,67 @@ fn check_refuses_an_http_url_whose_host_a_template_writes_and_a_needless_allow_d
     );
 }
 
+#[test]
+fn check_refuses_unknown_compose_projects_env_files_and_keys_not_allowed() {
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: a, kind: compose, project: nope, logs: api}}\n"),
+        5,
+        5,
+        "steps[0].project",
+        "unknown compose project `nope` (configured: app)",
+    );
+    assert_reports(
+        &format!("{HEAD}steps:\n  - {{id: a, kind: env_file, env_file: nope}}\n"),
+        5,
+        5,
+        "steps[0].env_file",
+        "unknown env file `nope` (configured: app)",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: a, title: t, kind: env_file, risk: disruptive, env_file: app, project: app, service: api, set: {{DATABASE_URL: x}}}}\n"
+        ),
+        5,
+        5,
+        "actions[0].set.DATABASE_URL",
+        "env_files.app does not allow `DATABASE_URL` (allowed_keys: POSTGRES_POOL_SIZE, POSTGRES_MAX_OVERFLOW)",
+    );
+    assert_reports(
+        &format!(
+            "{HEAD}actions:\n  - {{id: a, title: t, kind: compose, risk: disruptive, project: app, service: api}}\n"
+        ),
+        5,
+        5,
+        "actions[0].operation",
+        "a compose action needs an operation: restart, up or recreate",
+    );
+}
+
+#[test]
+fn check_refuses_a_compose_project_whose_program_is_not_allowed() {
+    let dir = scratch();
+    std::fs::write(
+        dir.join("logs.yaml"),
+        format!("{HEAD}steps:\n  - {{id: a, kind: compose, project: app, logs: api}}\n"),
+    )
+    .expect("write");
+    let out = remedy(
+        &["check"],
+        &[
+            ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+            ("REMEDY__COMMANDS__ALLOW", "/bin/echo"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "steps[0].project: compose.app.program: `/usr/bin/docker` is not in commands.allow"
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
 #[tokio::test]
 async fn simulate_prints_the_real_read_only_diagnosis_of_a_payload() {
     let target = common::fresh_store_url(common::Backend::Postgres).await;

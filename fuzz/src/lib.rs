@@ -75,6 +75,15 @@ fn references() -> References {
         programs: ["/usr/bin/docker".into()].into(),
         probes: ["pms".to_owned()].into(),
         redis: ["cache".to_owned()].into(),
+        compose: [("app".to_owned(), "/usr/bin/docker".into())].into(),
+        env_files: [(
+            "app".to_owned(),
+            vec![
+                "POSTGRES_POOL_SIZE".to_owned(),
+                "POSTGRES_MAX_OVERFLOW".to_owned(),
+            ],
+        )]
+        .into(),
     }
 }
 

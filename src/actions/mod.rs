@@ -4,7 +4,9 @@
 //! for the audit log and the incident's message.
 
 pub mod command;
+pub mod compose;
 pub mod ddl;
+pub mod env_file;
 pub mod http;
 pub mod silence;
 pub mod sql;
@@ -52,6 +54,11 @@ pub fn describe(action: &ActionInstance) -> Value {
         "setting": action.setting,
         "lock_timeout_ms": action.lock_timeout_ms,
         "precondition": action.precondition,
+        "project": action.project,
+        "service": action.service,
+        "operation": action.operation,
+        "env_file": action.env_file,
+        "changes": action.changes,
     })
 }
 
@@ -88,5 +95,7 @@ pub async fn run(
         ActionKind::Silence => silence::run(action, context).await,
         ActionKind::RoleSetting => ddl::role_setting(diagnoser, settings, action).await,
         ActionKind::CreateIndex => ddl::create_index(diagnoser, action).await,
+        ActionKind::Compose => compose::run(diagnoser, settings, action).await,
+        ActionKind::EnvFile => env_file::run(diagnoser, settings, action).await,
     }
 }

@@ -90,6 +90,9 @@ pub fn render(report: &ChatReport) -> Rendered {
                 discord_escape(&a.roles.join(", ")),
                 a.status_escaped(discord_escape)
             ));
+            if !a.changes.is_empty() {
+                s.push_str(&format!("```diff\n{}\n```\n", code(&a.changes.join("\n"))));
+            }
         }
         if openable.len() > with_buttons {
             s.push_str(&format!(

@@ -575,6 +575,9 @@ pub fn console_text(report: &ChatReport) -> String {
             t(&a.title),
             a.status_escaped(t)
         );
+        for line in &a.changes {
+            let _ = writeln!(out, "    {}", t(line));
+        }
         if a.open() && !report.resolved {
             let _ = writeln!(
                 out,

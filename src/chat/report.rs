@@ -317,6 +317,10 @@ pub struct ReportAction {
     pub state: ActionState,
     pub approved_by: Vec<String>,
     pub rejected_by: Vec<String>,
+    /// An env_file action's exact lines, `- before` / `+ after`, as the
+    /// digest covers them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// Where an action stands as the report shows it: its approval request's
@@ -484,6 +488,13 @@ impl ChatReport {
                     ),
                     approved_by: by(Decision::Approve),
                     rejected_by: by(Decision::Reject),
+                    // Only from the very action approved (same digest).
+                    changes: usize::try_from(a.seq)
+                        .ok()
+                        .and_then(|seq| report.actions.get(seq))
+                        .filter(|action| action.digest() == a.digest)
+                        .map(crate::playbook::ActionInstance::diff_lines)
+                        .unwrap_or_default(),
                 }
             })
             .collect();

@@ -94,14 +94,21 @@ pub fn render(report: &ChatReport) -> Value {
     let mut action_blocks = Vec::new();
     let mut shown_actions = 0;
     for action in &report.actions {
-        let mut pair = vec![section(&format!(
+        let mut text = format!(
             "*{}*\nrisk `{}` · needs {} of {} · {}",
             slack_escape(&action.title),
             risk_name(action.risk),
             action.quorum,
             slack_escape(&action.roles.join(", ")),
             action.status_escaped(slack_escape),
-        ))];
+        );
+        if !action.changes.is_empty() {
+            text.push_str(&format!(
+                "\n```{}```",
+                slack_code(&action.changes.join("\n"))
+            ));
+        }
+        let mut pair = vec![section(&text)];
         if action.open() && !report.resolved {
             pair.push(buttons(action));
         }

@@ -41,8 +41,41 @@ pub async fn run(
     max_output_bytes: usize,
     max_lines: usize,
 ) -> Result<StepOutput, StepError> {
+    run_in(
+        None,
+        program,
+        args,
+        env,
+        pattern,
+        timeout,
+        max_output_bytes,
+        max_lines,
+    )
+    .await
+}
+
+/// [`run`] with the child's working directory set to `dir` (compose
+/// projects run in their folder).
+///
+/// # Errors
+/// As [`run`].
+#[allow(clippy::too_many_arguments)]
+pub async fn run_in(
+    dir: Option<&Path>,
+    program: &Path,
+    args: &[String],
+    env: &[(String, std::ffi::OsString)],
+    pattern: Option<&Regex>,
+    timeout: Duration,
+    max_output_bytes: usize,
+    max_lines: usize,
+) -> Result<StepOutput, StepError> {
     let started = Instant::now();
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -6,6 +6,7 @@
 //! or a [`StepError`]; a failed step never stops the others.
 
 pub mod command;
+pub mod compose;
 pub mod explain;
 pub mod http;
 pub mod own;
@@ -73,6 +74,9 @@ pub struct Diagnoser {
     redis: std::collections::BTreeMap<String, redis::RedisTarget>,
     prometheus_url: String,
     allowed_programs: std::collections::BTreeSet<std::path::PathBuf>,
+    /// `[compose.NAME]` and `[env_files.NAME]`.
+    compose: std::collections::BTreeMap<String, crate::config::ComposeSettings>,
+    env_files: std::collections::BTreeMap<String, crate::config::EnvFileSettings>,
     /// `commands.env` with remedy's values, read once at start-up: the
     /// whole environment of every child process.
     child_env: Vec<(String, std::ffi::OsString)>,
@@ -139,6 +143,8 @@ impl Diagnoser {
             redis,
             prometheus_url: settings.prometheus.url.trim_end_matches('/').to_owned(),
             allowed_programs: settings.commands.allow.iter().cloned().collect(),
+            compose: settings.compose.clone(),
+            env_files: settings.env_files.clone(),
             child_env: settings.commands.child_env(),
             client: crate::net::client(),
             deadline: settings.playbooks.deadline,
@@ -167,6 +173,45 @@ impl Diagnoser {
     #[must_use]
     pub fn allows(&self, program: &std::path::Path) -> bool {
         self.allowed_programs.contains(program)
+    }
+
+    /// A configured compose project.
+    #[must_use]
+    pub fn compose(&self, name: &str) -> Option<&crate::config::ComposeSettings> {
+        self.compose.get(name)
+    }
+
+    /// A configured environment file.
+    #[must_use]
+    pub fn env_file(&self, name: &str) -> Option<&crate::config::EnvFileSettings> {
+        self.env_files.get(name)
+    }
+
+    /// The exact lines an `env_file` action would change, read from the
+    /// file now: what its approvers see and its digest covers.
+    ///
+    /// # Errors
+    /// An unknown file, a key it does not allow, an unreadable file, or a
+    /// value that is not plain.
+    pub async fn env_file_changes(
+        &self,
+        name: &str,
+        set: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<crate::domain::env_file::EnvChange>, String> {
+        let file = self
+            .env_files
+            .get(name)
+            .ok_or_else(|| format!("unknown env file `{name}`"))?;
+        if let Some(key) = set.keys().find(|k| !file.allowed_keys.contains(k)) {
+            return Err(format!(
+                "env_files.{name} does not allow `{key}` (allowed_keys: {})",
+                file.allowed_keys.join(", ")
+            ));
+        }
+        let text = tokio::fs::read_to_string(&file.path)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", file.path.display()))?;
+        crate::domain::env_file::plan(&text, set).map_err(|e| e.to_string())
     }
 
     /// The environment of every child process (`commands.env`).
@@ -292,6 +337,57 @@ impl Diagnoser {
                     max_lines,
                 )
                 .await
+            }
+            PlannedStep::ComposeLogs {
+                project,
+                service,
+                since,
+                pattern,
+                timeout,
+                max_lines,
+            } => {
+                let settings = self.compose.get(&project).ok_or_else(|| {
+                    StepError::Failed(format!("unknown compose project `{project}`"))
+                })?;
+                let invocation = compose::logs_invocation(settings, &service, since);
+                if !self.allowed_programs.contains(&invocation.program) {
+                    return Err(StepError::Failed(format!(
+                        "`{}` is not in commands.allow",
+                        invocation.program.display()
+                    )));
+                }
+                let pattern = pattern
+                    .as_deref()
+                    .map(regex::Regex::new)
+                    .transpose()
+                    .map_err(|e| StepError::Failed(format!("bad pattern: {e}")))?;
+                compose::logs(
+                    &invocation,
+                    &self.child_env,
+                    pattern.as_ref(),
+                    since,
+                    timeout,
+                    max_lines,
+                )
+                .await
+            }
+            PlannedStep::EnvFile { name } => {
+                let started = std::time::Instant::now();
+                let file = self
+                    .env_files
+                    .get(&name)
+                    .ok_or_else(|| StepError::Failed(format!("unknown env file `{name}`")))?;
+                let text = tokio::fs::read_to_string(&file.path).await.map_err(|e| {
+                    StepError::Failed(format!("cannot read {}: {e}", file.path.display()))
+                })?;
+                Ok(StepOutput {
+                    ok: true,
+                    error: None,
+                    rows: vec![crate::domain::env_file::values(&text, &file.allowed_keys)],
+                    value: None,
+                    truncated: 0,
+                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                })
             }
         }
     }

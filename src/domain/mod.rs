@@ -3,6 +3,7 @@
 //! their ids. Nothing here does I/O; everything here is already validated.
 
 mod alert;
+pub mod env_file;
 mod incident;
 mod states;
 

@@ -159,9 +159,7 @@ pub fn approval_requests(report: &Report, expires_at: Millis) -> Vec<NewApproval
 /// program, every parameter and argument, its precondition.
 #[must_use]
 pub fn action_digest(action: &ActionInstance) -> String {
-    use sha2::{Digest, Sha256};
-    let canonical = serde_json::to_vec(action).unwrap_or_default();
-    hex::encode(Sha256::digest(&canonical))
+    action.digest()
 }
 
 /// The full read-only diagnosis for one alert (also `remedy simulate`).
@@ -171,7 +169,32 @@ pub async fn diagnose(engine: &Engine, alert: &AlertContext) -> Report {
     };
     let planned = playbook::evaluate::plan(playbook, alert, &engine.probes);
     let outputs = engine.diagnoser.run(planned).await;
-    playbook::evaluate::evaluate(playbook, alert, &engine.probes, outputs)
+    let mut report = playbook::evaluate::evaluate(playbook, alert, &engine.probes, outputs);
+    env_file_changes(&engine.diagnoser, &mut report).await;
+    report
+}
+
+/// Fills in the exact lines each `env_file` action changes, read from the
+/// file now. An action whose file cannot be read is not offered (the
+/// report says why); one whose values are already set has nothing to do.
+pub async fn env_file_changes(diagnoser: &crate::diagnose::Diagnoser, report: &mut Report) {
+    let mut kept = Vec::with_capacity(report.actions.len());
+    for mut action in std::mem::take(&mut report.actions) {
+        if action.kind != crate::playbook::model::ActionKind::EnvFile {
+            kept.push(action);
+            continue;
+        }
+        let name = action.env_file.clone().unwrap_or_default();
+        match diagnoser.env_file_changes(&name, &action.set).await {
+            Ok(changes) if changes.is_empty() => {}
+            Ok(changes) => {
+                action.changes = changes;
+                kept.push(action);
+            }
+            Err(e) => report.errors.push(format!("action `{}`: {e}", action.id)),
+        }
+    }
+    report.actions = kept;
 }
 
 #[must_use]

@@ -23,6 +23,12 @@ fn target_of(action: &ActionInstance) -> String {
             format!("sql:{}", action.target.as_deref().unwrap_or("main"))
         }
         ActionKind::Command => format!("command:{}", action.program.as_deref().unwrap_or_default()),
+        // A service's restart and its env file's edit share one budget.
+        ActionKind::Compose | ActionKind::EnvFile => format!(
+            "compose:{}/{}",
+            action.project.as_deref().unwrap_or_default(),
+            action.service.as_deref().unwrap_or_default()
+        ),
         ActionKind::Http | ActionKind::Silence => {
             format!(
                 "{:?}:{}",
@@ -83,6 +89,13 @@ pub fn silence_action(key: &str) -> Option<ActionInstance> {
         lock_timeout_ms: None,
         precondition: None,
         automatic: false,
+        project: None,
+        service: None,
+        operation: None,
+        env_file: None,
+        set: std::collections::BTreeMap::new(),
+        changes: Vec::new(),
+        verify: None,
     })
 }
 
@@ -111,7 +124,11 @@ pub(super) async fn run(
         None => Report::default(),
     };
     let settings = &engine.executor;
-    let longest = settings.statement_timeout.max(settings.command_timeout);
+    // An env_file action runs up to four compose commands (recreate, read
+    // the value back, and on failure restore and recreate again).
+    let longest = settings
+        .statement_timeout
+        .max(settings.command_timeout.saturating_mul(4));
     let run_ms = i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 2) + RUN_MARGIN_MS;
     let approvals = engine.store.approvals(id).await?;
     for (approval, seq, digest) in engine.store.approved_actions(id).await? {

@@ -9,7 +9,7 @@ use super::diagnose::{action_digest, alert_context, diagnose};
 use super::{Engine, WorkError};
 use crate::domain::{IncidentStatus, Millis};
 use crate::playbook::Report;
-use crate::playbook::model::Severity;
+use crate::playbook::model::{ActionKind, Severity};
 use crate::store::{ClaimedWork, ExecutionRef};
 
 fn worst(report: &Report) -> Option<Severity> {
@@ -43,14 +43,40 @@ pub(super) async fn run(
         None
     };
     let approvals = engine.store.approvals(id).await?;
-    for (execution, approval) in unverified {
+    let playbook = crate::playbook::find(&engine.playbooks, &incident.labels.0);
+    for (execution, approval, output) in unverified {
         let Some(approved) = approvals.iter().find(|a| a.id == approval) else {
             continue;
         };
         let digest = approved.digest.clone();
-        let (verdict, evidence) = match &after {
-            None => ("effective", "the alert resolved".to_owned()),
-            Some(after) => {
+        // The action as run (its digest is the approval's).
+        let action = usize::try_from(approved.seq)
+            .ok()
+            .and_then(|seq| before.actions.get(seq))
+            .filter(|a| a.digest() == digest);
+        let judged_by = action.and_then(|a| a.verify.as_deref()).zip(playbook);
+        let (verdict, mut evidence) = match (&after, judged_by) {
+            (None, _) => ("effective", "the alert resolved".to_owned()),
+            (Some(after), Some((expression, playbook))) => {
+                match crate::playbook::evaluate::holds(
+                    playbook,
+                    &alert_context(&incident),
+                    &engine.probes,
+                    &after.steps,
+                    expression,
+                ) {
+                    Ok(true) => (
+                        "effective",
+                        format!("`{expression}` holds; now: {}", after.summary),
+                    ),
+                    Ok(false) => (
+                        "ineffective",
+                        format!("`{expression}` does not hold; now: {}", after.summary),
+                    ),
+                    Err(e) => ("ineffective", format!("`{expression}` failed: {e}")),
+                }
+            }
+            (Some(after), None) => {
                 let still_offered = after.actions.iter().any(|a| action_digest(a) == digest);
                 if !still_offered {
                     (
@@ -67,6 +93,20 @@ pub(super) async fn run(
                 }
             }
         };
+        // An env file edit that did not help is undone.
+        if verdict == "ineffective"
+            && let Some(action) = action.filter(|a| a.kind == ActionKind::EnvFile)
+        {
+            let undone = crate::actions::env_file::undo(
+                &engine.diagnoser,
+                &engine.executor,
+                action,
+                output.as_deref().unwrap_or_default(),
+            )
+            .await;
+            tracing::warn!(incident = id.0, approval, %undone, "env file edit undone");
+            evidence = format!("{evidence}\n{undone}");
+        }
         metrics::counter!("remedy_verifications_total", "verdict" => verdict).increment(1);
         engine
             .store

@@ -10,7 +10,7 @@ use minijinja::Value as Ctx;
 use serde::{Deserialize, Serialize};
 
 use super::Playbook;
-use super::model::{ActionKind, Risk, Severity, StepSpec};
+use super::model::{ActionKind, ComposeOperation, Risk, Severity, StepSpec};
 use super::template::{self, render, truthy};
 use crate::diagnose::StepOutput;
 use crate::domain::Labels;
@@ -65,10 +65,27 @@ pub enum PlannedStep {
         min_rows: f64,
         timeout: Duration,
     },
+    ComposeLogs {
+        project: String,
+        service: String,
+        since: Duration,
+        pattern: Option<String>,
+        timeout: Duration,
+        max_lines: usize,
+    },
+    EnvFile {
+        name: String,
+    },
 }
 
 /// `SLOWLOG GET` entries a `redis` step reads unless it says otherwise.
 pub const DEFAULT_SLOWLOG: usize = 10;
+
+/// How far back a `compose` logs step reads by default.
+pub const DEFAULT_LOGS_SINCE: Duration = Duration::from_secs(3600);
+/// A `compose` step's default timeout: compose itself takes seconds to
+/// start (docker-compose 1.x is a Python program).
+pub const DEFAULT_COMPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ROWS: usize = 50;
@@ -120,6 +137,51 @@ pub struct ActionInstance {
     pub precondition: Option<BoundQuery>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub automatic: bool,
+    /// compose and env_file: the project and service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<ComposeOperation>,
+    /// env_file: the file, the values to set, and the exact lines before
+    /// and after (read from the file when the diagnosis ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::domain::env_file::EnvChange>,
+    /// The playbook's `verify` expression, judged on the re-diagnosis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+}
+
+impl ActionInstance {
+    /// sha256 over the action's canonical JSON: kind, target, statement or
+    /// program, every parameter and argument, an env file's exact lines,
+    /// its precondition. An approval is bound to it.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&canonical))
+    }
+
+    /// An env_file action's changes as a diff: `- before` (when the file
+    /// set the key) and `+ after` lines.
+    #[must_use]
+    pub fn diff_lines(&self) -> Vec<String> {
+        self.changes
+            .iter()
+            .flat_map(|c| {
+                c.before
+                    .iter()
+                    .map(|b| format!("- {b}"))
+                    .chain(std::iter::once(format!("+ {}", c.after)))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +270,9 @@ impl Report {
                     "  {} [{:?}, {} approver(s)]: {}",
                     a.id, a.risk, a.quorum, a.title
                 );
+                for line in a.diff_lines() {
+                    let _ = writeln!(out, "      {line}");
+                }
             }
         }
         if !self.suggestions.is_empty() {
@@ -381,6 +446,25 @@ pub fn plan(
                         timeout: timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
                         max_lines: max_lines.unwrap_or(DEFAULT_MAX_ROWS),
                     },
+                    StepSpec::Compose {
+                        project,
+                        logs,
+                        since,
+                        pattern,
+                        timeout,
+                        max_lines,
+                        ..
+                    } => PlannedStep::ComposeLogs {
+                        project: project.clone(),
+                        service: service_name(&env, logs, &ctx)?,
+                        since: since.unwrap_or(DEFAULT_LOGS_SINCE),
+                        pattern: pattern.clone(),
+                        timeout: timeout.unwrap_or(DEFAULT_COMPOSE_TIMEOUT),
+                        max_lines: max_lines.unwrap_or(DEFAULT_MAX_ROWS),
+                    },
+                    StepSpec::EnvFile { env_file, .. } => PlannedStep::EnvFile {
+                        name: env_file.clone(),
+                    },
                 })
             })();
             (step.id().to_owned(), planned)
@@ -524,6 +608,22 @@ pub fn evaluate(
                         })
                         .transpose()?,
                     automatic: a.automatic,
+                    project: a.project.clone(),
+                    service: a
+                        .service
+                        .as_deref()
+                        .map(|s| service_name(&env, s, &ctx))
+                        .transpose()
+                        .map_err(|e| format!("action `{}`: {e}", a.id))?,
+                    operation: a.operation,
+                    env_file: a.env_file.clone(),
+                    set: a
+                        .set
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), render(&env, v, &ctx)?.trim().to_owned())))
+                        .collect::<Result<_, String>>()?,
+                    changes: Vec::new(),
+                    verify: a.verify.clone(),
                 })
             })();
             match rendered {
@@ -574,6 +674,51 @@ pub fn evaluate(
         measured: BTreeMap::new(),
         dry_run: playbook.spec.dry_run,
     }
+}
+
+/// A compose service name rendered from a template: letters, digits and
+/// `_ . -`, not starting with `-` (a value from an alert never becomes an
+/// option of compose).
+fn service_name(
+    env: &minijinja::Environment<'_>,
+    source: &str,
+    ctx: &Ctx,
+) -> Result<String, String> {
+    let name = render(env, source, ctx)?.trim().to_owned();
+    let valid = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "service `{source}` renders to `{name}`, which is not a compose service name"
+        ))
+    }
+}
+
+/// Whether `expression` holds on a diagnosis (an action's `verify`): the
+/// same context as findings (`steps`, `vars`, `labels`).
+///
+/// # Errors
+/// The expression's error.
+pub fn holds(
+    playbook: &Playbook,
+    alert: &AlertContext,
+    probes: &BTreeMap<String, String>,
+    steps: &BTreeMap<String, StepOutput>,
+    expression: &str,
+) -> Result<bool, String> {
+    let env = template::environment();
+    let mut base = base_context(playbook, alert, probes);
+    if let Some(map) = base.as_object_mut() {
+        map.insert(
+            "steps".into(),
+            serde_json::to_value(steps).unwrap_or_default(),
+        );
+    }
+    truthy(&env, expression, &template::context(&base))
 }
 
 /// A `when` that is absent, or true; an expression that fails counts as

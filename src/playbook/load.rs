@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::Playbook;
 use super::matcher::{Matcher, parse_matchers};
-use super::model::{ActionKind, ArgSpec, PlaybookFile, StepSpec};
+use super::model::{ActionKind, ActionSpec, ArgSpec, PlaybookFile, StepSpec};
 use super::template;
 use crate::config::Settings;
 
@@ -47,6 +47,10 @@ pub struct References {
     pub probes: BTreeSet<String>,
     /// `[redis.NAME]` names, for `redis` steps.
     pub redis: BTreeSet<String>,
+    /// `[compose.NAME]` names and their programs (the argv's first element).
+    pub compose: BTreeMap<String, PathBuf>,
+    /// `[env_files.NAME]` names and their allowed keys.
+    pub env_files: BTreeMap<String, Vec<String>>,
 }
 
 impl References {
@@ -57,6 +61,21 @@ impl References {
             programs: settings.commands.allow.iter().cloned().collect(),
             probes: settings.probes.keys().cloned().collect(),
             redis: settings.redis.keys().cloned().collect(),
+            compose: settings
+                .compose
+                .iter()
+                .map(|(name, c)| {
+                    (
+                        name.clone(),
+                        PathBuf::from(c.program.first().cloned().unwrap_or_default()),
+                    )
+                })
+                .collect(),
+            env_files: settings
+                .env_files
+                .iter()
+                .map(|(name, f)| (name.clone(), f.allowed_keys.clone()))
+                .collect(),
         }
     }
 }
@@ -275,6 +294,43 @@ impl Validator<'_> {
         }
     }
 
+    fn compose_project(&mut self, at: Location, field: String, name: &str) {
+        match self.refs.compose.get(name) {
+            None => {
+                let known: Vec<&str> = self.refs.compose.keys().map(String::as_str).collect();
+                self.error(
+                    at,
+                    field,
+                    format!(
+                        "unknown compose project `{name}` (configured: {})",
+                        list(&known)
+                    ),
+                );
+            }
+            Some(program) if !self.refs.programs.contains(program) => {
+                let message = format!(
+                    "compose.{name}.program: `{}` is not in commands.allow",
+                    program.display()
+                );
+                self.error(at, field, message);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn env_file(&mut self, at: Location, field: String, name: &str) -> Option<Vec<String>> {
+        let allowed = self.refs.env_files.get(name).cloned();
+        if allowed.is_none() {
+            let known: Vec<&str> = self.refs.env_files.keys().map(String::as_str).collect();
+            self.error(
+                at,
+                field,
+                format!("unknown env file `{name}` (configured: {})", list(&known)),
+            );
+        }
+        allowed
+    }
+
     fn steps(&mut self, spec: &PlaybookFile) {
         let mut ids = BTreeSet::new();
         let default_target = spec.target.as_ref();
@@ -406,6 +462,21 @@ impl Validator<'_> {
                     if let Some(Err(e)) = pattern.as_deref().map(Regex::new) {
                         self.error(at, format!("steps[{i}].pattern"), format!("bad regex: {e}"));
                     }
+                }
+                StepSpec::Compose {
+                    project,
+                    logs,
+                    pattern,
+                    ..
+                } => {
+                    self.compose_project(at, format!("steps[{i}].project"), project);
+                    self.template(at, format!("steps[{i}].logs"), logs);
+                    if let Some(Err(e)) = pattern.as_deref().map(Regex::new) {
+                        self.error(at, format!("steps[{i}].pattern"), format!("bad regex: {e}"));
+                    }
+                }
+                StepSpec::EnvFile { env_file, .. } => {
+                    self.env_file(at, format!("steps[{i}].env_file"), env_file);
                 }
             }
         }
@@ -554,6 +625,49 @@ impl Validator<'_> {
                         );
                     }
                 }
+                ActionKind::Compose => {
+                    self.service(at, &field, action);
+                    if action.operation.is_none() {
+                        self.error(
+                            at,
+                            field("operation"),
+                            "a compose action needs an operation: restart, up or recreate",
+                        );
+                    }
+                }
+                ActionKind::EnvFile => {
+                    self.service(at, &field, action);
+                    match &action.env_file {
+                        None => self.error(
+                            at,
+                            field("env_file"),
+                            "an env_file action needs an env_file",
+                        ),
+                        Some(name) => {
+                            if let Some(allowed) = self.env_file(at, field("env_file"), name) {
+                                for key in action.set.keys().filter(|k| !allowed.contains(k)) {
+                                    self.error(
+                                        at,
+                                        format!("actions[{i}].set.{key}"),
+                                        format!(
+                                            "env_files.{name} does not allow `{key}` (allowed_keys: {})",
+                                            allowed.join(", ")
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    if action.set.is_empty() {
+                        self.error(at, field("set"), "an env_file action sets at least one key");
+                    }
+                    for (key, value) in &action.set {
+                        self.template(at, format!("actions[{i}].set.{key}"), value);
+                    }
+                }
+            }
+            if let Some(verify) = &action.verify {
+                self.expression(at, field("verify"), verify);
             }
             if action.automatic && action.risk != crate::playbook::model::Risk::Safe {
                 self.error(
@@ -593,6 +707,18 @@ impl Validator<'_> {
                     self.template(at, format!("actions[{i}].precondition.params[{j}]"), p);
                 }
             }
+        }
+    }
+
+    /// A compose or env_file action's project and service.
+    fn service(&mut self, at: Location, field: &dyn Fn(&str) -> String, action: &ActionSpec) {
+        match &action.project {
+            None => self.error(at, field("project"), "needs a compose `project`"),
+            Some(p) => self.compose_project(at, field("project"), p),
+        }
+        match &action.service {
+            None => self.error(at, field("service"), "needs the `service` it acts on"),
+            Some(s) => self.template(at, field("service"), s),
         }
     }
 

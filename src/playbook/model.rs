@@ -136,6 +136,36 @@ pub enum StepSpec {
         #[serde(default)]
         max_lines: Option<usize>,
     },
+    /// A service's recent log lines from a configured compose project
+    /// (`compose logs --timestamps --no-color [--since]`): the newest
+    /// `max_lines` matching lines are kept, and `value` counts every match.
+    Compose {
+        id: String,
+        /// A `[compose.NAME]` from the settings.
+        project: String,
+        /// The service whose logs are read (a template; never an option).
+        logs: String,
+        /// How far back (default 1h).
+        #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
+        since: Option<Duration>,
+        /// Keep only lines matching this regex.
+        #[serde(default)]
+        pattern: Option<String>,
+        #[serde(default, with = "humantime_serde::option")]
+        #[schemars(with = "Option<HumanDuration>")]
+        timeout: Option<Duration>,
+        #[serde(default)]
+        max_lines: Option<usize>,
+    },
+    /// The allow-listed keys of a configured environment file, as one row
+    /// (`steps.ID.rows[0].KEY`); a key the file does not set is absent.
+    #[serde(rename = "env_file")]
+    EnvFile {
+        id: String,
+        /// An `[env_files.NAME]` from the settings.
+        env_file: String,
+    },
 }
 
 impl StepSpec {
@@ -147,7 +177,9 @@ impl StepSpec {
             | Self::Http { id, .. }
             | Self::Redis { id, .. }
             | Self::Explain { id, .. }
-            | Self::Command { id, .. } => id,
+            | Self::Command { id, .. }
+            | Self::Compose { id, .. }
+            | Self::EnvFile { id, .. } => id,
         }
     }
 
@@ -160,6 +192,8 @@ impl StepSpec {
             Self::Redis { .. } => "redis",
             Self::Explain { .. } => "explain",
             Self::Command { .. } => "command",
+            Self::Compose { .. } => "compose",
+            Self::EnvFile { .. } => "env_file",
         }
     }
 }
@@ -285,6 +319,41 @@ pub enum ActionKind {
     /// the server, the index is checked valid, an invalid leftover dropped.
     #[serde(rename = "create_index")]
     CreateIndex,
+    /// `restart`, `up` or `recreate` one service of a configured compose
+    /// project.
+    Compose,
+    /// Set keys in a configured environment file, then recreate the
+    /// service that reads it and check the value inside the new container.
+    #[serde(rename = "env_file")]
+    EnvFile,
+}
+
+/// What a `compose` action does to its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ComposeOperation {
+    /// `restart SERVICE`: the same container, started again. It keeps the
+    /// environment the container was created with: an edited `.env` is
+    /// NOT read again.
+    Restart,
+    /// `up -d --no-deps SERVICE`: recreates the container when its
+    /// configuration (an edited `.env` included) changed.
+    Up,
+    /// `up -d --no-deps --force-recreate SERVICE`: a new container whatever
+    /// changed.
+    Recreate,
+}
+
+impl ComposeOperation {
+    /// The compose arguments before the service name.
+    #[must_use]
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Restart => &["restart"],
+            Self::Up => &["up", "-d", "--no-deps"],
+            Self::Recreate => &["up", "-d", "--no-deps", "--force-recreate"],
+        }
+    }
 }
 
 /// Something that can be executed after approval. With `for_each: STEP`
@@ -347,6 +416,27 @@ pub struct ActionSpec {
     #[serde(default, with = "humantime_serde::option")]
     #[schemars(with = "Option<HumanDuration>")]
     pub lock_timeout: Option<Duration>,
+    /// compose and env_file: a `[compose.NAME]` from the settings, and the
+    /// service (a template) acted on.
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    /// compose: what to do to the service.
+    #[serde(default)]
+    pub operation: Option<ComposeOperation>,
+    /// env_file: an `[env_files.NAME]` from the settings, and the keys to
+    /// set with their values (templates).
+    #[serde(default)]
+    pub env_file: Option<String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// An expression over the diagnosis run again `executor.verify_after`
+    /// later (`steps`, `vars`, `labels`): true means the run was effective.
+    /// Without it, a run is effective when the action is no longer offered
+    /// or the findings eased. An env_file edit judged ineffective is undone.
+    #[serde(default)]
+    pub verify: Option<String>,
     /// Re-checked right before running (by the executor).
     #[serde(default)]
     pub precondition: Option<PreconditionSpec>,

@@ -68,6 +68,12 @@ pub struct ExpectAction {
     pub params: Option<Vec<String>>,
     #[serde(default)]
     pub args: Option<Vec<String>>,
+    /// compose and env_file actions: the service acted on.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// env_file actions: the values set.
+    #[serde(default)]
+    pub set: Option<BTreeMap<String, String>>,
 }
 
 /// The outcome of one test file.
@@ -211,21 +217,26 @@ fn compare(report: &Report, expect: &Expect) -> Option<String> {
                 got.id == want.id
                     && want.params.as_ref().is_none_or(|p| *p == got.params)
                     && want.args.as_ref().is_none_or(|a| *a == got.args)
+                    && want
+                        .service
+                        .as_ref()
+                        .is_none_or(|s| Some(s) == got.service.as_ref())
+                    && want.set.as_ref().is_none_or(|s| *s == got.set)
             });
     if !actions_ok {
         let _ = writeln!(diff, "  actions differ:");
         for want in &expect.actions {
             let _ = writeln!(
                 diff,
-                "    - expected {} params {:?} args {:?}",
-                want.id, want.params, want.args
+                "    - expected {} params {:?} args {:?} service {:?} set {:?}",
+                want.id, want.params, want.args, want.service, want.set
             );
         }
         for got in &report.actions {
             let _ = writeln!(
                 diff,
-                "    + got      {} params {:?} args {:?}",
-                got.id, got.params, got.args
+                "    + got      {} params {:?} args {:?} service {:?} set {:?}",
+                got.id, got.params, got.args, got.service, got.set
             );
         }
     }

@@ -296,10 +296,13 @@ impl Store {
     }
 
     /// Done executions of an incident not yet judged: (id, approval id).
-    pub async fn unverified(&self, incident: IncidentId) -> Result<Vec<(i64, i64)>, StoreError> {
+    pub async fn unverified(
+        &self,
+        incident: IncidentId,
+    ) -> Result<Vec<(i64, i64, Option<String>)>, StoreError> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(
-                "select id, approval_id from executions
+                "select id, approval_id, output from executions
                   where incident_id = $1 and state = 'done' and verification is null order by id",
             )
             .bind(incident.0)

@@ -3,6 +3,7 @@
 //! in-process, and helpers to post webhooks and read the API.
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
+pub mod docker;
 pub mod fake_alertmanager;
 pub mod fake_chat;
 pub mod fake_mattermost;
