@@ -194,6 +194,14 @@ insert into work (kind, incident_id, due_at, created_at, updated_at)
 select $3, j.value, $2, $2, $2 from jsonb_each($1) j order by j.value;";
 
 /// PostgreSQL: a segment of the batch as one statement with data-modifying
+/// CTEs. Every look-up of `incidents` is by fingerprint or id, written so
+/// the planner cannot turn it into a join (`lateral … offset 0`, `offset 0`
+/// in `exists`, `id = any (array(…))`): estimating the batch at 100 rows,
+/// and a table never analyzed (autovacuum off), it chose hash joins that
+/// read all of `incidents` for every batch, about 1,100 requests/s on a
+/// table of 10,000 incidents. The unit test
+/// `the_postgres_intake_statement_never_scans_incidents` checks the plan.
+///
 /// CTEs, so one round trip commits it (atomic on its own). Every CTE sees
 /// the statement's snapshot, so `open` is the open incidents before any
 /// change. A replica inserting the same new episode concurrently makes the
@@ -221,10 +229,12 @@ with deliveries as (
   select i.id, i.fingerprint, i.starts_at, e.starts_at as new_starts_at,
          e.starts_ms as new_starts_ms, e.n,
          (e.starts_ms < i.starts_ms and not exists (
-             select 1 from incidents o where o.fingerprint = i.fingerprint
-                and o.starts_at = e.starts_at)) as moves
-    from incidents i join episodes e on e.fingerprint = i.fingerprint
-   where i.status = 'firing'
+             select 1 from incidents o where o.fingerprint = e.fingerprint
+                and o.starts_at = e.starts_at offset 0)) as moves
+    from episodes e
+    cross join lateral (select i.id, i.fingerprint, i.starts_at, i.starts_ms from incidents i
+                         where i.fingerprint = e.fingerprint and i.status = 'firing'
+                         offset 0) i
 ), moved as (
   insert into incident_events (incident_id, at, kind, detail)
   select id, $3, 'starts_at_moved', jsonb_build_object('from', starts_at, 'to', new_starts_at)
@@ -235,14 +245,17 @@ with deliveries as (
          starts_at = case when o.moves then o.new_starts_at else i.starts_at end,
          starts_ms = case when o.moves then o.new_starts_ms else i.starts_ms end
     from open o where i.id = o.id and i.status = 'firing'
+), late_ids as (
+  select (select max(r.id) from incidents r
+           where r.fingerprint = e.fingerprint and r.status = 'resolved'
+             and coalesce(r.ends_ms, r.resolved_at) >= e.starts_ms offset 0) as id, e.n
+    from episodes e
+   where not exists (select 1 from open o where o.fingerprint = e.fingerprint)
 ), late as (
   update incidents i
-     set seen_count = i.seen_count + e.n, last_seen_at = $3
-    from episodes e
-   where i.id = (select max(r.id) from incidents r
-                  where r.fingerprint = e.fingerprint and r.status = 'resolved'
-                    and coalesce(r.ends_ms, r.resolved_at) >= e.starts_ms)
-     and not exists (select 1 from open o where o.fingerprint = e.fingerprint)
+     set seen_count = i.seen_count + (select sum(l.n) from late_ids l where l.id = i.id),
+         last_seen_at = $3
+   where i.id = any (array(select id from late_ids where id is not null))
 ), inserted as (
   insert into incidents (fingerprint, starts_at, starts_ms, alertname, severity, status, labels,
       annotations, generator_url, receiver, group_key, opened_at, last_seen_at, seen_count)
@@ -252,7 +265,8 @@ with deliveries as (
    where not exists (select 1 from incidents o
                       where o.fingerprint = e.fingerprint
                         and (o.status = 'firing' or o.starts_at = e.starts_at
-                             or coalesce(o.ends_ms, o.resolved_at) >= e.starts_ms))
+                             or coalesce(o.ends_ms, o.resolved_at) >= e.starts_ms)
+                      offset 0)
    order by fingerprint
   on conflict (fingerprint) where status = 'firing' do update
      set seen_count = incidents.seen_count + excluded.seen_count,
@@ -873,7 +887,8 @@ impl<'a> Segment<'a> {
 #[cfg(test)]
 mod tests {
     use super::{
-        SQLITE_BUMP_OPEN, SQLITE_DELIVERIES, SQLITE_LATE, SQLITE_MOVED, SQLITE_OPEN, SQLITE_OPENED,
+        POSTGRES_BATCH, SQLITE_BUMP_OPEN, SQLITE_DELIVERIES, SQLITE_LATE, SQLITE_MOVED,
+        SQLITE_OPEN, SQLITE_OPENED,
     };
     use crate::store::{Store, StoreOptions};
 
@@ -913,5 +928,78 @@ mod tests {
                 "{sql}\n{steps:#?}"
             );
         }
+    }
+
+    /// The PostgreSQL intake statement finds every incident it touches by
+    /// an index, even on a table never analyzed (autovacuum off) holding
+    /// 20,000 incidents, half of them firing: no sequential scan of
+    /// `incidents` anywhere in its plan.
+    #[tokio::test]
+    async fn the_postgres_intake_statement_never_scans_incidents() {
+        use sqlx::Connection;
+        let admin_url = std::env::var("REMEDY_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("remedy_t_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let url = format!(
+            "{}/{name}",
+            admin_url.rsplit_once('/').expect("a database").0
+        );
+        let store = Store::connect(&url, &StoreOptions::default())
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let Store::Postgres(pool) = &store else {
+            unreachable!("a postgres url")
+        };
+        sqlx::raw_sql(
+            "insert into incidents (fingerprint, starts_at, starts_ms, alertname, severity, status,
+                 labels, annotations, generator_url, receiver, group_key, opened_at,
+                 last_seen_at, seen_count, resolved_at)
+             select 'old' || g, '2026-01-01T00:00:00Z', 0, 'A', 'warning',
+                 case when g % 2 = 0 then 'resolved' else 'firing' end, '{}',
+                 '{}', '', 'r', 'g', 0, 0, 1, case when g % 2 = 0 then 0 end
+               from generate_series(1, 20000) g",
+        )
+        .execute(pool)
+        .await
+        .expect("incidents");
+        let episodes: Vec<serde_json::Value> = (0..16)
+            .map(|i| {
+                serde_json::json!({"fingerprint": format!("new{i}"), "starts_at": "2026-11-26T10:00:00Z",
+                    "starts_ms": 1_764_151_200_000_i64, "alertname": "A", "severity": "warning",
+                    "labels": {}, "annotations": {}, "generator_url": "", "receiver": "r",
+                    "group_key": "g", "n": 1})
+            })
+            .collect();
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("explain {POSTGRES_BATCH}")))
+                .bind("[]")
+                .bind(serde_json::Value::from(episodes).to_string())
+                .bind(0_i64)
+                .bind("diagnose")
+                .fetch_all(pool)
+                .await
+                .expect("plan");
+        store.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop database {name} with (force)"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop database");
+        assert!(
+            !plan
+                .iter()
+                .any(|line| line.contains("Seq Scan on incidents")),
+            "{}",
+            plan.join("\n")
+        );
     }
 }
