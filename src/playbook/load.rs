@@ -367,35 +367,11 @@ impl Validator<'_> {
                     query,
                     params,
                     ..
-                } => {
-                    match (target, default_target) {
-                        (Some(t), _) => self.target(at, format!("steps[{i}].target"), t),
-                        (None, Some(_)) => {}
-                        (None, None) => self.error(
-                            at,
-                            format!("steps[{i}].target"),
-                            "no target here and no playbook `target`",
-                        ),
-                    }
-                    if query.contains("{{") {
-                        self.error(
-                            at,
-                            format!("steps[{i}].query"),
-                            "SQL is not a template: pass values as `params` ($1, $2, …)",
-                        );
-                    }
-                    for (j, p) in params.iter().enumerate() {
-                        self.template(at, format!("steps[{i}].params[{j}]"), p);
-                    }
                 }
-                StepSpec::Promql { query, .. } => {
-                    self.template(at, format!("steps[{i}].query"), query);
-                }
-                StepSpec::Explain {
+                | StepSpec::Explain {
                     target,
                     query,
                     params,
-                    min_rows,
                     ..
                 } => {
                     match (target, default_target) {
@@ -417,7 +393,13 @@ impl Validator<'_> {
                     for (j, p) in params.iter().enumerate() {
                         self.template(at, format!("steps[{i}].params[{j}]"), p);
                     }
-                    self.template(at, format!("steps[{i}].min_rows"), min_rows);
+                    // An explain step's table-size floor is a template too.
+                    if let StepSpec::Explain { min_rows, .. } = step {
+                        self.template(at, format!("steps[{i}].min_rows"), min_rows);
+                    }
+                }
+                StepSpec::Promql { query, .. } => {
+                    self.template(at, format!("steps[{i}].query"), query);
                 }
                 StepSpec::Redis {
                     target, slowlog, ..
