@@ -16,6 +16,7 @@ on_both_stores!(
     work_whose_worker_keeps_dying_is_given_up_after_the_last_attempt,
     urgent_kinds_are_claimed_before_older_diagnoses,
     a_deferred_row_keeps_its_place_and_spends_no_attempt,
+    an_incidents_notify_rows_never_run_at_once_when_the_younger_is_due_first,
 );
 
 fn worker(name: &str) -> WorkerSettings {
@@ -354,4 +355,55 @@ async fn a_deferred_row_keeps_its_place_and_spends_no_attempt(backend: Backend) 
             .await
             .expect("complete")
     );
+}
+
+/// A handler enqueues with the time of its claim, so a younger row can be
+/// due before an older one (seen in the Slack e2e: the execute handler's
+/// `notify` came after a click's, due earlier). While one `notify` of an
+/// incident is leased, no other may start: two renders at once post the
+/// same outcome twice.
+async fn an_incidents_notify_rows_never_run_at_once_when_the_younger_is_due_first(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let id = open_one(&app).await;
+    let now = now_millis();
+    common::execute(&app.store, "delete from work where kind <> 'notify'").await;
+    for due in [now + 1_000, now - 1_000] {
+        common::execute(
+            &app.store,
+            &format!(
+                "insert into work (kind, incident_id, due_at, created_at, updated_at)
+                 values ('notify', {id}, {due}, {now}, {now})"
+            ),
+        )
+        .await;
+    }
+    let older: i64 = common::scalar(&app.store, "select min(id) from work").await;
+    let first = app
+        .store
+        .claim_work("w", now, 60_000, 5, 5)
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1, "only the row due now");
+    assert_ne!(first[0].id, older, "the younger row, due first");
+    // The older row is due now, but the younger one still holds its lease.
+    let during = app
+        .store
+        .claim_work("w", now + 2_000, 60_000, 5, 5)
+        .await
+        .expect("claim");
+    assert!(during.is_empty(), "claimed while another ran: {during:?}");
+    assert!(
+        app.store
+            .complete_work(&first[0], now + 2_000)
+            .await
+            .expect("complete")
+    );
+    let after = app
+        .store
+        .claim_work("w", now + 2_001, 60_000, 5, 5)
+        .await
+        .expect("claim");
+    assert_eq!(after.iter().map(|w| w.id).collect::<Vec<_>>(), [older]);
 }

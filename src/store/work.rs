@@ -427,7 +427,10 @@ macro_rules! lane {
 /// (most urgent) first, then the oldest due. An incident's `notify` rows
 /// run one at a time, oldest first, so an older render never lands after a
 /// newer one; its `execute` and `verify` rows too, so one action never runs
-/// (or is judged) in two workers at once. A claim clears `target`: a row
+/// (or is judged) in two workers at once. "One at a time" is also checked
+/// on its own (no other row of the kind holds a live lease): a handler
+/// enqueues with its claim's time, so a younger row can be due before an
+/// older one and start first. A claim clears `target`: a row
 /// counts against a target only once it took a slot in this claim. A row that waits for its target
 /// (`waits_for`, `target_limit`, recorded by [`Store::take_target_slot`]) is
 /// passed over while the target's leased rows are at the limit, so a
@@ -449,11 +452,15 @@ macro_rules! claim_sql {
                        or (select count(*) from work t
                             where t.target = work.waits_for and t.lease_owner is not null
                               and t.lease_until > $3) < target_limit)
-                  and (kind not in ('notify', 'execute', 'verify', 'escalate') or id = (
+                  and (kind not in ('notify', 'execute', 'verify', 'escalate') or (id = (
                         select min(n.id) from work n
                          where n.incident_id = work.incident_id and n.kind = work.kind
                            and n.state = 'pending'
-                           and (n.due_at <= $3 or n.lease_owner is not null)))
+                           and (n.due_at <= $3 or n.lease_owner is not null))
+                       and not exists (select 1 from work l
+                         where l.incident_id = work.incident_id and l.kind = work.kind
+                           and l.state = 'pending' and l.id <> work.id
+                           and l.lease_owner is not null and l.lease_until > $3)))
                 order by ",
             lane!(),
             ", due_at, id limit $4 ",

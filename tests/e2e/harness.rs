@@ -837,7 +837,10 @@ api_url = "{mattermost_api}"
                         "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
                         format!("http://127.0.0.1:{port}/v1/interactions/mattermost"),
                     )
-                    .env("RUST_LOG", "info,sqlx=warn");
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("REMEDY_E2E_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+                    );
                 for (k, v) in &config.env {
                     c.env(k, v);
                 }
