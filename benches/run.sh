@@ -6,6 +6,9 @@
 #   3. cargo bench --bench pipeline  alert -> Slack message, click -> executed, RSS
 #   4. cargo bench --bench diagnosis one full diagnosis (DatabasePoolExhaustionCritical)
 #   5. cargo bench --bench timers    escalation timer lag and memory, 10k vs 100k pending
+#   6. sidebyside.sh 10s 2            intake against the minimum-work ceiling server
+#      (../shared/bench/, or REMEDY_CEILING_BENCH=DIR), same wrk load, interleaved,
+#      with each remedy/ceiling ratio; skipped when that directory is missing
 # then prints a summary of the figures and the machine's load before and
 # after (other work on the machine skews every figure: compare with care).
 # About 7 minutes on the 2-core development machine, most of it in
@@ -44,6 +47,12 @@ step env REMEDY__WORKER__ENABLED=false benches/intake.sh both
 step cargo bench --bench pipeline
 step cargo bench --bench diagnosis
 step cargo bench --bench timers
+ceiling=${REMEDY_CEILING_BENCH:-../shared/bench}
+if [[ -x $ceiling/sidebyside.sh ]]; then
+  step "$ceiling/sidebyside.sh" 10s 2
+else
+  echo "### side-by-side skipped: no $ceiling/sidebyside.sh (set REMEDY_CEILING_BENCH)" | tee -a "$log"
+fi
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 echo
@@ -56,4 +65,6 @@ echo "-- diagnosis (cargo bench --bench diagnosis)"
 grep -E '^diagnosis ' "$log" || true
 echo "-- escalation timers (cargo bench --bench timers)"
 grep -E '^(sqlite|postgres) +pending' "$log" || true
+echo "-- side by side with the ceiling server (sidebyside.sh 10s 2: requests/s, latency, RSS; ratios of the averages)"
+grep -E '^(ceiling|remedy) .*requests/s|^ratio |side-by-side skipped' "$log" || true
 echo "-- load average (1, 5, 15 min): before $load_before, after $load_after"
