@@ -204,9 +204,10 @@ select $3, j.value, $2, $2, $2 from jsonb_each($1) j order by j.value;";
 /// estimating the batch at 100 rows, and a table never analyzed
 /// (autovacuum off), it chose hash joins that read all of `incidents` (or
 /// all its firing rows) for every batch, about 1,100 requests/s on a table
-/// of 10,000 incidents and a p99 that grew with the table. It is sent
-/// unnamed ([`postgres_segment`]): a generic plan cached while the table
-/// was small kept its sequential scans after it grew. The unit test
+/// of 10,000 incidents and a p99 that grew with the table. Its prepared
+/// statement is made again as the store grows ([`plan_epoch`]): a generic
+/// plan cached while the table was small kept its sequential scans after
+/// it grew. The unit test
 /// `the_postgres_intake_statement_never_scans_incidents` runs it on 20,000
 /// incidents and checks that no plan node touches more rows than the batch.
 ///
@@ -310,6 +311,10 @@ const WRITER_CACHE: &str = "pragma cache_size = -16384";
 pub struct IntakeWriter {
     store: Store,
     sqlite: Option<PoolConnection<Sqlite>>,
+    /// Batches written, for [`plan_epoch`].
+    batches: u64,
+    /// PostgreSQL: the batch statement of the current plan epoch.
+    postgres_sql: Option<(u64, String)>,
 }
 
 impl Store {
@@ -318,7 +323,30 @@ impl Store {
         IntakeWriter {
             store: self.clone(),
             sqlite: None,
+            batches: 0,
+            postgres_sql: None,
         }
+    }
+}
+
+/// Batches between two plan epochs once the first ones are over.
+const PLAN_EPOCH_BATCHES: u64 = 4096;
+
+/// The PostgreSQL batch statement is prepared (planning it costs about as
+/// much as running it), and PostgreSQL keeps the generic plan it makes
+/// after five calls for as long as the statement lives. Made while
+/// `incidents` was nearly empty, that plan scanned the table, and kept
+/// scanning it as it grew (9 million rows read in a 10-second run). So the
+/// statement's text changes with the epoch: a new text is a new prepared
+/// statement, planned again for the table as it is then. Epochs are short
+/// while the store is young (batch 8, 16, 32, …, 4096: the table at most
+/// doubles within one), then every [`PLAN_EPOCH_BATCHES`]; sqlx's statement
+/// cache closes the old statements as new ones come.
+fn plan_epoch(batches: u64) -> u64 {
+    if batches < PLAN_EPOCH_BATCHES {
+        u64::from(batches.max(1).ilog2())
+    } else {
+        u64::from(PLAN_EPOCH_BATCHES.ilog2()) + batches / PLAN_EPOCH_BATCHES
     }
 }
 
@@ -392,7 +420,17 @@ impl IntakeWriter {
                 result?;
             }
             Store::Postgres(pool) => {
-                record_postgres(pool, &plan, batch, now, &mut outcomes).await?;
+                self.batches += 1;
+                let epoch = plan_epoch(self.batches);
+                let sql = match &mut self.postgres_sql {
+                    Some((at, sql)) if *at == epoch => sql,
+                    slot => {
+                        &mut slot
+                            .insert((epoch, format!("{POSTGRES_BATCH}-- plan epoch {epoch}\n")))
+                            .1
+                    }
+                };
+                record_postgres(pool, sql, &plan, batch, now, &mut outcomes).await?;
             }
         }
         Ok(outcomes)
@@ -466,6 +504,7 @@ async fn record_sqlite(
 /// resolutions when the batch has any (else the statement is atomic alone).
 async fn record_postgres(
     pool: &PgPool,
+    sql: &str,
     plan: &BatchPlan<'_>,
     batch: &[&Notification],
     now: Millis,
@@ -476,7 +515,7 @@ async fn record_postgres(
     if simple {
         let firing: Vec<&FiringRow<'_>> = plan.segments[0].firing.values().collect();
         results.push(
-            postgres_segment(&plan.notifications, &firing, now)
+            postgres_segment(sql, &plan.notifications, &firing, now)
                 .fetch_one(pool)
                 .await?,
         );
@@ -490,7 +529,7 @@ async fn record_postgres(
                 &[]
             };
             results.push(
-                postgres_segment(deliveries, &firing, now)
+                postgres_segment(sql, deliveries, &firing, now)
                     .fetch_one(&mut *tx)
                     .await?,
             );
@@ -516,16 +555,14 @@ async fn record_postgres(
 
 type SegmentResult = (Option<String>, Option<String>);
 
+/// `sql` is [`POSTGRES_BATCH`] marked with its plan epoch ([`plan_epoch`]).
 fn postgres_segment<'q>(
+    sql: &'q str,
     deliveries: &'q [NotificationRow<'_>],
     firing: &'q [&FiringRow<'_>],
     now: Millis,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, SegmentResult, sqlx::postgres::PgArguments> {
-    // Unnamed, so planned with the table as it is now, every time: a
-    // prepared statement's generic plan, made once the table had five
-    // batches in it, keeps that plan's sequential scans for ever.
-    sqlx::query_as(POSTGRES_BATCH)
-        .persistent(false)
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(Json(deliveries))
         .bind(Json(firing))
         .bind(now)
@@ -902,7 +939,7 @@ impl<'a> Segment<'a> {
 mod tests {
     use super::{
         POSTGRES_BATCH, SQLITE_BUMP_OPEN, SQLITE_DELIVERIES, SQLITE_LATE, SQLITE_MOVED,
-        SQLITE_OPEN, SQLITE_OPENED,
+        SQLITE_OPEN, SQLITE_OPENED, plan_epoch,
     };
     use crate::store::{Store, StoreOptions};
 
@@ -942,6 +979,22 @@ mod tests {
                 "{sql}\n{steps:#?}"
             );
         }
+    }
+
+    /// The batch statement is prepared again when the store has doubled
+    /// (in batches) while young, then every 4,096 batches; never within an
+    /// epoch.
+    #[test]
+    fn plan_epochs_are_short_while_the_store_is_young() {
+        let changes: Vec<u64> = (1..20_000_u64)
+            .filter(|&n| plan_epoch(n) != plan_epoch(n - 1))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 12288, 16384
+            ]
+        );
     }
 
     /// The PostgreSQL intake statement finds every incident it touches by
