@@ -151,7 +151,7 @@ update incidents
 /// reopened. `$1` episodes, `$2` now.
 const SQLITE_LATE: &str = "
 with e as materialized (
-        select (select max(r.id + 0) from incidents r
+        select (select max(r.id) from incidents r
                  where r.fingerprint = f.value ->> 'fingerprint' and r.status = 'resolved'
                    and coalesce(r.ends_ms, r.resolved_at) >= f.value ->> 'starts_ms') as id,
                f.value ->> 'n' as n
@@ -311,7 +311,7 @@ const WRITER_CACHE: &str = "pragma cache_size = -16384";
 pub struct IntakeWriter {
     store: Store,
     sqlite: Option<PoolConnection<Sqlite>>,
-    /// Batches written, for [`plan_epoch`].
+    /// PostgreSQL: batches written, for [`plan_epoch`].
     batches: u64,
     /// PostgreSQL: the batch statement of the current plan epoch.
     postgres_sql: Option<(u64, String)>,
@@ -339,7 +339,7 @@ const PLAN_EPOCH_BATCHES: u64 = 4096;
 /// scanning it as it grew (9 million rows read in a 10-second run). So the
 /// statement's text changes with the epoch: a new text is a new prepared
 /// statement, planned again for the table as it is then. Epochs are short
-/// while the store is young (batch 8, 16, 32, …, 4096: the table at most
+/// while the store is young (batch 2, 4, 8, …, 4096: the table at most
 /// doubles within one), then every [`PLAN_EPOCH_BATCHES`]; sqlx's statement
 /// cache closes the old statements as new ones come.
 fn plan_epoch(batches: u64) -> u64 {
@@ -1002,8 +1002,9 @@ mod tests {
     /// 20,000 incidents, half of them firing: run for real (`explain
     /// analyze`, rolled back) on a batch of new episodes and copies of open
     /// and resolved ones, no node of its plan reads (returns or filters
-    /// out) more rows of `incidents` than the batch has, with the plan made for the call
-    /// (as remedy sends it) and with a generic plan.
+    /// out) more rows of `incidents` than the batch has, both with a plan
+    /// made for the call (what an epoch's first five calls get) and with a
+    /// generic plan (what the rest get).
     #[tokio::test]
     async fn the_postgres_intake_statement_never_scans_incidents() {
         use sqlx::Connection;
