@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 on_both_stores!(
     a_storm_of_one_group_is_diagnosed_posted_and_escalated_once,
     alerts_of_one_alertname_across_groups_coalesce_too,
+    a_storm_spread_over_many_notifications_is_admitted_a_batch_at_a_time,
 );
 
 /// Incidents of one group that open alone before the rest coalesce.
@@ -367,6 +368,56 @@ async fn alerts_of_one_alertname_across_groups_coalesce_too(backend: Backend) {
         fake.calls("chat.postMessage").len(),
         usize::try_from(THRESHOLD + 1).expect("small")
     );
+}
+
+/// A storm as a sustained outage sends it: the alerts of one group come
+/// one notification at a time, so each member opens after the one before
+/// it. One admission still takes along the members queued behind it whose
+/// own window holds `threshold` incidents before them; only those the
+/// workers had already claimed are admitted one by one.
+async fn a_storm_spread_over_many_notifications_is_admitted_a_batch_at_a_time(backend: Backend) {
+    const ALERTS: usize = 80;
+    let (app, _fake) = storm_app(backend).await;
+    for i in 0..ALERTS {
+        post(&app, notification("firing", "outage", i, 1)).await;
+        // Each opens in a millisecond of its own, after the one before.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let opened: Vec<i64> = column(&app.store, "select opened_at from incidents order by id").await;
+    assert!(opened.windows(2).all(|w| w[0] < w[1]), "{opened:?}");
+    drain(&app, now_millis()).await;
+
+    let members: i64 = scalar(
+        &app.store,
+        "select count(*) from incidents where storm_id is not null",
+    )
+    .await;
+    assert_eq!(members, i64::try_from(ALERTS).expect("small") - THRESHOLD);
+    let joined: Vec<i64> = column(
+        &app.store,
+        "select incident_id from incident_events where kind = 'storm_joined' order by incident_id",
+    )
+    .await;
+    let mut distinct = joined.clone();
+    distinct.dedup();
+    assert_eq!(distinct, joined, "a member joined twice");
+    assert_eq!(i64::try_from(joined.len()).expect("small"), members);
+    let alone: i64 = scalar(
+        &app.store,
+        "select count(*) from incident_events
+          where kind = 'storm_joined' and cast(detail as text) not like '%\"with\"%'",
+    )
+    .await;
+    assert!(
+        alone <= 2 * 16,
+        "{alone} of {members} members admitted one by one"
+    );
+    let diagnosed: i64 = scalar(
+        &app.store,
+        "select count(*) from incident_events where kind = 'diagnosed'",
+    )
+    .await;
+    assert_eq!(diagnosed, THRESHOLD + 1);
 }
 
 /// The storm as production sends it: one notification of 2,000 alerts,

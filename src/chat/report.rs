@@ -83,25 +83,42 @@ impl ReportStorm {
     /// From the storm's live counts and its members' labels.
     #[must_use]
     pub fn build(view: &StormView, members: &[Labels]) -> Self {
-        let mut names: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for labels in members {
             for (k, v) in labels {
-                *names.entry(k).or_default().entry(v).or_default() += 1;
+                *counts.entry((k, v)).or_default() += 1;
             }
+        }
+        let counts = counts
+            .into_iter()
+            .map(|((k, v), n)| (k.to_owned(), v.to_owned(), n));
+        Self::from_counts(view, members.len(), counts)
+    }
+
+    /// From the storm's live counts, how many members it has now, and how
+    /// many of them carry each label value (name, value, members), as
+    /// `Store::storm_label_counts` sums them.
+    #[must_use]
+    pub fn from_counts(
+        view: &StormView,
+        members: usize,
+        counts: impl IntoIterator<Item = (String, String, i64)>,
+    ) -> Self {
+        let mut names: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        for (name, value, n) in counts {
+            let n = usize::try_from(n).unwrap_or(0);
+            *names.entry(name).or_default().entry(value).or_default() += n;
         }
         let mut varying: Vec<VaryingLabel> = names
             .into_iter()
-            .filter(|(_, values)| {
-                values.len() > 1 || values.values().sum::<usize>() < members.len()
-            })
+            .filter(|(_, values)| values.len() > 1 || values.values().sum::<usize>() < members)
             .map(|(name, values)| {
-                let mut values: Vec<(String, usize)> =
-                    values.into_iter().map(|(v, n)| (v.to_owned(), n)).collect();
+                let mut values: Vec<(String, usize)> = values.into_iter().collect();
                 values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 let more = values.len().saturating_sub(STORM_VALUES);
                 values.truncate(STORM_VALUES);
                 VaryingLabel {
-                    name: name.to_owned(),
+                    name,
                     values,
                     more,
                     listed: true,

@@ -135,8 +135,9 @@ async fn report_storm(
     let Some(view) = engine.store.storm(id).await? else {
         return Ok(None);
     };
-    let members = engine.store.storm_member_labels(id).await?;
-    Ok(Some(ReportStorm::build(&view, &members)))
+    let (members, counts) = engine.store.storm_label_counts(id).await?;
+    let members = usize::try_from(members).unwrap_or(0);
+    Ok(Some(ReportStorm::from_counts(&view, members, counts)))
 }
 
 /// Posts the resolution summary (and the postmortem checklist when it

@@ -92,8 +92,9 @@ macro_rules! expired_incidents {
 /// being compiled, run once and thrown away on every retention pass: on
 /// SQLite those compiled programs live in remedy's own heap, and their churn
 /// was what kept its RSS rising in the soak.
-const IDS_SQLITE: &str = "(select value from json_each($1))";
-const IDS_POSTGRES: &str = "(select value::bigint from jsonb_array_elements_text($1::jsonb))";
+pub(super) const IDS_SQLITE: &str = "(select value from json_each($1))";
+pub(super) const IDS_POSTGRES: &str =
+    "(select value::bigint from jsonb_array_elements_text($1::jsonb))";
 
 /// The fixed statements that delete a batch of incidents on one store.
 struct IncidentDeletes {
@@ -143,7 +144,7 @@ static POSTGRES_INCIDENT_DELETES: LazyLock<IncidentDeletes> =
     LazyLock::new(|| IncidentDeletes::with(IDS_POSTGRES));
 
 /// Incident ids as the JSON array `{ids}` reads.
-fn id_list(ids: &[i64]) -> String {
+pub(super) fn id_list(ids: &[i64]) -> String {
     let mut out = String::with_capacity(ids.len() * 8 + 2);
     out.push('[');
     for (i, id) in ids.iter().enumerate() {

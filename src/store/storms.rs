@@ -7,14 +7,17 @@
 //! incident row (so diagnosis, chat, approvals and escalation serve it
 //! unchanged) described by a `storms` row, at most one open per key.
 
+use std::sync::LazyLock;
+
 use serde::Serialize;
 use sqlx::types::Json;
 
 use super::conn::Conn;
 use super::intake::close_incident;
+use super::retention::{IDS_POSTGRES, IDS_SQLITE, id_list};
 use super::work::MARK_DONE;
 use super::{ClaimedWork, IncidentRecord, Store, StoreError, on_pool, record_event, transaction};
-use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
+use crate::domain::{IncidentId, IncidentStatus, Millis, format_millis};
 
 /// What a storm groups by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,52 +39,83 @@ impl StormScope {
 
     /// Incidents of the same key opened in the window before this one
     /// (`$1` key, `$2` the incident's id, `$3` window start, `$4` how many
-    /// are enough), storm incidents left out. Capped at `$4`, so a storm of
-    /// thousands costs a short index scan per member, not a full count.
+    /// are enough), storm incidents left out. Capped at `$4` and read from
+    /// the newest back, so a storm of thousands, or an alertname with months
+    /// of history, costs a short index scan per member, not a full count.
     fn count_sql(self) -> &'static str {
         match self {
             Self::Group => {
                 "select count(*) from (select 1 from incidents i
                   where i.group_key = $1 and i.id < $2 and i.opened_at >= $3
                     and not exists (select 1 from storms s where s.incident_id = i.id)
-                  limit $4) c"
+                  order by i.id desc limit $4) c"
             }
             Self::Alertname => {
                 "select count(*) from (select 1 from incidents i
                   where i.alertname = $1 and i.id < $2 and i.opened_at >= $3
                     and not exists (select 1 from storms s where s.incident_id = i.id)
-                  limit $4) c"
+                  order by i.id desc limit $4) c"
             }
         }
     }
 
     /// Admits, with the member just admitted, the members queued behind
-    /// it: `$1` storm, `$2` key, `$3` the admitted incident's id, `$4` its
-    /// `opened_at`, `$5` at most this many. A later incident of the same
-    /// key opened no later than the admitted one has every incident the
-    /// admitted one counted in its own window, and it too: it would join
-    /// when its turn came. Only rows no worker holds are taken.
+    /// it, and returns their ids: `$1` storm, `$2` key, `$3` the admitted
+    /// incident's id, `$4` its `opened_at`, `$5` at most this many, `$6`
+    /// the threshold, `$7` the window. Each is taken only when its own
+    /// admission would have joined this storm: opened no later than the
+    /// admitted one (its window then holds every incident the admitted one
+    /// counted, and that one too), or with at least `$6` incidents of the
+    /// key in its own window before it, as `count_sql` counts them; in the
+    /// alertname scope, not when its group alone would make it join its
+    /// group's storm (group comes first). Only rows no worker holds are
+    /// taken. Under a sustained storm intake commits a batch at a time, so
+    /// the members queued behind one admission were mostly opened after it:
+    /// without the second rule each of them was admitted on its own.
     fn sweep_sql(self) -> &'static str {
         match self {
             Self::Group => {
                 "update incidents set storm_id = $1
                   where id in (select i.id from incidents i join work w on w.incident_id = i.id
-                                where i.group_key = $2 and i.id > $3 and i.opened_at <= $4
+                                where i.group_key = $2 and i.id > $3
                                   and i.status = 'firing' and i.storm_id is null
                                   and w.kind = 'diagnose' and w.state = 'pending'
                                   and w.lease_owner is null
                                   and not exists (select 1 from storms s where s.incident_id = i.id)
-                                order by i.id limit $5)"
+                                  and (i.opened_at <= $4
+                                       or (select count(*) from (select 1 from incidents j
+                                            where j.group_key = i.group_key and j.id < i.id
+                                              and j.opened_at >= i.opened_at - $7
+                                              and not exists (select 1 from storms s
+                                                               where s.incident_id = j.id)
+                                            order by j.id desc limit $6) c) >= $6)
+                                order by i.id limit $5)
+                  returning id"
             }
             Self::Alertname => {
                 "update incidents set storm_id = $1
                   where id in (select i.id from incidents i join work w on w.incident_id = i.id
-                                where i.alertname = $2 and i.id > $3 and i.opened_at <= $4
+                                where i.alertname = $2 and i.id > $3
                                   and i.status = 'firing' and i.storm_id is null
                                   and w.kind = 'diagnose' and w.state = 'pending'
                                   and w.lease_owner is null
                                   and not exists (select 1 from storms s where s.incident_id = i.id)
-                                order by i.id limit $5)"
+                                  and (i.opened_at <= $4
+                                       or ((select count(*) from (select 1 from incidents j
+                                             where j.alertname = i.alertname and j.id < i.id
+                                               and j.opened_at >= i.opened_at - $7
+                                               and not exists (select 1 from storms s
+                                                                where s.incident_id = j.id)
+                                             order by j.id desc limit $6) c) >= $6
+                                           and (i.group_key = ''
+                                                or (select count(*) from (select 1 from incidents g
+                                                     where g.group_key = i.group_key and g.id < i.id
+                                                       and g.opened_at >= i.opened_at - $7
+                                                       and not exists (select 1 from storms s
+                                                                        where s.incident_id = g.id)
+                                                     order by g.id desc limit $6) c) < $6)))
+                                order by i.id limit $5)
+                  returning id"
             }
         }
     }
@@ -92,20 +126,55 @@ impl StormScope {
 /// the intake writer never queues behind thousands of small ones.
 const SWEEP_BATCH: i64 = 500;
 
-/// The `storm_joined` events of the members a sweep just marked (`$1`
-/// storm, `$2` now, `$3` detail): those whose diagnose work is still
-/// queued, which the next statement finishes.
-const SWEPT_EVENTS: &str = "insert into incident_events (incident_id, at, kind, detail)
-  select i.id, $2, 'storm_joined', $3 from incidents i
-   where i.storm_id = $1
-     and exists (select 1 from work w where w.incident_id = i.id and w.kind = 'diagnose'
-                   and w.state = 'pending' and w.lease_owner is null)";
+/// The statements that finish a sweep, by the swept ids (bound as one
+/// JSON array in `$1`, as retention binds its batches): the members'
+/// `storm_joined` events (`$2` now, `$3` detail), for those whose diagnose
+/// work is still queued, then that work finished (`$2` now). Both read only
+/// the swept rows: by the storm's id they read every member it ever had,
+/// thousands in a long storm, once per sweep.
+struct SweptStatements {
+    events: String,
+    work: String,
+}
 
-/// Finishes the queued diagnose work of storm `$1`'s members (`$2` now).
-const SWEPT_WORK: &str = "update work set state = 'done', lease_owner = null, lease_until = null,
-        last_error = null, updated_at = $2
-  where kind = 'diagnose' and state = 'pending' and lease_owner is null
-    and incident_id in (select id from incidents where storm_id = $1)";
+impl SweptStatements {
+    /// `ids` is the dialect's `{ids}` (`retention::IDS_SQLITE` or
+    /// `IDS_POSTGRES`); `work_join` is how work rows are reached from them
+    /// (SQLite's `cross join` keeps the ids the outer loop, so the work is
+    /// found by its incident index, not by scanning every pending row).
+    fn with(ids: &str, work_join: &str) -> Self {
+        Self {
+            events: format!(
+                "insert into incident_events (incident_id, at, kind, detail)
+                  select i.id, $2, 'storm_joined', $3 from incidents i
+                   where i.id in {ids}
+                     and exists (select 1 from work w where w.incident_id = i.id
+                                   and w.kind = 'diagnose' and w.state = 'pending'
+                                   and w.lease_owner is null)"
+            ),
+            work: format!(
+                "update work set state = 'done', lease_owner = null, lease_until = null,
+                        last_error = null, updated_at = $2
+                  where id in (select w.id from {work_join}
+                                where w.kind = 'diagnose' and w.state = 'pending'
+                                  and w.lease_owner is null)"
+            ),
+        }
+    }
+}
+
+static SQLITE_SWEPT: LazyLock<SweptStatements> = LazyLock::new(|| {
+    SweptStatements::with(
+        IDS_SQLITE,
+        "json_each($1) j cross join work w on w.incident_id = j.value",
+    )
+});
+static POSTGRES_SWEPT: LazyLock<SweptStatements> = LazyLock::new(|| {
+    SweptStatements::with(
+        IDS_POSTGRES,
+        "jsonb_array_elements_text($1::jsonb) j(v) join work w on w.incident_id = j.v::bigint",
+    )
+});
 
 /// The settings a storm decision needs, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +319,10 @@ impl Store {
     ) -> Result<Option<Admission>, StoreError> {
         let id = incident.id;
         let since = incident.opened_at.saturating_sub(rules.window_ms);
+        let statements = match self {
+            Self::Sqlite(..) => &*SQLITE_SWEPT,
+            Self::Postgres(_) => &*POSTGRES_SWEPT,
+        };
         Ok(transaction!(self, |conn| {
             let is_storm: i64 =
                 sqlx::query_scalar("select count(*) from storms where incident_id = $1")
@@ -376,27 +449,29 @@ impl Store {
                 "storm_joined",
                 serde_json::json!({ "storm": storm, "scope": scope.as_str(), "opened": opened }),
             );
-            let swept = sqlx::query(scope.sweep_sql())
+            let swept: Vec<i64> = sqlx::query_scalar(scope.sweep_sql())
                 .bind(storm)
                 .bind(key)
                 .bind(id)
                 .bind(incident.opened_at)
                 .bind(SWEEP_BATCH)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if swept > 0 {
+                .bind(rules.threshold)
+                .bind(rules.window_ms)
+                .fetch_all(&mut *conn)
+                .await?;
+            if !swept.is_empty() {
+                let ids = id_list(&swept);
                 let detail = serde_json::json!({
                     "storm": storm, "scope": scope.as_str(), "opened": false, "with": id,
                 });
-                sqlx::query(SWEPT_EVENTS)
-                    .bind(storm)
+                sqlx::query(statements.events.as_str())
+                    .bind(&ids)
                     .bind(now)
                     .bind(Json(detail))
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query(SWEPT_WORK)
-                    .bind(storm)
+                sqlx::query(statements.work.as_str())
+                    .bind(&ids)
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
@@ -404,7 +479,7 @@ impl Store {
             Some(Admission::Member {
                 storm: IncidentId(storm),
                 opened,
-                swept,
+                swept: swept.len() as u64,
             })
         }))
     }
@@ -609,14 +684,41 @@ impl Store {
         }))
     }
 
-    /// The labels of a storm's members, for the values that differ.
-    pub async fn storm_member_labels(&self, id: IncidentId) -> Result<Vec<Labels>, StoreError> {
-        let rows: Vec<Json<Labels>> = on_pool!(self, |pool| {
-            sqlx::query_scalar("select labels from incidents where storm_id = $1 order by id")
+    /// How many members storm `id` has now, and how many of them carry
+    /// each label value (name, value, members), counted by the store: a
+    /// storm of thousands is summed where it lies instead of every
+    /// member's labels being loaded and parsed for each message update.
+    pub async fn storm_label_counts(
+        &self,
+        id: IncidentId,
+    ) -> Result<(i64, Vec<(String, String, i64)>), StoreError> {
+        // One statement, so the count and the tallies are of one snapshot.
+        let counts_sql = match self {
+            Self::Sqlite(..) => {
+                "select l.key, l.value, count(*),
+                        (select count(*) from incidents m where m.storm_id = $1)
+                   from incidents i, json_each(i.labels) l
+                  where i.storm_id = $1 group by l.key, l.value"
+            }
+            Self::Postgres(_) => {
+                "select l.key, l.value, count(*),
+                        (select count(*) from incidents m where m.storm_id = $1)
+                   from incidents i, jsonb_each_text(i.labels) l
+                  where i.storm_id = $1 group by l.key, l.value"
+            }
+        };
+        let rows: Vec<(String, String, i64, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(counts_sql)
                 .bind(id.0)
                 .fetch_all(pool)
                 .await?
         });
-        Ok(rows.into_iter().map(|l| l.0).collect())
+        let members = rows.first().map_or(0, |row| row.3);
+        Ok((
+            members,
+            rows.into_iter()
+                .map(|(name, value, n, _)| (name, value, n))
+                .collect(),
+        ))
     }
 }
