@@ -28,6 +28,55 @@ pub enum StormScope {
     Alertname,
 }
 
+/// The sweep of one scope (`$key`, the key's column), with a further
+/// condition on a member opened after the admitted one (`$also`) and the
+/// store's row lock clause (`$lock`): see `StormScope::sweep_sql`.
+macro_rules! sweep_sql {
+    ($key:literal, $also:expr, $lock:literal) => {
+        concat!(
+            "update incidents set storm_id = $1
+              where id in (select i.id from incidents i join work w on w.incident_id = i.id
+                            where i.",
+            $key,
+            " = $2 and i.id > $3
+                              and i.status = 'firing' and i.storm_id is null
+                              and w.kind = 'diagnose' and w.state = 'pending'
+                              and w.lease_owner is null
+                              and not exists (select 1 from storms s where s.incident_id = i.id)
+                              and (i.opened_at <= $4
+                                   or ((select count(*) from (select 1 from incidents j
+                                         where j.",
+            $key,
+            " = i.",
+            $key,
+            " and j.id < i.id
+                                           and j.opened_at >= i.opened_at - $7
+                                           and not exists (select 1 from storms s
+                                                            where s.incident_id = j.id)
+                                         order by j.id desc limit $6) c) >= $6",
+            $also,
+            "))
+                            order by i.id limit $5 ",
+            $lock,
+            ")
+              returning id"
+        )
+    };
+}
+/// In the alertname scope, a member opened after the admitted one is not
+/// taken when its group alone would make it join its group's storm.
+macro_rules! group_not_enough {
+    () => {
+        "
+           and (i.group_key = ''
+                or (select count(*) from (select 1 from incidents g
+                     where g.group_key = i.group_key and g.id < i.id
+                       and g.opened_at >= i.opened_at - $7
+                       and not exists (select 1 from storms s where s.incident_id = g.id)
+                     order by g.id desc limit $6) c) < $6)"
+    };
+}
+
 impl StormScope {
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -72,50 +121,24 @@ impl StormScope {
     /// taken. Under a sustained storm intake commits a batch at a time, so
     /// the members queued behind one admission were mostly opened after it:
     /// without the second rule each of them was admitted on its own.
-    fn sweep_sql(self) -> &'static str {
-        match self {
-            Self::Group => {
-                "update incidents set storm_id = $1
-                  where id in (select i.id from incidents i join work w on w.incident_id = i.id
-                                where i.group_key = $2 and i.id > $3
-                                  and i.status = 'firing' and i.storm_id is null
-                                  and w.kind = 'diagnose' and w.state = 'pending'
-                                  and w.lease_owner is null
-                                  and not exists (select 1 from storms s where s.incident_id = i.id)
-                                  and (i.opened_at <= $4
-                                       or (select count(*) from (select 1 from incidents j
-                                            where j.group_key = i.group_key and j.id < i.id
-                                              and j.opened_at >= i.opened_at - $7
-                                              and not exists (select 1 from storms s
-                                                               where s.incident_id = j.id)
-                                            order by j.id desc limit $6) c) >= $6)
-                                order by i.id limit $5)
-                  returning id"
-            }
-            Self::Alertname => {
-                "update incidents set storm_id = $1
-                  where id in (select i.id from incidents i join work w on w.incident_id = i.id
-                                where i.alertname = $2 and i.id > $3
-                                  and i.status = 'firing' and i.storm_id is null
-                                  and w.kind = 'diagnose' and w.state = 'pending'
-                                  and w.lease_owner is null
-                                  and not exists (select 1 from storms s where s.incident_id = i.id)
-                                  and (i.opened_at <= $4
-                                       or ((select count(*) from (select 1 from incidents j
-                                             where j.alertname = i.alertname and j.id < i.id
-                                               and j.opened_at >= i.opened_at - $7
-                                               and not exists (select 1 from storms s
-                                                                where s.incident_id = j.id)
-                                             order by j.id desc limit $6) c) >= $6
-                                           and (i.group_key = ''
-                                                or (select count(*) from (select 1 from incidents g
-                                                     where g.group_key = i.group_key and g.id < i.id
-                                                       and g.opened_at >= i.opened_at - $7
-                                                       and not exists (select 1 from storms s
-                                                                        where s.incident_id = g.id)
-                                                     order by g.id desc limit $6) c) < $6)))
-                                order by i.id limit $5)
-                  returning id"
+    ///
+    /// On PostgreSQL the candidates and their work rows are locked `for
+    /// update skip locked`: admissions running side by side take disjoint
+    /// members, and a sweep never waits for a row another admission holds
+    /// (it locked the incident and then waited for the work row the other
+    /// had marked done, which waited for the incident: a deadlock, one of
+    /// them rolled back after `deadlock_timeout`).
+    fn sweep_sql(self, postgres: bool) -> &'static str {
+        match (self, postgres) {
+            (Self::Group, false) => sweep_sql!("group_key", "", ""),
+            (Self::Group, true) => sweep_sql!("group_key", "", "for update of i, w skip locked"),
+            (Self::Alertname, false) => sweep_sql!("alertname", group_not_enough!(), ""),
+            (Self::Alertname, true) => {
+                sweep_sql!(
+                    "alertname",
+                    group_not_enough!(),
+                    "for update of i, w skip locked"
+                )
             }
         }
     }
@@ -319,9 +342,9 @@ impl Store {
     ) -> Result<Option<Admission>, StoreError> {
         let id = incident.id;
         let since = incident.opened_at.saturating_sub(rules.window_ms);
-        let statements = match self {
-            Self::Sqlite(..) => &*SQLITE_SWEPT,
-            Self::Postgres(_) => &*POSTGRES_SWEPT,
+        let (statements, postgres) = match self {
+            Self::Sqlite(..) => (&*SQLITE_SWEPT, false),
+            Self::Postgres(_) => (&*POSTGRES_SWEPT, true),
         };
         Ok(transaction!(self, |conn| {
             let is_storm: i64 =
@@ -449,7 +472,7 @@ impl Store {
                 "storm_joined",
                 serde_json::json!({ "storm": storm, "scope": scope.as_str(), "opened": opened }),
             );
-            let swept: Vec<i64> = sqlx::query_scalar(scope.sweep_sql())
+            let swept: Vec<i64> = sqlx::query_scalar(scope.sweep_sql(postgres))
                 .bind(storm)
                 .bind(key)
                 .bind(id)
