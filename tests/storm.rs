@@ -133,6 +133,32 @@ fn text_of(body: &Value) -> String {
         .join("\n")
 }
 
+/// Each of the storm's `members` joined once, and most were taken along
+/// by another's admission (`with`): a few write transactions, not one per
+/// member. Only rows the two workers had already claimed (a batch of 16
+/// each) when the storm opened are admitted one by one.
+async fn assert_admitted_a_batch_at_a_time(app: &TestApp, members: i64) {
+    let joined: Vec<i64> = column(
+        &app.store,
+        "select incident_id from incident_events where kind = 'storm_joined' order by incident_id",
+    )
+    .await;
+    let mut distinct = joined.clone();
+    distinct.dedup();
+    assert_eq!(distinct, joined, "a member joined twice");
+    assert_eq!(i64::try_from(joined.len()).expect("small"), members);
+    let alone: i64 = scalar(
+        &app.store,
+        "select count(*) from incident_events
+          where kind = 'storm_joined' and cast(detail as text) not like '%\"with\"%'",
+    )
+    .await;
+    assert!(
+        alone <= 2 * 16,
+        "{alone} of {members} members admitted one by one"
+    );
+}
+
 async fn a_storm_of_one_group_is_diagnosed_posted_and_escalated_once(backend: Backend) {
     let (app, fake) = storm_app(backend).await;
     post(&app, notification("firing", "outage", 0, 200)).await;
@@ -151,29 +177,7 @@ async fn a_storm_of_one_group_is_diagnosed_posted_and_escalated_once(backend: Ba
     assert_eq!(members, 200 - THRESHOLD);
     let scope: String = scalar(&app.store, "select scope from storms").await;
     assert_eq!(scope, "group");
-    // Each member joined once, and most were taken along by another's
-    // admission (`with`): a few write transactions, not one per member.
-    let joined: Vec<i64> = column(
-        &app.store,
-        "select incident_id from incident_events where kind = 'storm_joined' order by incident_id",
-    )
-    .await;
-    let mut distinct = joined.clone();
-    distinct.dedup();
-    assert_eq!(distinct, joined, "a member joined twice");
-    assert_eq!(i64::try_from(joined.len()).expect("small"), members);
-    let alone: i64 = scalar(
-        &app.store,
-        "select count(*) from incident_events
-          where kind = 'storm_joined' and cast(detail as text) not like '%\"with\"%'",
-    )
-    .await;
-    // Only rows the two workers had already claimed (a batch of 16 each)
-    // when the storm opened are admitted one by one.
-    assert!(
-        alone <= 2 * 16,
-        "{alone} of {members} members admitted one by one"
-    );
+    assert_admitted_a_batch_at_a_time(&app, members).await;
 
     // Diagnosed: the incidents that opened alone and the storm; no member.
     let diagnosed: Vec<i64> = column(
@@ -393,25 +397,7 @@ async fn a_storm_spread_over_many_notifications_is_admitted_a_batch_at_a_time(ba
     )
     .await;
     assert_eq!(members, i64::try_from(ALERTS).expect("small") - THRESHOLD);
-    let joined: Vec<i64> = column(
-        &app.store,
-        "select incident_id from incident_events where kind = 'storm_joined' order by incident_id",
-    )
-    .await;
-    let mut distinct = joined.clone();
-    distinct.dedup();
-    assert_eq!(distinct, joined, "a member joined twice");
-    assert_eq!(i64::try_from(joined.len()).expect("small"), members);
-    let alone: i64 = scalar(
-        &app.store,
-        "select count(*) from incident_events
-          where kind = 'storm_joined' and cast(detail as text) not like '%\"with\"%'",
-    )
-    .await;
-    assert!(
-        alone <= 2 * 16,
-        "{alone} of {members} members admitted one by one"
-    );
+    assert_admitted_a_batch_at_a_time(&app, members).await;
     let diagnosed: i64 = scalar(
         &app.store,
         "select count(*) from incident_events where kind = 'diagnosed'",
