@@ -416,7 +416,8 @@ impl Store {
                     .application_name("remedy")
                     .disable_statement_logging();
                 let pool = PgPoolOptions::new()
-                    .max_connections(options.max_connections)
+                    // The intake writer keeps one for itself.
+                    .max_connections(options.max_connections.max(2))
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(connect)
                     .await?;
