@@ -351,7 +351,9 @@ const PLAN_EPOCH_BATCHES: u64 = 4096;
 /// statement, planned again for the table as it is then. Epochs are short
 /// while the store is young (batch 2, 4, 8, …, 4096: the table at most
 /// doubles within one), then every [`PLAN_EPOCH_BATCHES`]; sqlx's statement
-/// cache closes the old statements as new ones come.
+/// cache closes the old statements as new ones come. The writer's session
+/// makes the generic plan at the first call ([`WRITER_PLANS`]), so each
+/// epoch costs one planning.
 fn plan_epoch(batches: u64) -> u64 {
     if batches < PLAN_EPOCH_BATCHES {
         u64::from(batches.max(1).ilog2())
