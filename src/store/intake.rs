@@ -453,10 +453,10 @@ impl IntakeWriter {
                     }
                 };
                 let result = record_postgres(conn, sql, &plan, batch, now, &mut outcomes).await;
-                if result.is_err() {
-                    if let Some(conn) = self.postgres.take() {
-                        let _ = conn.detach().close().await;
-                    }
+                if result.is_err()
+                    && let Some(conn) = self.postgres.take()
+                {
+                    let _ = conn.detach().close().await;
                 }
                 result?;
             }
