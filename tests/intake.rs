@@ -674,3 +674,44 @@ async fn a_notification_the_store_refuses_does_not_fail_its_batch(backend: Backe
     assert_eq!(replies[15].status, StatusCode::BAD_REQUEST);
     assert_eq!(app.incidents("status=firing").await.len(), 30);
 }
+
+/// On PostgreSQL the intake writer keeps a connection of its own, with
+/// generic plans in that session only. When the server ends it (a restart,
+/// an administrator's `pg_terminate_backend`), the batch on it answers 503,
+/// so Alertmanager retries, and the next batch commits on a new connection;
+/// the pool's connections, which serve everything else, never plan
+/// generically.
+#[tokio::test]
+async fn postgres_intake_writer_outlives_its_connection() {
+    let app = spawn_app(Backend::Postgres).await;
+    post_ok(&app, firing("ffff000000000001", "2026-11-26T10:00:00Z")).await;
+    let mode: String = common::scalar(&app.store, "show plan_cache_mode").await;
+    assert_eq!(mode, "auto", "a pooled connection plans as PostgreSQL does");
+    let ended: i64 = common::scalar(
+        &app.store,
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+          where datname = current_database() and pid <> pg_backend_pid()) t",
+    )
+    .await;
+    assert!(ended >= 1, "the writer's connection was ended");
+
+    let second = firing("ffff000000000002", "2026-11-26T10:00:00Z");
+    let mut unavailable = 0;
+    loop {
+        let reply = app.post_webhook(second.clone()).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.json
+        );
+        unavailable += 1;
+        assert!(unavailable <= 1, "the writer did not take a new connection");
+    }
+    assert_eq!(app.count("incidents").await, 2);
+    let mode: String = common::scalar(&app.store, "show plan_cache_mode").await;
+    assert_eq!(mode, "auto");
+}
