@@ -416,8 +416,7 @@ impl Store {
                     .application_name("remedy")
                     .disable_statement_logging();
                 let pool = PgPoolOptions::new()
-                    // The intake writer keeps one for itself.
-                    .max_connections(options.max_connections.max(2))
+                    .max_connections(options.max_connections)
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(connect)
                     .await?;
