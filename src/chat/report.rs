@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::domain::{ApprovalState, Decision, IncidentStatus, Labels, Millis};
+use crate::domain::{ApprovalState, Decision, IncidentStatus, Millis};
 use crate::playbook::model::{Risk, Severity};
 use crate::playbook::{Report, Suggestion};
 use crate::store::{ApprovalView, ExecutionView, IncidentRecord, StormView};
@@ -80,9 +80,11 @@ pub struct VaryingLabel {
 }
 
 impl ReportStorm {
-    /// From the storm's live counts and its members' labels.
+    /// From the storm's live counts and its members' labels, summed here
+    /// (the store sums them itself: [`Self::from_counts`]).
+    #[cfg(test)]
     #[must_use]
-    pub fn build(view: &StormView, members: &[Labels]) -> Self {
+    pub fn build(view: &StormView, members: &[crate::domain::Labels]) -> Self {
         let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for labels in members {
             for (k, v) in labels {
@@ -624,6 +626,7 @@ pub fn risk_name(risk: Risk) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Labels;
 
     fn escalation() -> ReportEscalation {
         ReportEscalation {

@@ -1030,9 +1030,10 @@ mod tests {
     /// 20,000 incidents, half of them firing: run for real (`explain
     /// analyze`, rolled back) on a batch of new episodes and copies of open
     /// and resolved ones, no node of its plan reads (returns or filters
-    /// out) more rows of `incidents` than the batch has, both with a plan
-    /// made for the call (what an epoch's first five calls get) and with a
-    /// generic plan (what the rest get).
+    /// out) more rows of `incidents` than the batch has, both with a generic
+    /// plan (what the intake writer's session makes, [`super::WRITER_PLANS`])
+    /// and with a plan made for the call (what any other session would
+    /// make for its first five calls).
     #[tokio::test]
     async fn the_postgres_intake_statement_never_scans_incidents() {
         use sqlx::Connection;

@@ -28,6 +28,26 @@ pub enum StormScope {
     Alertname,
 }
 
+/// How many incidents of candidate `i`'s key (`$key`, the key's column)
+/// opened in `i`'s own window (`$7`) before it, storm incidents left out,
+/// capped at `$6` and read from the newest back: `count_sql` as a
+/// correlated subquery.
+macro_rules! counted_before {
+    ($key:literal) => {
+        concat!(
+            "(select count(*) from (select 1 from incidents j
+                where j.",
+            $key,
+            " = i.",
+            $key,
+            " and j.id < i.id
+                  and j.opened_at >= i.opened_at - $7
+                  and not exists (select 1 from storms s where s.incident_id = j.id)
+                order by j.id desc limit $6) c)"
+        )
+    };
+}
+
 /// The sweep of one scope (`$key`, the key's column), with a further
 /// condition on a member opened after the admitted one (`$also`) and the
 /// store's row lock clause (`$lock`): see `StormScope::sweep_sql`.
@@ -44,16 +64,9 @@ macro_rules! sweep_sql {
                               and w.lease_owner is null
                               and not exists (select 1 from storms s where s.incident_id = i.id)
                               and (i.opened_at <= $4
-                                   or ((select count(*) from (select 1 from incidents j
-                                         where j.",
-            $key,
-            " = i.",
-            $key,
-            " and j.id < i.id
-                                           and j.opened_at >= i.opened_at - $7
-                                           and not exists (select 1 from storms s
-                                                            where s.incident_id = j.id)
-                                         order by j.id desc limit $6) c) >= $6",
+                                   or (",
+            counted_before!($key),
+            " >= $6",
             $also,
             "))
                             order by i.id limit $5 ",
@@ -63,17 +76,16 @@ macro_rules! sweep_sql {
         )
     };
 }
+
 /// In the alertname scope, a member opened after the admitted one is not
 /// taken when its group alone would make it join its group's storm.
 macro_rules! group_not_enough {
     () => {
-        "
-           and (i.group_key = ''
-                or (select count(*) from (select 1 from incidents g
-                     where g.group_key = i.group_key and g.id < i.id
-                       and g.opened_at >= i.opened_at - $7
-                       and not exists (select 1 from storms s where s.incident_id = g.id)
-                     order by g.id desc limit $6) c) < $6)"
+        concat!(
+            " and (i.group_key = '' or ",
+            counted_before!("group_key"),
+            " < $6)"
+        )
     };
 }
 
