@@ -391,7 +391,7 @@ impl Store {
                     // high-water mark after it is freed. 512 KiB each halved
                     // SQLite's RSS growth in the soak against 2 MiB (README,
                     // Performance, Soak). The intake writer's own connection
-                    // takes more (`intake::WRITER_CACHE`): it touches every
+                    // takes more (`intake::WRITER_SETUP`): it touches every
                     // index.
                     .pragma("cache_size", "-512")
                     .pragma("temp_store", "memory")
