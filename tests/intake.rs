@@ -20,6 +20,7 @@ on_both_stores!(
     a_failing_store_answers_503_and_records_nothing,
     an_earlier_starts_at_joins_the_open_incident_and_the_resolve_closes_it,
     a_firing_copy_after_a_resolve_in_the_same_batch_opens_a_new_episode,
+    every_incident_a_batch_opens_gets_one_opened_event_and_one_diagnosis,
     hostile_values_get_400_naming_the_field,
     valid_notifications_commit_beside_hostile_ones,
     a_notification_the_store_refuses_does_not_fail_its_batch,
@@ -527,6 +528,65 @@ async fn a_firing_copy_after_a_resolve_in_the_same_batch_opens_a_new_episode(bac
     assert_eq!(firing_now.len(), 1);
     assert_eq!(firing_now[0]["starts_at"], "2026-11-26T11:00:00Z");
     writer.release();
+}
+
+/// Whichever way a batch is written (one query for firing alerts only, a
+/// query per step when it also resolves), each incident it opens gets one
+/// `opened` event and one `diagnose` row, and no incident opened before
+/// gets another: on SQLite the opened incidents are found above a mark
+/// taken before each segment's insert.
+async fn every_incident_a_batch_opens_gets_one_opened_event_and_one_diagnosis(backend: Backend) {
+    let app = spawn_app(backend).await;
+    post_ok(&app, firing("abab000000000001", "2026-11-26T10:00:00Z")).await;
+    let parse = |body: String| remedy::intake::parse(body.as_bytes()).expect("parses");
+    let mut writer = app.store.intake_writer();
+    // Firing alerts only: three new, one copy of the open incident.
+    let only_firing: Vec<_> = ["abab000000000002", "abab000000000003", "abab000000000001"]
+        .into_iter()
+        .chain(["abab000000000004"])
+        .map(|fp| parse(firing(fp, "2026-11-26T10:00:00Z")))
+        .collect();
+    let outcomes = writer
+        .record(&only_firing.iter().collect::<Vec<_>>(), 1_000)
+        .await;
+    let opened: Vec<u32> = outcomes
+        .into_iter()
+        .map(|o| o.expect("committed").incidents_opened)
+        .collect();
+    assert_eq!(opened, [1, 1, 0, 1]);
+    // Two segments, each opening incidents: a new one, the resolve of the
+    // first, then its next episode and another new one.
+    let segmented = [
+        parse(firing("abab000000000005", "2026-11-26T10:00:00Z")),
+        parse(resolved(
+            "abab000000000001",
+            "2026-11-26T10:00:00Z",
+            "2026-11-26T10:05:00Z",
+        )),
+        parse(firing("abab000000000001", "2026-11-26T11:00:00Z")),
+        parse(firing("abab000000000006", "2026-11-26T10:00:00Z")),
+    ];
+    let outcomes = writer
+        .record(&segmented.iter().collect::<Vec<_>>(), 2_000)
+        .await;
+    let counted: Vec<(u32, u32)> = outcomes
+        .into_iter()
+        .map(|o| o.expect("committed"))
+        .map(|o| (o.incidents_opened, o.incidents_resolved))
+        .collect();
+    assert_eq!(counted, [(1, 0), (0, 1), (1, 0), (1, 0)]);
+    writer.release();
+    assert_eq!(app.count("incidents").await, 7);
+    let per_incident = |table: &str, kind: &str| {
+        format!(
+            "select count(*) from incidents i where (select count(*) from {table} x
+              where x.incident_id = i.id and x.kind = '{kind}') <> 1"
+        )
+    };
+    for (table, kind) in [("incident_events", "opened"), ("work", "diagnose")] {
+        let wrong: i64 = common::scalar(&app.store, &per_incident(table, kind)).await;
+        assert_eq!(wrong, 0, "incidents without exactly one {kind} in {table}");
+    }
 }
 
 fn hostile(edit: impl Fn(&mut Value)) -> String {
