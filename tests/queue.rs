@@ -407,3 +407,136 @@ async fn an_incidents_notify_rows_never_run_at_once_when_the_younger_is_due_firs
         .expect("claim");
     assert_eq!(after.iter().map(|w| w.id).collect::<Vec<_>>(), [older]);
 }
+
+/// On PostgreSQL a resolve locks its incident, then cancels the incident's
+/// pending work. A worker that fences its work row and then changes the
+/// incident must take the two locks in that order too, or the two
+/// transactions deadlock and PostgreSQL aborts one after
+/// `deadlock_timeout` (seen in the soak: a 503 to Alertmanager, a retried
+/// row). The test plays the resolve's two steps, as it runs them, around
+/// `finish` (a worker finishing `work`); both must go through, and `finish`
+/// must find its row cancelled.
+async fn resolve_around<F>(app: &TestApp, incident: i64, finish: F) -> bool
+where
+    F: std::future::Future<Output = Result<bool, remedy::store::StoreError>> + Send + 'static,
+{
+    let remedy::store::Store::Postgres(pool) = &app.store else {
+        unreachable!("a postgres app")
+    };
+    let now = now_millis();
+    let mut resolve = pool.begin().await.expect("begin");
+    sqlx::query("update incidents set status = 'resolved', resolved_at = $2 where id = $1")
+        .bind(incident)
+        .bind(now)
+        .execute(&mut *resolve)
+        .await
+        .expect("the resolve locks its incident");
+    let finishing = tokio::spawn(finish);
+    // Until the worker's transaction waits for a lock the resolve holds.
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the worker never waited for the resolve");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sqlx::query(
+        "update work set state = 'cancelled', lease_owner = null, lease_until = null,
+                updated_at = $2
+          where incident_id = $1 and state = 'pending'",
+    )
+    .bind(incident)
+    .bind(now)
+    .execute(&mut *resolve)
+    .await
+    .expect("the resolve cancels the incident's work without a deadlock");
+    resolve.commit().await.expect("the resolve commits");
+    finishing
+        .await
+        .expect("the worker's task")
+        .expect("the worker's transaction ends without a deadlock")
+}
+
+#[tokio::test]
+async fn postgres_a_resolve_and_a_diagnosis_finishing_do_not_deadlock() {
+    let app = spawn_app(Backend::Postgres).await;
+    let id = open_one(&app).await;
+    let claimed = app
+        .store
+        .claim_work("w", now_millis(), 60_000, 10, 5)
+        .await
+        .expect("claim");
+    let (store, work) = (app.store.clone(), claimed[0].clone());
+    let finish = async move {
+        store
+            .complete_diagnosis(
+                &work,
+                remedy::domain::IncidentId(id),
+                &Value::Null,
+                "diagnosed",
+                &[],
+                None,
+                now_millis(),
+            )
+            .await
+    };
+    assert!(
+        !resolve_around(&app, id, finish).await,
+        "its row was cancelled"
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_resolve_and_a_storm_admission_do_not_deadlock() {
+    let app = spawn_app(Backend::Postgres).await;
+    for i in 1..=4 {
+        let reply = app
+            .post_webhook(firing(
+                &format!("eeee00000000000{i}"),
+                "2026-11-26T10:00:00Z",
+            ))
+            .await;
+        assert_eq!(reply.json["incidents_opened"], 1, "{}", reply.json);
+    }
+    let rules = remedy::store::StormRules {
+        threshold: 3,
+        ..app.app.engine.storm
+    };
+    let claimed = app
+        .store
+        .claim_work("w", now_millis(), 60_000, 10, 5)
+        .await
+        .expect("claim");
+    let last = claimed
+        .iter()
+        .max_by_key(|w| w.incident_id)
+        .expect("four rows")
+        .clone();
+    let id = last.incident_id.expect("an incident's row").0;
+    let incident = app
+        .store
+        .get_incident(remedy::domain::IncidentId(id))
+        .await
+        .expect("read")
+        .expect("the incident");
+    let store = app.store.clone();
+    let finish = async move {
+        let admission = store
+            .admit_to_storm(&last, &incident, rules, now_millis())
+            .await?;
+        Ok(matches!(admission, remedy::store::Admission::Member { .. }))
+    };
+    assert!(
+        !resolve_around(&app, id, finish).await,
+        "its row was cancelled: the lease is lost, no storm is joined"
+    );
+}

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 
 use super::WorkKind;
 use super::execution::audit;
-use super::work::MARK_DONE;
+use super::work::{LOCK_INCIDENT, MARK_DONE};
 use super::{
     ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, on_pool, record_event, transaction,
 };
@@ -229,6 +229,12 @@ impl Store {
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(transaction!(self, |conn| {
+            if matches!(self, Self::Postgres(_)) {
+                sqlx::query(LOCK_INCIDENT)
+                    .bind(incident.0)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let done = sqlx::query(MARK_DONE)
                 .bind(work.id)
                 .bind(&work.owner)

@@ -15,7 +15,7 @@ use sqlx::types::Json;
 use super::conn::Conn;
 use super::intake::close_incident;
 use super::retention::{IDS_POSTGRES, IDS_SQLITE, id_list};
-use super::work::MARK_DONE;
+use super::work::{LOCK_INCIDENT, MARK_DONE};
 use super::{ClaimedWork, IncidentRecord, Store, StoreError, on_pool, record_event, transaction};
 use crate::domain::{IncidentId, IncidentStatus, Millis, format_millis};
 
@@ -390,6 +390,12 @@ impl Store {
             let Some((scope, key)) = joined else {
                 return Ok(Some(Admission::Alone));
             };
+            if matches!(self, Self::Postgres(_)) {
+                sqlx::query(LOCK_INCIDENT)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let done = sqlx::query(MARK_DONE)
                 .bind(work.id)
                 .bind(&work.owner)

@@ -8,7 +8,7 @@
 use serde_json::json;
 use sqlx::types::Json;
 
-use super::work::MARK_DONE;
+use super::work::{LOCK_INCIDENT, MARK_DONE};
 use super::{ClaimedWork, Store, StoreError, WorkKind, enqueue_notify, record_event, transaction};
 use crate::domain::{IncidentId, Millis};
 
@@ -52,6 +52,12 @@ impl Store {
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(transaction!(self, |conn| {
+            if matches!(self, Self::Postgres(_)) {
+                sqlx::query(LOCK_INCIDENT)
+                    .bind(incident.0)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let done = sqlx::query(MARK_DONE)
                 .bind(work.id)
                 .bind(&work.owner)

@@ -484,6 +484,14 @@ pub(super) const MARK_DONE: &str = "update work set state = 'done', lease_owner 
         lease_until = null, last_error = null, updated_at = $3
   where id = $1 and lease_owner = $2 and state = 'pending'";
 
+/// PostgreSQL: locks incident `$1`'s row, as an update of it would. A
+/// transaction that fences a work row ([`MARK_DONE`]) and then changes the
+/// row's incident runs it first: a resolve locks the incident and then
+/// cancels its pending work, and taking the two locks in the other order
+/// deadlocked them (PostgreSQL aborts one after `deadlock_timeout`: a 503 to
+/// Alertmanager, or a work row retried). SQLite's one writer needs nothing.
+pub(super) const LOCK_INCIDENT: &str = "select 1 from incidents where id = $1 for no key update";
+
 /// Numbers claims, for their lease tokens.
 static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
