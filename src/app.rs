@@ -267,7 +267,7 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
     let url = settings.store.url.expose();
     let options = StoreOptions {
         // The intake writer keeps one connection for itself.
-        max_connections: settings.store.max_connections.max(2),
+        max_connections: settings.store.pool_size(url).max(2),
         acquire_timeout: settings.store.acquire_timeout,
         sqlite_synchronous_full: settings.store.sqlite_synchronous == SqliteSynchronous::Full,
     };
