@@ -770,8 +770,11 @@ async fn sqlite_gives_deleted_pages_back_to_the_file_system() {
         "{pages_before} pages before, {pages_after} after"
     );
     let path = app.store_url.trim_start_matches("sqlite://").to_owned();
+    // Truncated, not left at its high-water mark (megabytes here). A write
+    // by anything else after the truncation adds its frame (4 KiB and a
+    // header): one CI run saw a one-frame WAL.
     let wal = std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
-    assert_eq!(wal, 0, "the WAL was truncated");
+    assert!(wal < 64 * 1024, "the WAL was truncated: {wal} bytes");
 }
 
 /// A file made before migration 0010 (auto_vacuum off) is converted once,
