@@ -6,9 +6,9 @@ use sqlx::types::Json;
 
 use super::WorkKind;
 use super::execution::audit;
-use super::work::{LOCK_INCIDENT, MARK_DONE};
 use super::{
-    ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, on_pool, record_event, transaction,
+    ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, finish_before_incident, on_pool,
+    record_event, transaction,
 };
 use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
 
@@ -229,19 +229,7 @@ impl Store {
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(transaction!(self, |conn| {
-            if matches!(self, Self::Postgres(_)) {
-                sqlx::query(LOCK_INCIDENT)
-                    .bind(incident.0)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            let done = sqlx::query(MARK_DONE)
-                .bind(work.id)
-                .bind(&work.owner)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+            let done = finish_before_incident!(self, conn, work, incident.0, now);
             if done != 1 {
                 return Ok(false);
             }

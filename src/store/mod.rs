@@ -180,6 +180,29 @@ macro_rules! record_event {
     };
 }
 
+/// Finishes `$work` for its lease holder ([`work::MARK_DONE`]) inside the
+/// caller's transaction, for a caller that then changes incident
+/// `$incident`: on PostgreSQL the incident's row is locked first
+/// ([`work::LOCK_INCIDENT`]), the order a resolve takes the two in.
+/// Evaluates to the rows finished (1, or 0 when the lease is lost).
+macro_rules! finish_before_incident {
+    ($store:expr, $conn:expr, $work:expr, $incident:expr, $now:expr) => {{
+        if matches!($store, $crate::store::Store::Postgres(_)) {
+            sqlx::query($crate::store::work::LOCK_INCIDENT)
+                .bind($incident)
+                .execute(&mut *$conn)
+                .await?;
+        }
+        sqlx::query($crate::store::work::MARK_DONE)
+            .bind($work.id)
+            .bind(&$work.owner)
+            .bind($now)
+            .execute(&mut *$conn)
+            .await?
+            .rows_affected()
+    }};
+}
+
 /// Queues a `notify` (the incident's chat message brought up to date) due
 /// at `$due`, inside the caller's transaction; see `chat::ENQUEUE_NOTIFY`.
 macro_rules! enqueue_notify {
@@ -194,7 +217,7 @@ macro_rules! enqueue_notify {
     };
 }
 
-pub(crate) use {enqueue_notify, on_pool, record_event, transaction};
+pub(crate) use {enqueue_notify, finish_before_incident, on_pool, record_event, transaction};
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (

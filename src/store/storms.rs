@@ -15,8 +15,11 @@ use sqlx::types::Json;
 use super::conn::Conn;
 use super::intake::close_incident;
 use super::retention::{IDS_POSTGRES, IDS_SQLITE, id_list};
-use super::work::{LOCK_INCIDENT, MARK_DONE};
-use super::{ClaimedWork, IncidentRecord, Store, StoreError, on_pool, record_event, transaction};
+use super::work::MARK_DONE;
+use super::{
+    ClaimedWork, IncidentRecord, Store, StoreError, finish_before_incident, on_pool, record_event,
+    transaction,
+};
 use crate::domain::{IncidentId, IncidentStatus, Millis, format_millis};
 
 /// What a storm groups by.
@@ -390,19 +393,7 @@ impl Store {
             let Some((scope, key)) = joined else {
                 return Ok(Some(Admission::Alone));
             };
-            if matches!(self, Self::Postgres(_)) {
-                sqlx::query(LOCK_INCIDENT)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            let done = sqlx::query(MARK_DONE)
-                .bind(work.id)
-                .bind(&work.owner)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+            let done = finish_before_incident!(self, conn, work, id, now);
             if done != 1 {
                 return Ok(Some(Admission::LeaseLost));
             }

@@ -8,8 +8,10 @@
 use serde_json::json;
 use sqlx::types::Json;
 
-use super::work::{LOCK_INCIDENT, MARK_DONE};
-use super::{ClaimedWork, Store, StoreError, WorkKind, enqueue_notify, record_event, transaction};
+use super::{
+    ClaimedWork, Store, StoreError, WorkKind, enqueue_notify, finish_before_incident, record_event,
+    transaction,
+};
 use crate::domain::{IncidentId, Millis};
 
 /// Queues the incident's next re-check at `$2` (`$3` now), unless it is no
@@ -52,19 +54,7 @@ impl Store {
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(transaction!(self, |conn| {
-            if matches!(self, Self::Postgres(_)) {
-                sqlx::query(LOCK_INCIDENT)
-                    .bind(incident.0)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            let done = sqlx::query(MARK_DONE)
-                .bind(work.id)
-                .bind(&work.owner)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+            let done = finish_before_incident!(self, conn, work, incident.0, now);
             if done != 1 {
                 return Ok(false);
             }

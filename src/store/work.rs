@@ -486,9 +486,9 @@ pub(super) const MARK_DONE: &str = "update work set state = 'done', lease_owner 
 
 /// PostgreSQL: locks incident `$1`'s row, as an update of it would. A
 /// transaction that fences a work row ([`MARK_DONE`]) and then changes the
-/// row's incident runs it first: a resolve locks the incident and then
-/// cancels its pending work, and taking the two locks in the other order
-/// deadlocked them (PostgreSQL aborts one after `deadlock_timeout`: a 503 to
+/// row's incident runs it first (`finish_before_incident!`): a resolve
+/// locks the incident and then cancels its pending work, and taking the two
+/// locks in the other order deadlocked them (PostgreSQL aborts one after `deadlock_timeout`: a 503 to
 /// Alertmanager, or a work row retried). SQLite's one writer needs nothing.
 pub(super) const LOCK_INCIDENT: &str = "select 1 from incidents where id = $1 for no key update";
 
