@@ -17,6 +17,7 @@ on_both_stores!(
     urgent_kinds_are_claimed_before_older_diagnoses,
     a_deferred_row_keeps_its_place_and_spends_no_attempt,
     an_incidents_notify_rows_never_run_at_once_when_the_younger_is_due_first,
+    a_storm_admission_takes_the_rows_of_its_own_claim_along,
 );
 
 fn worker(name: &str) -> WorkerSettings {
@@ -539,4 +540,102 @@ async fn postgres_a_resolve_and_a_storm_admission_do_not_deadlock() {
         !resolve_around(&app, id, finish).await,
         "its row was cancelled: the lease is lost, no storm is joined"
     );
+}
+
+/// Under a storm the worker claims a batch of members at a time. The
+/// first admission of a claim sweeps its siblings (rows leased by the same
+/// claim, not only queued ones) and their handlers find them swept; a row
+/// of another claim is left to that claim's own admission.
+async fn a_storm_admission_takes_the_rows_of_its_own_claim_along(backend: Backend) {
+    use remedy::domain::IncidentId;
+    use remedy::store::Admission;
+    let app = spawn_app(backend).await;
+    for i in 1..=8 {
+        let reply = app
+            .post_webhook(firing(
+                &format!("eeee00000000000{i}"),
+                "2026-11-26T10:00:00Z",
+            ))
+            .await;
+        assert_eq!(reply.json["incidents_opened"], 1, "{}", reply.json);
+    }
+    let rules = remedy::store::StormRules {
+        threshold: 3,
+        ..app.app.engine.storm
+    };
+    let now = now_millis();
+    let mut first = app
+        .store
+        .claim_work("w", now, 60_000, 6, 5)
+        .await
+        .expect("claim");
+    let mut second = app
+        .store
+        .claim_work("w", now, 60_000, 6, 5)
+        .await
+        .expect("claim");
+    first.sort_by_key(|w| w.incident_id);
+    second.sort_by_key(|w| w.incident_id);
+    assert_eq!((first.len(), second.len()), (6, 2));
+    assert_ne!(first[0].owner, second[0].owner, "each claim has its token");
+    let admit = async |work: &remedy::store::ClaimedWork| {
+        let id = work.incident_id.expect("an incident's row");
+        let incident = app.store.get_incident(id).await.expect("read").expect("it");
+        app.store
+            .admit_to_storm(work, &incident, rules, now)
+            .await
+            .expect("admission")
+    };
+    // The fourth has three before it: it opens the storm and takes the
+    // fifth and sixth, held by its own claim, along.
+    let opened = admit(&first[3]).await;
+    let Admission::Member {
+        storm,
+        opened: true,
+        swept: 2,
+    } = opened
+    else {
+        panic!("{opened:?}");
+    };
+    for sibling in &first[4..] {
+        assert_eq!(admit(sibling).await, Admission::Swept { storm });
+    }
+    // The seventh belongs to another claim: admitted by it, it takes the
+    // eighth, its own sibling.
+    assert_eq!(
+        admit(&second[0]).await,
+        Admission::Member {
+            storm,
+            opened: false,
+            swept: 1
+        }
+    );
+    assert_eq!(admit(&second[1]).await, Admission::Swept { storm });
+    for alone in &first[..3] {
+        assert_eq!(admit(alone).await, Admission::Alone);
+    }
+    let members: Vec<i64> = common::column(
+        &app.store,
+        "select id from incidents where storm_id is not null order by id",
+    )
+    .await;
+    let ids: Vec<i64> = first[3..]
+        .iter()
+        .chain(&second)
+        .map(|w| w.incident_id.map_or(0, |IncidentId(id)| id))
+        .collect();
+    assert_eq!(members, ids);
+    let pending: i64 = common::scalar(
+        &app.store,
+        "select count(*) from work w join incidents i on i.id = w.incident_id
+          where w.kind = 'diagnose' and w.state = 'pending' and i.storm_id is not null",
+    )
+    .await;
+    assert_eq!(pending, 0, "every member's diagnose work is finished");
+    let joined: i64 = common::scalar(
+        &app.store,
+        "select count(*) from incident_events where kind = 'storm_joined'",
+    )
+    .await;
+    assert_eq!(joined, 5, "one storm_joined event per member");
 }

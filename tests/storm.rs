@@ -135,8 +135,10 @@ fn text_of(body: &Value) -> String {
 
 /// Each of the storm's `members` joined once, and most were taken along
 /// by another's admission (`with`): a few write transactions, not one per
-/// member. Only rows the two workers had already claimed (a batch of 16
-/// each) when the storm opened are admitted one by one.
+/// member. The first admission of a claim (a batch of 16 per worker) takes
+/// its siblings along; some are still admitted one by one: on PostgreSQL a
+/// sibling that locks its own incident first, and a sibling with a lower
+/// id than the claim's first admission (only later ones are swept).
 async fn assert_admitted_a_batch_at_a_time(app: &TestApp, members: i64) {
     let joined: Vec<i64> = column(
         &app.store,

@@ -20,7 +20,7 @@ pub(super) async fn run(
     // A storm member is neither diagnosed, posted nor escalated on its own.
     match super::storm::admit(engine, work, &incident, now).await? {
         Admission::Alone => {}
-        Admission::Member { .. } => return Ok(true),
+        Admission::Member { .. } | Admission::Swept { .. } => return Ok(true),
         Admission::LeaseLost => return Ok(false),
     }
     // The timers first: a diagnosis that fails, or waits for its target,

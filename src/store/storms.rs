@@ -64,7 +64,7 @@ macro_rules! sweep_sql {
             " = $2 and i.id > $3
                               and i.status = 'firing' and i.storm_id is null
                               and w.kind = 'diagnose' and w.state = 'pending'
-                              and w.lease_owner is null
+                              and (w.lease_owner is null or w.lease_owner = $8)
                               and not exists (select 1 from storms s where s.incident_id = i.id)
                               and (i.opened_at <= $4
                                    or (",
@@ -166,8 +166,9 @@ const SWEEP_BATCH: i64 = 500;
 
 /// The statements that finish a sweep, by the swept ids (bound as one
 /// JSON array in `$1`, as retention binds its batches): the members'
-/// `storm_joined` events (`$2` now, `$3` detail), for those whose diagnose
-/// work is still queued, then that work finished (`$2` now). Both read only
+/// `storm_joined` events (`$2` now, `$3` detail, `$4` the claim's token),
+/// for those whose diagnose work is still queued or held by that claim,
+/// then that work finished (`$2` now, `$3` the token). Both read only
 /// the swept rows: by the storm's id they read every member it ever had,
 /// thousands in a long storm, once per sweep.
 struct SweptStatements {
@@ -188,14 +189,14 @@ impl SweptStatements {
                    where i.id in {ids}
                      and exists (select 1 from work w where w.incident_id = i.id
                                    and w.kind = 'diagnose' and w.state = 'pending'
-                                   and w.lease_owner is null)"
+                                   and (w.lease_owner is null or w.lease_owner = $4))"
             ),
             work: format!(
                 "update work set state = 'done', lease_owner = null, lease_until = null,
                         last_error = null, updated_at = $2
                   where id in (select w.id from {work_join}
                                 where w.kind = 'diagnose' and w.state = 'pending'
-                                  and w.lease_owner is null)"
+                                  and (w.lease_owner is null or w.lease_owner = $3))"
             ),
         }
     }
@@ -242,6 +243,9 @@ pub enum Admission {
         opened: bool,
         swept: u64,
     },
+    /// Another admission of the same claim swept it into the storm
+    /// `storm` and finished its diagnose work.
+    Swept { storm: IncidentId },
     /// The work's lease was lost; nothing was recorded.
     LeaseLost,
 }
@@ -285,6 +289,29 @@ pub const STORM_MEMBER_RESOLVED: &str = "update work set due_at = $2, updated_at
 const REARM: &str = "update work set due_at = $3, lease_owner = null, lease_until = null,
         attempts = 0, last_error = null, updated_at = $4
   where id = $1 and lease_owner = $2 and state = 'pending'";
+
+/// What an admission finds when its incident already belongs to storm
+/// `$storm`: swept by another admission of its own claim, which finished
+/// its diagnose work (no longer pending under this claim's token), or its
+/// lease lost otherwise. Inside `try_admit`'s transaction (`$conn`).
+macro_rules! already_in {
+    ($conn:expr, $work:expr, $storm:expr) => {{
+        let held: i64 = sqlx::query_scalar(
+            "select count(*) from work where id = $1 and lease_owner = $2 and state = 'pending'",
+        )
+        .bind($work.id)
+        .bind(&$work.owner)
+        .fetch_one(&mut *$conn)
+        .await?;
+        if held == 0 {
+            Admission::Swept {
+                storm: IncidentId($storm),
+            }
+        } else {
+            Admission::LeaseLost
+        }
+    }};
+}
 
 /// Resolves storm incident `storm`, whose last member resolved, with the
 /// effects a resolved alert has on an incident (`intake::close_incident`).
@@ -362,13 +389,18 @@ impl Store {
             Self::Postgres(_) => (&*POSTGRES_SWEPT, true),
         };
         Ok(transaction!(self, |conn| {
-            let is_storm: i64 =
-                sqlx::query_scalar("select count(*) from storms where incident_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *conn)
-                    .await?;
+            let (is_storm, swept_into): (i64, Option<i64>) = sqlx::query_as(
+                "select (select count(*) from storms where incident_id = $1),
+                        (select storm_id from incidents where id = $1)",
+            )
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
             if is_storm > 0 {
                 return Ok(Some(Admission::Alone));
+            }
+            if let Some(storm) = swept_into {
+                return Ok(Some(already_in!(conn, work, storm)));
             }
             let mut joined = None;
             for (scope, key) in [
@@ -395,7 +427,18 @@ impl Store {
             };
             let done = finish_before_incident!(self, conn, work, id, now);
             if done != 1 {
-                return Ok(Some(Admission::LeaseLost));
+                // On PostgreSQL a sibling's sweep may have committed while
+                // this one waited for the incident's lock.
+                let storm: Option<i64> =
+                    sqlx::query_scalar("select storm_id from incidents where id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .flatten();
+                return Ok(Some(match storm {
+                    Some(storm) => already_in!(conn, work, storm),
+                    None => Admission::LeaseLost,
+                }));
             }
             let open: Option<i64> = sqlx::query_scalar(
                 "select incident_id from storms
@@ -489,6 +532,7 @@ impl Store {
                 .bind(SWEEP_BATCH)
                 .bind(rules.threshold)
                 .bind(rules.window_ms)
+                .bind(&work.owner)
                 .fetch_all(&mut *conn)
                 .await?;
             if !swept.is_empty() {
@@ -500,11 +544,13 @@ impl Store {
                     .bind(&ids)
                     .bind(now)
                     .bind(Json(detail))
+                    .bind(&work.owner)
                     .execute(&mut *conn)
                     .await?;
                 sqlx::query(statements.work.as_str())
                     .bind(&ids)
                     .bind(now)
+                    .bind(&work.owner)
                     .execute(&mut *conn)
                     .await?;
             }
