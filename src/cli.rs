@@ -270,6 +270,9 @@ enum IncidentsCommand {
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        crate::allocator::restart_with_settings();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {

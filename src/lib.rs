@@ -5,6 +5,7 @@
 //! from rows in the store. See README.md for the whole picture.
 
 pub mod actions;
+pub mod allocator;
 pub mod app;
 pub mod approvals;
 pub mod chat;

@@ -474,3 +474,72 @@ fn check_warns_about_unheld_roles_once_per_file_naming_them() {
         "{matrix}"
     );
 }
+
+/// `remedy serve` started with `extra` in its environment: the
+/// environment of the process that answers `/healthz`, then stopped.
+async fn served_environment(extra: &[(&str, &str)]) -> String {
+    let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let mut cmd = remedy();
+    for key in [
+        "MALLOC_ARENA_MAX",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_MMAP_THRESHOLD_",
+    ] {
+        cmd.env_remove(key);
+    }
+    let mut child = cmd
+        .arg("serve")
+        .env("REMEDY__INTAKE__BEARER_TOKEN", common::WEBHOOK_TOKEN)
+        .env("REMEDY__STORE__URL", &store_url)
+        .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .envs(extra.iter().copied())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let client = remedy::net::client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same process id: the second start replaced the first.
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).expect("environ");
+    child.kill().expect("kill");
+    child.wait().expect("exits");
+    String::from_utf8_lossy(&environ).replace('\0', "\n")
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn serve_runs_with_glibcs_allocator_settings_unless_the_operator_chose_them() {
+    let own = served_environment(&[]).await;
+    for setting in [
+        "MALLOC_ARENA_MAX=2",
+        "MALLOC_TRIM_THRESHOLD_=131072",
+        "MALLOC_MMAP_THRESHOLD_=131072",
+    ] {
+        assert!(own.lines().any(|l| l == setting), "{setting} missing");
+    }
+    assert!(
+        own.lines()
+            .any(|l| l.starts_with("REMEDY__SERVER__LISTEN=127.0.0.1:")),
+        "the rest of the environment is kept"
+    );
+    let operators = served_environment(&[("MALLOC_ARENA_MAX", "8")]).await;
+    assert!(operators.lines().any(|l| l == "MALLOC_ARENA_MAX=8"));
+    assert!(
+        !operators
+            .lines()
+            .any(|l| l.starts_with("MALLOC_TRIM_THRESHOLD_")),
+        "no second start when the operator set the arenas"
+    );
+}
