@@ -173,30 +173,8 @@ async fn incidents_keep_marks_an_incident_and_audit_export_archives_since_a_time
 
 #[tokio::test]
 async fn sigterm_finishes_and_exits_cleanly() {
-    let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let mut child = remedy()
-        .arg("serve")
-        .env("REMEDY__INTAKE__BEARER_TOKEN", common::WEBHOOK_TOKEN)
-        .env("REMEDY__STORE__URL", &store_url)
-        .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
+    let (mut child, port) = serve(&[], Stdio::piped()).await;
     let client = remedy::net::client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let accepted = client
         .post(format!("http://127.0.0.1:{port}/v1/alertmanager"))
         .bearer_auth(common::WEBHOOK_TOKEN)
@@ -475,9 +453,10 @@ fn check_warns_about_unheld_roles_once_per_file_naming_them() {
     );
 }
 
-/// `remedy serve` started with `extra` in its environment: the
-/// environment of the process that answers `/healthz`, then stopped.
-async fn served_environment(extra: &[(&str, &str)]) -> String {
+/// `remedy serve` on a fresh SQLite store and a free port, with `extra`
+/// in its environment and no allocator settings of the test's own; returns
+/// once it answers `/healthz`.
+async fn serve(extra: &[(&str, &str)], stderr: Stdio) -> (std::process::Child, u16) {
     let store_url = common::fresh_store_url(common::Backend::Sqlite).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -491,13 +470,13 @@ async fn served_environment(extra: &[(&str, &str)]) -> String {
     ] {
         cmd.env_remove(key);
     }
-    let mut child = cmd
+    let child = cmd
         .arg("serve")
         .env("REMEDY__INTAKE__BEARER_TOKEN", common::WEBHOOK_TOKEN)
         .env("REMEDY__STORE__URL", &store_url)
         .env("REMEDY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .envs(extra.iter().copied())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("starts");
     let client = remedy::net::client();
@@ -511,6 +490,12 @@ async fn served_environment(extra: &[(&str, &str)]) -> String {
         assert!(Instant::now() < deadline, "did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (child, port)
+}
+
+/// The environment of `remedy serve` started with `extra` in its own.
+async fn served_environment(extra: &[(&str, &str)]) -> String {
+    let (mut child, _) = serve(extra, Stdio::null()).await;
     // The same process id: the second start replaced the first.
     let environ = std::fs::read(format!("/proc/{}/environ", child.id())).expect("environ");
     child.kill().expect("kill");

@@ -32,6 +32,24 @@ async fn open_one(app: &TestApp) -> i64 {
     app.incidents("").await[0]["id"].as_i64().expect("id")
 }
 
+/// Opens `n` incidents of one alertname, one notification each, and
+/// returns storm rules that make the fourth and later ones members.
+async fn open_a_storms_worth(app: &TestApp, n: usize) -> remedy::store::StormRules {
+    for i in 1..=n {
+        let reply = app
+            .post_webhook(firing(
+                &format!("eeee00000000000{i}"),
+                "2026-11-26T10:00:00Z",
+            ))
+            .await;
+        assert_eq!(reply.json["incidents_opened"], 1, "{}", reply.json);
+    }
+    remedy::store::StormRules {
+        threshold: 3,
+        ..app.app.engine.storm
+    }
+}
+
 async fn timeline_kinds(app: &TestApp, id: i64) -> Vec<String> {
     app.api(&format!("/v1/incidents/{id}")).await["timeline"]
         .as_array()
@@ -499,19 +517,7 @@ async fn postgres_a_resolve_and_a_diagnosis_finishing_do_not_deadlock() {
 #[tokio::test]
 async fn postgres_a_resolve_and_a_storm_admission_do_not_deadlock() {
     let app = spawn_app(Backend::Postgres).await;
-    for i in 1..=4 {
-        let reply = app
-            .post_webhook(firing(
-                &format!("eeee00000000000{i}"),
-                "2026-11-26T10:00:00Z",
-            ))
-            .await;
-        assert_eq!(reply.json["incidents_opened"], 1, "{}", reply.json);
-    }
-    let rules = remedy::store::StormRules {
-        threshold: 3,
-        ..app.app.engine.storm
-    };
+    let rules = open_a_storms_worth(&app, 4).await;
     let claimed = app
         .store
         .claim_work("w", now_millis(), 60_000, 10, 5)
@@ -550,19 +556,7 @@ async fn a_storm_admission_takes_the_rows_of_its_own_claim_along(backend: Backen
     use remedy::domain::IncidentId;
     use remedy::store::Admission;
     let app = spawn_app(backend).await;
-    for i in 1..=8 {
-        let reply = app
-            .post_webhook(firing(
-                &format!("eeee00000000000{i}"),
-                "2026-11-26T10:00:00Z",
-            ))
-            .await;
-        assert_eq!(reply.json["incidents_opened"], 1, "{}", reply.json);
-    }
-    let rules = remedy::store::StormRules {
-        threshold: 3,
-        ..app.app.engine.storm
-    };
+    let rules = open_a_storms_worth(&app, 8).await;
     let now = now_millis();
     let mut first = app
         .store

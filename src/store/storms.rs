@@ -290,29 +290,6 @@ const REARM: &str = "update work set due_at = $3, lease_owner = null, lease_unti
         attempts = 0, last_error = null, updated_at = $4
   where id = $1 and lease_owner = $2 and state = 'pending'";
 
-/// What an admission finds when its incident already belongs to storm
-/// `$storm`: swept by another admission of its own claim, which finished
-/// its diagnose work (no longer pending under this claim's token), or its
-/// lease lost otherwise. Inside `try_admit`'s transaction (`$conn`).
-macro_rules! already_in {
-    ($conn:expr, $work:expr, $storm:expr) => {{
-        let held: i64 = sqlx::query_scalar(
-            "select count(*) from work where id = $1 and lease_owner = $2 and state = 'pending'",
-        )
-        .bind($work.id)
-        .bind(&$work.owner)
-        .fetch_one(&mut *$conn)
-        .await?;
-        if held == 0 {
-            Admission::Swept {
-                storm: IncidentId($storm),
-            }
-        } else {
-            Admission::LeaseLost
-        }
-    }};
-}
-
 /// Resolves storm incident `storm`, whose last member resolved, with the
 /// effects a resolved alert has on an incident (`intake::close_incident`).
 async fn resolve_storm(
@@ -389,18 +366,27 @@ impl Store {
             Self::Postgres(_) => (&*POSTGRES_SWEPT, true),
         };
         Ok(transaction!(self, |conn| {
-            let (is_storm, swept_into): (i64, Option<i64>) = sqlx::query_as(
+            // Whether it is a storm itself, and whether another admission
+            // of its own claim swept it already: in a storm, its diagnose
+            // work finished (no longer pending under this claim's token).
+            let (is_storm, swept_into, held): (i64, Option<i64>, i64) = sqlx::query_as(
                 "select (select count(*) from storms where incident_id = $1),
-                        (select storm_id from incidents where id = $1)",
+                        (select storm_id from incidents where id = $1),
+                        (select count(*) from work
+                          where id = $2 and lease_owner = $3 and state = 'pending')",
             )
             .bind(id)
+            .bind(work.id)
+            .bind(&work.owner)
             .fetch_one(&mut *conn)
             .await?;
             if is_storm > 0 {
                 return Ok(Some(Admission::Alone));
             }
-            if let Some(storm) = swept_into {
-                return Ok(Some(already_in!(conn, work, storm)));
+            if let (Some(storm), 0) = (swept_into, held) {
+                return Ok(Some(Admission::Swept {
+                    storm: IncidentId(storm),
+                }));
             }
             let mut joined = None;
             for (scope, key) in [
@@ -435,10 +421,11 @@ impl Store {
                         .fetch_optional(&mut *conn)
                         .await?
                         .flatten();
-                return Ok(Some(match storm {
-                    Some(storm) => already_in!(conn, work, storm),
-                    None => Admission::LeaseLost,
-                }));
+                return Ok(Some(storm.map_or(Admission::LeaseLost, |storm| {
+                    Admission::Swept {
+                        storm: IncidentId(storm),
+                    }
+                })));
             }
             let open: Option<i64> = sqlx::query_scalar(
                 "select incident_id from storms
