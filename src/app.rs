@@ -67,7 +67,6 @@ impl App {
             metrics,
             probes: Arc::default(),
             limiter,
-            pagers: engine.pagers.clone(),
         };
         Ok(Self {
             state,

@@ -303,6 +303,12 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         "metrics.upkeep_interval",
         old.metrics.upkeep_interval != new.metrics.upkeep_interval,
     );
+    // Pages already sent carry the prefix in their key: a new one would
+    // acknowledge and resolve them under a key PagerDuty never saw.
+    check(
+        "paging.dedup_prefix",
+        old.paging.dedup_prefix != new.paging.dedup_prefix,
+    );
     check(
         "reconcile.enabled",
         old.reconcile_enabled() != new.reconcile_enabled(),
@@ -316,6 +322,7 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     new.log = old.log.clone();
     new.metrics.upkeep_interval = old.metrics.upkeep_interval;
     new.reconcile.enabled = Some(old.reconcile_enabled());
+    new.paging.dedup_prefix.clone_from(&old.paging.dedup_prefix);
     changed
 }
 

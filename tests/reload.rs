@@ -426,3 +426,131 @@ async fn a_reload_serves_new_incidents_the_new_playbook_while_open_approvals_sti
         assert!(starting[0].contains(part), "{part}: {}", starting[0]);
     }
 }
+
+/// PagerDuty's v3 signature of `body` under `secret` (HMAC-SHA256, hex).
+fn pagerduty_signature(secret: &str, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Server {
+    /// A signed PagerDuty webhook of an event remedy ignores: 200 when the
+    /// signature verifies, 401 when not, 404 when no such pager.
+    async fn pagerduty(&self, secret: &str) -> u16 {
+        let body = json!({"event": {"id": "E1", "event_type": "incident.triggered",
+                                    "resource_type": "incident", "data": {}}})
+        .to_string();
+        self.client
+            .post(format!("{}/v1/pagers/pd/pagerduty", self.url))
+            .header("content-type", "application/json")
+            .header("x-pagerduty-signature", pagerduty_signature(secret, &body))
+            .body(body)
+            .send()
+            .await
+            .expect("answered")
+            .status()
+            .as_u16()
+    }
+}
+
+const PAGER: &str = "[paging]\ndedup_prefix = \"{prefix}\"\n\
+     [pagers.pd]\nkind = \"pagerduty\"\nurl = \"http://127.0.0.1:9/\"\n\
+     routing_key_file = \"{dir}/pd.key\"\nwebhook_secret_file = \"{dir}/pd.secret\"\n";
+
+fn pager_settings(dir: &Path, prefix: &str) -> String {
+    PAGER
+        .replace("{prefix}", prefix)
+        .replace("{dir}", &dir.display().to_string())
+}
+
+#[tokio::test]
+async fn a_reload_brings_in_the_matrix_and_pagers_and_a_broken_matrix_or_settings_file_keeps_them()
+{
+    let server = Server::start().await;
+    let dir = server.dir.clone();
+    assert_eq!(server.pagerduty("first-secret").await, 404);
+
+    // A matrix row and a PagerDuty pager added: both in force at once.
+    std::fs::write(dir.join("pd.key"), "R0UTING-KEY").expect("key");
+    std::fs::write(dir.join("pd.secret"), "first-secret").expect("secret");
+    let matrix = "roles:\n  on-call: On call\ndefault:\n  initial: on-call\n  review_after: 24h\n\
+                  policies:\n  - alert: ReloadTest\n    initial: on-call\n    escalate:\n      \
+                  - to: on-call\n        after: 15m\n        page: [pd]\n";
+    std::fs::write(dir.join("escalation.yaml"), matrix).expect("matrix");
+    write_settings(&dir, &pager_settings(&dir, "remedy"));
+    let (status, reloaded) = server.reload(Some(common::API_TOKEN)).await;
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(reloaded["escalation_rows"], 1, "{reloaded}");
+    assert_eq!(reloaded["needs_restart"], json!([]), "{reloaded}");
+    assert_eq!(server.pagerduty("first-secret").await, 200);
+    assert_eq!(server.pagerduty("another-secret").await, 401);
+
+    // A matrix naming a role nobody declared: refused, the row and the
+    // pager stay as they were.
+    std::fs::write(
+        dir.join("escalation.yaml"),
+        matrix.replace("- to: on-call", "- to: nobody"),
+    )
+    .expect("break");
+    let (status, refused) = server.reload(Some(OLGA_TOKEN)).await;
+    assert_eq!(status, 422, "{refused}");
+    let problems = text(&refused["problems"]);
+    assert!(
+        problems.contains("escalation.yaml") && problems.contains("nobody"),
+        "{refused}"
+    );
+    assert_eq!(
+        server.metric("remedy_config_last_reload_successful").await,
+        Some(0.0)
+    );
+    assert_eq!(server.pagerduty("first-secret").await, 200);
+
+    // A settings file that is not TOML, by SIGHUP: refused the same way.
+    std::fs::write(dir.join("escalation.yaml"), matrix).expect("mend");
+    let before = server
+        .metric_until(
+            "remedy_config_last_reload_success_timestamp_seconds",
+            |_| true,
+        )
+        .await;
+    std::fs::write(dir.join("remedy.toml"), "[pagers.pd\nkind = ").expect("break");
+    server.hangup();
+    let log = dir.join("remedy.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("configuration reload failed")
+    {
+        assert!(Instant::now() < deadline, "no failed reload logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.metric("remedy_config_last_reload_successful").await,
+        Some(0.0)
+    );
+    assert_eq!(server.pagerduty("first-secret").await, 200);
+
+    // The secret rotated in its file and the key prefix changed: the new
+    // secret verifies at once, the old one no longer does; the prefix,
+    // which pages already sent carry, waits for a restart.
+    std::fs::write(dir.join("pd.secret"), "second-secret").expect("rotate");
+    write_settings(&dir, &pager_settings(&dir, "other"));
+    let (status, reloaded) = server.reload(Some(common::API_TOKEN)).await;
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(
+        reloaded["needs_restart"],
+        json!(["paging.dedup_prefix"]),
+        "{reloaded}"
+    );
+    assert!(
+        server
+            .metric("remedy_config_last_reload_success_timestamp_seconds")
+            .await
+            .is_some_and(|t| t >= before)
+    );
+    assert_eq!(server.pagerduty("second-secret").await, 200);
+    assert_eq!(server.pagerduty("first-secret").await, 401);
+    server.stop().await;
+}

@@ -53,8 +53,6 @@ pub struct AppState {
     pub probes: Arc<health::StoreProbes>,
     /// Per-source rate limits (`server.source_rate`, `server.source_burst`).
     pub limiter: SourceLimiter,
-    /// The pagers, for PagerDuty's webhooks.
-    pub pagers: Arc<crate::paging::Pagers>,
 }
 
 impl AppState {
@@ -66,6 +64,13 @@ impl AppState {
     #[must_use]
     pub fn chat(&self) -> Arc<Chat> {
         self.live.current().engine.chat.clone()
+    }
+
+    /// The pagers in force, for PagerDuty's webhooks (a reload may add a
+    /// pager or rotate its `webhook_secret`).
+    #[must_use]
+    pub fn pagers(&self) -> Arc<crate::paging::Pagers> {
+        self.live.current().engine.pagers.clone()
     }
 
     /// The escalation matrix (snooze and silence lengths).

@@ -36,7 +36,8 @@ pub async fn pagerduty(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(secret) = state.pagers.pagerduty_webhook_secret(&name) else {
+    let pagers = state.pagers();
+    let Some(secret) = pagers.pagerduty_webhook_secret(&name) else {
         return ApiError::NotFound(format!(
             "no PagerDuty pager `{name}` with a webhook_secret is configured"
         ))
@@ -82,7 +83,7 @@ pub async fn pagerduty(
             return ignored(&event_type, "remedy acts on incident.acknowledged only");
         }
     };
-    let Some(incident) = state.pagers.incident_of(&incident_key) else {
+    let Some(incident) = pagers.incident_of(&incident_key) else {
         return ignored("incident.acknowledged", "not one of remedy's page keys");
     };
     let incident = IncidentId(incident);
