@@ -314,26 +314,9 @@ impl Policy {
     /// without a threshold.
     #[must_use]
     pub fn threshold_steps(&self, ids: &[String]) -> Vec<String> {
-        let Some(expression) = &self.threshold else {
-            return Vec::new();
-        };
-        let env = template::environment();
-        let Ok(compiled) = env.compile_expression(expression) else {
-            return Vec::new();
-        };
-        let read = compiled.undeclared_variables(true);
-        if read.contains("steps") {
-            return ids.to_vec();
-        }
-        ids.iter()
-            .filter(|id| {
-                read.iter().any(|path| {
-                    path.strip_prefix("steps.")
-                        .is_some_and(|rest| rest.split('.').next() == Some(id.as_str()))
-                })
-            })
-            .cloned()
-            .collect()
+        self.threshold
+            .as_deref()
+            .map_or_else(Vec::new, |expression| template::steps_read(expression, ids))
     }
 
     /// How often the threshold's steps are measured again.

@@ -168,16 +168,22 @@ struct Setup {
 }
 
 async fn setup(project: &Project) -> Setup {
+    setup_with(project, PLAYBOOK, "").await
+}
+
+/// A set-up with its own playbook and settings added to the project's.
+async fn setup_with(project: &Project, playbook: &str, settings: &str) -> Setup {
     let playbooks = project.dir.join("playbooks");
     std::fs::create_dir_all(&playbooks).expect("dir");
-    std::fs::write(playbooks.join("compose-test.yaml"), PLAYBOOK).expect("playbook");
+    std::fs::write(playbooks.join("compose-test.yaml"), playbook).expect("playbook");
     let env = [
         ("REMEDY__PLAYBOOKS__DIR", playbooks.to_str().expect("utf-8")),
         ("REMEDY__COMMANDS__ALLOW", COMPOSE),
         // compose finds the engine through DOCKER_HOST: the child keeps it.
         ("REMEDY__COMMANDS__ENV", "PATH,LANG,HOME,DOCKER_HOST"),
     ];
-    let app = common::spawn_app_with_toml(Backend::Sqlite, &project.settings(), &env).await;
+    let settings = format!("{}{settings}", project.settings());
+    let app = common::spawn_app_with_toml(Backend::Sqlite, &settings, &env).await;
     Setup { app }
 }
 
@@ -402,4 +408,65 @@ async fn a_file_edited_after_the_approval_was_shown_is_left_alone() {
     assert_eq!(project.env_text(), by_hand);
     assert!(project.backups().is_empty());
     assert_eq!(project.pool_size(), "10", "nothing was recreated");
+}
+
+#[tokio::test]
+async fn a_verification_whose_metric_cannot_be_read_keeps_the_edit_and_says_why() {
+    // Judged on the pool metric, as the shipped playbooks are; the
+    // Prometheus in the settings is down (nothing listens on its port).
+    let on_the_metric = PLAYBOOK
+        .replace(
+            "steps:\n",
+            "steps:\n  - id: pool_utilization\n    kind: promql\n    query: max(db_pool_utilization_percent)\n",
+        )
+        .replace(
+            "verify: labels.outcome == \"better\"",
+            "verify: steps.pool_utilization.value is not none and steps.pool_utilization.value < 90",
+        );
+    let project = Project::new(COMPOSE_FILE);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let s = setup_with(
+        &project,
+        &on_the_metric,
+        &format!("\n[prometheus]\nurl = \"http://{closed}\"\n"),
+    )
+    .await;
+    let id = s.open("worse").await;
+    let reply = s.approve(id, "raise_pool_size").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain(now_millis()).await;
+    assert_eq!(s.execution(id).await["state"], "done");
+    assert_eq!(project.pool_size(), "20");
+
+    s.verify().await;
+    let verified = s.execution(id).await;
+    assert_eq!(verified["verification"], "not judged", "{verified}");
+    assert_eq!(
+        project.pool_size(),
+        "20",
+        "a fix nobody could measure stays"
+    );
+    assert_eq!(
+        project.env_text(),
+        "# the API's pool\nPOSTGRES_POOL_SIZE=20\nOTHER=kept\n"
+    );
+    let events: Vec<String> = common::column(
+        &s.app.store,
+        "select detail from incident_events where kind = 'action_verified'",
+    )
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("could not be judged") && e.contains("pool_utilization")),
+        "{events:?}"
+    );
+    let suspended: Vec<String> = common::column(
+        &s.app.store,
+        "select kind from incident_events where kind like '%suspend%' or kind = 'escalated'",
+    )
+    .await;
+    assert!(suspended.is_empty(), "{suspended:?}");
 }

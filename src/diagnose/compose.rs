@@ -68,14 +68,23 @@ pub fn invocation(project: &ComposeSettings, rest: &[&str]) -> Invocation {
     }
 }
 
+/// Lines read from the end of the log where compose has no `--since`
+/// (docker-compose 1.x): without it the whole log since the container
+/// started would be read on every diagnosis.
+pub const TAIL_WITHOUT_SINCE: u32 = 10_000;
+
 /// `logs` of one service over the last `since`, without colours, each line
-/// with its timestamp (`--since` too where the compose version has it).
+/// with its timestamp (`--since` where the compose version has it, else
+/// the last [`TAIL_WITHOUT_SINCE`] lines, filtered by their timestamps).
 #[must_use]
 pub fn logs_invocation(project: &ComposeSettings, service: &str, since: Duration) -> Invocation {
     let since_arg = format!("{}s", since.as_secs().max(1));
+    let tail_arg = TAIL_WITHOUT_SINCE.to_string();
     let mut rest = vec!["logs", "--no-color", "--timestamps", "--no-log-prefix"];
     if project.logs_since {
         rest.extend(["--since", &since_arg]);
+    } else {
+        rest.extend(["--tail", &tail_arg]);
     }
     rest.push(service);
     invocation(project, &rest)
@@ -266,7 +275,7 @@ mod tests {
         assert_eq!(v1.program, PathBuf::from("/usr/bin/docker-compose"));
         assert!(
             v1.display()
-                .ends_with("-p app logs --no-color --timestamps --no-log-prefix api"),
+                .ends_with("-p app logs --no-color --timestamps --no-log-prefix --tail 10000 api"),
             "{}",
             v1.display()
         );

@@ -3,7 +3,12 @@
 //! is no longer there (the same action is no longer offered), the findings
 //! became less severe, or the alert resolved; ineffective otherwise. The
 //! verdict and its evidence go to the audit log, the timeline and the
-//! thread; ineffective runs count toward suspending the action.
+//! thread; ineffective runs count toward suspending the action. An action
+//! judged by its own `verify` expression is "not judged" when a step that
+//! expression reads failed (Prometheus down, the target unreachable) or the
+//! step is no longer in the playbook: a measurement that could not be made
+//! is no evidence against the fix, so nothing is undone, escalated or
+//! counted toward suspension, and the thread says why.
 
 use super::diagnose::{action_digest, alert_context, diagnose};
 use super::{Engine, WorkError};
@@ -14,6 +19,36 @@ use crate::store::{ClaimedWork, ExecutionRef};
 
 fn worst(report: &Report) -> Option<Severity> {
     report.findings.iter().map(|f| f.severity).max()
+}
+
+/// Why the steps a `verify` expression reads give no measurement in
+/// `after`: the first that failed or is missing, else None.
+fn unmeasured(after: &Report, expression: &str) -> Option<String> {
+    let mut ids: Vec<String> = after.steps.keys().cloned().collect();
+    // A step the expression names that the playbook no longer has (a
+    // reload renamed it) reads as missing, never as "none".
+    let env = crate::playbook::template::environment();
+    if let Ok(compiled) = env.compile_expression(expression) {
+        for path in compiled.undeclared_variables(true) {
+            if let Some(id) = path
+                .strip_prefix("steps.")
+                .and_then(|r| r.split('.').next())
+                && !ids.iter().any(|known| known == id)
+            {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    crate::playbook::template::steps_read(expression, &ids)
+        .into_iter()
+        .find_map(|id| match after.steps.get(&id) {
+            None => Some(format!("step `{id}` is not in the playbook now")),
+            Some(step) if !step.ok => Some(format!(
+                "step `{id}` failed: {}",
+                step.error.as_deref().unwrap_or("no reason given")
+            )),
+            Some(_) => None,
+        })
 }
 
 pub(super) async fn run(
@@ -57,6 +92,14 @@ pub(super) async fn run(
         let judged_by = action.and_then(|a| a.verify.as_deref()).zip(playbook);
         let (verdict, mut evidence) = match (&after, judged_by) {
             (None, _) => ("effective", "the alert resolved".to_owned()),
+            (Some(after), Some((expression, _)))
+                if let Some(why) = unmeasured(after, expression) =>
+            {
+                (
+                    "not judged",
+                    format!("`{expression}` could not be judged: {why}"),
+                )
+            }
             (Some(after), Some((expression, playbook))) => {
                 match crate::playbook::evaluate::holds(
                     playbook,
@@ -73,7 +116,7 @@ pub(super) async fn run(
                         "ineffective",
                         format!("`{expression}` does not hold; now: {}", after.summary),
                     ),
-                    Err(e) => ("ineffective", format!("`{expression}` failed: {e}")),
+                    Err(e) => ("not judged", format!("`{expression}` failed: {e}")),
                 }
             }
             (Some(after), None) => {

@@ -196,6 +196,29 @@ pub fn truthy(env: &Environment<'_>, expression: &str, ctx: &Value) -> Result<bo
 }
 
 /// Checks a template's syntax.
+/// Which of the steps `ids` an expression reads (`steps.ID…`); all of
+/// them when it reads `steps` as a whole, none when it does not compile.
+#[must_use]
+pub fn steps_read(expression: &str, ids: &[String]) -> Vec<String> {
+    let env = environment();
+    let Ok(compiled) = env.compile_expression(expression) else {
+        return Vec::new();
+    };
+    let read = compiled.undeclared_variables(true);
+    if read.contains("steps") {
+        return ids.to_vec();
+    }
+    ids.iter()
+        .filter(|id| {
+            read.iter().any(|path| {
+                path.strip_prefix("steps.")
+                    .is_some_and(|rest| rest.split('.').next() == Some(id.as_str()))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 pub fn check_template(source: &str) -> Result<(), String> {
     environment()
         .template_from_str(source)
