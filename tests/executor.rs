@@ -1050,3 +1050,146 @@ async fn a_terminate_statement_the_protection_check_cannot_see_is_refused() {
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "refused", "{execution}");
 }
+
+/// A role_setting change and its undo, as the shipped timeout playbooks
+/// have them.
+const UNDO_PLAYBOOK: &str = r#"
+name: UndoTest
+match: ['alertname="UndoTest"']
+target: main
+steps:
+  - id: roles
+    kind: sql
+    query: |
+      select r.rolname as role,
+             (select split_part(c, '=', 2) from pg_db_role_setting d, unnest(d.setconfig) c
+               where d.setrole = r.oid and d.setdatabase = 0 and c like 'statement_timeout=%') as previous
+        from pg_roles r where r.rolname = $1
+    params: ["{{ labels.role }}"]
+actions:
+  - id: set_timeout
+    title: Set statement_timeout for {{ row.role }} (now {{ row.previous or "not set" }})
+    kind: role_setting
+    risk: disruptive
+    approvers: [oncall]
+    for_each: roles
+    setting: statement_timeout
+    params: ["{{ row.role }}", "30000"]
+  - id: undo_timeout
+    title: "Undo: statement_timeout of {{ row.role }} back to {{ row.previous or 'not set' }}"
+    kind: role_setting
+    risk: safe
+    approvers: [oncall]
+    for_each: roles
+    undoes: set_timeout
+    setting: statement_timeout
+    params: ["{{ row.role }}", "{{ row.previous or '' }}"]
+    precondition:
+      query: |
+        select 1 from pg_db_role_setting d join pg_roles r on r.oid = d.setrole, unnest(d.setconfig) c
+         where r.rolname = $1 and d.setdatabase = 0 and c = 'statement_timeout=30000'
+      params: ["{{ row.role }}"]
+"#;
+
+#[tokio::test]
+async fn a_changes_undo_is_offered_only_once_it_has_run_and_then_puts_the_old_value_back() {
+    // Approvals last 4 s here: the change is approved 2 s in, and its undo
+    // gets 4 s of its own from when the change ran.
+    let s = setup_with(UNDO_PLAYBOOK, &[("REMEDY__CHAT__APPROVAL_TTL", "4s")]).await;
+    let role = format!(
+        "remedy_t_undo_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let mut admin = s.connect_as("postgres", "checker").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {role}; alter role {role} set statement_timeout = 5000"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("role");
+    let setting = async |admin: &mut PgConnection| -> Vec<String> {
+        sqlx::query_scalar(
+            "select c from pg_db_role_setting d join pg_roles r on r.oid = d.setrole,
+                    unnest(d.setconfig) c where r.rolname = $1 and d.setdatabase = 0",
+        )
+        .bind(&role)
+        .fetch_all(admin)
+        .await
+        .expect("setting")
+    };
+
+    let payload = json!({
+        "receiver": "remedy", "status": "firing", "version": "4",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "UndoTest", "role": role},
+            "annotations": {}, "startsAt": "2026-11-27T01:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": "e0e0e0e0e0e0e0e3"
+        }],
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://am", "groupKey": "{}:{}", "truncatedAlerts": 0
+    });
+    s.app.post_webhook(payload.to_string()).await;
+    s.drain().await;
+    let diagnosed = std::time::Instant::now();
+    let id = s.app.incidents("").await[0]["id"].as_i64().expect("id");
+    let keys = |shown: &Value| -> Vec<String> {
+        shown["approvals"]
+            .as_array()
+            .expect("approvals")
+            .iter()
+            .map(|a| a["key"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let shown = s.shown(id).await;
+    assert_eq!(
+        keys(&shown),
+        ["set_timeout"],
+        "no undo before the change: {shown}"
+    );
+    let early = s.decide(id, "undo_timeout", "alice").await;
+    assert_ne!(early.status, StatusCode::OK, "{}", early.json);
+
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let reply = s.decide(id, "set_timeout", "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    assert_eq!(setting(&mut admin).await, ["statement_timeout=30000"]);
+    let shown = s.shown(id).await;
+    assert_eq!(keys(&shown), ["set_timeout", "undo_timeout"], "{shown}");
+    let undo = &shown["approvals"][1];
+    assert_eq!(undo["state"], "pending", "{undo}");
+    assert!(
+        undo["title"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("back to 5000"),
+        "the value the change found: {undo}"
+    );
+    assert!(
+        undo["expires_at"].as_i64() > shown["approvals"][0]["expires_at"].as_i64(),
+        "{shown}"
+    );
+    assert!(
+        shown["timeline"].to_string().contains("undo_offered"),
+        "{shown}"
+    );
+
+    // Past the report's requests' time, within the undo's.
+    tokio::time::sleep(std::time::Duration::from_millis(4_500).saturating_sub(diagnosed.elapsed()))
+        .await;
+    let reply = s.decide(id, "undo_timeout", "bob").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain().await;
+    assert_eq!(setting(&mut admin).await, ["statement_timeout=5000"]);
+    let done: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from executions where state = 'done'",
+    )
+    .await;
+    assert_eq!(done, 2);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role {role}")))
+        .execute(&mut admin)
+        .await
+        .expect("drop role");
+}

@@ -426,3 +426,42 @@ fn check_names_mistakes_of_redis_explain_role_setting_and_create_index() {
         "the executor builds this statement itself",
     );
 }
+
+#[test]
+fn check_refuses_an_undo_of_nothing_of_an_undo_or_over_other_rows() {
+    let set = "  - {id: set, title: t, kind: role_setting, risk: disruptive, setting: statement_timeout, params: [app, '1000'], for_each: roles}\n";
+    let steps = "steps:\n  - {id: roles, kind: sql, query: select 1}\n  - {id: other, kind: sql, query: select 2}\n";
+    let undo = |extra: &str| {
+        format!(
+            "{HEAD}{steps}actions:\n{set}  - {{id: undo, title: u, kind: role_setting, risk: safe, setting: statement_timeout, params: [app, ''], {extra}}}\n"
+        )
+    };
+    assert_reports(
+        &undo("for_each: roles, undoes: sett"),
+        9,
+        5,
+        "actions[1].undoes",
+        "no action `sett` in this playbook",
+    );
+    assert_reports(
+        &undo("for_each: roles, undoes: undo"),
+        9,
+        5,
+        "actions[1].undoes",
+        "is itself an undo (or this action)",
+    );
+    assert_reports(
+        &undo("for_each: other, undoes: set"),
+        9,
+        5,
+        "actions[1].undoes",
+        "an undo has the `for_each`, `when` and `max_targets` of `set`",
+    );
+    assert_reports(
+        &undo("for_each: roles, undoes: set, automatic: true"),
+        9,
+        5,
+        "actions[1].automatic",
+        "never automatic",
+    );
+}

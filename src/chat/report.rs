@@ -340,6 +340,9 @@ pub struct ReportAction {
     /// digest covers them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<String>,
+    /// An undo: the approval of the change it undoes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<i64>,
 }
 
 /// Where an action stands as the report shows it: its approval request's
@@ -514,6 +517,15 @@ impl ChatReport {
                         .filter(|action| action.digest() == a.digest)
                         .map(crate::playbook::ActionInstance::diff_lines)
                         .unwrap_or_default(),
+                    undoes: usize::try_from(a.seq)
+                        .ok()
+                        .and_then(|seq| crate::engine::diagnose::undone_by(report, seq))
+                        .and_then(|change| {
+                            approvals
+                                .iter()
+                                .find(|b| usize::try_from(b.seq) == Ok(change))
+                        })
+                        .map(|b| b.id),
                 }
             })
             .collect();

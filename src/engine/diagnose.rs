@@ -119,40 +119,94 @@ pub fn diagnosis_target(engine: &Engine, alert: &AlertContext) -> Option<String>
 
 /// One approval request per action the report offers, keyed `id` (or
 /// `id#n` when an action repeats over rows), bound to a digest of exactly
-/// what is shown and will run.
+/// what is shown and will run. Undo actions (`undoes`) are left out: each is
+/// offered once its change has run ([`undo_request`]).
 #[must_use]
 pub fn approval_requests(report: &Report, expires_at: Millis) -> Vec<NewApproval> {
+    action_keys(report)
+        .into_iter()
+        .enumerate()
+        .filter(|(seq, _)| report.actions[*seq].undoes.is_none())
+        .map(|(seq, key)| approval_request(report, seq, key, expires_at))
+        .collect()
+}
+
+/// The approval request offering the undo of the action at `changed` (a
+/// report position) for the same row, when the playbook has one: the n-th
+/// instance of the undo answers the n-th of the change (`remedy check`
+/// makes both iterate the same rows).
+#[must_use]
+pub fn undo_request(report: &Report, changed: usize, expires_at: Millis) -> Option<NewApproval> {
+    let change = report.actions.get(changed)?;
+    let nth = report.actions[..=changed]
+        .iter()
+        .filter(|a| a.id == change.id)
+        .count();
+    let seq = report
+        .actions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.undoes.as_deref() == Some(change.id.as_str()))
+        .nth(nth - 1)?
+        .0;
+    let key = action_keys(report).swap_remove(seq);
+    Some(approval_request(report, seq, key, expires_at))
+}
+
+/// The report position of the change an undo at `undo` answers (the
+/// reverse of [`undo_request`]).
+#[must_use]
+pub fn undone_by(report: &Report, undo: usize) -> Option<usize> {
+    let id = report.actions.get(undo)?.undoes.as_deref()?;
+    let nth = report.actions[..=undo]
+        .iter()
+        .filter(|a| a.undoes.as_deref() == Some(id))
+        .count();
+    report
+        .actions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.id == id)
+        .nth(nth - 1)
+        .map(|(seq, _)| seq)
+}
+
+/// Each report action's approval key: its id, or `id#n` when it repeats.
+fn action_keys(report: &Report) -> Vec<String> {
     let mut seen: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     let repeats = |id: &str| report.actions.iter().filter(|a| a.id == id).count() > 1;
     report
         .actions
         .iter()
-        .enumerate()
-        .map(|(seq, action)| {
+        .map(|action| {
             let n = seen.entry(action.id.as_str()).or_insert(0);
             *n += 1;
-            let key = if repeats(&action.id) {
+            if repeats(&action.id) {
                 format!("{}#{n}", action.id)
             } else {
                 action.id.clone()
-            };
-            NewApproval {
-                seq: i64::try_from(seq).unwrap_or(i64::MAX),
-                key,
-                action_id: action.id.clone(),
-                title: action.title.clone(),
-                risk: serde_json::to_value(action.risk)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "destructive".into()),
-                roles: action.approvers.clone(),
-                quorum: i64::from(action.quorum.max(1)),
-                digest: action_digest(action),
-                expires_at,
-                automatic: action.automatic,
             }
         })
         .collect()
+}
+
+fn approval_request(report: &Report, seq: usize, key: String, expires_at: Millis) -> NewApproval {
+    let action = &report.actions[seq];
+    NewApproval {
+        seq: i64::try_from(seq).unwrap_or(i64::MAX),
+        key,
+        action_id: action.id.clone(),
+        title: action.title.clone(),
+        risk: serde_json::to_value(action.risk)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "destructive".into()),
+        roles: action.approvers.clone(),
+        quorum: i64::from(action.quorum.max(1)),
+        digest: action_digest(action),
+        expires_at,
+        automatic: action.automatic,
+    }
 }
 
 /// sha256 over the action's canonical JSON: kind, target, statement or

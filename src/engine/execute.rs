@@ -96,6 +96,7 @@ pub fn silence_action(key: &str) -> Option<ActionInstance> {
         set: std::collections::BTreeMap::new(),
         changes: Vec::new(),
         verify: None,
+        undoes: None,
     })
 }
 
@@ -292,6 +293,18 @@ pub(super) async fn run(
         metrics::counter!("remedy_executions_total", "outcome" => outcome.state).increment(1);
         // The run's own end: later than the claim's clock by however long it took.
         let finished = started.max(now_millis());
+        // A change that ran offers its undo, with an approval of its own
+        // (the report's requests may have expired by now); the message
+        // update the outcome queues shows it.
+        if outcome.state == "done"
+            && builtin.is_none()
+            && let Some(undo) = usize::try_from(seq).ok().and_then(|seq| {
+                let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
+                super::diagnose::undo_request(&report, seq, finished.saturating_add(ttl))
+            })
+        {
+            engine.store.offer_approval(id, &undo, finished).await?;
+        }
         engine
             .store
             .finish_execution(

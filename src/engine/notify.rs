@@ -38,13 +38,24 @@ async fn report_outcomes(
             .iter()
             .find(|a| a.approval_id == execution.approval_id)
             .map_or(&[][..], |a| a.approved_by.as_slice());
-        let reply = outcome_reply(
+        let mut reply = outcome_reply(
             key,
             &execution.state,
             execution.verification.as_deref(),
             approved_by,
             execution.output.as_deref().unwrap_or_default(),
         );
+        // A change with an undo: the undo is offered from now on.
+        if let Some(undo) = report
+            .actions
+            .iter()
+            .find(|a| a.undoes == Some(execution.approval_id))
+        {
+            reply.push_text(&format!(
+                "\nUndo offered: {} — approve `{}` on the report",
+                undo.title, undo.key
+            ));
+        }
         engine.chat.reply_with(channel, message, &reply).await?;
         if let Err(error) = engine
             .store

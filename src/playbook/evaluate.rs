@@ -155,6 +155,9 @@ pub struct ActionInstance {
     /// The playbook's `verify` expression, judged on the re-diagnosis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
+    /// The action this one undoes: offered once that one has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<String>,
 }
 
 impl ActionInstance {
@@ -624,6 +627,7 @@ pub fn evaluate(
                         .collect::<Result<_, String>>()?,
                     changes: Vec::new(),
                     verify: a.verify.clone(),
+                    undoes: a.undoes.clone(),
                 })
             })();
             match rendered {

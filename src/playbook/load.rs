@@ -651,6 +651,50 @@ impl Validator<'_> {
             if let Some(verify) = &action.verify {
                 self.expression(at, field("verify"), verify);
             }
+            if let Some(undone) = &action.undoes {
+                match spec
+                    .actions
+                    .iter()
+                    .map(|a| &a.value)
+                    .find(|a| &a.id == undone)
+                {
+                    None => self.error(
+                        at,
+                        field("undoes"),
+                        format!("no action `{undone}` in this playbook"),
+                    ),
+                    Some(other) if other.id == action.id || other.undoes.is_some() => self.error(
+                        at,
+                        field("undoes"),
+                        format!(
+                            "`{undone}` is itself an undo (or this action): an undo undoes a change"
+                        ),
+                    ),
+                    // The n-th instance of the undo answers the n-th of the
+                    // change: both must iterate the same rows.
+                    Some(other)
+                        if other.for_each != action.for_each
+                            || other.when != action.when
+                            || other.max_targets != action.max_targets =>
+                    {
+                        self.error(
+                            at,
+                            field("undoes"),
+                            format!(
+                                "an undo has the `for_each`, `when` and `max_targets` of `{undone}`, so each row's undo answers that row's change"
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                }
+                if action.automatic {
+                    self.error(
+                        at,
+                        field("automatic"),
+                        "an undo is offered to people, never automatic",
+                    );
+                }
+            }
             if action.automatic && action.risk != crate::playbook::model::Risk::Safe {
                 self.error(
                     at,

@@ -437,6 +437,12 @@ pub struct ActionSpec {
     /// or the findings eased. An env_file edit judged ineffective is undone.
     #[serde(default)]
     pub verify: Option<String>,
+    /// The id of the action of this playbook that this one undoes (same
+    /// `for_each` and `when`). An undo is not offered with the report: once
+    /// that action has run for a row, this one is offered for the same row
+    /// in the incident's thread, with an approval of its own.
+    #[serde(default)]
+    pub undoes: Option<String>,
     /// Re-checked right before running (by the executor).
     #[serde(default)]
     pub precondition: Option<PreconditionSpec>,

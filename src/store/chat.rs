@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use serde_json::{Value, json};
 
 use super::conn::Conn;
-use super::{Store, StoreError, WorkKind, on_pool, record_event, transaction};
+use super::{Store, StoreError, WorkKind, insert_approval, on_pool, record_event, transaction};
 use crate::approvals::{self, ApprovalState, Refusal};
 use crate::domain::{IncidentId, IncidentStatus, Millis};
 
@@ -517,6 +517,31 @@ impl Store {
             );
         });
         Ok(())
+    }
+
+    /// Offers one more approval request on an incident (an undo, once its
+    /// change has run), with a timeline event; false when the incident
+    /// already has a request of that key (offered before: nothing changes).
+    pub async fn offer_approval(
+        &self,
+        incident: IncidentId,
+        approval: &NewApproval,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(transaction!(self, |conn| {
+            let offered = insert_approval!(conn, incident.0, approval, now) == 1;
+            if offered {
+                record_event!(
+                    conn,
+                    incident.0,
+                    now,
+                    "undo_offered",
+                    serde_json::json!({ "key": approval.key, "title": approval.title,
+                                         "expires_at": approval.expires_at })
+                );
+            }
+            offered
+        }))
     }
 
     /// Marks pending approvals whose time ran out as expired; true when any

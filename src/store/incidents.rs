@@ -7,8 +7,8 @@ use sqlx::types::Json;
 use super::WorkKind;
 use super::execution::audit;
 use super::{
-    ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, finish_before_incident, on_pool,
-    record_event, transaction,
+    ClaimedWork, NewApproval, Store, StoreError, enqueue_notify, finish_before_incident,
+    insert_approval, on_pool, record_event, transaction,
 };
 use crate::domain::{IncidentId, IncidentStatus, Labels, Millis, format_millis};
 
@@ -246,26 +246,7 @@ impl Store {
                 serde_json::json!({ "summary": summary, "attempt": work.attempts }),
             );
             for a in approvals {
-                sqlx::query(
-                    "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
-                         quorum, digest, created_at, expires_at, state, decided_at)
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(incident.0)
-                .bind(a.seq)
-                .bind(&a.key)
-                .bind(&a.action_id)
-                .bind(&a.title)
-                .bind(&a.risk)
-                .bind(Json(&a.roles))
-                .bind(a.quorum)
-                .bind(&a.digest)
-                .bind(now)
-                .bind(a.expires_at)
-                .bind(if a.automatic { "approved" } else { "pending" })
-                .bind(a.automatic.then_some(now))
-                .execute(&mut *conn)
-                .await?;
+                insert_approval!(conn, incident.0, a, now);
             }
             if approvals.iter().any(|a| a.automatic) {
                 audit!(

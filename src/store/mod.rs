@@ -180,6 +180,36 @@ macro_rules! record_event {
     };
 }
 
+/// Inserts approval request `$a` ([`NewApproval`]) of incident `$incident`
+/// inside the caller's transaction; evaluates to the rows inserted (0 when
+/// the incident already has one of that key).
+macro_rules! insert_approval {
+    ($conn:expr, $incident:expr, $a:expr, $now:expr) => {
+        sqlx::query(
+            "insert into approvals (incident_id, seq, key, action_id, title, risk, roles,
+                 quorum, digest, created_at, expires_at, state, decided_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             on conflict (incident_id, key) do nothing",
+        )
+        .bind($incident)
+        .bind($a.seq)
+        .bind(&$a.key)
+        .bind(&$a.action_id)
+        .bind(&$a.title)
+        .bind(&$a.risk)
+        .bind(sqlx::types::Json(&$a.roles))
+        .bind($a.quorum)
+        .bind(&$a.digest)
+        .bind($now)
+        .bind($a.expires_at)
+        .bind(if $a.automatic { "approved" } else { "pending" })
+        .bind($a.automatic.then_some($now))
+        .execute(&mut *$conn)
+        .await?
+        .rows_affected()
+    };
+}
+
 /// Finishes `$work` for its lease holder ([`work::MARK_DONE`]) inside the
 /// caller's transaction, for a caller that then changes incident
 /// `$incident`: on PostgreSQL the incident's row is locked first
@@ -217,7 +247,9 @@ macro_rules! enqueue_notify {
     };
 }
 
-pub(crate) use {enqueue_notify, finish_before_incident, on_pool, record_event, transaction};
+pub(crate) use {
+    enqueue_notify, finish_before_incident, insert_approval, on_pool, record_event, transaction,
+};
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
