@@ -236,19 +236,18 @@ async fn target_checks(
             )];
         }
     };
-    let row: Result<(String, bool, bool, bool, bool, String, String, i32), sqlx::Error> =
-        sqlx::query_as(
-            "select current_user::text, r.rolsuper,
-                    pg_has_role(current_user, 'pg_monitor', 'member'),
-                    pg_has_role(current_user, 'pg_signal_backend', 'member'),
-                    r.rolcreaterole,
-                    current_database()::text, current_setting('server_version'),
-                    current_setting('server_version_num')::int
-               from pg_roles r where r.rolname = current_user",
-        )
-        .fetch_one(&mut conn)
-        .await;
-    let (role, superuser, monitor, signal, createrole, database, version, version_num) = match row {
+    let row = sqlx::query_as::<_, RoleRow>(
+        "select current_user::text as role, r.rolsuper as superuser,
+                pg_has_role(current_user, 'pg_monitor', 'member') as monitor,
+                pg_has_role(current_user, 'pg_signal_backend', 'member') as signal,
+                r.rolcreaterole as createrole,
+                current_database()::text as database, current_setting('server_version') as version,
+                current_setting('server_version_num')::int as version_num
+           from pg_roles r where r.rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await;
+    let row = match row {
         Ok(row) => row,
         Err(e) => {
             let _ = sqlx::Connection::close(conn).await;
@@ -259,11 +258,15 @@ async fn target_checks(
             )];
         }
     };
+    let role = &row.role;
     let mut checks = vec![Check::ok(
         &subject,
-        format!("connected to {database} as {role} (PostgreSQL {version})"),
+        format!(
+            "connected to {} as {role} (PostgreSQL {})",
+            row.database, row.version
+        ),
     )];
-    if superuser {
+    if row.superuser {
         let _ = sqlx::Connection::close(conn).await;
         let more = if needs.any_ddl_or_explain() {
             " and what the playbooks' explain, create_index and role_setting need (README, Security: least privilege; doctor names each grant once remedy is no superuser)"
@@ -277,26 +280,21 @@ async fn target_checks(
         ));
         return checks;
     }
-    if needs.monitor && !monitor {
+    if needs.monitor && !row.monitor {
         checks.push(Check::fail(
             &subject,
             format!("{role} is not a member of pg_monitor: sql steps see other roles' sessions without their query or state"),
-            format!("GRANT pg_monitor TO {};", quoted(&role)),
+            format!("GRANT pg_monitor TO {};", quoted(role)),
         ));
     }
-    if needs.signal && !signal {
+    if needs.signal && !row.signal {
         checks.push(Check::fail(
             &subject,
             format!("{role} is not a member of pg_signal_backend: approved cancel/terminate actions would fail"),
-            format!("GRANT pg_signal_backend TO {};", quoted(&role)),
+            format!("GRANT pg_signal_backend TO {};", quoted(role)),
         ));
     }
-    let granted = Granted {
-        role: &role,
-        createrole,
-        version_num,
-    };
-    let more = grant_checks(&mut conn, &subject, needs, &granted, protected_roles).await;
+    let more = grant_checks(&mut conn, &subject, needs, &row, protected_roles).await;
     let _ = sqlx::Connection::close(conn).await;
     match more {
         Ok(more) => checks.extend(more),
@@ -309,12 +307,34 @@ async fn target_checks(
     checks
 }
 
-/// What the connected role is, as far as the extra needs go.
-struct Granted<'a> {
-    role: &'a str,
+/// The connected role and its server.
+#[derive(sqlx::FromRow)]
+struct RoleRow {
+    role: String,
+    superuser: bool,
+    /// Member of `pg_monitor`.
+    monitor: bool,
+    /// Member of `pg_signal_backend`.
+    signal: bool,
     createrole: bool,
+    database: String,
+    version: String,
     /// `server_version_num`: 160000 and up ask ADMIN OPTION of `ALTER ROLE`.
     version_num: i32,
+}
+
+/// A schema where an `explain` step could not plan what reads its tables.
+#[derive(sqlx::FromRow)]
+struct UnreadableSchema {
+    schema: String,
+    /// USAGE on the schema.
+    usage: bool,
+    unreadable: i64,
+    tables: i64,
+    /// The unreadable tables, by name.
+    names: Vec<String>,
+    /// Their owners.
+    owners: Vec<String>,
 }
 
 /// The schemas an application's tables live in: not PostgreSQL's own, and
@@ -329,14 +349,14 @@ const APPLICATION_RELATIONS: &str = "n.nspname not in ('pg_catalog', 'informatio
 /// EXPLAIN checks the same privileges the statement would need.
 fn unreadable_query() -> String {
     format!(
-        "select n.nspname::text,
-                has_schema_privilege(n.oid, 'USAGE'),
-                count(*) filter (where not has_table_privilege(c.oid, 'SELECT'))::int8,
-                count(*)::int8,
+        "select n.nspname::text as schema,
+                has_schema_privilege(n.oid, 'USAGE') as usage,
+                count(*) filter (where not has_table_privilege(c.oid, 'SELECT'))::int8 as unreadable,
+                count(*)::int8 as tables,
                 coalesce(array_agg(c.relname::text order by c.relname)
-                           filter (where not has_table_privilege(c.oid, 'SELECT')), '{{}}'),
+                           filter (where not has_table_privilege(c.oid, 'SELECT')), '{{}}') as names,
                 coalesce(array_agg(distinct pg_get_userbyid(c.relowner)::text)
-                           filter (where not has_table_privilege(c.oid, 'SELECT')), '{{}}')
+                           filter (where not has_table_privilege(c.oid, 'SELECT')), '{{}}') as owners
            from pg_class c join pg_namespace n on n.oid = c.relnamespace
           where c.relkind in ('r', 'p', 'v', 'm', 'f') and {APPLICATION_RELATIONS}
           group by n.oid, n.nspname
@@ -405,17 +425,25 @@ async fn grant_checks(
     conn: &mut sqlx::PgConnection,
     subject: &str,
     needs: Needs,
-    granted: &Granted<'_>,
+    granted: &RoleRow,
     protected_roles: &[String],
 ) -> Result<Vec<Check>, sqlx::Error> {
-    let role = quoted(granted.role);
+    let role = quoted(&granted.role);
     let mut checks = Vec::new();
     if needs.explain {
-        let schemas: Vec<(String, bool, i64, i64, Vec<String>, Vec<String>)> =
+        let schemas: Vec<UnreadableSchema> =
             sqlx::query_as(sqlx::AssertSqlSafe(unreadable_query()))
                 .fetch_all(&mut *conn)
                 .await?;
-        for (schema, usage, unreadable, tables, names, owners) in schemas {
+        for UnreadableSchema {
+            schema,
+            usage,
+            unreadable,
+            tables,
+            names,
+            owners,
+        } in schemas
+        {
             let mut fix = Vec::new();
             if !usage {
                 fix.push(format!(
