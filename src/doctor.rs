@@ -7,10 +7,13 @@
 //!
 //! A target needs what the playbooks that use it do, no more: `pg_monitor`
 //! to read every session in `pg_stat_activity` (without it other roles'
-//! queries and states read `<insufficient privilege>`), and
-//! `pg_signal_backend` where an action cancels or terminates sessions. A
-//! superuser has both, and is reported as a warning: remedy should not hold
-//! more than it uses.
+//! queries and states read `<insufficient privilege>`), `pg_signal_backend`
+//! where an action cancels or terminates sessions, SELECT on the tables
+//! where an `explain` step plans other roles' statements, the tables'
+//! owners and CREATE on their schemas where a `create_index` action builds
+//! on them, and CREATEROLE where a `role_setting` action alters roles. A
+//! superuser has all of it, and is reported as a warning: remedy should not
+//! hold more than it uses.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -91,6 +94,22 @@ struct Needs {
     monitor: bool,
     /// An action cancels or terminates sessions on it.
     signal: bool,
+    /// An `explain` step plans other roles' statements: SELECT on every
+    /// table they may read (EXPLAIN checks it as the statement would).
+    explain: bool,
+    /// A `create_index` action: the privileges of each table's owner
+    /// (only an owner may index a table) and CREATE on its schema.
+    create_index: bool,
+    /// A `role_setting` action: CREATEROLE (and, from PostgreSQL 16, ADMIN
+    /// OPTION on each role it may change).
+    role_setting: bool,
+}
+
+impl Needs {
+    /// Beyond the two predefined roles: what only some playbooks use.
+    fn any_ddl_or_explain(self) -> bool {
+        self.explain || self.create_index || self.role_setting
+    }
 }
 
 /// Whether a playbook's target field (a name or a template) may mean `name`.
@@ -103,19 +122,39 @@ fn needs_of(playbooks: &[Playbook], name: &str) -> Needs {
     for playbook in playbooks {
         let default = playbook.spec.target.as_ref().map(|t| t.value.as_str());
         for step in &playbook.spec.steps {
-            if let StepSpec::Sql { target, .. } = &step.value
-                && may_name(target.as_deref().or(default), name)
-            {
+            let (target, explains) = match &step.value {
+                StepSpec::Sql { target, .. } => (target, false),
+                StepSpec::Explain { target, .. } => (target, true),
+                StepSpec::Promql { .. }
+                | StepSpec::Http { .. }
+                | StepSpec::Redis { .. }
+                | StepSpec::Command { .. }
+                | StepSpec::Compose { .. }
+                | StepSpec::EnvFile { .. } => continue,
+            };
+            if may_name(target.as_deref().or(default), name) {
+                // An explain step's source query reads other roles'
+                // statements, as a sql step does.
                 needs.monitor = true;
+                needs.explain |= explains;
             }
         }
         for action in &playbook.spec.actions {
             let action = &action.value;
-            if action.kind == ActionKind::Sql
-                && action.statement.as_deref().is_some_and(signals_backends)
-                && may_name(action.target.as_deref().or(default), name)
-            {
-                needs.signal = true;
+            if !may_name(action.target.as_deref().or(default), name) {
+                continue;
+            }
+            match action.kind {
+                ActionKind::Sql => {
+                    needs.signal |= action.statement.as_deref().is_some_and(signals_backends);
+                }
+                ActionKind::CreateIndex => needs.create_index = true,
+                ActionKind::RoleSetting => needs.role_setting = true,
+                ActionKind::Command
+                | ActionKind::Http
+                | ActionKind::Silence
+                | ActionKind::Compose
+                | ActionKind::EnvFile => {}
             }
         }
     }
@@ -126,7 +165,15 @@ fn needs_of(playbooks: &[Playbook], name: &str) -> Needs {
 pub async fn run(settings: &Settings, playbooks: &[Playbook]) -> Vec<Check> {
     let mut checks = Vec::new();
     for (name, target) in &settings.targets {
-        checks.extend(target_checks(name, target.url.expose(), needs_of(playbooks, name)).await);
+        checks.extend(
+            target_checks(
+                name,
+                target.url.expose(),
+                needs_of(playbooks, name),
+                &settings.executor.protected_roles,
+            )
+            .await,
+        );
     }
     for (name, redis) in &settings.redis {
         checks.push(redis_check(name, redis.url.expose()).await);
@@ -148,7 +195,12 @@ fn quoted(role: &str) -> String {
     format!("\"{}\"", role.replace('"', "\"\""))
 }
 
-async fn target_checks(name: &str, url: &str, needs: Needs) -> Vec<Check> {
+async fn target_checks(
+    name: &str,
+    url: &str,
+    needs: Needs,
+    protected_roles: &[String],
+) -> Vec<Check> {
     let subject = format!("target {name}");
     let options: sqlx::postgres::PgConnectOptions = match url.parse() {
         Ok(options) => options,
@@ -184,19 +236,21 @@ async fn target_checks(name: &str, url: &str, needs: Needs) -> Vec<Check> {
             )];
         }
     };
-    let row: Result<(String, bool, bool, bool, String, String), sqlx::Error> = sqlx::query_as(
-        "select current_user::text, r.rolsuper,
-                pg_has_role(current_user, 'pg_monitor', 'member'),
-                pg_has_role(current_user, 'pg_signal_backend', 'member'),
-                current_database()::text, current_setting('server_version')
+    let row = sqlx::query_as::<_, RoleRow>(
+        "select current_user::text as role, r.rolsuper as superuser,
+                pg_has_role(current_user, 'pg_monitor', 'member') as monitor,
+                pg_has_role(current_user, 'pg_signal_backend', 'member') as signal,
+                r.rolcreaterole as createrole,
+                current_database()::text as database, current_setting('server_version') as version,
+                current_setting('server_version_num')::int as version_num
            from pg_roles r where r.rolname = current_user",
     )
     .fetch_one(&mut conn)
     .await;
-    let _ = sqlx::Connection::close(conn).await;
-    let (role, superuser, monitor, signal, database, version) = match row {
+    let row = match row {
         Ok(row) => row,
         Err(e) => {
+            let _ = sqlx::Connection::close(conn).await;
             return vec![Check::fail(
                 &subject,
                 format!("connected, but reading the role's privileges failed: {e}"),
@@ -204,33 +258,310 @@ async fn target_checks(name: &str, url: &str, needs: Needs) -> Vec<Check> {
             )];
         }
     };
+    let role = &row.role;
     let mut checks = vec![Check::ok(
         &subject,
-        format!("connected to {database} as {role} (PostgreSQL {version})"),
+        format!(
+            "connected to {} as {role} (PostgreSQL {})",
+            row.database, row.version
+        ),
     )];
-    if superuser {
+    if row.superuser {
+        let _ = sqlx::Connection::close(conn).await;
+        let more = if needs.any_ddl_or_explain() {
+            " and what the playbooks' explain, create_index and role_setting need (README, Security: least privilege; doctor names each grant once remedy is no superuser)"
+        } else {
+            ""
+        };
         checks.push(Check::warn(
             &subject,
             format!("{role} is a superuser: remedy needs far less"),
-            "connect as a dedicated role (README, Security: least privilege): CREATE ROLE remedy LOGIN; GRANT pg_monitor, pg_signal_backend TO remedy;",
+            format!("connect as a dedicated role (README, Security: least privilege): CREATE ROLE remedy LOGIN; GRANT pg_monitor, pg_signal_backend TO remedy;{more}"),
         ));
         return checks;
     }
-    if needs.monitor && !monitor {
+    if needs.monitor && !row.monitor {
         checks.push(Check::fail(
             &subject,
             format!("{role} is not a member of pg_monitor: sql steps see other roles' sessions without their query or state"),
-            format!("GRANT pg_monitor TO {};", quoted(&role)),
+            format!("GRANT pg_monitor TO {};", quoted(role)),
         ));
     }
-    if needs.signal && !signal {
+    if needs.signal && !row.signal {
         checks.push(Check::fail(
             &subject,
             format!("{role} is not a member of pg_signal_backend: approved cancel/terminate actions would fail"),
-            format!("GRANT pg_signal_backend TO {};", quoted(&role)),
+            format!("GRANT pg_signal_backend TO {};", quoted(role)),
         ));
     }
+    let more = grant_checks(&mut conn, &subject, needs, &row, protected_roles).await;
+    let _ = sqlx::Connection::close(conn).await;
+    match more {
+        Ok(more) => checks.extend(more),
+        Err(e) => checks.push(Check::fail(
+            &subject,
+            format!("reading the catalog for the explain, create_index and role_setting needs failed: {e}"),
+            "run `remedy doctor` against PostgreSQL 10 or later",
+        )),
+    }
     checks
+}
+
+/// The connected role and its server.
+#[derive(sqlx::FromRow)]
+struct RoleRow {
+    role: String,
+    superuser: bool,
+    /// Member of `pg_monitor`.
+    monitor: bool,
+    /// Member of `pg_signal_backend`.
+    signal: bool,
+    createrole: bool,
+    database: String,
+    version: String,
+    /// `server_version_num`: 160000 and up ask ADMIN OPTION of `ALTER ROLE`.
+    version_num: i32,
+}
+
+/// A schema where an `explain` step could not plan what reads its tables.
+#[derive(sqlx::FromRow)]
+struct UnreadableSchema {
+    schema: String,
+    /// USAGE on the schema.
+    usage: bool,
+    unreadable: i64,
+    tables: i64,
+    /// The unreadable tables, by name.
+    names: Vec<String>,
+    /// Their owners.
+    owners: Vec<String>,
+}
+
+/// The schemas an application's tables live in: not PostgreSQL's own, and
+/// no table an extension created (those are the extension's business).
+const APPLICATION_RELATIONS: &str = "n.nspname not in ('pg_catalog', 'information_schema')
+       and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp\\_%'
+       and not exists (select 1 from pg_depend d
+                        where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')";
+
+/// Per schema: whether the role may use it, and the tables (views,
+/// materialized views, foreign tables) it may not SELECT, with their owners.
+/// EXPLAIN checks the same privileges the statement would need.
+fn unreadable_query() -> String {
+    format!(
+        "select n.nspname::text as schema,
+                has_schema_privilege(n.oid, 'USAGE') as usage,
+                count(*) filter (where not has_table_privilege(c.oid, 'SELECT'))::int8 as unreadable,
+                count(*)::int8 as tables,
+                coalesce(array_agg(c.relname::text order by c.relname)
+                           filter (where not has_table_privilege(c.oid, 'SELECT')), '{{}}') as names,
+                coalesce(array_agg(distinct pg_get_userbyid(c.relowner)::text)
+                           filter (where not has_table_privilege(c.oid, 'SELECT')), '{{}}') as owners
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where c.relkind in ('r', 'p', 'v', 'm', 'f') and {APPLICATION_RELATIONS}
+          group by n.oid, n.nspname
+         having not has_schema_privilege(n.oid, 'USAGE')
+             or bool_or(not has_table_privilege(c.oid, 'SELECT'))
+          order by n.nspname"
+    )
+}
+
+/// The owners of indexable tables whose privileges the role does not have
+/// (`USAGE`, not just `MEMBER`: a NOINHERIT membership does not make the
+/// role an owner), with the schemas of their tables and whether the owner
+/// is a superuser.
+fn foreign_owners_query() -> String {
+    format!(
+        "select pg_get_userbyid(c.relowner)::text, o.rolsuper, count(*)::int8,
+                array_agg(distinct n.nspname::text)
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           join pg_roles o on o.oid = c.relowner
+          where c.relkind in ('r', 'p', 'm') and {APPLICATION_RELATIONS}
+            and not pg_has_role(c.relowner, 'USAGE')
+          group by c.relowner, o.rolsuper
+          order by 1"
+    )
+}
+
+/// The schemas holding indexable tables where the role may not CREATE (an
+/// index is created in its table's schema).
+fn no_create_query() -> String {
+    format!(
+        "select n.nspname::text
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where c.relkind in ('r', 'p', 'm') and {APPLICATION_RELATIONS}
+            and not has_schema_privilege(n.oid, 'CREATE')
+          group by n.nspname
+          order by 1"
+    )
+}
+
+/// From PostgreSQL 16, `ALTER ROLE … SET` of another role needs ADMIN
+/// OPTION on it besides CREATEROLE: the roles a `role_setting` action may
+/// change (they may log in to this database and are neither superusers,
+/// replication roles, predefined roles, remedy itself nor protected) where
+/// the role has none.
+const NO_ADMIN: &str = "select r.rolname::text
+       from pg_roles r
+      where r.rolcanlogin and not r.rolsuper and not r.rolreplication
+        and r.oid >= 16384 and r.rolname <> current_user
+        and r.rolname <> all($1::text[])
+        and has_database_privilege(r.oid, current_database(), 'CONNECT')
+        and not pg_has_role(r.oid, 'MEMBER WITH ADMIN OPTION')
+      order by 1";
+
+/// Names, at most `n` of them, then how many more.
+fn some_of(names: &[String], n: usize) -> String {
+    let listed = names.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    match names.len().checked_sub(n) {
+        Some(more) if more > 0 => format!("{listed}, and {more} more"),
+        _ => listed,
+    }
+}
+
+/// The checks of what `explain`, `create_index` and `role_setting` need,
+/// against the catalog of the target's database as the role sees it.
+async fn grant_checks(
+    conn: &mut sqlx::PgConnection,
+    subject: &str,
+    needs: Needs,
+    granted: &RoleRow,
+    protected_roles: &[String],
+) -> Result<Vec<Check>, sqlx::Error> {
+    let role = quoted(&granted.role);
+    let mut checks = Vec::new();
+    if needs.explain {
+        let schemas: Vec<UnreadableSchema> =
+            sqlx::query_as(sqlx::AssertSqlSafe(unreadable_query()))
+                .fetch_all(&mut *conn)
+                .await?;
+        for UnreadableSchema {
+            schema,
+            usage,
+            unreadable,
+            tables,
+            names,
+            owners,
+        } in schemas
+        {
+            let mut fix = Vec::new();
+            if !usage {
+                fix.push(format!(
+                    "GRANT USAGE ON SCHEMA {} TO {role};",
+                    quoted(&schema)
+                ));
+            }
+            if unreadable > 0 {
+                fix.push(format!(
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {role};",
+                    quoted(&schema)
+                ));
+                // ALL TABLES is the tables there now; a table created later
+                // is readable only by a default privilege of its creator.
+                fix.extend(owners.iter().map(|owner| {
+                    format!(
+                        "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {role};",
+                        quoted(owner),
+                        quoted(&schema)
+                    )
+                }));
+            }
+            let what = if usage {
+                format!(
+                    "{} cannot read {unreadable} of the {tables} table(s) in schema {schema} ({})",
+                    granted.role,
+                    some_of(&names, 3)
+                )
+            } else {
+                format!("{} may not use schema {schema}", granted.role)
+            };
+            checks.push(Check::fail(
+                subject,
+                format!("{what}: explain steps cannot plan statements that read them, so no index is suggested for them"),
+                fix.join(" "),
+            ));
+        }
+    }
+    if needs.create_index {
+        let owners: Vec<(String, bool, i64, Vec<String>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(foreign_owners_query()))
+                .fetch_all(&mut *conn)
+                .await?;
+        for (owner, owner_is_superuser, tables, schemas) in owners {
+            let what = format!(
+                "{} does not have the privileges of {owner}, which owns {tables} table(s) in {}: create_index actions on them fail (must be owner of table)",
+                granted.role,
+                schemas.join(", ")
+            );
+            if owner_is_superuser {
+                checks.push(Check::fail(
+                    subject,
+                    what,
+                    format!(
+                        "{owner} is a superuser, and remedy must not act as one: have a role without SUPERUSER own the application's tables (as a superuser: ALTER TABLE … OWNER TO app_owner;) and GRANT app_owner TO {role}; or leave create_index out of this target's playbooks and build indexes by hand"
+                    ),
+                ));
+            } else {
+                checks.push(Check::fail(
+                    subject,
+                    what,
+                    format!("GRANT {} TO {role};", quoted(&owner)),
+                ));
+            }
+        }
+        let schemas: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(no_create_query()))
+            .fetch_all(&mut *conn)
+            .await?;
+        for schema in schemas {
+            checks.push(Check::fail(
+                subject,
+                format!(
+                    "{} may not CREATE in schema {schema}: create_index actions on its tables fail (an index is created in its table's schema)",
+                    granted.role
+                ),
+                format!("GRANT CREATE ON SCHEMA {} TO {role};", quoted(&schema)),
+            ));
+        }
+    }
+    if needs.role_setting {
+        if !granted.createrole {
+            checks.push(Check::fail(
+                subject,
+                format!(
+                    "{} does not have CREATEROLE: role_setting actions (ALTER ROLE … SET) fail",
+                    granted.role
+                ),
+                format!("ALTER ROLE {role} CREATEROLE;"),
+            ));
+        }
+        if granted.version_num >= 160_000 {
+            let roles: Vec<String> = sqlx::query_scalar(NO_ADMIN)
+                .bind(protected_roles)
+                .fetch_all(&mut *conn)
+                .await?;
+            if !roles.is_empty() {
+                let fix: Vec<String> = roles
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "GRANT {} TO {role} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;",
+                            quoted(r)
+                        )
+                    })
+                    .collect();
+                checks.push(Check::fail(
+                    subject,
+                    format!(
+                        "{} has no ADMIN OPTION on {}: from PostgreSQL 16 role_setting actions on them fail",
+                        granted.role,
+                        some_of(&roles, 5)
+                    ),
+                    fix.join(" "),
+                ));
+            }
+        }
+    }
+    Ok(checks)
 }
 
 /// `INFO` through the `redis` step's own client (read-only commands only).
@@ -540,6 +871,53 @@ async fn chat_check(client: &reqwest::Client, settings: &Settings) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shipped(file: &str) -> Playbook {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("playbooks")
+            .join(file);
+        let text = std::fs::read_to_string(&path).expect("shipped playbook");
+        let refs = crate::playbook::References {
+            targets: ["main".to_owned()].into(),
+            ..crate::playbook::References::default()
+        };
+        crate::playbook::load_str(&path, &text, &refs).expect("valid playbook")
+    }
+
+    #[test]
+    fn the_shipped_playbooks_need_explain_create_index_and_role_setting_of_their_target() {
+        let long = shipped("database-long-running-queries.yaml");
+        let idle = shipped("database-idle-in-transaction.yaml");
+        assert_eq!(
+            needs_of(std::slice::from_ref(&long), "main"),
+            Needs {
+                monitor: true,
+                signal: true,
+                explain: true,
+                create_index: true,
+                role_setting: true,
+            }
+        );
+        assert_eq!(
+            needs_of(std::slice::from_ref(&idle), "main"),
+            Needs {
+                monitor: true,
+                signal: true,
+                explain: false,
+                create_index: false,
+                role_setting: true,
+            }
+        );
+        // Another target is not asked for what `main`'s playbooks use.
+        assert_eq!(needs_of(&[long, idle], "reporting"), Needs::default());
+    }
+
+    #[test]
+    fn some_names_are_listed_and_the_rest_counted() {
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).into();
+        assert_eq!(some_of(&names[..2], 3), "a, b");
+        assert_eq!(some_of(&names, 3), "a, b, c, and 2 more");
+    }
 
     #[test]
     fn a_role_name_is_quoted_as_an_identifier() {

@@ -1,7 +1,9 @@
 //! `remedy doctor` against real parts: a PostgreSQL role with and without
-//! the grants the shipped playbooks need, an Alertmanager-like endpoint that
+//! the grants the shipped playbooks need (their explain step, create_index
+//! and role_setting actions included), an Alertmanager-like endpoint that
 //! checks its bearer token, a Prometheus query endpoint, and the Slack fake's
-//! `auth.test`. Each missing piece is a failing line with its exact fix.
+//! `auth.test`. Each missing piece is a failing line with its exact fix, and
+//! running those fixes is enough.
 
 mod common;
 
@@ -49,6 +51,20 @@ async fn fake_monitoring() -> String {
 
 async fn admin(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url).await.expect("admin")
+}
+
+/// The fixes doctor printed for `target main`, in order.
+fn target_fixes(text: &str) -> Vec<String> {
+    let mut fixes = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with("FAIL target main:")
+            && let Some(fix) = lines.peek().and_then(|l| l.trim().strip_prefix("fix: "))
+        {
+            fixes.push(fix.to_owned());
+        }
+    }
+    fixes
 }
 
 /// A compose project folder for `[compose.app]`: one tiny service; `ps`
@@ -115,11 +131,17 @@ fn doctor_with(
 async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     let db = common::fresh_store_url(Backend::Postgres).await;
     let role = format!("remedy_doctor_{}", uuid::Uuid::now_v7().simple());
+    let owner = format!("remedy_doctor_owner_{}", uuid::Uuid::now_v7().simple());
     let mut conn = admin(&db).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create role {role} login")))
-        .execute(&mut conn)
-        .await
-        .expect("create role");
+    // The application's table, owned by a role of its own (not remedy's).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {role} login; create role {owner};
+         create table orders (id int, customer_id int);
+         alter table orders owner to {owner}"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("create roles and table");
     let target = db.replacen("postgres@", &format!("{role}@"), 1);
     let monitoring = fake_monitoring().await;
     let slack = FakeChat::start().await;
@@ -178,15 +200,73 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     );
     assert!(text.contains("FAIL compose app:"), "{text}");
     assert!(text.contains("ok   redis cache: answers INFO"), "{text}");
-    assert!(text.contains("doctor: 5 of"), "{text}");
+    assert!(text.contains("doctor: 9 of"), "{text}");
 
-    // What the fixes say, done: nothing missing.
+    // The README's two predefined roles are not all the shipped playbooks
+    // need: their explain step reads the application's tables, create_index
+    // builds on them, role_setting alters roles. Each is named with its fix.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "grant pg_monitor to {role}; grant pg_signal_backend to {role}"
     )))
     .execute(&mut conn)
     .await
     .expect("grant");
+    let (ok, text) = doctor_with(
+        &target,
+        &monitoring,
+        &slack.url,
+        AM_TOKEN,
+        common::fake_chat::SLACK_TOKEN,
+        &compose(&project),
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL target main: {role} cannot read 1 of the 1 table(s) in schema public (orders): explain steps cannot plan"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "FAIL target main: {role} does not have the privileges of {owner}, which owns 1 table(s) in public: create_index actions on them fail"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "FAIL target main: {role} may not CREATE in schema public: create_index actions"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "FAIL target main: {role} does not have CREATEROLE: role_setting actions (ALTER ROLE … SET) fail"
+        )),
+        "{text}"
+    );
+    let fixes = target_fixes(&text);
+    assert_eq!(
+        fixes,
+        [
+            format!(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"{role}\"; \
+                 ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA \"public\" GRANT SELECT ON TABLES TO \"{role}\";"
+            ),
+            format!("GRANT \"{owner}\" TO \"{role}\";"),
+            format!("GRANT CREATE ON SCHEMA \"public\" TO \"{role}\";"),
+            format!("ALTER ROLE \"{role}\" CREATEROLE;"),
+        ],
+        "{text}"
+    );
+    assert!(text.contains("doctor: 4 of"), "{text}");
+
+    // What the fixes say, run as they are printed: nothing missing.
+    for fix in &fixes {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fix.clone()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{fix}: {e}"));
+    }
     let (ok, text) = doctor_with(
         &target,
         &monitoring,
@@ -233,9 +313,12 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     assert!(!ok, "{text}");
     assert!(text.contains("FAIL target main: cannot connect"), "{text}");
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role {role}")))
-        .execute(&mut conn)
-        .await
-        .expect("drop role");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "drop owned by {role}, {owner}; drop role {role}; drop role {owner}"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop roles");
     conn.close().await.ok();
+    common::drop_database(&db).await;
 }

@@ -5,6 +5,12 @@
 //! by the server whatever they hold; a role's timeout is set with its
 //! previous value reported, and the undo puts it back (and runs only once
 //! the change is in place).
+//!
+//! The explain, index and role-setting tests connect remedy as a role
+//! holding exactly the grants README, Security: least privilege documents
+//! for those features (made in the test's own database, dropped at the
+//! end), so the documented grants are shown to suffice; without the
+//! explain grant, the refused EXPLAIN is reported with the grant it needs.
 
 mod common;
 
@@ -19,26 +25,129 @@ use sqlx::{Connection, PgConnection};
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Target {
+    /// The superuser's URL: the test's own set-up.
     url: String,
     engine: Engine,
+    /// The role remedy connects as, when not the superuser.
+    remedy: Option<LeastPrivilege>,
+}
+
+/// remedy's role and the application's table owner, made for one test:
+/// the role starts with what every target needs (`pg_monitor`,
+/// `pg_signal_backend`, as `remedy_e2e_monitor` in tests/e2e/harness.rs);
+/// each test adds the documented grants of the features it uses.
+struct LeastPrivilege {
+    role: String,
+    owner: String,
+}
+
+/// The README's grants per feature (Security: least privilege), in schema
+/// `public`.
+impl LeastPrivilege {
+    fn explain_grants(&self) -> String {
+        format!(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r};
+             ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT SELECT ON TABLES TO {r};",
+            r = self.role,
+            o = self.owner
+        )
+    }
+
+    fn create_index_grants(&self) -> String {
+        format!(
+            "GRANT {o} TO {r}; GRANT CREATE ON SCHEMA public TO {r};",
+            r = self.role,
+            o = self.owner
+        )
+    }
+
+    fn role_setting_grants(&self) -> String {
+        format!("ALTER ROLE {} CREATEROLE;", self.role)
+    }
 }
 
 async fn target() -> Target {
     let url = common::fresh_store_url(common::Backend::Postgres).await;
+    let engine = engine(&url);
+    Target {
+        url,
+        engine,
+        remedy: None,
+    }
+}
+
+/// [`target`], remedy connecting as a role of its own (see
+/// [`LeastPrivilege`]) instead of the superuser.
+async fn least_privilege_target() -> Target {
+    let url = common::fresh_store_url(common::Backend::Postgres).await;
+    let remedy = LeastPrivilege {
+        role: format!("remedy_lp_{}", uuid::Uuid::now_v7().simple()),
+        owner: format!("remedy_lp_owner_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let mut admin = PgConnection::connect(&url).await.expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create role {role} login; grant pg_monitor, pg_signal_backend to {role};
+         create role {owner}",
+        role = remedy.role,
+        owner = remedy.owner
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("roles");
+    let engine = engine(&url.replacen("postgres@", &format!("{}@", remedy.role), 1));
+    Target {
+        url,
+        engine,
+        remedy: Some(remedy),
+    }
+}
+
+fn engine(url: &str) -> Engine {
     let dir = common::playbooks_dir();
     let settings = common::test_settings(
         "sqlite::memory:",
         &[
-            ("REMEDY__TARGETS__MAIN__URL", url.as_str()),
+            ("REMEDY__TARGETS__MAIN__URL", url),
             ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8 path")),
             ("REMEDY__PROMETHEUS__URL", "http://127.0.0.1:9"),
         ],
     );
-    let engine = remedy::app::build_engine(&settings, None).expect("engine");
-    Target { url, engine }
+    remedy::app::build_engine(&settings, None).expect("engine")
 }
 
 impl Target {
+    fn role(&self) -> &LeastPrivilege {
+        self.remedy.as_ref().expect("a least-privilege target")
+    }
+
+    /// Runs `grants` as the superuser.
+    async fn grant(&self, grants: &str) {
+        let mut conn = self.connect().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(grants.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{grants}: {e}"));
+    }
+
+    /// Drops the test's database, then its roles (which it held grants of).
+    async fn drop_roles(self) {
+        let Some(remedy) = self.remedy else {
+            return;
+        };
+        drop(self.engine);
+        common::drop_database(&self.url).await;
+        let mut admin = PgConnection::connect(&common::postgres_admin_url())
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "drop role {}; drop role {}",
+            remedy.role, remedy.owner
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop roles");
+    }
+
     fn set_var(&mut self, alertname: &str, name: &str, value: Value) {
         let mut playbooks = (*self.engine.playbooks).clone();
         playbooks
@@ -98,6 +207,31 @@ fn action<'a>(report: &'a Report, id: &str) -> &'a ActionInstance {
         .unwrap_or_else(|| panic!("no action {id}: {:?} / {:?}", report.actions, report.errors))
 }
 
+const SLOW_QUERY: &str = "select count(*), pg_sleep(60) from audit_logs where tenant_id = 7";
+
+/// The slow query, for real: a sequential scan filtering on tenant_id, held
+/// open by pg_sleep once it is done, on a session of the superuser's; its
+/// pid and its task, once it has run for over a second.
+async fn slow_query(t: &Target) -> (i32, tokio::task::JoinHandle<()>) {
+    let mut slow = t.connect().await;
+    let slow_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut slow)
+        .await
+        .expect("pid");
+    let running = tokio::spawn(async move {
+        let _ = sqlx::raw_sql(SLOW_QUERY).execute(&mut slow).await;
+    });
+    wait_until("the slow query to run for over a second", async || {
+        t.scalar::<bool>(&format!(
+            "select exists (select 1 from pg_stat_activity where pid = {slow_pid}
+               and state = 'active' and now() - query_start > interval '1.2 seconds')"
+        ))
+        .await
+    })
+    .await;
+    (slow_pid, running)
+}
+
 async fn big_table(conn: &mut PgConnection) {
     sqlx::raw_sql(
         "create table audit_logs (id int, tenant_id int, note text);
@@ -110,31 +244,23 @@ async fn big_table(conn: &mut PgConnection) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_query_gets_an_explained_concurrent_index_built_valid_and_then_none() {
-    let mut t = target().await;
+async fn a_slow_query_gets_an_explained_concurrent_index_built_valid_and_then_none_with_only_the_documented_grants()
+ {
+    let mut t = least_privilege_target().await;
     t.set_var("DatabaseLongRunningQueries", "long_query", json!("1s"));
     let mut setup = t.connect().await;
     big_table(&mut setup).await;
-    // The slow query, for real: a sequential scan filtering on tenant_id,
-    // held open by pg_sleep once it is done.
-    let mut slow = t.connect().await;
-    let slow_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut slow)
-        .await
-        .expect("pid");
-    let running = tokio::spawn(async move {
-        let _ = sqlx::raw_sql("select count(*), pg_sleep(60) from audit_logs where tenant_id = 7")
-            .execute(&mut slow)
-            .await;
-    });
-    wait_until("the slow query to run for over a second", async || {
-        t.scalar::<bool>(&format!(
-            "select exists (select 1 from pg_stat_activity where pid = {slow_pid}
-               and state = 'active' and now() - query_start > interval '1.2 seconds')"
-        ))
-        .await
-    })
+    // The application's table has an owner of its own; remedy holds what
+    // README documents for the explain step and create_index, no more.
+    let remedy = t.role();
+    t.grant(&format!(
+        "alter table audit_logs owner to {}; {} {}",
+        remedy.owner,
+        remedy.explain_grants(),
+        remedy.create_index_grants()
+    ))
     .await;
+    let (slow_pid, running) = slow_query(&t).await;
 
     let report = t.diagnose("DatabaseLongRunningQueries").await;
     let candidates = &report.steps["index_candidates"];
@@ -158,7 +284,10 @@ async fn a_slow_query_gets_an_explained_concurrent_index_built_valid_and_then_no
     );
     // EXPLAIN only: the query it planned was not run a second time.
     let runs: i64 = t
-        .scalar("select count(*) from pg_stat_activity where query like 'select count(*), pg_sleep(60)%'")
+        .scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and query like 'select count(*), pg_sleep(60)%'",
+        )
         .await;
     assert_eq!(runs, 1);
     let create = action(&report, "create_index");
@@ -190,27 +319,7 @@ async fn a_slow_query_gets_an_explained_concurrent_index_built_valid_and_then_no
         .await
     );
     // The same query again, slow again: now it has its index, no candidate.
-    let mut slow = t.connect().await;
-    let slow_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut slow)
-        .await
-        .expect("pid");
-    let running = tokio::spawn(async move {
-        let _ = sqlx::raw_sql("select count(*), pg_sleep(60) from audit_logs where tenant_id = 7")
-            .execute(&mut slow)
-            .await;
-    });
-    wait_until(
-        "the slow query to run again for over a second",
-        async || {
-            t.scalar::<bool>(&format!(
-                "select exists (select 1 from pg_stat_activity where pid = {slow_pid}
-               and state = 'active' and now() - query_start > interval '1.2 seconds')"
-            ))
-            .await
-        },
-    )
-    .await;
+    let (slow_pid, running) = slow_query(&t).await;
     let again = t.diagnose("DatabaseLongRunningQueries").await;
     assert_eq!(again.steps["long_queries"].rows.len(), 1);
     assert!(
@@ -228,6 +337,59 @@ async fn a_slow_query_gets_an_explained_concurrent_index_built_valid_and_then_no
         .execute(&mut setup)
         .await;
     let _ = running.await;
+    drop(setup);
+    t.drop_roles().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explain_refused_for_lack_of_select_is_reported_with_the_grant_it_needs() {
+    let mut t = least_privilege_target().await;
+    t.set_var("DatabaseLongRunningQueries", "long_query", json!("1s"));
+    let mut setup = t.connect().await;
+    // The superuser's table: remedy's role has pg_monitor and
+    // pg_signal_backend only, so it sees the statement but may not plan it.
+    big_table(&mut setup).await;
+    let (slow_pid, running) = slow_query(&t).await;
+
+    let report = t.diagnose("DatabaseLongRunningQueries").await;
+    let candidates = &report.steps["index_candidates"];
+    assert!(!candidates.ok, "{candidates:?}");
+    assert!(candidates.rows.is_empty(), "{candidates:?}");
+    let error = candidates.error.as_deref().expect("the step's error");
+    let role = t.role().role.clone();
+    assert_eq!(
+        error,
+        format!(
+            "EXPLAIN refused for lack of privilege, so 1 statement(s) were not checked for missing indexes: \
+             pid {slow_pid}: `{SLOW_QUERY}`: permission denied for table audit_logs; \
+             needs GRANT SELECT ON public.audit_logs TO {role};"
+        )
+    );
+    assert!(
+        report
+            .to_text()
+            .contains(&format!("\n  index_candidates: {error}\n")),
+        "{}",
+        report.to_text()
+    );
+    assert!(report.actions.iter().all(|a| a.id != "create_index"));
+
+    // The documented grant, given: the same statement is planned now.
+    t.grant(&t.role().explain_grants()).await;
+    let again = t.diagnose("DatabaseLongRunningQueries").await;
+    let candidates = &again.steps["index_candidates"];
+    assert!(candidates.ok, "{candidates:?}");
+    assert_eq!(candidates.rows.len(), 1, "{candidates:?}");
+    assert_eq!(candidates.rows[0]["pid"], slow_pid);
+    assert!(again.actions.iter().any(|a| a.id == "create_index"));
+
+    let _ = sqlx::query("select pg_cancel_backend($1)")
+        .bind(slow_pid)
+        .execute(&mut setup)
+        .await;
+    let _ = running.await;
+    drop(setup);
+    t.drop_roles().await;
 }
 
 fn index_action(params: [&str; 3], lock_timeout_ms: u64) -> ActionInstance {
@@ -337,8 +499,10 @@ async fn hostile_table_and_column_names_are_quoted_by_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leaking_roles_idle_timeout_is_set_with_its_previous_value_and_undone() {
-    let mut t = target().await;
+async fn a_leaking_roles_idle_timeout_is_set_with_its_previous_value_and_undone_with_only_the_documented_grants()
+ {
+    let mut t = least_privilege_target().await;
+    t.grant(&t.role().role_setting_grants()).await;
     t.set_var("DatabaseIdleInTransaction", "idle_threshold", json!("1s"));
     let role = format!("remedy_t_app_{}", uuid::Uuid::now_v7().simple());
     let mut admin = t.connect().await;
@@ -429,4 +593,6 @@ async fn a_leaking_roles_idle_timeout_is_set_with_its_previous_value_and_undone(
         .execute(&mut admin)
         .await
         .expect("drop role");
+    drop(admin);
+    t.drop_roles().await;
 }

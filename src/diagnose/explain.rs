@@ -10,6 +10,13 @@
 //! `schemaname`, `relname`, `columns` (the filtered columns, in order,
 //! comma-separated, at most three), `filter`, `table_rows`, `pid`,
 //! `query_preview`.
+//!
+//! EXPLAIN checks the privileges the statement itself would need: a
+//! statement reading a table remedy's role may not SELECT is refused
+//! (42501). That is not skipped quietly: the step is then not ok, its error
+//! names each refused statement with the grant that would let it be planned
+//! (README, Security: least privilege), and it keeps the rows of the
+//! statements it did plan.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -31,7 +38,8 @@ const MAX_COLUMNS: usize = 3;
 /// # Errors
 /// The source query's error, or [`StepError::Timeout`]; a statement that
 /// cannot be planned (truncated text, a parameter, a syntax the server
-/// refuses) is skipped, not an error.
+/// refuses) is skipped, not an error. One refused for lack of privilege is
+/// reported in the output's `error` (with `ok` false), not skipped.
 pub async fn explain(
     pool: &PgPool,
     own: &super::own::OwnSessions,
@@ -44,6 +52,7 @@ pub async fn explain(
     let source = super::sql::query(pool, own, query, params, timeout, MAX_STATEMENTS).await?;
     let run = async {
         let mut rows = Vec::new();
+        let mut denied = Vec::new();
         let mut seen_texts = BTreeSet::new();
         let mut seen_candidates = BTreeSet::new();
         for statement in &source.rows {
@@ -54,8 +63,19 @@ pub async fn explain(
             if text.is_empty() || has_parameters(text) || !seen_texts.insert(text.to_owned()) {
                 continue;
             }
-            let Some(plan) = plan(pool, text, timeout).await else {
-                continue;
+            let plan = match plan(pool, text, timeout).await {
+                Ok(plan) => plan,
+                Err(Unplanned::Denied(message)) => {
+                    let grant = grant_for(pool, &message).await;
+                    denied.push(Denial {
+                        pid: statement.get("pid").cloned().unwrap_or(Value::Null),
+                        preview: text.chars().take(80).collect(),
+                        message,
+                        grant,
+                    });
+                    continue;
+                }
+                Err(Unplanned::Other) => continue,
             };
             let mut scans = Vec::new();
             seq_scans(&plan, &mut scans);
@@ -90,14 +110,14 @@ pub async fn explain(
                 );
             }
         }
-        rows
+        (rows, denied)
     };
-    let rows: Vec<Map<String, Value>> = tokio::time::timeout(timeout, run)
+    let (rows, denied): (Vec<Map<String, Value>>, Vec<Denial>) = tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| StepError::Timeout(timeout))?;
     Ok(StepOutput {
-        ok: true,
-        error: None,
+        ok: denied.is_empty(),
+        error: denied_error(&denied),
         rows,
         value: None,
         truncated: source.truncated,
@@ -121,16 +141,25 @@ fn has_parameters(text: &str) -> bool {
     false
 }
 
-/// The JSON plan of `text`, or `None` when the server will not plan it.
-async fn plan(pool: &PgPool, text: &str, timeout: Duration) -> Option<Value> {
-    let mut tx = pool.begin().await.ok()?;
+/// Why a statement has no plan.
+enum Unplanned {
+    /// The server refused it for lack of privilege (42501), with its message.
+    Denied(String),
+    /// Anything else: truncated text, a syntax or object the server does
+    /// not know in remedy's session. Expected, and skipped.
+    Other,
+}
+
+/// The JSON plan of `text`.
+async fn plan(pool: &PgPool, text: &str, timeout: Duration) -> Result<Value, Unplanned> {
+    let mut tx = pool.begin().await.map_err(|_| Unplanned::Other)?;
     let timeout_ms = timeout.as_millis().max(1);
     sqlx::raw_sql(AssertSqlSafe(format!(
         "set transaction read only; set local statement_timeout = {timeout_ms}"
     )))
     .execute(&mut *tx)
     .await
-    .ok()?;
+    .map_err(|_| Unplanned::Other)?;
     let planned: Result<Value, _> = sqlx::query_scalar(AssertSqlSafe(format!(
         "explain (format json, verbose) {text}"
     )))
@@ -138,13 +167,92 @@ async fn plan(pool: &PgPool, text: &str, timeout: Duration) -> Option<Value> {
     .fetch_one(&mut *tx)
     .await;
     let _ = tx.rollback().await;
-    match planned {
-        Ok(plan) => Some(plan),
-        Err(e) => {
-            tracing::debug!(error = %e, "explain step: statement not planned");
-            None
+    planned.map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+            Unplanned::Denied(db.message().to_owned())
         }
+        _ => {
+            tracing::debug!(error = %e, "explain step: statement not planned");
+            Unplanned::Other
+        }
+    })
+}
+
+/// SQLSTATE `insufficient_privilege`.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// A statement the server would not plan for remedy's role.
+struct Denial {
+    pid: Value,
+    preview: String,
+    message: String,
+    /// The grant that lets it be planned, when the message names it.
+    grant: Option<String>,
+}
+
+/// Denials shown, at most; the rest are counted.
+const MAX_DENIALS: usize = 3;
+
+/// The step's error for the statements refused, `None` when none was.
+fn denied_error(denied: &[Denial]) -> Option<String> {
+    if denied.is_empty() {
+        return None;
     }
+    let mut lines: Vec<String> = denied
+        .iter()
+        .take(MAX_DENIALS)
+        .map(|d| {
+            let grant = d.grant.as_deref().map_or_else(
+                || " (README, Security: least privilege)".to_owned(),
+                |g| format!("; needs {g}"),
+            );
+            format!("pid {}: `{}`: {}{grant}", d.pid, d.preview, d.message)
+        })
+        .collect();
+    if denied.len() > MAX_DENIALS {
+        lines.push(format!("and {} more", denied.len() - MAX_DENIALS));
+    }
+    Some(format!(
+        "EXPLAIN refused for lack of privilege, so {} statement(s) were not checked for missing indexes: {}",
+        denied.len(),
+        lines.join("; ")
+    ))
+}
+
+/// The grant a refusal's message asks for: SELECT on the table it names
+/// (each table of that name remedy's role may not read, qualified by the
+/// server), or USAGE on the schema. `None` when the message says otherwise
+/// (a server speaking another language, a statement that writes: remedy
+/// asks for no write privilege, so those are never planned).
+async fn grant_for(pool: &PgPool, message: &str) -> Option<String> {
+    let pattern = regex::Regex::new(
+        r"^permission denied for (table|view|materialized view|foreign table|schema) (.+)$",
+    )
+    .ok()?;
+    let captures = pattern.captures(message)?;
+    let name = captures.get(2)?.as_str();
+    let grants: Vec<String> = if &captures[1] == "schema" {
+        sqlx::query_scalar(
+            "select format('GRANT USAGE ON SCHEMA %I TO %I;', $1::text, current_user)",
+        )
+        .bind(name)
+        .fetch_all(pool)
+        .await
+        .ok()?
+    } else {
+        sqlx::query_scalar(
+            "select format('GRANT SELECT ON %I.%I TO %I;', n.nspname, c.relname, current_user)
+               from pg_catalog.pg_class c
+               join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+              where c.relname = $1 and not pg_catalog.has_table_privilege(c.oid, 'SELECT')
+              order by n.nspname",
+        )
+        .bind(name)
+        .fetch_all(pool)
+        .await
+        .ok()?
+    };
+    (!grants.is_empty()).then(|| grants.join(" "))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +364,36 @@ async fn table_rows(pool: &PgPool, scan: &Scan, timeout: Duration) -> Option<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_statement_is_named_with_its_grant_and_the_rest_counted() {
+        assert_eq!(denied_error(&[]), None);
+        let denial = |pid: i64, grant: Option<&str>| Denial {
+            pid: json!(pid),
+            preview: "select count(*) from audit_logs where tenant_id = 7".into(),
+            message: "permission denied for table audit_logs".into(),
+            grant: grant.map(str::to_owned),
+        };
+        let one = denied_error(&[denial(
+            42,
+            Some("GRANT SELECT ON public.audit_logs TO remedy;"),
+        )])
+        .expect("an error");
+        assert_eq!(
+            one,
+            "EXPLAIN refused for lack of privilege, so 1 statement(s) were not checked for missing indexes: \
+             pid 42: `select count(*) from audit_logs where tenant_id = 7`: permission denied for table audit_logs; \
+             needs GRANT SELECT ON public.audit_logs TO remedy;"
+        );
+        let many: Vec<Denial> = (1..=5).map(|pid| denial(pid, None)).collect();
+        let text = denied_error(&many).expect("an error");
+        assert!(text.starts_with("EXPLAIN refused for lack of privilege, so 5 statement(s)"));
+        assert!(
+            text.contains("(README, Security: least privilege)"),
+            "{text}"
+        );
+        assert!(text.ends_with("; and 2 more"), "{text}");
+    }
 
     #[test]
     fn parameters_are_found_outside_quotes_only() {

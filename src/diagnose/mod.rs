@@ -24,7 +24,9 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StepOutput {
-    /// The step ran to completion.
+    /// The step ran to completion. An `explain` step that could not plan a
+    /// statement for lack of privilege is not ok either, and keeps the rows
+    /// of the statements it did plan.
     pub ok: bool,
     /// Why it did not, when `ok` is false.
     pub error: Option<String>,

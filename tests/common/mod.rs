@@ -64,6 +64,25 @@ pub async fn fresh_store_url(backend: Backend) -> String {
     }
 }
 
+/// Drops a database [`fresh_store_url`] made, its sessions ended first:
+/// for tests that make roles, which cannot be dropped while a database
+/// still holds their grants.
+pub async fn drop_database(url: &str) {
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("PostgreSQL is running for tests");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {name} with (force)"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop test database");
+    let _ = conn.close().await;
+}
+
 /// Settings for tests: both kinds of webhook credentials and an API token.
 pub fn test_settings(store_url: &str, extra: &[(&str, &str)]) -> Settings {
     test_settings_with_file(store_url, None, extra)
