@@ -30,6 +30,7 @@ on_both_stores!(
     a_rate_limited_page_waits_in_the_queue_and_is_sent_once,
     an_incident_resolved_before_its_level_is_reached_pages_nobody,
     a_refused_page_is_recorded_and_not_retried,
+    a_page_the_service_fails_to_take_is_retried_with_backoff_and_sent_once,
 );
 
 /// The runbook's CRITICAL row, paging at the 15-minute level.
@@ -585,6 +586,42 @@ async fn a_rate_limited_page_waits_in_the_queue_and_is_sent_once(backend: Backen
     assert_eq!(sent[0].body["event_action"], "trigger");
     // PagerDuty's limit held back only PagerDuty: Opsgenie and the webhook
     // got their trigger at once, and only once.
+    assert_eq!(s.fake.accepted("opsgenie").len(), 1);
+    assert_eq!(s.fake.accepted("webhook").len(), 1);
+}
+
+async fn a_page_the_service_fails_to_take_is_retried_with_backoff_and_sent_once(backend: Backend) {
+    let s = setup(backend).await;
+    let (id, opened) = s.open("b8b8b8b8b8b8b8b8").await;
+    // PagerDuty has an outage (503): not a refusal, so the page is retried.
+    s.fake.script(503);
+    let due = opened + 15 * MINUTE;
+    s.tick(due).await;
+    assert_eq!(s.fake.accepted("pagerduty").len(), 0);
+    let (attempts, backoff): (i64, i64) = (
+        common::scalar(
+            &s.app.store,
+            &format!("select attempts from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
+        )
+        .await,
+        common::scalar(
+            &s.app.store,
+            &format!("select due_at - {due} from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
+        )
+        .await,
+    );
+    assert_eq!(attempts, 1, "an outage spends an attempt");
+    assert!(backoff > 0, "and waits before the next: {backoff}");
+    let state: String = common::scalar(
+        &s.app.store,
+        &format!("select state from pages where incident_id = {id} and pager = 'pd'"),
+    )
+    .await;
+    assert_ne!(state, "failed");
+    s.tick(due + 10 * MINUTE).await;
+    let sent = s.fake.accepted("pagerduty");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].body["event_action"], "trigger");
     assert_eq!(s.fake.accepted("opsgenie").len(), 1);
     assert_eq!(s.fake.accepted("webhook").len(), 1);
 }
