@@ -1,5 +1,5 @@
 //! `remedy doctor`: connects to everything the settings and the playbooks
-//! name — each PostgreSQL target, each Redis, each compose project a
+//! name — each PostgreSQL target, each Redis, each compose project and env file a
 //! playbook uses, Prometheus, every Alertmanager, the chat API (Slack
 //! `auth.test`, Discord and Mattermost: the bot's own user) — and says what is missing, each with the exact fix (a grant to
 //! run, a URL that does not answer, a token that is refused). `remedy
@@ -181,6 +181,11 @@ pub async fn run(settings: &Settings, playbooks: &[Playbook]) -> Vec<Check> {
     for (name, project) in &settings.compose {
         if uses_compose(playbooks, name) {
             checks.push(compose_check(name, project, &settings.commands.child_env()).await);
+        }
+    }
+    for (name, file) in &settings.env_files {
+        if uses_env_file(playbooks, name) {
+            checks.push(env_file_check(name, &file.path));
         }
     }
     let client = crate::net::client();
@@ -660,6 +665,71 @@ async fn compose_check(
             &subject,
             format!("`{}` did not finish within 20s", call.display()),
             "check that the Docker engine answers",
+        ),
+    }
+}
+
+/// Whether a playbook reads or edits env file `name`.
+fn uses_env_file(playbooks: &[Playbook], name: &str) -> bool {
+    playbooks.iter().any(|p| {
+        p.spec
+            .steps
+            .iter()
+            .any(|s| matches!(&s.value, StepSpec::EnvFile { env_file, .. } if env_file == name))
+            || p.spec
+                .actions
+                .iter()
+                .any(|a| a.value.env_file.as_deref() == Some(name))
+    })
+}
+
+/// An env file must be readable (the steps show its values, the actions
+/// their exact lines) and its folder writable: the action writes its
+/// backup and the new file beside it, and renames one over the other.
+/// Checked by reading the file and creating (and removing) an empty file
+/// in the folder, as remedy's user.
+fn env_file_check(name: &str, path: &std::path::Path) -> Check {
+    let subject = format!("env_file {name}");
+    if let Err(e) = std::fs::read_to_string(path) {
+        return Check::fail(
+            &subject,
+            format!("cannot read {}: {e}", path.display()),
+            format!(
+                "set env_files.{name}.path to the compose project's env file (an absolute path) and let remedy's user read it"
+            ),
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let probe = dir.join(format!(".remedy-doctor-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Check::ok(
+                &subject,
+                format!(
+                    "{} readable; {} writable (backup and replace)",
+                    path.display(),
+                    dir.display()
+                ),
+            )
+        }
+        Err(e) => Check::fail(
+            &subject,
+            format!(
+                "remedy's user cannot create files in {} ({e}): the env_file action writes its backup and the new file there",
+                dir.display()
+            ),
+            format!(
+                "let remedy's user write to {} (for example the folder group-writable and remedy in its group)",
+                dir.display()
+            ),
         ),
     }
 }

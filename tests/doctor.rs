@@ -77,6 +77,7 @@ fn compose_project() -> std::path::PathBuf {
         "version: \"3\"\nservices:\n  api:\n    image: debian:bookworm-slim\n    network_mode: host\n",
     )
     .expect("compose file");
+    std::fs::write(dir.join(".env"), "POSTGRES_POOL_SIZE=10\n").expect(".env");
     dir
 }
 
@@ -166,11 +167,15 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
             ),
             ("REMEDY__COMMANDS__ENV", "PATH,HOME,DOCKER_HOST".to_owned()),
             ("DOCKER_HOST", docker_host.clone()),
+            (
+                "REMEDY__ENV_FILES__APP__PATH",
+                dir.join(".env").display().to_string(),
+            ),
         ]
     };
 
     // A bare role, a wrong Alertmanager token, a wrong Slack token, a
-    // compose project whose folder is not there.
+    // compose project whose folder (and env file) is not there.
     let (ok, text) = doctor_with(
         &target,
         &monitoring,
@@ -199,8 +204,12 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
         "{text}"
     );
     assert!(text.contains("FAIL compose app:"), "{text}");
+    assert!(
+        text.contains("FAIL env_file app: cannot read") && text.contains("env_files.app.path"),
+        "{text}"
+    );
     assert!(text.contains("ok   redis cache: answers INFO"), "{text}");
-    assert!(text.contains("doctor: 9 of"), "{text}");
+    assert!(text.contains("doctor: 10 of"), "{text}");
 
     // The README's two predefined roles are not all the shipped playbooks
     // need: their explain step reads the application's tables, create_index
@@ -280,6 +289,23 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
     assert!(
         text.contains("ok   compose app: `/usr/bin/docker-compose --project-directory"),
         "{text}"
+    );
+    assert!(
+        text.contains("ok   env_file app:") && text.contains("writable (backup and replace)"),
+        "{text}"
+    );
+    let probes: Vec<_> = std::fs::read_dir(&project)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".remedy-doctor-")
+        })
+        .collect();
+    assert!(
+        probes.is_empty(),
+        "doctor leaves no file behind: {probes:?}"
     );
     assert!(
         text.contains("ok   chat slack: auth.test: bot remedy in workspace remedy-tests"),
