@@ -137,3 +137,74 @@ async fn the_image_serves_as_non_root_turns_healthy_and_turns_an_alert_into_an_i
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn the_images_compose_path_reaches_the_engine_through_the_mounted_socket_as_non_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let image = image();
+    let host = common::docker::docker_host();
+    let socket = host.strip_prefix("unix://").unwrap_or(&host).to_owned();
+    let gid = std::fs::metadata(&socket)
+        .expect("socket")
+        .gid()
+        .to_string();
+    // The compose project, mounted at the same path as on the host; its
+    // folder writable by the image's user (the env_file action's backup).
+    let dir = std::env::temp_dir().join(format!(
+        "remedy-image-compose-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "version: \"2.4\"\nservices:\n  api:\n    image: debian:bookworm-slim\n    network_mode: host\n",
+    )
+    .expect("compose file");
+    std::fs::write(dir.join(".env"), "POSTGRES_POOL_SIZE=10\n").expect(".env");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let target = common::fresh_store_url(Backend::Postgres).await;
+    let d = dir.display().to_string();
+    let mounts = [format!("{socket}:/var/run/docker.sock"), format!("{d}:{d}")];
+    let env = [
+        format!("REMEDY__TARGETS__MAIN__URL={target}"),
+        format!("REMEDY__COMPOSE__APP__PROJECT_DIR={d}"),
+        "REMEDY__COMPOSE__APP__PROJECT_NAME=remedyimg".to_owned(),
+        format!("REMEDY__ENV_FILES__APP__PATH={d}/.env"),
+        "REMEDY__INTAKE__BEARER_TOKEN=t".to_owned(),
+        "REMEDY__PROMETHEUS__URL=".to_owned(),
+        "REMEDY__ALERTMANAGER__URL=".to_owned(),
+    ];
+    let run = |with_group: bool| {
+        let mut args = vec!["run", "--rm", "--network", "host"];
+        for m in &mounts {
+            args.extend(["--volume", m.as_str()]);
+        }
+        if with_group {
+            args.extend(["--group-add", gid.as_str()]);
+        }
+        for e in &env {
+            args.extend(["--env", e.as_str()]);
+        }
+        args.extend([image.as_str(), "doctor"]);
+        let out = docker(&args);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // `remedy doctor` in the image runs the compose playbooks' own `ps`
+    // through the socket, as the image's user: it needs the socket's group.
+    let text = run(true);
+    assert!(
+        text.contains("ok   compose app: `/usr/bin/docker-compose --project-directory"),
+        "{text}"
+    );
+    assert!(text.contains("ok   env_file app:"), "{text}");
+    let text = run(false);
+    assert!(
+        text.contains("FAIL compose app:"),
+        "without --group-add: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
