@@ -13,12 +13,29 @@
 use super::diagnose::{action_digest, alert_context, diagnose};
 use super::{Engine, WorkError};
 use crate::domain::{IncidentStatus, Millis};
-use crate::playbook::Report;
 use crate::playbook::model::{ActionKind, Severity};
+use crate::playbook::{ActionInstance, Report};
 use crate::store::{ClaimedWork, ExecutionRef};
 
 fn worst(report: &Report) -> Option<Severity> {
     report.findings.iter().map(|f| f.severity).max()
+}
+
+/// Whether two instances are one action on one thing (its id, kind,
+/// target, statement, parameters, argv, service and values), whatever
+/// their titles say.
+fn same_target(a: &ActionInstance, b: &ActionInstance) -> bool {
+    a.id == b.id
+        && a.kind == b.kind
+        && a.target == b.target
+        && a.statement == b.statement
+        && a.params == b.params
+        && a.program == b.program
+        && a.args == b.args
+        && a.url == b.url
+        && a.service == b.service
+        && a.setting == b.setting
+        && a.set == b.set
 }
 
 /// Why the steps a `verify` expression reads give no measurement in
@@ -120,7 +137,13 @@ pub(super) async fn run(
                 }
             }
             (Some(after), None) => {
-                let still_offered = after.actions.iter().any(|a| action_digest(a) == digest);
+                // The same action on the same thing: by digest, or, when a
+                // reload changed how the playbook words it, by its id and
+                // what it acts on.
+                let still_offered = after.actions.iter().any(|a| {
+                    action_digest(a) == digest
+                        || action.is_some_and(|before| same_target(before, a))
+                });
                 if !still_offered {
                     (
                         "effective",
@@ -190,4 +213,33 @@ pub(super) async fn run(
         super::escalate::check_threshold(engine, id, &incident, after, now).await?;
     }
     Ok(engine.store.complete_work(work, now).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terminate(title: &str, pid: &str) -> ActionInstance {
+        let mut action =
+            crate::engine::execute::silence_action("silence-1h").expect("an action to shape");
+        action.id = "terminate".into();
+        action.kind = ActionKind::Sql;
+        action.title = title.into();
+        action.statement = Some("select pg_terminate_backend($1::int)".into());
+        action.params = vec![pid.into()];
+        action
+    }
+
+    #[test]
+    fn a_reworded_action_on_the_same_thing_is_the_same_action() {
+        let before = terminate("Terminate pid 42", "42");
+        assert!(same_target(
+            &before,
+            &terminate("End session 42 (reworded)", "42")
+        ));
+        assert!(!same_target(&before, &terminate("Terminate pid 43", "43")));
+        let mut other = terminate("Terminate pid 42", "42");
+        other.id = "cancel".into();
+        assert!(!same_target(&before, &other));
+    }
 }
