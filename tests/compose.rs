@@ -50,6 +50,14 @@ actions:
     set:
       POSTGRES_POOL_SIZE: "{{ (steps.pool_env.rows[0].POSTGRES_POOL_SIZE | int) * 2 }}"
     verify: labels.outcome == "better"
+  - id: restart_api
+    title: Restart api
+    kind: compose
+    risk: disruptive
+    approvers: [oncall]
+    project: app
+    operation: restart
+    service: api
 "#;
 
 /// The service prints 25 QueuePool lines with its pool size, then idles.
@@ -469,4 +477,36 @@ async fn a_verification_whose_metric_cannot_be_read_keeps_the_edit_and_says_why(
     )
     .await;
     assert!(suspended.is_empty(), "{suspended:?}");
+}
+
+#[tokio::test]
+async fn an_approved_restart_restarts_the_service_in_its_project() {
+    let project = Project::new(COMPOSE_FILE);
+    let started_at = || {
+        let id = project.compose(&["ps", "-q", "api"]);
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+        let out = Command::new("/usr/bin/docker")
+            .args(["inspect", "--format", "{{.State.StartedAt}}", &id])
+            .env("DOCKER_HOST", &project.host)
+            .output()
+            .expect("docker inspect");
+        (id, String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let (container, before) = started_at();
+    let s = setup(&project).await;
+    let id = s.open("better").await;
+    let reply = s.approve(id, "restart_api").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    s.drain(now_millis()).await;
+    let execution = s.execution(id).await;
+    assert_eq!(execution["state"], "done", "{execution}");
+    let output = execution["output"].as_str().unwrap_or_default();
+    assert!(
+        output.contains(&format!("-p {} restart api", project.name)),
+        "{output}"
+    );
+    let (after_container, after) = started_at();
+    assert_eq!(after_container, container, "restarted, not recreated");
+    assert_ne!(after, before, "the container started again");
+    assert_eq!(project.env_text(), ENV, "a restart edits nothing");
 }
