@@ -237,6 +237,22 @@ impl Setup {
         send(&self.app.router, request).await
     }
 
+    /// Approves `key` as alice and runs what it queued.
+    async fn approve_and_run(&self, id: i64, key: &str) {
+        let reply = self.approve(id, key).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+        self.drain(now_millis()).await;
+    }
+
+    /// The details of the `action_verified` events: verdicts and evidence.
+    async fn verdicts(&self) -> Vec<String> {
+        common::column(
+            &self.app.store,
+            "select detail from incident_events where kind = 'action_verified'",
+        )
+        .await
+    }
+
     async fn shown(&self, id: i64) -> Value {
         self.app.api(&format!("/v1/incidents/{id}")).await
     }
@@ -300,9 +316,7 @@ async fn an_approved_env_file_edit_reaches_the_recreated_container() {
         json!([{"key": "POSTGRES_POOL_SIZE", "before": "POSTGRES_POOL_SIZE=10  # default: 10", "after": "POSTGRES_POOL_SIZE=20"}]),
         "{shown}"
     );
-    let reply = s.approve(id, "raise_pool_size").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    s.drain(now_millis()).await;
+    s.approve_and_run(id, "raise_pool_size").await;
 
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "done", "{execution}");
@@ -338,9 +352,7 @@ async fn an_ineffective_verification_restores_the_old_file_and_value() {
     let project = Project::new(COMPOSE_FILE);
     let s = setup(&project).await;
     let id = s.open("worse").await;
-    let reply = s.approve(id, "raise_pool_size").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    s.drain(now_millis()).await;
+    s.approve_and_run(id, "raise_pool_size").await;
     assert_eq!(s.execution(id).await["state"], "done");
     assert_eq!(project.pool_size(), "20");
 
@@ -353,11 +365,7 @@ async fn an_ineffective_verification_restores_the_old_file_and_value() {
         "10",
         "and the container was recreated with it"
     );
-    let events: Vec<String> = common::column(
-        &s.app.store,
-        "select detail from incident_events where kind = 'action_verified'",
-    )
-    .await;
+    let events = s.verdicts().await;
     assert!(
         events
             .iter()
@@ -376,9 +384,7 @@ async fn a_container_that_does_not_see_the_new_value_gets_the_old_file_back() {
     let project = Project::new(&pinned);
     let s = setup(&project).await;
     let id = s.open("better").await;
-    let reply = s.approve(id, "raise_pool_size").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    s.drain(now_millis()).await;
+    s.approve_and_run(id, "raise_pool_size").await;
 
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "failed", "{execution}");
@@ -400,9 +406,7 @@ async fn a_file_edited_after_the_approval_was_shown_is_left_alone() {
     // Someone edits the file by hand between the message and the click.
     let by_hand = ENV.replace("POSTGRES_POOL_SIZE=10", "POSTGRES_POOL_SIZE=15");
     std::fs::write(project.dir.join(".env"), &by_hand).expect("edit");
-    let reply = s.approve(id, "raise_pool_size").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    s.drain(now_millis()).await;
+    s.approve_and_run(id, "raise_pool_size").await;
 
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "precondition_failed", "{execution}");
@@ -442,9 +446,7 @@ async fn a_verification_whose_metric_cannot_be_read_keeps_the_edit_and_says_why(
     )
     .await;
     let id = s.open("worse").await;
-    let reply = s.approve(id, "raise_pool_size").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    s.drain(now_millis()).await;
+    s.approve_and_run(id, "raise_pool_size").await;
     assert_eq!(s.execution(id).await["state"], "done");
     assert_eq!(project.pool_size(), "20");
 
@@ -460,11 +462,7 @@ async fn a_verification_whose_metric_cannot_be_read_keeps_the_edit_and_says_why(
         project.env_text(),
         "# the API's pool\nPOSTGRES_POOL_SIZE=20\nOTHER=kept\n"
     );
-    let events: Vec<String> = common::column(
-        &s.app.store,
-        "select detail from incident_events where kind = 'action_verified'",
-    )
-    .await;
+    let events = s.verdicts().await;
     assert!(
         events
             .iter()
@@ -495,9 +493,7 @@ async fn an_approved_restart_restarts_the_service_in_its_project() {
     let (container, before) = started_at();
     let s = setup(&project).await;
     let id = s.open("better").await;
-    let reply = s.approve(id, "restart_api").await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    s.drain(now_millis()).await;
+    s.approve_and_run(id, "restart_api").await;
     let execution = s.execution(id).await;
     assert_eq!(execution["state"], "done", "{execution}");
     let output = execution["output"].as_str().unwrap_or_default();

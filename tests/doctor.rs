@@ -229,30 +229,20 @@ async fn doctor_names_each_missing_grant_and_refused_credential_with_its_fix() {
         &compose(&project),
     );
     assert!(!ok, "{text}");
-    assert!(
-        text.contains(&format!(
+    for failure in [
+        format!(
             "FAIL target main: {role} cannot read 1 of the 1 table(s) in schema public (orders): explain steps cannot plan"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
+        ),
+        format!(
             "FAIL target main: {role} does not have the privileges of {owner}, which owns 1 table(s) in public: create_index actions on them fail"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "FAIL target main: {role} may not CREATE in schema public: create_index actions"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
+        ),
+        format!("FAIL target main: {role} may not CREATE in schema public: create_index actions"),
+        format!(
             "FAIL target main: {role} does not have CREATEROLE: role_setting actions (ALTER ROLE … SET) fail"
-        )),
-        "{text}"
-    );
+        ),
+    ] {
+        assert!(text.contains(&failure), "{failure}\n{text}");
+    }
     let fixes = target_fixes(&text);
     assert_eq!(
         fixes,

@@ -228,6 +228,17 @@ impl Paging {
         .await
     }
 
+    /// The incident's pending `page` work row: its attempts, and `column`
+    /// (`lease_until` or `due_at`) less `at`.
+    async fn pending_page(&self, id: i64, column: &str, at: i64) -> (i64, i64) {
+        let row =
+            format!("from work where incident_id = {id} and kind = 'page' and state = 'pending'");
+        (
+            common::scalar(&self.app.store, &format!("select attempts {row}")).await,
+            common::scalar(&self.app.store, &format!("select {column} - {at} {row}")).await,
+        )
+    }
+
     async fn events(&self, id: i64) -> Vec<String> {
         common::column(
             &self.app.store,
@@ -566,18 +577,7 @@ async fn a_rate_limited_page_waits_in_the_queue_and_is_sent_once(backend: Backen
     assert_eq!(s.fake.accepted("webhook").len(), 1);
     // Waiting, not failing: the attempt is not spent and the row waits
     // `paging.rate_limited_wait` (5s) in the queue.
-    let (attempts, wait): (i64, i64) = (
-        common::scalar(
-            &s.app.store,
-            &format!("select attempts from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
-        )
-        .await,
-        common::scalar(
-            &s.app.store,
-            &format!("select lease_until - {due} from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
-        )
-        .await,
-    );
+    let (attempts, wait) = s.pending_page(id, "lease_until", due).await;
     assert_eq!(attempts, 0);
     assert!((5_000..10_000).contains(&wait), "{wait}");
     s.tick(due + 10_000).await;
@@ -598,18 +598,7 @@ async fn a_page_the_service_fails_to_take_is_retried_with_backoff_and_sent_once(
     let due = opened + 15 * MINUTE;
     s.tick(due).await;
     assert_eq!(s.fake.accepted("pagerduty").len(), 0);
-    let (attempts, backoff): (i64, i64) = (
-        common::scalar(
-            &s.app.store,
-            &format!("select attempts from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
-        )
-        .await,
-        common::scalar(
-            &s.app.store,
-            &format!("select due_at - {due} from work where incident_id = {id} and kind = 'page' and state = 'pending'"),
-        )
-        .await,
-    );
+    let (attempts, backoff) = s.pending_page(id, "due_at", due).await;
     assert_eq!(attempts, 1, "an outage spends an attempt");
     assert!(backoff > 0, "and waits before the next: {backoff}");
     let state: String = common::scalar(

@@ -212,6 +212,22 @@ const SLOW_QUERY: &str = "select count(*), pg_sleep(60) from audit_logs where te
 /// The slow query, for real: a sequential scan filtering on tenant_id, held
 /// open by pg_sleep once it is done, on a session of the superuser's; its
 /// pid and its task, once it has run for over a second.
+/// Ends a [`slow_query`] still running, then the test's roles.
+async fn end_slow_query(
+    t: Target,
+    mut setup: sqlx::PgConnection,
+    slow_pid: i32,
+    running: tokio::task::JoinHandle<()>,
+) {
+    let _ = sqlx::query("select pg_cancel_backend($1)")
+        .bind(slow_pid)
+        .execute(&mut setup)
+        .await;
+    let _ = running.await;
+    drop(setup);
+    t.drop_roles().await;
+}
+
 async fn slow_query(t: &Target) -> (i32, tokio::task::JoinHandle<()>) {
     let mut slow = t.connect().await;
     let slow_pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
@@ -332,13 +348,7 @@ async fn a_slow_query_gets_an_explained_concurrent_index_built_valid_and_then_no
     let twice = remedy::actions::ddl::create_index(&t.engine.diagnoser, create).await;
     assert_eq!(twice.state, "refused", "{}", twice.output);
 
-    let _ = sqlx::query("select pg_cancel_backend($1)")
-        .bind(slow_pid)
-        .execute(&mut setup)
-        .await;
-    let _ = running.await;
-    drop(setup);
-    t.drop_roles().await;
+    end_slow_query(t, setup, slow_pid, running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,13 +393,7 @@ async fn an_explain_refused_for_lack_of_select_is_reported_with_the_grant_it_nee
     assert_eq!(candidates.rows[0]["pid"], slow_pid);
     assert!(again.actions.iter().any(|a| a.id == "create_index"));
 
-    let _ = sqlx::query("select pg_cancel_backend($1)")
-        .bind(slow_pid)
-        .execute(&mut setup)
-        .await;
-    let _ = running.await;
-    drop(setup);
-    t.drop_roles().await;
+    end_slow_query(t, setup, slow_pid, running).await;
 }
 
 fn index_action(params: [&str; 3], lock_timeout_ms: u64) -> ActionInstance {
