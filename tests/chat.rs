@@ -1126,3 +1126,188 @@ async fn a_discord_429_waits_for_its_retry_after_and_a_403_is_not_retried() {
     assert_eq!(failed.len(), 1);
     assert!(failed[0].contains("50013"), "{failed:?}");
 }
+
+/// A change and its undo (`undoes:`), run for real (echo).
+const UNDO_PLAYBOOK: &str = r#"
+name: UndoChat
+match: ['alertname="ChatTest"']
+actions:
+  - id: pin
+    title: Pin {{ labels.service }}
+    kind: command
+    risk: disruptive
+    approvers: [oncall]
+    program: /bin/echo
+    args: [pin, "{{ labels.service }}"]
+  - id: unpin
+    title: "Undo: unpin {{ labels.service }}"
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    undoes: pin
+    program: /bin/echo
+    args: [unpin, "{{ labels.service }}"]
+"#;
+
+/// A chat app on `platform` whose playbook is [`UNDO_PLAYBOOK`], its
+/// actions run for real.
+async fn undo_app(platform: &str) -> (TestApp, FakeChat) {
+    let fake = FakeChat::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "remedy-chat-undo-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("undo.yaml"), UNDO_PLAYBOOK).expect("playbook");
+    let slack_api = format!("{}/slack/api", fake.url);
+    let discord_api = format!("{}/discord/api/v10", fake.url);
+    let key = discord_public_key();
+    let app = common::spawn_app_with_toml(
+        Backend::Sqlite,
+        APPROVERS,
+        &[
+            ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+            ("REMEDY__CHAT__PLATFORM", platform),
+            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0DEFAULT"),
+            ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
+            ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
+            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
+            ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
+            ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
+            ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
+            ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
+            ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),
+            ("REMEDY__COMMANDS__ALLOW", "/bin/echo"),
+        ],
+    )
+    .await;
+    (app, fake)
+}
+
+/// What ran, in order: each execution's last output line and its state.
+async fn ran(app: &TestApp, id: i64) -> Vec<String> {
+    app.api(&format!("/v1/incidents/{id}")).await["executions"]
+        .as_array()
+        .expect("executions")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}={}",
+                e["output"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .last()
+                    .unwrap_or_default(),
+                e["state"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_changes_undo_is_offered_in_the_thread_with_buttons_that_decide_it() {
+    let (app, fake) = undo_app("slack").await;
+    let id = open(&app, "critical", "undo").await;
+    let report = &fake.calls("/chat.postMessage")[0].body;
+    let pin = slack_value(report, "pin");
+    assert!(
+        !report.to_string().contains("Approve unpin"),
+        "no undo before the change: {report}"
+    );
+
+    let reply = slack_click(&app, &fake, "U0ALICE", "approve", &pin).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    drain(&app, now_millis()).await;
+    // The outcome in the thread offers the undo, with its own buttons.
+    let posts = fake.calls("/chat.postMessage");
+    let outcome = posts
+        .iter()
+        .map(|p| &p.body)
+        .find(|b| {
+            b["thread_ts"].is_string()
+                && b["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("pin: done"))
+        })
+        .unwrap_or_else(|| panic!("no outcome reply: {posts:?}"));
+    assert!(
+        outcome["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Undo offered: Undo: unpin")),
+        "{outcome}"
+    );
+    let unpin = slack_value(outcome, "unpin");
+    assert_eq!(
+        unpin.split(':').next(),
+        Some(approval(&app, id, "unpin").await["id"].to_string().as_str())
+    );
+
+    // Its button, clicked in the thread, decides the undo.
+    let reply = slack_click(&app, &fake, "U0ALICE", "approve", &unpin).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    drain(&app, now_millis()).await;
+    assert_eq!(
+        ran(&app, id).await,
+        ["pin agente-api=done", "unpin agente-api=done"]
+    );
+}
+
+/// The `custom_id` of the Approve button for `key` in a Discord message.
+fn discord_approve(body: &Value, key: &str) -> String {
+    body["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+        .find(|b| b["label"] == format!("Approve {key}"))
+        .and_then(|b| b["custom_id"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no Approve {key} button in {body}"))
+}
+
+#[tokio::test]
+async fn on_discord_too_the_undo_is_offered_in_a_reply_whose_buttons_decide_it() {
+    let (app, fake) = undo_app("discord").await;
+    let key = SigningKey::from_bytes(&DISCORD_KEY);
+    let id = open(&app, "warning", "undo").await;
+    let report = fake.calls("/messages")[0].body.clone();
+    assert!(!report.to_string().contains("Approve unpin"), "{report}");
+    let click = async |custom_id: String| {
+        let body = discord_interaction(&custom_id, "1001", &[]);
+        discord_post(&app, &body, &body, &key, unix_now()).await
+    };
+    assert_eq!(
+        click(discord_approve(&report, "pin")).await.status,
+        StatusCode::OK
+    );
+    drain(&app, now_millis()).await;
+    let replies: Vec<Value> = fake
+        .calls("/messages")
+        .into_iter()
+        .map(|c| c.body)
+        .filter(|b| b["message_reference"].is_object())
+        .collect();
+    let outcome = replies
+        .iter()
+        .find(|b| {
+            b["content"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("pin: done"))
+        })
+        .unwrap_or_else(|| panic!("no outcome reply: {replies:?}"));
+    assert!(
+        outcome["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("Undo offered")),
+        "{outcome}"
+    );
+    assert_eq!(
+        click(discord_approve(outcome, "unpin")).await.status,
+        StatusCode::OK
+    );
+    drain(&app, now_millis()).await;
+    assert_eq!(
+        ran(&app, id).await,
+        ["pin agente-api=done", "unpin agente-api=done"]
+    );
+}

@@ -85,34 +85,43 @@ fn playbooks() -> PathBuf {
 const INTERACTIONS_URL: &str = "http://127.0.0.1:9/v1/interactions/mattermost";
 
 async fn mattermost_app(backend: Backend) -> (TestApp, FakeMattermost) {
+    mattermost_app_with(
+        backend,
+        &playbooks(),
+        &[("REMEDY__EXECUTOR__DRY_RUN", "true")],
+    )
+    .await
+}
+
+/// A Mattermost app with the playbooks in `dir` and `extra` settings.
+async fn mattermost_app_with(
+    backend: Backend,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (TestApp, FakeMattermost) {
     let fake = FakeMattermost::start().await;
     fake.add_user(ALICE, "alice", "system_user");
     fake.add_user(CAROL, "carol", "system_user custom_oncall");
     fake.add_user(MALLORY, "mallory", "system_user");
     fake.add_user(LEAD, "lead", "system_user");
-    let dir = playbooks();
-    let app = common::spawn_app_with_toml(
-        backend,
-        APPROVERS,
-        &[
-            ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
-            ("REMEDY__CHAT__PLATFORM", "mattermost"),
-            (
-                "REMEDY__CHAT__DEFAULT_CHANNEL",
-                "incidentschannel0000000000",
-            ),
-            ("REMEDY__CHAT__MATTERMOST__API_URL", &fake.api_url),
-            ("REMEDY__CHAT__MATTERMOST__BOT_TOKEN", MATTERMOST_TOKEN),
-            ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", CONTEXT_SECRET),
-            (
-                "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
-                INTERACTIONS_URL,
-            ),
-            ("REMEDY__CHAT__MATTERMOST__REQUEST_RATE", "100000/1s"),
-            ("REMEDY__EXECUTOR__DRY_RUN", "true"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__CHAT__PLATFORM", "mattermost"),
+        (
+            "REMEDY__CHAT__DEFAULT_CHANNEL",
+            "incidentschannel0000000000",
+        ),
+        ("REMEDY__CHAT__MATTERMOST__API_URL", &fake.api_url),
+        ("REMEDY__CHAT__MATTERMOST__BOT_TOKEN", MATTERMOST_TOKEN),
+        ("REMEDY__CHAT__MATTERMOST__CONTEXT_SECRET", CONTEXT_SECRET),
+        (
+            "REMEDY__CHAT__MATTERMOST__INTERACTIONS_URL",
+            INTERACTIONS_URL,
+        ),
+        ("REMEDY__CHAT__MATTERMOST__REQUEST_RATE", "100000/1s"),
+    ];
+    env.extend_from_slice(extra);
+    let app = common::spawn_app_with_toml(backend, APPROVERS, &env).await;
     (app, fake)
 }
 
@@ -597,4 +606,81 @@ async fn an_escalation_pings_the_next_role_by_username_and_snooze_and_acknowledg
     assert!(!names.contains(&"Acknowledge".to_owned()), "{names:?}");
     let escalation = &app.api(&format!("/v1/incidents/{id}")).await["escalation"];
     assert!(escalation.to_string().contains("alice"), "{escalation}");
+}
+
+#[tokio::test]
+async fn a_changes_undo_is_offered_in_the_thread_with_signed_buttons_that_decide_it() {
+    let dir =
+        std::env::temp_dir().join(format!("remedy-mm-undo-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("undo.yaml"),
+        r#"
+name: UndoChat
+match: ['alertname="ChatTest"']
+actions:
+  - id: pin
+    title: Pin {{ labels.service }}
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    program: /bin/echo
+    args: [pin, "{{ labels.service }}"]
+  - id: unpin
+    title: "Undo: unpin {{ labels.service }}"
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    undoes: pin
+    program: /bin/echo
+    args: [unpin, "{{ labels.service }}"]
+"#,
+    )
+    .expect("playbook");
+    let (app, fake) = mattermost_app_with(
+        Backend::Sqlite,
+        &dir,
+        &[("REMEDY__COMMANDS__ALLOW", "/bin/echo")],
+    )
+    .await;
+    let (id, post) = open(&app, &fake, "undo").await;
+    let report = fake.post(&post).expect("report");
+    assert!(
+        !button_names(&report).contains(&"Approve unpin".to_owned()),
+        "{report}"
+    );
+    assert_eq!(
+        click(&app, &fake, &post, "Approve pin", ALICE).await.status,
+        StatusCode::OK
+    );
+    drain(&app, now_millis()).await;
+    let reply = fake
+        .reply_id("pin: done")
+        .unwrap_or_else(|| panic!("no outcome reply: {:?}", fake.replies()));
+    let shown = fake.post(&reply).expect("reply");
+    assert!(
+        shown["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Undo offered")),
+        "{shown}"
+    );
+    assert_eq!(
+        click(&app, &fake, &reply, "Approve unpin", ALICE)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    drain(&app, now_millis()).await;
+    let executions = app.api(&format!("/v1/incidents/{id}")).await["executions"].clone();
+    let states: Vec<&str> = executions
+        .as_array()
+        .expect("executions")
+        .iter()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert_eq!(states, ["done", "done"], "{executions}");
+    assert!(
+        executions.to_string().contains("unpin agente-api"),
+        "{executions}"
+    );
 }

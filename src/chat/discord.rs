@@ -180,19 +180,7 @@ pub fn render(report: &ChatReport) -> Rendered {
                 .chunks(ACTIONS_PER_ROW)
                 .map(|chunk| {
                     CreateActionRow::Buttons(
-                        chunk
-                            .iter()
-                            .flat_map(|a| {
-                                [
-                                    CreateButton::new(custom_id("ap", a))
-                                        .label(cut(&format!("Approve {}", a.key), MAX_LABEL))
-                                        .style(ButtonStyle::Success),
-                                    CreateButton::new(custom_id("rj", a))
-                                        .label(cut(&format!("Reject {}", a.key), MAX_LABEL))
-                                        .style(ButtonStyle::Danger),
-                                ]
-                            })
-                            .collect(),
+                        chunk.iter().flat_map(|a| decision_buttons(a)).collect(),
                     )
                 }),
         )
@@ -237,11 +225,29 @@ pub fn ping_body(
 /// rest escaped.
 #[must_use]
 pub fn reply_body(message: &str, reply: &super::Reply) -> Value {
-    json!({
+    let mut body = json!({
         "content": cut(&reply.render(discord_escape), MAX_CONTENT),
         "message_reference": {"message_id": message},
         "allowed_mentions": {"parse": [], "users": reply.mentioned_users()},
-    })
+    });
+    // An offered action: its buttons under the text.
+    if let Some(action) = &reply.action {
+        let row = CreateActionRow::Buttons(decision_buttons(action).into());
+        body["components"] = serde_json::to_value([row]).unwrap_or_default();
+    }
+    body
+}
+
+/// An action's Approve and Reject buttons.
+fn decision_buttons(a: &ReportAction) -> [CreateButton; 2] {
+    [
+        CreateButton::new(custom_id("ap", a))
+            .label(cut(&format!("Approve {}", a.key), MAX_LABEL))
+            .style(ButtonStyle::Success),
+        CreateButton::new(custom_id("rj", a))
+            .label(cut(&format!("Reject {}", a.key), MAX_LABEL))
+            .style(ButtonStyle::Danger),
+    ]
 }
 
 /// Inside inline code only a backtick would end it.

@@ -387,6 +387,12 @@ pub fn render(report: &ChatReport, b: Buttons<'_>) -> Value {
 }
 
 fn action_attachment(report: &ChatReport, action: &ReportAction, b: Buttons<'_>) -> Value {
+    action_attachment_while(!report.resolved, action, b)
+}
+
+/// An action's attachment, with its buttons while it is `open` and
+/// `decidable` (the incident still firing).
+fn action_attachment_while(decidable: bool, action: &ReportAction, b: Buttons<'_>) -> Value {
     let color = match action.risk {
         Risk::Safe => GREEN,
         Risk::Disruptive => AMBER,
@@ -403,7 +409,7 @@ fn action_attachment(report: &ChatReport, action: &ReportAction, b: Buttons<'_>)
             {"title": "Status", "value": cut(&action.status_escaped(escape), MAX_FIELD_VALUE), "short": false},
         ],
     });
-    if action.open() && !report.resolved {
+    if action.open() && decidable {
         let decide = |approve: bool| Intent::Decide {
             approve,
             approval: action.approval_id,
@@ -873,7 +879,13 @@ impl MattermostClient {
         root: &str,
         reply: &super::Reply,
     ) -> Result<(), ChatError> {
-        let body = self.with_mentions(reply_body(channel, root, reply)).await;
+        let mut body = reply_body(channel, root, reply);
+        // An offered action: its attachment and signed buttons.
+        if let Some(action) = &reply.action {
+            body["props"] =
+                json!({"attachments": [action_attachment_while(true, action, self.buttons())]});
+        }
+        let body = self.with_mentions(body).await;
         self.call(reqwest::Method::POST, "/posts", Some(&body))
             .await
             .map(drop)

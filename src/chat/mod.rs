@@ -138,9 +138,13 @@ pub fn controls(e: &report::ReportEscalation) -> Vec<Control> {
 /// from alerts, targets and commands, which each platform escapes. Only a
 /// mention that is exactly `<@ID>` passes unescaped; anything else pushed
 /// as a mention is text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reply {
     parts: Vec<Part>,
+    /// An action offered under the text with its Approve / Reject buttons
+    /// (an undo, once its change has run), signed and decided as the
+    /// report's own.
+    pub action: Option<report::ReportAction>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -234,7 +234,16 @@ pub fn ping_body(channel: &str, ts: Option<&str>, mentions: &[String], text: &st
 /// Slack; everything else escaped.
 #[must_use]
 pub fn reply_body(channel: &str, ts: &str, reply: &super::Reply) -> Value {
-    json!({"channel": channel, "thread_ts": ts, "text": reply.render(slack_escape), "parse": "none"})
+    let text = reply.render(slack_escape);
+    let mut body = json!({"channel": channel, "thread_ts": ts, "text": &text, "parse": "none"});
+    // An offered action: the text as a section, its buttons under it.
+    if let Some(action) = &reply.action {
+        body["blocks"] = json!([
+            {"type": "section", "text": {"type": "mrkdwn", "text": cut(&text, MAX_SECTION), "verbatim": true}},
+            buttons(action),
+        ]);
+    }
+    body
 }
 
 /// Puts as many evidence rows in a code block as fit one section, and

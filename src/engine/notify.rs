@@ -51,10 +51,8 @@ async fn report_outcomes(
             .iter()
             .find(|a| a.undoes == Some(execution.approval_id))
         {
-            reply.push_text(&format!(
-                "\nUndo offered: {} — approve `{}` on the report",
-                undo.title, undo.key
-            ));
+            reply.push_text(&format!("\nUndo offered: {} (`{}`)", undo.title, undo.key));
+            reply.action = Some(undo.clone());
         }
         engine.chat.reply_with(channel, message, &reply).await?;
         if let Err(error) = engine

@@ -158,6 +158,18 @@ impl FakeMattermost {
         ids.first().map(|id| (*id).clone())
     }
 
+    /// The id of the stored thread reply whose message starts with
+    /// `prefix`.
+    pub fn reply_id(&self, prefix: &str) -> Option<String> {
+        let posts = self.state.posts.lock().expect("lock");
+        posts
+            .iter()
+            .find(|(_, p)| {
+                p["root_id"] != "" && p["message"].as_str().is_some_and(|m| m.starts_with(prefix))
+            })
+            .map(|(id, _)| id.clone())
+    }
+
     /// The button with this label in the stored post: (action id, its
     /// integration URL).
     pub fn button(&self, post_id: &str, name: &str) -> Option<(String, String)> {
