@@ -259,7 +259,7 @@ async fn target_checks(
             return vec![Check::fail(
                 &subject,
                 format!("connected, but reading the role's privileges failed: {e}"),
-                "run `remedy doctor` against PostgreSQL 10 or later",
+                "see the error above: remedy needs PostgreSQL 10 or later, and the role must be able to read the system catalogs (pg_roles, pg_class, pg_namespace)",
             )];
         }
     };
@@ -306,7 +306,7 @@ async fn target_checks(
         Err(e) => checks.push(Check::fail(
             &subject,
             format!("reading the catalog for the explain, create_index and role_setting needs failed: {e}"),
-            "run `remedy doctor` against PostgreSQL 10 or later",
+            "see the error above: remedy needs PostgreSQL 10 or later, and the role must be able to read the system catalogs (pg_roles, pg_class, pg_namespace)",
         )),
     }
     checks

@@ -239,7 +239,8 @@ pub fn startup_warnings(
 
 /// The settings that are read only at start-up (the listening socket, the
 /// store's pool, the intake queue, the worker's slots, logging, the
-/// metrics upkeep, whether reconciliation is scheduled): those that changed
+/// metrics upkeep, whether reconciliation is scheduled, the pages' key
+/// prefix): those that changed
 /// in `new` are named and given back their running values, so the
 /// settings in force always say what is in effect.
 fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {

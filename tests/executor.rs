@@ -1188,6 +1188,13 @@ async fn a_changes_undo_is_offered_only_once_it_has_run_and_then_puts_the_old_va
     )
     .await;
     assert_eq!(done, 2);
+    // The change is judged later; the undo, which puts back what was, is not.
+    let verifications: i64 = common::scalar(
+        &s.app.store,
+        "select count(*) from work where kind = 'verify'",
+    )
+    .await;
+    assert_eq!(verifications, 1);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role {role}")))
         .execute(&mut admin)
         .await

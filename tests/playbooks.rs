@@ -455,7 +455,18 @@ fn check_refuses_an_undo_of_nothing_of_an_undo_or_over_other_rows() {
         9,
         5,
         "actions[1].undoes",
-        "an undo has the `for_each`, `when` and `max_targets` of `set`",
+        "an undo has the `for_each` of `set`",
+    );
+    let twice = format!(
+        "{}  - {{id: again, title: a, kind: role_setting, risk: safe, setting: statement_timeout, params: [app, ''], for_each: roles, undoes: set}}\n",
+        undo("for_each: roles, undoes: set")
+    );
+    assert_reports(
+        &twice,
+        9,
+        5,
+        "actions[1].undoes",
+        "`set` has 2 undos: one is offered, so name one",
     );
     assert_reports(
         &undo("for_each: roles, undoes: set, automatic: true"),

@@ -132,23 +132,14 @@ pub fn approval_requests(report: &Report, expires_at: Millis) -> Vec<NewApproval
 }
 
 /// The approval request offering the undo of the action at `changed` (a
-/// report position) for the same row, when the playbook has one: the n-th
-/// instance of the undo answers the n-th of the change (`remedy check`
-/// makes both iterate the same rows).
+/// report position) for the same `for_each` row, when the playbook has one.
 #[must_use]
 pub fn undo_request(report: &Report, changed: usize, expires_at: Millis) -> Option<NewApproval> {
     let change = report.actions.get(changed)?;
-    let nth = report.actions[..=changed]
-        .iter()
-        .filter(|a| a.id == change.id)
-        .count();
     let seq = report
         .actions
         .iter()
-        .enumerate()
-        .filter(|(_, a)| a.undoes.as_deref() == Some(change.id.as_str()))
-        .nth(nth - 1)?
-        .0;
+        .position(|a| a.undoes.as_deref() == Some(change.id.as_str()) && a.row == change.row)?;
     let key = action_keys(report).swap_remove(seq);
     Some(approval_request(report, seq, key, expires_at))
 }
@@ -157,18 +148,12 @@ pub fn undo_request(report: &Report, changed: usize, expires_at: Millis) -> Opti
 /// reverse of [`undo_request`]).
 #[must_use]
 pub fn undone_by(report: &Report, undo: usize) -> Option<usize> {
-    let id = report.actions.get(undo)?.undoes.as_deref()?;
-    let nth = report.actions[..=undo]
-        .iter()
-        .filter(|a| a.undoes.as_deref() == Some(id))
-        .count();
+    let undo = report.actions.get(undo)?;
+    let id = undo.undoes.as_deref()?;
     report
         .actions
         .iter()
-        .enumerate()
-        .filter(|(_, a)| a.id == id)
-        .nth(nth - 1)
-        .map(|(seq, _)| seq)
+        .position(|a| a.id == id && a.row == undo.row)
 }
 
 /// Each report action's approval key: its id, or `id#n` when it repeats.

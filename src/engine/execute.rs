@@ -97,6 +97,7 @@ pub fn silence_action(key: &str) -> Option<ActionInstance> {
         changes: Vec::new(),
         verify: None,
         undoes: None,
+        row: None,
     })
 }
 
@@ -302,8 +303,11 @@ pub(super) async fn run(
                 let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
                 super::diagnose::undo_request(&report, seq, finished.saturating_add(ttl))
             })
+            && let Err(error) = engine.store.offer_approval(id, &undo, finished).await
         {
-            engine.store.offer_approval(id, &undo, finished).await?;
+            // The change's outcome is recorded all the same; its undo is
+            // then not offered (the report still names the change).
+            tracing::warn!(incident = id.0, %error, "undo not offered");
         }
         engine
             .store
@@ -316,7 +320,12 @@ pub(super) async fn run(
                 outcome.state,
                 &outcome.output,
                 finished,
-                (builtin.is_none() && !settings.verify_after.is_zero()).then(|| {
+                // An undo puts back what was there: its change's own
+                // verification judged that state already.
+                (builtin.is_none()
+                    && action.is_some_and(|a| a.undoes.is_none())
+                    && !settings.verify_after.is_zero())
+                .then(|| {
                     finished
                         + i64::try_from(settings.verify_after.as_millis()).unwrap_or(i64::MAX / 2)
                 }),

@@ -46,10 +46,14 @@ async fn report_outcomes(
             execution.output.as_deref().unwrap_or_default(),
         );
         // A change with an undo: the undo is offered from now on.
-        if let Some(undo) = report
-            .actions
-            .iter()
-            .find(|a| a.undoes == Some(execution.approval_id))
+        // (Offered once: not again with the verdict's repeat, and only
+        // while it can still be decided.)
+        if execution.verification.is_none()
+            && !report.resolved
+            && let Some(undo) = report
+                .actions
+                .iter()
+                .find(|a| a.undoes == Some(execution.approval_id) && a.open())
         {
             reply.push_text(&format!("\nUndo offered: {} (`{}`)", undo.title, undo.key));
             reply.action = Some(undo.clone());

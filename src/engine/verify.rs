@@ -8,7 +8,9 @@
 //! expression reads failed (Prometheus down, the target unreachable) or the
 //! step is no longer in the playbook: a measurement that could not be made
 //! is no evidence against the fix, so nothing is undone, escalated or
-//! counted toward suspension, and the thread says why.
+//! counted toward suspension; the evidence (timeline, audit) says why. An
+//! undo is not verified: it puts back what its change's verification
+//! already judged.
 
 use super::diagnose::{action_digest, alert_context, diagnose};
 use super::{Engine, WorkError};
@@ -22,8 +24,8 @@ fn worst(report: &Report) -> Option<Severity> {
 }
 
 /// Whether two instances are one action on one thing (its id, kind,
-/// target, statement, parameters, argv, service and values), whatever
-/// their titles say.
+/// target, statement, parameters, argv, URL, method, body, project,
+/// service, operation, env file and values), whatever their titles say.
 fn same_target(a: &ActionInstance, b: &ActionInstance) -> bool {
     a.id == b.id
         && a.kind == b.kind
@@ -36,6 +38,11 @@ fn same_target(a: &ActionInstance, b: &ActionInstance) -> bool {
         && a.service == b.service
         && a.setting == b.setting
         && a.set == b.set
+        && a.project == b.project
+        && a.operation == b.operation
+        && a.env_file == b.env_file
+        && a.method == b.method
+        && a.body == b.body
 }
 
 /// Why the steps a `verify` expression reads give no measurement in
@@ -106,19 +113,19 @@ pub(super) async fn run(
             .ok()
             .and_then(|seq| before.actions.get(seq))
             .filter(|a| a.digest() == digest);
+        // An undo puts back what its change's verification judged.
+        if action.is_some_and(|a| a.undoes.is_some()) {
+            continue;
+        }
         let judged_by = action.and_then(|a| a.verify.as_deref()).zip(playbook);
         let (verdict, mut evidence) = match (&after, judged_by) {
             (None, _) => ("effective", "the alert resolved".to_owned()),
-            (Some(after), Some((expression, _)))
-                if let Some(why) = unmeasured(after, expression) =>
-            {
-                (
+            (Some(after), Some((expression, playbook))) => match unmeasured(after, expression) {
+                Some(why) => (
                     "not judged",
                     format!("`{expression}` could not be judged: {why}"),
-                )
-            }
-            (Some(after), Some((expression, playbook))) => {
-                match crate::playbook::evaluate::holds(
+                ),
+                None => match crate::playbook::evaluate::holds(
                     playbook,
                     &alert_context(&incident),
                     &engine.probes,
@@ -134,8 +141,8 @@ pub(super) async fn run(
                         format!("`{expression}` does not hold; now: {}", after.summary),
                     ),
                     Err(e) => ("not judged", format!("`{expression}` failed: {e}")),
-                }
-            }
+                },
+            },
             (Some(after), None) => {
                 // The same action on the same thing: by digest, or, when a
                 // reload changed how the playbook words it, by its id and

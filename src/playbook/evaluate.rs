@@ -158,6 +158,11 @@ pub struct ActionInstance {
     /// The action this one undoes: offered once that one has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undoes: Option<String>,
+    /// The position of the `for_each` row this instance was made from: an
+    /// undo answers the change made from the same row. Reports stored
+    /// before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<usize>,
 }
 
 impl ActionInstance {
@@ -537,7 +542,7 @@ pub fn evaluate(
                 rows.len()
             ));
         }
-        for row in rows.into_iter().take(cap) {
+        for (index, row) in rows.into_iter().take(cap).enumerate() {
             let ctx = match &row {
                 Some(r) => with(&base, "row", r.clone()),
                 None => ctx.clone(),
@@ -628,6 +633,7 @@ pub fn evaluate(
                     changes: Vec::new(),
                     verify: a.verify.clone(),
                     undoes: a.undoes.clone(),
+                    row: row.as_ref().map(|_| index),
                 })
             })();
             match rendered {

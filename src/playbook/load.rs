@@ -652,12 +652,12 @@ impl Validator<'_> {
                 self.expression(at, field("verify"), verify);
             }
             if let Some(undone) = &action.undoes {
-                match spec
+                let undos = spec
                     .actions
                     .iter()
-                    .map(|a| &a.value)
-                    .find(|a| &a.id == undone)
-                {
+                    .filter(|a| a.value.undoes.as_ref() == Some(undone))
+                    .count();
+                match spec.actions.iter().map(|a| &a.value).find(|a| &a.id == undone) {
                     None => self.error(
                         at,
                         field("undoes"),
@@ -666,25 +666,30 @@ impl Validator<'_> {
                     Some(other) if other.id == action.id || other.undoes.is_some() => self.error(
                         at,
                         field("undoes"),
-                        format!(
-                            "`{undone}` is itself an undo (or this action): an undo undoes a change"
-                        ),
+                        format!("`{undone}` is itself an undo (or this action): an undo undoes a change"),
                     ),
-                    // The n-th instance of the undo answers the n-th of the
-                    // change: both must iterate the same rows.
+                    // Each row's undo answers the change made from that row.
+                    Some(other) if other.for_each != action.for_each => self.error(
+                        at,
+                        field("undoes"),
+                        format!("an undo has the `for_each` of `{undone}`, so each row's undo answers that row's change"),
+                    ),
+                    // An env file's undo would set what the file holds when
+                    // the report is made: nothing to do, so never offered.
                     Some(other)
-                        if other.for_each != action.for_each
-                            || other.when != action.when
-                            || other.max_targets != action.max_targets =>
+                        if other.kind == ActionKind::EnvFile || action.kind == ActionKind::EnvFile =>
                     {
                         self.error(
                             at,
                             field("undoes"),
-                            format!(
-                                "an undo has the `for_each`, `when` and `max_targets` of `{undone}`, so each row's undo answers that row's change"
-                            ),
+                            "an env_file edit is undone by remedy itself (its backup, when the check or the verification fails), not by an action",
                         );
                     }
+                    Some(_) if undos > 1 => self.error(
+                        at,
+                        field("undoes"),
+                        format!("`{undone}` has {undos} undos: one is offered, so name one"),
+                    ),
                     Some(_) => {}
                 }
                 if action.automatic {

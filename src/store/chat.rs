@@ -9,7 +9,10 @@ use sqlx::types::Json;
 use serde_json::{Value, json};
 
 use super::conn::Conn;
-use super::{Store, StoreError, WorkKind, insert_approval, on_pool, record_event, transaction};
+use super::{
+    Store, StoreError, WorkKind, enqueue_notify, insert_approval, on_pool, record_event,
+    transaction,
+};
 use crate::approvals::{self, ApprovalState, Refusal};
 use crate::domain::{IncidentId, IncidentStatus, Millis};
 
@@ -531,6 +534,8 @@ impl Store {
         Ok(transaction!(self, |conn| {
             let offered = insert_approval!(conn, incident.0, approval, now) == 1;
             if offered {
+                // The message shows the request expired when it does.
+                enqueue_notify!(conn, incident.0, approval.expires_at, now);
                 record_event!(
                     conn,
                     incident.0,
