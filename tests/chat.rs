@@ -104,33 +104,44 @@ fn discord_public_key() -> String {
 }
 
 async fn chat_app(backend: Backend, platform: &str) -> (TestApp, FakeChat) {
+    // Approved actions are recorded, not run, in chat tests.
+    chat_app_with(
+        backend,
+        platform,
+        &playbooks(),
+        &[("REMEDY__EXECUTOR__DRY_RUN", "true")],
+    )
+    .await
+}
+
+/// A chat app on `platform` with the playbooks in `dir` and `extra` settings.
+async fn chat_app_with(
+    backend: Backend,
+    platform: &str,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (TestApp, FakeChat) {
     let fake = FakeChat::start().await;
-    let dir = playbooks();
     let slack_api = format!("{}/slack/api", fake.url);
     let discord_api = format!("{}/discord/api/v10", fake.url);
     let key = discord_public_key();
-    let app = common::spawn_app_with_toml(
-        backend,
-        APPROVERS,
-        &[
-            ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
-            ("REMEDY__CHAT__PLATFORM", platform),
-            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0DEFAULT"),
-            ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
-            ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
-            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
-            // Unpaced: these tests are about what is posted, not how fast
-            // (tests/pacing.rs is).
-            ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
-            ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
-            ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
-            ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
-            ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),
-            // Approved actions are recorded, not run, in chat tests.
-            ("REMEDY__EXECUTOR__DRY_RUN", "true"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
+        ("REMEDY__CHAT__PLATFORM", platform),
+        ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0DEFAULT"),
+        ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
+        ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
+        ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
+        // Unpaced: these tests are about what is posted, not how fast
+        // (tests/pacing.rs is).
+        ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
+        ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
+        ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
+        ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
+        ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),
+    ];
+    env.extend_from_slice(extra);
+    let app = common::spawn_app_with_toml(backend, APPROVERS, &env).await;
     (app, fake)
 }
 
@@ -1127,61 +1138,22 @@ async fn a_discord_429_waits_for_its_retry_after_and_a_403_is_not_retried() {
     assert!(failed[0].contains("50013"), "{failed:?}");
 }
 
-/// A change and its undo (`undoes:`), run for real (echo).
-const UNDO_PLAYBOOK: &str = r#"
-name: UndoChat
-match: ['alertname="ChatTest"']
-actions:
-  - id: pin
-    title: Pin {{ labels.service }}
-    kind: command
-    risk: disruptive
-    approvers: [oncall]
-    program: /bin/echo
-    args: [pin, "{{ labels.service }}"]
-  - id: unpin
-    title: "Undo: unpin {{ labels.service }}"
-    kind: command
-    risk: safe
-    approvers: [oncall]
-    undoes: pin
-    program: /bin/echo
-    args: [unpin, "{{ labels.service }}"]
-"#;
-
-/// A chat app on `platform` whose playbook is [`UNDO_PLAYBOOK`], its
+/// A chat app on `platform` whose playbook is [`common::UNDO_PLAYBOOK`], its
 /// actions run for real.
 async fn undo_app(platform: &str) -> (TestApp, FakeChat) {
-    let fake = FakeChat::start().await;
     let dir = std::env::temp_dir().join(format!(
         "remedy-chat-undo-{}",
         uuid::Uuid::now_v7().simple()
     ));
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("undo.yaml"), UNDO_PLAYBOOK).expect("playbook");
-    let slack_api = format!("{}/slack/api", fake.url);
-    let discord_api = format!("{}/discord/api/v10", fake.url);
-    let key = discord_public_key();
-    let app = common::spawn_app_with_toml(
+    std::fs::write(dir.join("undo.yaml"), common::UNDO_PLAYBOOK).expect("playbook");
+    chat_app_with(
         Backend::Sqlite,
-        APPROVERS,
-        &[
-            ("REMEDY__PLAYBOOKS__DIR", dir.to_str().expect("utf-8")),
-            ("REMEDY__CHAT__PLATFORM", platform),
-            ("REMEDY__CHAT__DEFAULT_CHANNEL", "C0DEFAULT"),
-            ("REMEDY__CHAT__SLACK__API_URL", &slack_api),
-            ("REMEDY__CHAT__SLACK__BOT_TOKEN", SLACK_TOKEN),
-            ("REMEDY__CHAT__SLACK__SIGNING_SECRET", SIGNING_SECRET),
-            ("REMEDY__CHAT__SLACK__POST_RATE", UNPACED),
-            ("REMEDY__CHAT__SLACK__UPDATE_RATE", UNPACED),
-            ("REMEDY__CHAT__DISCORD__API_URL", &discord_api),
-            ("REMEDY__CHAT__DISCORD__BOT_TOKEN", DISCORD_TOKEN),
-            ("REMEDY__CHAT__DISCORD__PUBLIC_KEY", &key),
-            ("REMEDY__COMMANDS__ALLOW", "/bin/echo"),
-        ],
+        platform,
+        &dir,
+        &[("REMEDY__COMMANDS__ALLOW", "/bin/echo")],
     )
-    .await;
-    (app, fake)
+    .await
 }
 
 /// What ran, in order: each execution's last output line and its state.

@@ -613,30 +613,7 @@ async fn a_changes_undo_is_offered_in_the_thread_with_signed_buttons_that_decide
     let dir =
         std::env::temp_dir().join(format!("remedy-mm-undo-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("undo.yaml"),
-        r#"
-name: UndoChat
-match: ['alertname="ChatTest"']
-actions:
-  - id: pin
-    title: Pin {{ labels.service }}
-    kind: command
-    risk: safe
-    approvers: [oncall]
-    program: /bin/echo
-    args: [pin, "{{ labels.service }}"]
-  - id: unpin
-    title: "Undo: unpin {{ labels.service }}"
-    kind: command
-    risk: safe
-    approvers: [oncall]
-    undoes: pin
-    program: /bin/echo
-    args: [unpin, "{{ labels.service }}"]
-"#,
-    )
-    .expect("playbook");
+    std::fs::write(dir.join("undo.yaml"), common::UNDO_PLAYBOOK).expect("playbook");
     let (app, fake) = mattermost_app_with(
         Backend::Sqlite,
         &dir,

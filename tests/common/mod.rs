@@ -358,3 +358,27 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// A change and its undo (`undoes:`), both `/bin/echo` (in
+/// `commands.allow`), for the ChatTest alert: the chat tests run them for
+/// real on each platform (both `safe`: one click each, no dialog).
+pub const UNDO_PLAYBOOK: &str = r#"
+name: UndoChat
+match: ['alertname="ChatTest"']
+actions:
+  - id: pin
+    title: Pin {{ labels.service }}
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    program: /bin/echo
+    args: [pin, "{{ labels.service }}"]
+  - id: unpin
+    title: "Undo: unpin {{ labels.service }}"
+    kind: command
+    risk: safe
+    approvers: [oncall]
+    undoes: pin
+    program: /bin/echo
+    args: [unpin, "{{ labels.service }}"]
+"#;
