@@ -230,16 +230,29 @@ impl Server {
         (status, response.json().await.unwrap_or_default())
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
         let killed = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || self.child.wait().expect("exits"))
-            .await
-            .expect("join");
+        let status = tokio::task::spawn_blocking(move || {
+            let mut server = self;
+            server.child.wait().expect("exits")
+        })
+        .await
+        .expect("join");
         assert!(status.success(), "{status:?}");
+    }
+}
+
+/// A test that fails before [`Server::stop`] leaves no server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
