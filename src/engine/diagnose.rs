@@ -32,8 +32,7 @@ pub(super) async fn run(
     }
     let report = diagnose(engine, &alert).await;
     let json = serde_json::to_value(&report).map_err(|e| WorkError::Report(e.to_string()))?;
-    let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
-    let mut approvals = approval_requests(&report, now.saturating_add(ttl));
+    let mut approvals = approval_requests(&report, approval_expiry(engine, now));
     for a in &mut approvals {
         a.automatic &= engine.executor.allow_automatic;
     }
@@ -115,6 +114,11 @@ pub fn diagnosis_target(engine: &Engine, alert: &AlertContext) -> Option<String>
             Ok(PlannedStep::Sql { target, .. }) => Some(target),
             _ => None,
         })
+}
+
+/// When a request made at `now` expires (`chat.approval_ttl` later).
+pub(super) fn approval_expiry(engine: &Engine, now: Millis) -> Millis {
+    now.saturating_add(i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// One approval request per action the report offers, keyed `id` (or

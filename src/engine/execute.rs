@@ -300,8 +300,11 @@ pub(super) async fn run(
         if outcome.state == "done"
             && builtin.is_none()
             && let Some(undo) = usize::try_from(seq).ok().and_then(|seq| {
-                let ttl = i64::try_from(engine.chat.approval_ttl.as_millis()).unwrap_or(i64::MAX);
-                super::diagnose::undo_request(&report, seq, finished.saturating_add(ttl))
+                super::diagnose::undo_request(
+                    &report,
+                    seq,
+                    super::diagnose::approval_expiry(engine, finished),
+                )
             })
             && let Err(error) = engine.store.offer_approval(id, &undo, finished).await
         {
